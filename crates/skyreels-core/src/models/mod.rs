@@ -1,0 +1,7 @@
+//! The neural networks of SkyReels-V2, one file per model.
+
+pub mod transformer;
+pub mod transformer_config;
+
+pub use transformer::{TransformerInput, WanTransformer3d};
+pub use transformer_config::{TransformerConfig, TransformerKind};

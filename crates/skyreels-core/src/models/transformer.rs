@@ -1,0 +1,596 @@
+//! `WanTransformer3d`: the SkyReels-V2 diffusion transformer (Wan2.1 DiT) with per-frame timesteps.
+//!
+//! Spec §2. The model maps noisy latents `x [B, C, F, H, W]`, timesteps and text states to a
+//! flow (velocity) prediction `v ≈ ε − x₀` of shape `[B, C_out, F, H, W]`. Timesteps are either one
+//! per sample (`[B]`, classic T2V/I2V) or one per latent frame (`[B, F]`, diffusion forcing); the
+//! latter is the general case: every frame's tokens get the adaLN modulation of that frame's
+//! noise level. Modulation is applied per frame group rather than expanded to every token, which
+//! is the same arithmetic without materialising `[B, L, 6, D]`.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::checkpoint::WeightStore;
+use crate::error::{invalid_input, Result};
+use crate::models::transformer_config::TransformerConfig;
+use crate::nn::{attention, layer_norm, timestep_sinusoid, AttentionMask, LayerNorm, Linear, RmsNorm, Rope3d};
+
+/// Inputs of one transformer forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct TransformerInput<'a> {
+    /// Noisy latents `[B, in_channels, F, H, W]` (I2V: noise and conditioning already concatenated).
+    pub latents: &'a Tensor,
+    /// Timesteps in `[0, 1000)`: `[B]` for one per sample, `[B, F/patch_t]` for one per latent frame.
+    pub timesteps: &'a Tensor,
+    /// Text-encoder states `[B, L_text, text_dim]` (padded rows are zeros and are attended to).
+    pub context: &'a Tensor,
+    /// CLIP image tokens `[B, L_img, image_dim]`; required by image-to-video models only.
+    pub image_context: Option<&'a Tensor>,
+    /// Index into the fps table (`0` for 16 fps, `1` otherwise), `[B]`; required by models with
+    /// the fps embedding (DF-1.3B), ignored by others. See [`fps_index`].
+    pub fps_index: Option<&'a Tensor>,
+}
+
+/// The fps-table row SkyReels uses for a frame rate: 0 for 16 fps, 1 for anything else (24).
+pub fn fps_index(fps: u32) -> u32 {
+    if fps == 16 {
+        0
+    } else {
+        1
+    }
+}
+
+/// Receives named intermediate tensors during [`WanTransformer3d::forward_traced`].
+pub type Trace<'t> = dyn FnMut(&str, &Tensor) -> Result<()> + 't;
+
+/// The SkyReels-V2 DiT. Build with [`WanTransformer3d::load`], run with [`WanTransformer3d::forward`].
+#[derive(Debug)]
+pub struct WanTransformer3d {
+    config: TransformerConfig,
+    patch_embedding: Linear,
+    time_embedding: (Linear, Linear),
+    time_projection: Linear,
+    text_embedding: (Linear, Linear),
+    image_embedding: Option<ImageEmbedding>,
+    fps_embedding: Option<FpsEmbedding>,
+    blocks: Vec<WanBlock>,
+    head: Head,
+    rope: Rope3d,
+    device: Device,
+    compute_dtype: DType,
+}
+
+impl WanTransformer3d {
+    /// Loads a transformer from a directory holding `config.json` and `*.safetensors` shards in
+    /// the original SkyReels/Wan naming or the diffusers naming. A diffusers pipeline root (with a
+    /// `transformer/` folder) is accepted too. `weight_dtype` is how weights are held in memory
+    /// (f32 or bf16); on CPU the arithmetic is f32 regardless, on GPUs it uses `weight_dtype`.
+    pub fn load(dir: &Path, device: &Device, weight_dtype: DType) -> Result<Self> {
+        let dir = transformer_dir(dir);
+        let store = WeightStore::open(&dir)?;
+        let config = TransformerConfig::load(&dir, &store)?;
+        Self::from_store(config, &store, device, weight_dtype)
+    }
+
+    /// Builds the model from an opened checkpoint and a config, checking every tensor's shape.
+    pub fn from_store(config: TransformerConfig, store: &WeightStore, device: &Device, weight_dtype: DType) -> Result<Self> {
+        let c = &config;
+        let dim = c.dim();
+        let ld = |prefix: &str, i: usize, o: usize| Linear::load(store, prefix, i, o, weight_dtype, device);
+        let [pt, ph, pw] = c.patch_size;
+        let patch_in = c.in_channels * pt * ph * pw;
+        let patch_weight = store
+            .tensor("patch_embedding.weight", &[dim, c.in_channels, pt, ph, pw], weight_dtype, device)?
+            .reshape((dim, patch_in))?;
+        let patch_bias = store.tensor("patch_embedding.bias", &[dim], weight_dtype, device)?;
+        let image_embedding = match c.image_dim {
+            Some(image_dim) => Some(ImageEmbedding::load(store, image_dim, dim, c.image_pos_embed_len, weight_dtype, device)?),
+            None => None,
+        };
+        let fps_embedding =
+            if c.inject_sample_info { Some(FpsEmbedding::load(store, dim, weight_dtype, device)?) } else { None };
+        let blocks = (0..c.num_layers)
+            .map(|i| WanBlock::load(store, &format!("blocks.{i}"), c, weight_dtype, device))
+            .collect::<Result<Vec<_>>>()?;
+        let head = Head {
+            modulation: store.tensor("head.modulation", &[1, 2, dim], DType::F32, device)?,
+            proj: ld("head.head", dim, c.out_channels * pt * ph * pw)?,
+            eps: c.eps,
+        };
+        Ok(Self {
+            patch_embedding: Linear::new(patch_weight, Some(patch_bias)),
+            time_embedding: (ld("time_embedding.0", c.freq_dim, dim)?, ld("time_embedding.2", dim, dim)?),
+            time_projection: ld("time_projection.1", dim, 6 * dim)?,
+            text_embedding: (ld("text_embedding.0", c.text_dim, dim)?, ld("text_embedding.2", dim, dim)?),
+            image_embedding,
+            fps_embedding,
+            blocks,
+            head,
+            rope: Rope3d::new(c.head_dim, c.rope_max_seq_len)?,
+            compute_dtype: if device.is_cpu() { DType::F32 } else { weight_dtype },
+            device: device.clone(),
+            config,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    /// Sets how many latent frames form one causal block of self-attention (1 = full attention).
+    pub fn set_causal_block_size(&mut self, frames: usize) -> Result<()> {
+        if frames == 0 {
+            return Err(invalid_input!("the causal block size must be at least 1"));
+        }
+        self.config.causal_block_size = frames;
+        Ok(())
+    }
+
+    /// Predicts the flow `[B, out_channels, F, H, W]` (f32) for one set of inputs.
+    pub fn forward(&self, input: &TransformerInput<'_>) -> Result<Tensor> {
+        self.forward_traced(input, &mut |_, _| Ok(()))
+    }
+
+    /// [`forward`](Self::forward) that also hands every named intermediate to `trace`:
+    /// `patch_embedding`, `temb`, `timestep_proj`, `fps_projection`, `text_embedder`,
+    /// `image_embedder`, `blocks.{i}.{attn1_out,attn2_out,ffn_out,out}` and `proj_out`.
+    pub fn forward_traced(&self, input: &TransformerInput<'_>, trace: &mut Trace<'_>) -> Result<Tensor> {
+        let shape = self.check_input(input)?;
+        let x = input.latents.to_device(&self.device)?.to_dtype(self.compute_dtype)?;
+        let tokens = self.patch_embedding.forward(&patchify(&x, self.config.patch_size)?)?;
+        trace("patch_embedding", &tokens)?;
+
+        let (temb, modulation) = self.time_conditioning(input, shape.batch, trace)?;
+        let context = self.embed_context(input, trace)?;
+        let image_context = match (&self.image_embedding, input.image_context) {
+            (Some(embedding), Some(image)) => {
+                let tokens = embedding.forward(&image.to_device(&self.device)?.to_dtype(self.compute_dtype)?)?;
+                trace("image_embedder", &tokens)?;
+                Some(tokens)
+            }
+            _ => None,
+        };
+
+        let (cos, sin) = self.rope.tables(shape.grid, &self.device)?;
+        let mask = match self.config.causal_block_size {
+            1 => AttentionMask::Full,
+            block => {
+                if shape.grid[0] % block != 0 {
+                    return Err(invalid_input!(
+                        "{} latent frames per patch column are not a multiple of the causal block size {block}",
+                        shape.grid[0]
+                    ));
+                }
+                AttentionMask::BlockCausal { tokens_per_block: block * shape.grid[1] * shape.grid[2] }
+            }
+        };
+        let ctx = BlockContext { text: &context, image: image_context.as_ref(), modulation: &modulation, cos: &cos, sin: &sin, mask };
+        let mut x = tokens;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, &ctx, &mut |name, t| trace(&format!("blocks.{i}.{name}"), t))?;
+            trace(&format!("blocks.{i}.out"), &x)?;
+        }
+        let out = self.head.forward(&x, &temb)?;
+        trace("proj_out", &out)?;
+        unpatchify(&out, &shape, self.config.patch_size, self.config.out_channels)?.to_dtype(DType::F32).map_err(Into::into)
+    }
+
+    /// Time embedding `temb [B, Ft, D]` and block modulation `[B, Ft, 6, D]` (f32), fps included.
+    fn time_conditioning(&self, input: &TransformerInput<'_>, batch: usize, trace: &mut Trace<'_>) -> Result<(Tensor, Tensor)> {
+        let dim = self.config.dim();
+        let per_sample = input.timesteps.dims().len() == 1;
+        let frames_t = if per_sample { 1 } else { input.timesteps.dims()[1] };
+        let sinusoid = timestep_sinusoid(input.timesteps, self.config.freq_dim, &self.device)?;
+        let (fc1, fc2) = &self.time_embedding;
+        let temb = fc2.forward(&fc1.forward(&sinusoid)?.silu()?)?.reshape((batch, frames_t, dim))?;
+        trace("temb", &temb)?;
+        let temb = temb.to_dtype(self.compute_dtype)?;
+        let projection = self.time_projection.forward(&temb.silu()?)?;
+        trace("timestep_proj", &projection)?;
+        let mut projection = projection.to_dtype(DType::F32)?;
+        if let Some(fps) = &self.fps_embedding {
+            let index = input.fps_index.ok_or_else(|| {
+                invalid_input!("this model has an fps embedding (DF-1.3B): pass an fps index (0 = 16 fps, 1 = 24 fps)")
+            })?;
+            let fps_projection = fps.forward(index, self.compute_dtype)?;
+            trace("fps_projection", &fps_projection)?;
+            projection = projection.broadcast_add(&fps_projection.to_dtype(DType::F32)?.unsqueeze(1)?)?;
+        }
+        Ok((temb, projection.reshape((batch, frames_t, 6, dim))?))
+    }
+
+    fn embed_context(&self, input: &TransformerInput<'_>, trace: &mut Trace<'_>) -> Result<Tensor> {
+        let context = input.context.to_device(&self.device)?.to_dtype(self.compute_dtype)?;
+        let (fc1, fc2) = &self.text_embedding;
+        let embedded = fc2.forward(&fc1.forward(&context)?.gelu()?)?;
+        trace("text_embedder", &embedded)?;
+        Ok(embedded)
+    }
+
+    fn check_input(&self, input: &TransformerInput<'_>) -> Result<InputShape> {
+        let c = &self.config;
+        let dims = input.latents.dims();
+        let &[batch, channels, frames, height, width] = dims else {
+            return Err(invalid_input!("latents must be [batch, channels, frames, height, width], got shape {dims:?}"));
+        };
+        if channels != c.in_channels {
+            return Err(invalid_input!("the model takes {} latent channels, got {channels}", c.in_channels));
+        }
+        let [pt, ph, pw] = c.patch_size;
+        if frames % pt != 0 || height % ph != 0 || width % pw != 0 || frames == 0 || height == 0 || width == 0 {
+            return Err(invalid_input!(
+                "latent size {frames}x{height}x{width} (frames x height x width) must be a positive multiple of the patch size {pt}x{ph}x{pw}"
+            ));
+        }
+        let grid = [frames / pt, height / ph, width / pw];
+        match input.timesteps.dims() {
+            [b] if *b == batch => {}
+            [b, f] if *b == batch && *f == grid[0] => {}
+            other => {
+                return Err(invalid_input!(
+                    "timesteps must be [{batch}] (one per sample) or [{batch}, {}] (one per latent frame), got {other:?}",
+                    grid[0]
+                ))
+            }
+        }
+        match input.context.dims() {
+            [b, l, d] if *b == batch && *d == c.text_dim && *l > 0 => {}
+            other => return Err(invalid_input!("text context must be [{batch}, tokens, {}], got {other:?}", c.text_dim)),
+        }
+        match (c.image_dim, input.image_context.map(|t| t.dims())) {
+            (None, _) => {}
+            (Some(d), Some([b, l, e])) if *b == batch && *e == d && *l > 0 => {
+                if let Some(expected) = c.image_pos_embed_len.filter(|&n| n != *l) {
+                    return Err(invalid_input!("this model takes exactly {expected} image tokens, got {l}"));
+                }
+            }
+            (Some(d), Some(other)) => return Err(invalid_input!("image context must be [{batch}, tokens, {d}], got {other:?}")),
+            (Some(_), None) => return Err(invalid_input!("this is an image-to-video model: pass CLIP image tokens")),
+        }
+        if self.fps_embedding.is_some() {
+            if let Some(index) = input.fps_index {
+                let values = index.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                if values.len() != batch || values.iter().any(|&v| v != 0.0 && v != 1.0) {
+                    return Err(invalid_input!("fps index must hold {batch} values, each 0 (16 fps) or 1 (24 fps), got {values:?}"));
+                }
+            }
+        }
+        Ok(InputShape { batch, grid })
+    }
+}
+
+/// A diffusers pipeline root keeps the transformer in `transformer/`; other layouts are flat.
+fn transformer_dir(dir: &Path) -> std::path::PathBuf {
+    let nested = dir.join("transformer");
+    if !dir.join("config.json").is_file() && nested.join("config.json").is_file() {
+        nested
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Batch size and patch grid (frames, rows, columns) of one forward pass.
+struct InputShape {
+    batch: usize,
+    grid: [usize; 3],
+}
+
+/// `[B, C, F, H, W]` → `[B, f·h·w, C·pt·ph·pw]`, tokens frame-major then row then column, and
+/// features ordered like a Conv3d weight `[C, pt, ph, pw]`.
+fn patchify(x: &Tensor, [pt, ph, pw]: [usize; 3]) -> Result<Tensor> {
+    let (b, c, f, h, w) = x.dims5()?;
+    let (f, h, w) = (f / pt, h / ph, w / pw);
+    Ok(x.reshape(vec![b, c, f, pt, h, ph, w, pw])?
+        .permute([0, 2, 4, 6, 1, 3, 5, 7])?
+        .reshape((b, f * h * w, c * pt * ph * pw))?)
+}
+
+/// `[B, f·h·w, pt·ph·pw·C]` → `[B, C, f·pt, h·ph, w·pw]` (features ordered (pt, ph, pw, C)).
+fn unpatchify(x: &Tensor, shape: &InputShape, [pt, ph, pw]: [usize; 3], channels: usize) -> Result<Tensor> {
+    let [f, h, w] = shape.grid;
+    Ok(x.reshape(vec![shape.batch, f, h, w, pt, ph, pw, channels])?
+        .permute([0, 7, 1, 4, 2, 5, 3, 6])?
+        .reshape((shape.batch, channels, f * pt, h * ph, w * pw))?)
+}
+
+/// Applies `x·(1 + scale) + shift` (or `x·gate`) per frame group: `x [B, L, D]`, `m [B, Ft, 1, D]`.
+fn per_frame(x: &Tensor, m: &Tensor, f: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>) -> Result<Tensor> {
+    let (b, l, d) = x.dims3()?;
+    let groups = m.dims()[1];
+    let grouped = x.reshape((b, groups, l / groups, d))?;
+    Ok(f(&grouped, m)?.reshape((b, l, d))?)
+}
+
+/// `norm(x)·(1 + scale) + shift`, per frame group, in f32.
+fn modulate(normed: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    let one_plus_scale = (scale + 1.0)?;
+    per_frame(normed, &one_plus_scale, |x, s| x.broadcast_mul(s)?.broadcast_add(shift))
+}
+
+/// `x + y·gate` per frame group, in f32, returned in `x`'s dtype.
+fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    let scaled = per_frame(&y.to_dtype(DType::F32)?, gate, |y, g| y.broadcast_mul(g))?;
+    Ok((x.to_dtype(DType::F32)? + scaled)?.to_dtype(x.dtype())?)
+}
+
+/// Splits `[B, H·Dh]` features of `[B, L, H·Dh]` into `[B, H, L, Dh]`.
+fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, l, d) = x.dims3()?;
+    Ok(x.reshape((b, l, heads, d / heads))?.transpose(1, 2)?.contiguous()?)
+}
+
+/// `[B, H, L, Dh]` → `[B, L, H·Dh]`.
+fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, l, d) = x.dims4()?;
+    Ok(x.transpose(1, 2)?.reshape((b, l, h * d))?)
+}
+
+/// What every block needs besides its own input.
+struct BlockContext<'a> {
+    text: &'a Tensor,
+    image: Option<&'a Tensor>,
+    modulation: &'a Tensor,
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+    mask: AttentionMask,
+}
+
+/// One DiT block: modulated self-attention, cross-attention to text (and image), modulated FFN.
+#[derive(Debug)]
+struct WanBlock {
+    modulation: Tensor,
+    self_attn: SelfAttention,
+    cross_norm: Option<LayerNorm>,
+    cross_attn: CrossAttention,
+    ffn: (Linear, Linear),
+    eps: f64,
+}
+
+impl WanBlock {
+    fn load(store: &WeightStore, p: &str, c: &TransformerConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let dim = c.dim();
+        let cross_norm = if c.cross_attn_norm { Some(LayerNorm::load(store, &format!("{p}.norm3"), dim, c.eps, device)?) } else { None };
+        Ok(Self {
+            modulation: store.tensor(&format!("{p}.modulation"), &[1, 6, dim], DType::F32, device)?,
+            self_attn: SelfAttention::load(store, &format!("{p}.self_attn"), c, dtype, device)?,
+            cross_norm,
+            cross_attn: CrossAttention::load(store, &format!("{p}.cross_attn"), c, dtype, device)?,
+            ffn: (
+                Linear::load(store, &format!("{p}.ffn.0"), dim, c.ffn_dim, dtype, device)?,
+                Linear::load(store, &format!("{p}.ffn.2"), c.ffn_dim, dim, dtype, device)?,
+            ),
+            eps: c.eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, ctx: &BlockContext<'_>, trace: &mut Trace<'_>) -> Result<Tensor> {
+        let dtype = x.dtype();
+        // [B, Ft, 6, D] → six [B, Ft, 1, D] tensors: shift/scale/gate for attention, then for the FFN.
+        let e = ctx.modulation.broadcast_add(&self.modulation.unsqueeze(0)?)?;
+        let part = |i: usize| e.narrow(2, i, 1);
+        let (shift_sa, scale_sa, gate_sa) = (part(0)?, part(1)?, part(2)?);
+        let (shift_ff, scale_ff, gate_ff) = (part(3)?, part(4)?, part(5)?);
+
+        let h = modulate(&layer_norm(x, self.eps)?, &shift_sa, &scale_sa)?.to_dtype(dtype)?;
+        let y = self.self_attn.forward(&h, ctx.cos, ctx.sin, ctx.mask)?;
+        trace("attn1_out", &y)?;
+        let x = gated_residual(x, &y, &gate_sa)?;
+
+        let h = match &self.cross_norm {
+            Some(norm) => norm.forward(&x)?.to_dtype(dtype)?,
+            None => x.clone(),
+        };
+        let y = self.cross_attn.forward(&h, ctx.text, ctx.image)?;
+        trace("attn2_out", &y)?;
+        let x = (x + y)?;
+
+        let h = modulate(&layer_norm(&x, self.eps)?, &shift_ff, &scale_ff)?.to_dtype(dtype)?;
+        let y = self.ffn.1.forward(&self.ffn.0.forward(&h)?.gelu()?)?;
+        trace("ffn_out", &y)?;
+        gated_residual(&x, &y, &gate_ff)
+    }
+}
+
+/// Self-attention with RMS-normalised q/k over the full width and 3D RoPE.
+#[derive(Debug)]
+struct SelfAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    norm_q: RmsNorm,
+    norm_k: RmsNorm,
+    heads: usize,
+}
+
+impl SelfAttention {
+    fn load(store: &WeightStore, p: &str, c: &TransformerConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let dim = c.dim();
+        let ld = |n: &str| Linear::load(store, &format!("{p}.{n}"), dim, dim, dtype, device);
+        Ok(Self {
+            q: ld("q")?,
+            k: ld("k")?,
+            v: ld("v")?,
+            o: ld("o")?,
+            norm_q: RmsNorm::load(store, &format!("{p}.norm_q"), dim, c.eps, device)?,
+            norm_k: RmsNorm::load(store, &format!("{p}.norm_k"), dim, c.eps, device)?,
+            heads: c.num_heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: AttentionMask) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let q = split_heads(&self.norm_q.forward(&self.q.forward(x)?)?, self.heads)?;
+        let k = split_heads(&self.norm_k.forward(&self.k.forward(x)?)?, self.heads)?;
+        let v = split_heads(&self.v.forward(x)?, self.heads)?;
+        let q = Rope3d::apply(&q, cos, sin)?.to_dtype(dtype)?;
+        let k = Rope3d::apply(&k, cos, sin)?.to_dtype(dtype)?;
+        let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+        let out = attention(&q, &k, &v, scale, mask)?;
+        self.o.forward(&merge_heads(&out)?)
+    }
+}
+
+/// Cross-attention from video tokens to text tokens, plus CLIP image tokens for I2V models
+/// (two attentions summed before the output projection).
+#[derive(Debug)]
+struct CrossAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    norm_q: RmsNorm,
+    norm_k: RmsNorm,
+    image: Option<(Linear, Linear, RmsNorm)>,
+    heads: usize,
+}
+
+impl CrossAttention {
+    fn load(store: &WeightStore, p: &str, c: &TransformerConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let dim = c.dim();
+        let ld = |n: &str| Linear::load(store, &format!("{p}.{n}"), dim, dim, dtype, device);
+        let image = match c.image_dim {
+            Some(_) => Some((ld("k_img")?, ld("v_img")?, RmsNorm::load(store, &format!("{p}.norm_k_img"), dim, c.eps, device)?)),
+            None => None,
+        };
+        Ok(Self {
+            q: ld("q")?,
+            k: ld("k")?,
+            v: ld("v")?,
+            o: ld("o")?,
+            norm_q: RmsNorm::load(store, &format!("{p}.norm_q"), dim, c.eps, device)?,
+            norm_k: RmsNorm::load(store, &format!("{p}.norm_k"), dim, c.eps, device)?,
+            image,
+            heads: c.num_heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, text: &Tensor, image: Option<&Tensor>) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let q = split_heads(&self.norm_q.forward(&self.q.forward(x)?)?.to_dtype(dtype)?, self.heads)?;
+        let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+        let attend = |keys: &Tensor, k_norm: &RmsNorm, k_proj: &Linear, v_proj: &Linear| -> Result<Tensor> {
+            let k = split_heads(&k_norm.forward(&k_proj.forward(keys)?)?.to_dtype(dtype)?, self.heads)?;
+            let v = split_heads(&v_proj.forward(keys)?, self.heads)?;
+            attention(&q, &k, &v, scale, AttentionMask::Full)
+        };
+        let mut out = attend(text, &self.norm_k, &self.k, &self.v)?;
+        if let (Some((k_img, v_img, norm_k_img)), Some(image)) = (&self.image, image) {
+            out = (out + attend(image, norm_k_img, k_img, v_img)?)?;
+        }
+        self.o.forward(&merge_heads(&out)?)
+    }
+}
+
+/// Output head: modulated LayerNorm then a projection to `pt·ph·pw·C` features per token.
+#[derive(Debug)]
+struct Head {
+    modulation: Tensor,
+    proj: Linear,
+    eps: f64,
+}
+
+impl Head {
+    /// `temb [B, Ft, D]` supplies the per-frame shift/scale (the time embedding, not `e0`).
+    fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        let e = temb.to_dtype(DType::F32)?.unsqueeze(2)?.broadcast_add(&self.modulation.unsqueeze(0)?)?;
+        let (shift, scale) = (e.narrow(2, 0, 1)?, e.narrow(2, 1, 1)?);
+        let h = modulate(&layer_norm(x, self.eps)?, &shift, &scale)?.to_dtype(x.dtype())?;
+        self.proj.forward(&h)
+    }
+}
+
+/// CLIP image tokens → model width: LayerNorm, Linear, GELU (erf), Linear, LayerNorm.
+#[derive(Debug)]
+struct ImageEmbedding {
+    pos_embed: Option<Tensor>,
+    norm_in: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    norm_out: LayerNorm,
+}
+
+impl ImageEmbedding {
+    fn load(store: &WeightStore, image_dim: usize, dim: usize, pos_len: Option<usize>, dtype: DType, device: &Device) -> Result<Self> {
+        // These LayerNorms use PyTorch's default eps, not the model's.
+        const EPS: f64 = 1e-5;
+        let pos_embed = match pos_len {
+            Some(n) => Some(store.tensor("img_emb.emb_pos", &[1, n, image_dim], DType::F32, device)?),
+            None => None,
+        };
+        Ok(Self {
+            pos_embed,
+            norm_in: LayerNorm::load(store, "img_emb.proj.0", image_dim, EPS, device)?,
+            fc1: Linear::load(store, "img_emb.proj.1", image_dim, image_dim, dtype, device)?,
+            fc2: Linear::load(store, "img_emb.proj.3", image_dim, dim, dtype, device)?,
+            norm_out: LayerNorm::load(store, "img_emb.proj.4", dim, EPS, device)?,
+        })
+    }
+
+    fn forward(&self, image: &Tensor) -> Result<Tensor> {
+        let dtype = image.dtype();
+        let image = match &self.pos_embed {
+            Some(pos) => image.to_dtype(DType::F32)?.broadcast_add(pos)?,
+            None => image.clone(),
+        };
+        let h = self.norm_in.forward(&image)?.to_dtype(dtype)?;
+        let h = self.fc2.forward(&self.fc1.forward(&h)?.gelu_erf()?)?;
+        Ok(self.norm_out.forward(&h)?.to_dtype(dtype)?)
+    }
+}
+
+/// DF-1.3B's fps conditioning: a 2-row table and an MLP to a modulation offset `[B, 6·D]`.
+#[derive(Debug)]
+struct FpsEmbedding {
+    table: Tensor,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl FpsEmbedding {
+    fn load(store: &WeightStore, dim: usize, dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Self {
+            table: store.tensor("fps_embedding.weight", &[2, dim], dtype, device)?,
+            fc1: Linear::load(store, "fps_projection.0", dim, dim, dtype, device)?,
+            fc2: Linear::load(store, "fps_projection.2", dim, 6 * dim, dtype, device)?,
+        })
+    }
+
+    fn forward(&self, index: &Tensor, dtype: DType) -> Result<Tensor> {
+        let index = index.flatten_all()?.to_dtype(DType::U32)?.to_device(self.table.device())?;
+        let emb = self.table.index_select(&index, 0)?.to_dtype(dtype)?;
+        self.fc2.forward(&self.fc1.forward(&emb)?.silu()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patchify_round_trips_through_unpatchify() -> Result<()> {
+        let x = Tensor::arange(0f32, 2. * 3. * 4. * 6. * 10., &Device::Cpu)?.reshape((2, 3, 4, 6, 10))?;
+        for patch in [[1, 2, 2], [2, 3, 5], [1, 1, 1]] {
+            let tokens = patchify(&x, patch)?;
+            let shape = InputShape { batch: 2, grid: [4 / patch[0], 6 / patch[1], 10 / patch[2]] };
+            // unpatchify orders features (pt, ph, pw, C); patchify orders them (C, pt, ph, pw).
+            let (b, l, _) = tokens.dims3()?;
+            let reordered = tokens
+                .reshape(vec![b, l, 3, patch[0], patch[1], patch[2]])?
+                .permute([0, 1, 3, 4, 5, 2])?
+                .reshape((b, l, 3 * patch.iter().product::<usize>()))?;
+            let back = unpatchify(&reordered, &shape, patch, 3)?;
+            assert_eq!(back.flatten_all()?.to_vec1::<f32>()?, x.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fps_index_matches_reference_buckets() {
+        assert_eq!(fps_index(16), 0);
+        assert_eq!(fps_index(24), 1);
+        assert_eq!(fps_index(30), 1);
+    }
+}

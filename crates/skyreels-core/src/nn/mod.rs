@@ -1,0 +1,16 @@
+//! Small building blocks shared by the models: linear layers, norms, attention, positional codes.
+//!
+//! Everything here computes in the dtype of its input except the norms, which always
+//! normalise in f32 (as the reference does) and hand back the input dtype.
+
+mod attention;
+mod linear;
+mod norm;
+mod rope;
+mod sinusoid;
+
+pub use attention::{attention, AttentionMask};
+pub use linear::Linear;
+pub use norm::{layer_norm, LayerNorm, RmsNorm};
+pub use rope::Rope3d;
+pub use sinusoid::timestep_sinusoid;

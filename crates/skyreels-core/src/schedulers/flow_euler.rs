@@ -1,0 +1,43 @@
+//! First-order flow-matching Euler: `x_{k+1} = x_k + (σ_{k+1} − σ_k)·v_k`.
+
+use candle_core::{DType, Tensor};
+
+use super::{FlowSchedule, FlowScheduler};
+use crate::error::{invalid_input, Result};
+
+/// Euler sampler state for one sample (or one latent frame).
+#[derive(Debug, Clone)]
+pub struct FlowEuler {
+    schedule: FlowSchedule,
+    step_index: usize,
+}
+
+impl FlowEuler {
+    /// A fresh sampler at step 0 of `schedule`.
+    pub fn new(schedule: FlowSchedule) -> Self {
+        Self { schedule, step_index: 0 }
+    }
+}
+
+impl FlowScheduler for FlowEuler {
+    fn schedule(&self) -> &FlowSchedule {
+        &self.schedule
+    }
+
+    fn step_index(&self) -> usize {
+        self.step_index
+    }
+
+    fn step(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor> {
+        let k = self.step_index;
+        let sigmas = self.schedule.sigmas();
+        if k + 1 >= sigmas.len() {
+            return Err(invalid_input!("the scheduler already finished its {} steps", self.schedule.len()));
+        }
+        // The step size is an f32 difference, as in the reference.
+        let dt = sigmas[k + 1] - sigmas[k];
+        let next = (sample.to_dtype(DType::F32)? + model_output.to_dtype(DType::F32)?.affine(dt as f64, 0.0)?)?;
+        self.step_index += 1;
+        Ok(next.to_dtype(sample.dtype())?)
+    }
+}
