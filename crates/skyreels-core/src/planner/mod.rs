@@ -62,6 +62,14 @@ pub fn generate_timestep_matrix(step_template: &[i64], settings: &PlanSettings) 
     let blocks = s.num_frames / block;
     let base_blocks = s.base_num_frames.map_or(blocks, |b| (b / block).min(blocks));
     let prefix_blocks = s.num_pre_ready / block;
+    if base_blocks < prefix_blocks {
+        // The reference would then update frames outside the window the model sees.
+        return Err(invalid(format!(
+            "the model window of {} latent frames must be at least as long as the clean prefix of {} frames",
+            base_blocks * block,
+            s.num_pre_ready
+        )));
+    }
     if base_blocks < blocks {
         let min_ar = steps.div_ceil(base_blocks);
         if s.ar_step < min_ar {

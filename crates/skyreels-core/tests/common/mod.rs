@@ -1,0 +1,43 @@
+//! Shared helpers for the reference-parity tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+
+/// Tolerance of every f32 parity check: relative L2 error.
+pub const REL_L2_TOL: f64 = 1e-5;
+
+/// `crates/skyreels-core/tests/fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// All tensors of a fixture file.
+pub fn load(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(name), &Device::Cpu).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+/// `‖a − b‖ / ‖b‖` in f64 (absolute error when the reference is all zeros).
+pub fn rel_l2(actual: &Tensor, reference: &Tensor) -> f64 {
+    assert_eq!(actual.elem_count(), reference.elem_count(), "element counts differ: {:?} vs {:?}", actual.dims(), reference.dims());
+    let a = actual.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    let b = reference.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        diff
+    } else {
+        diff / norm
+    }
+}
+
+/// Asserts `rel_l2(actual, reference) <= REL_L2_TOL`, naming what was compared.
+pub fn assert_close(what: &str, actual: &Tensor, reference: &Tensor) {
+    let err = rel_l2(actual, reference);
+    if std::env::var_os("SKYREELS_SHOW_ERRORS").is_some() {
+        eprintln!("{what}: {err:.2e}");
+    }
+    assert!(err <= REL_L2_TOL, "{what}: relative L2 error {err:.3e} > {REL_L2_TOL:.0e}");
+}
