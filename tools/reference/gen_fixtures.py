@@ -230,10 +230,12 @@ def text_context(batch, length, valid, dim, seed):
 def gen_transformers(out):
     models_dir = os.path.join(out, "models")
     g = torch.Generator().manual_seed(1234)
+    param_counts = {}
 
     # 1) DF-1.3B-like: fps embedding on; head_dim 16 (rope split 8/4/4).
     df, df_cfg = tiny_transformer(10, inject_sample_info=True)
     df.save_pretrained(os.path.join(models_dir, "df_fps_diffusers"), safe_serialization=True)
+    param_counts["df_fps"] = sum(p.numel() for p in df.parameters())
     write_original_layout(df, os.path.join(models_dir, "df_fps_original"), original_config(df_cfg, "t2v"),
                           shards=2, stray_key="model_type.SkyReels-V2-DF-1.3B-540P")
     ctx = text_context(1, 16, 11, 32, 1)
@@ -256,6 +258,7 @@ def gen_transformers(out):
     t2v, t2v_cfg = tiny_transformer(20, num_attention_heads=3, attention_head_dim=20, ffn_dim=72,
                                     text_dim=24, freq_dim=16, num_layers=3)
     t2v.save_pretrained(os.path.join(models_dir, "t2v_diffusers"), safe_serialization=True)
+    param_counts["t2v"] = sum(p.numel() for p in t2v.parameters())
     write_original_layout(t2v, os.path.join(models_dir, "t2v_original"), original_config(t2v_cfg, "t2v"),
                           shards=1)
     ctx = text_context(1, 12, 7, 24, 2)
@@ -274,6 +277,7 @@ def gen_transformers(out):
     #    I2V models. diffusers hard-codes 512 text tokens when it splits image from text context.
     i2v, i2v_cfg = tiny_transformer(30, in_channels=36, image_dim=24, added_kv_proj_dim=32)
     i2v.save_pretrained(os.path.join(models_dir, "i2v_diffusers"), safe_serialization=True)
+    param_counts["i2v"] = sum(p.numel() for p in i2v.parameters())
     write_original_layout(i2v, os.path.join(models_dir, "i2v_original"), original_config(i2v_cfg, "i2v"),
                           shards=1)
     ctx = text_context(1, 512, 9, 32, 4)
@@ -281,6 +285,8 @@ def gen_transformers(out):
     record_transformer_case(i2v, os.path.join(out, "transformer_i2v_scalar.safetensors"), "i2v_scalar",
                             latents=torch.randn(1, 36, 2, 4, 6, generator=g), timestep=torch.tensor([500]),
                             context=ctx, image_context=img, diffusion_forcing=False)
+    with open(os.path.join(models_dir, "param_counts.json"), "w") as f:
+        json.dump(param_counts, f, indent=2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,1 +1,129 @@
-fn main(){}
+//! `skyreels`: the command-line front end of skyreels-rs.
+//!
+//! Every failure prints one line starting with `error:` and exits with status 1; nothing here
+//! panics on bad input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use skyreels_core::models::transformer::{inspect, TransformerSummary};
+
+/// SkyReels-V2 video generation in Rust.
+#[derive(Parser)]
+#[command(name = "skyreels", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a transformer checkpoint directory: kind, config, parameter count and dtype.
+    Info {
+        /// A directory with `config.json` + `*.safetensors` (SkyReels or diffusers naming), or a
+        /// diffusers pipeline directory with a `transformer/` folder.
+        model_dir: PathBuf,
+        /// Print the summary as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info { model_dir, json } => info(&model_dir, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn info(dir: &std::path::Path, json: bool) -> Result<(), String> {
+    let summary = inspect(dir).map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", render(&summary));
+    }
+    Ok(())
+}
+
+/// The human-readable summary, one `key: value` per line.
+fn render(s: &TransformerSummary) -> String {
+    let c = &s.config;
+    let mut out = String::new();
+    let mut line = |key: &str, value: String| out.push_str(&format!("{key:<14}{value}\n"));
+    line("model:", s.dir.display().to_string());
+    line("kind:", s.kind.to_string());
+    if let Some(name) = &s.model_name {
+        line("release:", name.clone());
+    }
+    line("size:", s.size_class.map_or("custom (not a released size)".into(), |c| c.to_string()));
+    line("parameters:", format!("{} ({})", group_digits(s.parameters), human(s.parameters)));
+    let total = s.parameters.max(1) as f64;
+    let dtypes: Vec<String> =
+        s.parameters_by_dtype.iter().map(|(d, n)| format!("{d} {:.1}%", 100.0 * *n as f64 / total)).collect();
+    line("dtype:", dtypes.join(", "));
+    line("naming:", format!("{} ({} safetensors shard{})", s.naming, s.shards, if s.shards == 1 { "" } else { "s" }));
+    line(
+        "config:",
+        format!(
+            "dim {} = {} heads x {}, {} layers, ffn {}, channels {} -> {}, patch {}x{}x{}, text dim {}, freq dim {}, eps {:e}",
+            c.dim(),
+            c.num_heads,
+            c.head_dim,
+            c.num_layers,
+            c.ffn_dim,
+            c.in_channels,
+            c.out_channels,
+            c.patch_size[0],
+            c.patch_size[1],
+            c.patch_size[2],
+            c.text_dim,
+            c.freq_dim,
+            c.eps
+        ),
+    );
+    line("fps embed:", if c.inject_sample_info { "yes (16 / 24 fps)".into() } else { "no".into() });
+    line("image branch:", c.image_dim.map_or("no".into(), |d| format!("yes (CLIP tokens of width {d})")));
+    out
+}
+
+fn group_digits(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn human(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digit_grouping() {
+        assert_eq!(group_digits(1_435_525_696), "1,435,525,696");
+        assert_eq!(group_digits(999), "999");
+        assert_eq!(human(1_435_525_696), "1.44B");
+    }
+}

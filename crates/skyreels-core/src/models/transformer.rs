@@ -261,6 +261,48 @@ impl WanTransformer3d {
     }
 }
 
+/// What `skyreels info` reports about a transformer checkpoint, read without loading weights.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TransformerSummary {
+    /// Directory holding `config.json` and the shards.
+    pub dir: std::path::PathBuf,
+    /// What the model is for.
+    pub kind: crate::models::TransformerKind,
+    /// The released model name recorded in the checkpoint (`model_type.<name>` key), if any.
+    pub model_name: Option<String>,
+    /// "1.3B" or "14B" when the shape matches a release.
+    pub size_class: Option<&'static str>,
+    /// Key naming of the checkpoint.
+    pub naming: String,
+    /// Number of safetensors shards.
+    pub shards: usize,
+    /// Scalar parameters over all weight tensors.
+    pub parameters: usize,
+    /// Scalar parameters per stored dtype.
+    pub parameters_by_dtype: std::collections::BTreeMap<String, usize>,
+    /// The full configuration.
+    pub config: TransformerConfig,
+}
+
+/// Reads the config and every shard header of a transformer directory (validating that no
+/// shard is truncated or corrupted) without loading any weights.
+pub fn inspect(dir: &Path) -> Result<TransformerSummary> {
+    let dir = transformer_dir(dir);
+    let store = WeightStore::open(&dir)?;
+    let config = TransformerConfig::load(&dir, &store)?;
+    Ok(TransformerSummary {
+        kind: config.kind(),
+        model_name: store.model_name().map(str::to_string),
+        size_class: config.size_class(),
+        naming: store.scheme().to_string(),
+        shards: store.files().len(),
+        parameters: store.parameter_count(),
+        parameters_by_dtype: store.parameters_by_dtype(),
+        config,
+        dir,
+    })
+}
+
 /// A diffusers pipeline root keeps the transformer in `transformer/`; other layouts are flat.
 fn transformer_dir(dir: &Path) -> std::path::PathBuf {
     let nested = dir.join("transformer");
