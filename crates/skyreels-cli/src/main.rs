@@ -3,6 +3,8 @@
 //! Every failure prints one line starting with `error:` and exits with status 1; nothing here
 //! panics on bad input.
 
+mod bench;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,12 +30,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time transformer forward passes of a released configuration with random weights.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { model_dir, json } => info(&model_dir, json),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

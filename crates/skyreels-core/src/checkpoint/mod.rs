@@ -5,7 +5,24 @@
 //! directory uses. All knowledge of the diffusers names lives in [`names`].
 
 pub mod names;
+mod random;
 mod store;
 
 pub use names::NamingScheme;
+pub use random::RandomWeights;
 pub use store::{list_safetensors, TensorInfo, WeightStore};
+
+use candle_core::{DType, Device, Tensor};
+
+/// A source of named weight tensors: models call `tensor` with the canonical name and the shape
+/// their config implies.
+pub trait Weights {
+    /// The tensor `name` of shape `shape`, converted to `dtype` on `device`.
+    fn tensor(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> crate::Result<Tensor>;
+}
+
+impl Weights for WeightStore {
+    fn tensor(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> crate::Result<Tensor> {
+        WeightStore::tensor(self, name, shape, dtype, device)
+    }
+}

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::checkpoint::WeightStore;
+use crate::checkpoint::{WeightStore, Weights};
 use crate::error::{invalid_input, Result};
 use crate::models::transformer_config::TransformerConfig;
 use crate::nn::{attention, layer_norm, timestep_sinusoid, AttentionMask, LayerNorm, Linear, RmsNorm, Rope3d};
@@ -70,11 +70,12 @@ impl WanTransformer3d {
         let dir = transformer_dir(dir);
         let store = WeightStore::open(&dir)?;
         let config = TransformerConfig::load(&dir, &store)?;
-        Self::from_store(config, &store, device, weight_dtype)
+        Self::from_weights(config, &store, device, weight_dtype)
     }
 
-    /// Builds the model from an opened checkpoint and a config, checking every tensor's shape.
-    pub fn from_store(config: TransformerConfig, store: &WeightStore, device: &Device, weight_dtype: DType) -> Result<Self> {
+    /// Builds the model from any weight source (an opened checkpoint, random weights) and a config,
+    /// checking every tensor's shape.
+    pub fn from_weights(config: TransformerConfig, store: &dyn Weights, device: &Device, weight_dtype: DType) -> Result<Self> {
         let c = &config;
         let dim = c.dim();
         let ld = |prefix: &str, i: usize, o: usize| Linear::load(store, prefix, i, o, weight_dtype, device);
@@ -391,7 +392,7 @@ struct WanBlock {
 }
 
 impl WanBlock {
-    fn load(store: &WeightStore, p: &str, c: &TransformerConfig, dtype: DType, device: &Device) -> Result<Self> {
+    fn load(store: &dyn Weights, p: &str, c: &TransformerConfig, dtype: DType, device: &Device) -> Result<Self> {
         let dim = c.dim();
         let cross_norm = if c.cross_attn_norm { Some(LayerNorm::load(store, &format!("{p}.norm3"), dim, c.eps, device)?) } else { None };
         Ok(Self {
@@ -448,7 +449,7 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn load(store: &WeightStore, p: &str, c: &TransformerConfig, dtype: DType, device: &Device) -> Result<Self> {
+    fn load(store: &dyn Weights, p: &str, c: &TransformerConfig, dtype: DType, device: &Device) -> Result<Self> {
         let dim = c.dim();
         let ld = |n: &str| Linear::load(store, &format!("{p}.{n}"), dim, dim, dtype, device);
         Ok(Self {
@@ -490,7 +491,7 @@ struct CrossAttention {
 }
 
 impl CrossAttention {
-    fn load(store: &WeightStore, p: &str, c: &TransformerConfig, dtype: DType, device: &Device) -> Result<Self> {
+    fn load(store: &dyn Weights, p: &str, c: &TransformerConfig, dtype: DType, device: &Device) -> Result<Self> {
         let dim = c.dim();
         let ld = |n: &str| Linear::load(store, &format!("{p}.{n}"), dim, dim, dtype, device);
         let image = match c.image_dim {
@@ -555,7 +556,7 @@ struct ImageEmbedding {
 }
 
 impl ImageEmbedding {
-    fn load(store: &WeightStore, image_dim: usize, dim: usize, pos_len: Option<usize>, dtype: DType, device: &Device) -> Result<Self> {
+    fn load(store: &dyn Weights, image_dim: usize, dim: usize, pos_len: Option<usize>, dtype: DType, device: &Device) -> Result<Self> {
         // These LayerNorms use PyTorch's default eps, not the model's.
         const EPS: f64 = 1e-5;
         let pos_embed = match pos_len {
@@ -592,7 +593,7 @@ struct FpsEmbedding {
 }
 
 impl FpsEmbedding {
-    fn load(store: &WeightStore, dim: usize, dtype: DType, device: &Device) -> Result<Self> {
+    fn load(store: &dyn Weights, dim: usize, dtype: DType, device: &Device) -> Result<Self> {
         Ok(Self {
             table: store.tensor("fps_embedding.weight", &[2, dim], dtype, device)?,
             fc1: Linear::load(store, "fps_projection.0", dim, dim, dtype, device)?,

@@ -71,6 +71,37 @@ impl std::fmt::Display for TransformerKind {
 }
 
 impl TransformerConfig {
+    /// The configuration of a released model: `df-1.3b`, `df-14b`, `t2v-14b`, `i2v-1.3b`, `i2v-14b`.
+    pub fn preset(name: &str) -> Option<Self> {
+        let small = Self {
+            patch_size: [1, 2, 2],
+            num_heads: 12,
+            head_dim: 128,
+            in_channels: 16,
+            out_channels: 16,
+            text_dim: 4096,
+            freq_dim: 256,
+            ffn_dim: 8960,
+            num_layers: 30,
+            cross_attn_norm: true,
+            eps: 1e-6,
+            image_dim: None,
+            image_pos_embed_len: None,
+            inject_sample_info: false,
+            rope_max_seq_len: 1024,
+            causal_block_size: 1,
+        };
+        let large = Self { num_heads: 40, ffn_dim: 13824, num_layers: 40, ..small.clone() };
+        let i2v = |c: Self| Self { in_channels: 36, image_dim: Some(1280), ..c };
+        match name {
+            "df-1.3b" => Some(Self { inject_sample_info: true, ..small }),
+            "df-14b" | "t2v-14b" => Some(large),
+            "i2v-1.3b" => Some(i2v(small)),
+            "i2v-14b" => Some(i2v(large)),
+            _ => None,
+        }
+    }
+
     /// Model width (`num_heads · head_dim`).
     pub fn dim(&self) -> usize {
         self.num_heads * self.head_dim

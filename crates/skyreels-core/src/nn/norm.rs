@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::checkpoint::WeightStore;
+use crate::checkpoint::Weights;
 use crate::error::Result;
 
 /// Normalises `x` over its last dimension to zero mean and unit variance (no affine), in f32.
@@ -31,7 +31,7 @@ impl LayerNorm {
     }
 
     /// Loads `{prefix}.weight` and `{prefix}.bias` of shape `[dim]`.
-    pub fn load(store: &WeightStore, prefix: &str, dim: usize, eps: f64, device: &Device) -> Result<Self> {
+    pub fn load(store: &dyn Weights, prefix: &str, dim: usize, eps: f64, device: &Device) -> Result<Self> {
         let weight = store.tensor(&format!("{prefix}.weight"), &[dim], DType::F32, device)?;
         let bias = store.tensor(&format!("{prefix}.bias"), &[dim], DType::F32, device)?;
         Ok(Self { weight: Some(weight), bias: Some(bias), eps })
@@ -59,7 +59,7 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     /// Loads `{prefix}.weight` of shape `[dim]`.
-    pub fn load(store: &WeightStore, prefix: &str, dim: usize, eps: f64, device: &Device) -> Result<Self> {
+    pub fn load(store: &dyn Weights, prefix: &str, dim: usize, eps: f64, device: &Device) -> Result<Self> {
         let weight = store.tensor(&format!("{prefix}.weight"), &[dim], DType::F32, device)?;
         Ok(Self { weight, eps })
     }

@@ -1,0 +1,106 @@
+//! `skyreels bench`: times transformer forward passes of a released configuration with random
+//! weights and prints a table (no checkpoint needed).
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use skyreels_core::checkpoint::RandomWeights;
+use skyreels_core::{TransformerConfig, TransformerInput, WanTransformer3d};
+
+/// What to measure.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Released configuration: df-1.3b, df-14b, t2v-14b, i2v-1.3b, i2v-14b.
+    #[arg(long, default_value = "df-1.3b")]
+    preset: String,
+    /// Keep only this many transformer blocks (the time of the full model is extrapolated).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Latent frames.
+    #[arg(long, default_value_t = 5)]
+    frames: usize,
+    /// Latent height (pixels / 8).
+    #[arg(long, default_value_t = 30)]
+    height: usize,
+    /// Latent width (pixels / 8).
+    #[arg(long, default_value_t = 52)]
+    width: usize,
+    /// Timed repetitions after one warm-up pass.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Weight storage: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+pub fn run(args: &BenchArgs) -> Result<(), String> {
+    let mut config = TransformerConfig::preset(&args.preset)
+        .ok_or_else(|| format!("unknown preset `{}`: use df-1.3b, df-14b, t2v-14b, i2v-1.3b or i2v-14b", args.preset))?;
+    let full_layers = config.num_layers;
+    config.num_layers = args.layers.unwrap_or(full_layers).min(full_layers);
+    if args.repeat == 0 {
+        return Err("--repeat must be at least 1".into());
+    }
+    let dtype = match args.dtype.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        other => return Err(format!("unknown dtype `{other}`: use f32 or bf16")),
+    };
+    let device = Device::Cpu;
+    let e = |e: skyreels_core::Error| e.to_string();
+    let c = |e: candle_core::Error| e.to_string();
+    let model = WanTransformer3d::from_weights(config.clone(), &RandomWeights::new(0), &device, dtype).map_err(e)?;
+    let latents = Tensor::randn(0f32, 1.0, (1, config.in_channels, args.frames, args.height, args.width), &device).map_err(c)?;
+    let t: Vec<i64> = (0..args.frames).map(|i| 999 - (i as i64 * 997 / args.frames.max(1) as i64)).collect();
+    let timesteps = Tensor::from_vec(t, (1, args.frames), &device).map_err(c)?;
+    let context = (Tensor::randn(0f32, 1.0, (1, 512, config.text_dim), &device).map_err(c)? * 0.1).map_err(c)?;
+    let image = match config.image_dim {
+        Some(d) => Some(Tensor::randn(0f32, 1.0, (1, 257, d), &device).map_err(c)?),
+        None => None,
+    };
+    let fps = Tensor::new(&[1u32], &device).map_err(c)?;
+    let input = TransformerInput {
+        latents: &latents,
+        timesteps: &timesteps,
+        context: &context,
+        image_context: image.as_ref(),
+        fps_index: Some(&fps),
+    };
+    model.forward(&input).map_err(e)?;
+    let mut times = Vec::with_capacity(args.repeat);
+    for _ in 0..args.repeat {
+        let start = Instant::now();
+        model.forward(&input).map_err(e)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let tokens = args.frames * (args.height / config.patch_size[1]) * (args.width / config.patch_size[2]);
+    let flops = forward_flops(&config, tokens, 512);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("| preset | layers | dtype | tokens | best s | mean s | GFLOP/s | full-depth estimate s | threads |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {}/{} | {} | {} | {:.3} | {:.3} | {:.1} | {:.1} | {} |",
+        args.preset,
+        config.num_layers,
+        full_layers,
+        args.dtype,
+        tokens,
+        best,
+        mean,
+        flops / best / 1e9,
+        best * full_layers as f64 / config.num_layers.max(1) as f64,
+        threads
+    );
+    Ok(())
+}
+
+/// Multiply-add FLOPs of the transformer blocks (embeddings and head are negligible).
+fn forward_flops(c: &TransformerConfig, tokens: usize, text: usize) -> f64 {
+    let (l, d, f, t) = (tokens as f64, c.dim() as f64, c.ffn_dim as f64, text as f64);
+    let self_attn = 2.0 * 4.0 * l * d * d + 2.0 * 2.0 * l * l * d;
+    let cross_attn = 2.0 * 2.0 * l * d * d + 2.0 * 2.0 * t * d * d + 2.0 * 2.0 * l * t * d;
+    let ffn = 2.0 * 2.0 * l * d * f;
+    c.num_layers as f64 * (self_attn + cross_attn + ffn)
+}
