@@ -285,6 +285,25 @@ def gen_transformers(out):
     record_transformer_case(i2v, os.path.join(out, "transformer_i2v_scalar.safetensors"), "i2v_scalar",
                             latents=torch.randn(1, 36, 2, 4, 6, generator=g), timestep=torch.tensor([500]),
                             context=ctx, image_context=img, diffusion_forcing=False)
+
+    # 4) Unusual but legal diffusers configs: head_dim 4 (empty spatial rope parts), no
+    #    cross-attention norm, a 2x2x2 patch. Diffusers layout only (the original code has no such knobs).
+    odd, _ = tiny_transformer(40, num_attention_heads=3, attention_head_dim=4, ffn_dim=20, text_dim=8,
+                              freq_dim=8, num_layers=1, cross_attn_norm=False, patch_size=(2, 2, 2))
+    odd.save_pretrained(os.path.join(models_dir, "odd_diffusers"), safe_serialization=True)
+    ctx = text_context(1, 6, 4, 8, 5)
+    record_transformer_case(odd, os.path.join(out, "transformer_odd_patch2_df.safetensors"), "odd_patch2_df",
+                            latents=torch.randn(1, 16, 4, 6, 10, generator=g), timestep=torch.tensor([[999, 3]]),
+                            context=ctx)
+
+    # 5) First/last-frame image branch: a learned position table over two images' CLIP tokens.
+    flf, _ = tiny_transformer(50, in_channels=36, image_dim=24, added_kv_proj_dim=32, pos_embed_seq_len=10)
+    flf.save_pretrained(os.path.join(models_dir, "flf2v_diffusers"), safe_serialization=True)
+    ctx = text_context(1, 512, 9, 32, 6)
+    record_transformer_case(flf, os.path.join(out, "transformer_flf2v_scalar.safetensors"), "flf2v_scalar",
+                            latents=torch.randn(1, 36, 2, 4, 6, generator=g), timestep=torch.tensor([700]),
+                            context=ctx, image_context=torch.randn(2, 5, 24, generator=g), diffusion_forcing=False)
+
     with open(os.path.join(models_dir, "param_counts.json"), "w") as f:
         json.dump(param_counts, f, indent=2)
 

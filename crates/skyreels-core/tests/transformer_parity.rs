@@ -113,3 +113,15 @@ fn bf16_weights_stay_close_to_f32_reference() {
     let err = rel_l2(&out, &t["output"]);
     assert!(err < 2e-2, "bf16 weights: relative error {err}");
 }
+
+/// Head dim 4 (empty spatial rotary parts), no cross-attention norm, a 2×2×2 patch.
+#[test]
+fn unusual_diffusers_config_matches_reference() {
+    check_case(&load_model("odd_diffusers", 1), "odd_patch2_df", "odd_diffusers");
+}
+
+/// First/last-frame image branch: two images' tokens merged and offset by a position table.
+#[test]
+fn flf2v_image_branch_matches_reference() {
+    check_case(&load_model("flf2v_diffusers", 1), "flf2v_scalar", "flf2v_diffusers");
+}

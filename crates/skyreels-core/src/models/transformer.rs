@@ -242,11 +242,18 @@ impl WanTransformer3d {
         }
         match (c.image_dim, input.image_context.map(|t| t.dims())) {
             (None, _) => {}
-            (Some(d), Some([b, l, e])) if *b == batch && *e == d && *l > 0 => {
-                if let Some(expected) = c.image_pos_embed_len.filter(|&n| n != *l) {
-                    return Err(invalid_input!("this model takes exactly {expected} image tokens, got {l}"));
+            (Some(d), Some([b, l, e])) if *e == d && *l > 0 => match c.image_pos_embed_len {
+                None if *b == batch => {}
+                // First/last-frame models take both images' tokens, merged into one sequence.
+                Some(n) if (*b == batch && *l == n) || (*b == 2 * batch && 2 * l == n) => {}
+                Some(n) => {
+                    return Err(invalid_input!(
+                        "this model takes {n} image tokens per sample (or two images of {} tokens), got [{b}, {l}]",
+                        n / 2
+                    ))
                 }
-            }
+                None => return Err(invalid_input!("image context must be [{batch}, tokens, {d}], got [{b}, {l}, {e}]")),
+            },
             (Some(d), Some(other)) => return Err(invalid_input!("image context must be [{batch}, tokens, {d}], got {other:?}")),
             (Some(_), None) => return Err(invalid_input!("this is an image-to-video model: pass CLIP image tokens")),
         }
@@ -575,7 +582,11 @@ impl ImageEmbedding {
     fn forward(&self, image: &Tensor) -> Result<Tensor> {
         let dtype = image.dtype();
         let image = match &self.pos_embed {
-            Some(pos) => image.to_dtype(DType::F32)?.broadcast_add(pos)?,
+            Some(pos) => {
+                let (b, l, e) = image.dims3()?;
+                let merged = if l == pos.dims()[1] { image.clone() } else { image.reshape((b / 2, 2 * l, e))? };
+                merged.to_dtype(DType::F32)?.broadcast_add(pos)?
+            }
             None => image.clone(),
         };
         let h = self.norm_in.forward(&image)?.to_dtype(dtype)?;

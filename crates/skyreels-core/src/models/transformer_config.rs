@@ -165,7 +165,12 @@ impl TransformerConfig {
             num_layers: opt_usize(json, "num_layers", path)?.unwrap_or(32),
             cross_attn_norm: json.get("cross_attn_norm").and_then(Value::as_bool).unwrap_or(true),
             eps: json.get("eps").and_then(Value::as_f64).unwrap_or(1e-6),
-            image_dim: opt_usize(json, "image_dim", path)?,
+            image_dim: match (opt_usize(json, "image_dim", path)?, opt_usize(json, "added_kv_proj_dim", path)?) {
+                (Some(_), None) => {
+                    return Err(bad(path, "`image_dim` without `added_kv_proj_dim` is not a SkyReels/Wan layout".into()))
+                }
+                (image_dim, _) => image_dim,
+            },
             image_pos_embed_len: opt_usize(json, "pos_embed_seq_len", path)?,
             inject_sample_info: json.get("inject_sample_info").and_then(Value::as_bool).unwrap_or(false),
             rope_max_seq_len: opt_usize(json, "rope_max_seq_len", path)?.unwrap_or(1024),
@@ -225,8 +230,8 @@ impl TransformerConfig {
         if self.patch_size.contains(&0) {
             return Err(bad(path, "`patch_size` entries must be positive".into()));
         }
-        if self.head_dim % 2 != 0 || self.head_dim < 6 {
-            return Err(bad(path, format!("head dim {} must be even and at least 6 for the 3D rotary embedding", self.head_dim)));
+        if self.head_dim % 2 != 0 {
+            return Err(bad(path, format!("head dim {} must be even for the 3D rotary embedding", self.head_dim)));
         }
         if self.freq_dim % 2 != 0 {
             return Err(bad(path, format!("`freq_dim` {} must be even", self.freq_dim)));

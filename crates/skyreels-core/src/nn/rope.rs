@@ -17,11 +17,12 @@ pub struct Rope3d {
 }
 
 impl Rope3d {
-    /// The split used by SkyReels-V2 / Wan for `head_dim` (must be even), θ = 10000.
+    /// The split used by SkyReels-V2 / Wan for `head_dim` (must be even), θ = 10000. Head dims
+    /// below 6 leave the spatial parts empty, as in the reference.
     pub fn new(head_dim: usize, max_positions: usize) -> Result<Self> {
         let hw = 2 * (head_dim / 6);
-        if head_dim % 2 != 0 || hw == 0 {
-            return Err(invalid_input!("rotary embedding needs an even head dim of at least 6, got {head_dim}"));
+        if head_dim % 2 != 0 || head_dim == 0 {
+            return Err(invalid_input!("rotary embedding needs an even head dim, got {head_dim}"));
         }
         Ok(Self { dims: [head_dim - 2 * hw, hw, hw], theta: 10000.0, max_positions })
     }
