@@ -67,9 +67,7 @@ impl WanTransformer3d {
     /// `transformer/` folder) is accepted too. `weight_dtype` is how weights are held in memory
     /// (f32 or bf16); on CPU the arithmetic is f32 regardless, on GPUs it uses `weight_dtype`.
     pub fn load(dir: &Path, device: &Device, weight_dtype: DType) -> Result<Self> {
-        let dir = transformer_dir(dir);
-        let store = WeightStore::open(&dir)?;
-        let config = TransformerConfig::load(&dir, &store)?;
+        let (_, store, config) = open_checkpoint(dir)?;
         Self::from_weights(config, &store, device, weight_dtype)
     }
 
@@ -240,22 +238,18 @@ impl WanTransformer3d {
             [b, l, d] if *b == batch && *d == c.text_dim && *l > 0 => {}
             other => return Err(invalid_input!("text context must be [{batch}, tokens, {}], got {other:?}", c.text_dim)),
         }
-        match (c.image_dim, input.image_context.map(|t| t.dims())) {
-            (None, _) => {}
-            (Some(d), Some([b, l, e])) if *e == d && *l > 0 => match c.image_pos_embed_len {
-                None if *b == batch => {}
+        if let Some(d) = c.image_dim {
+            let image = input.image_context.ok_or_else(|| invalid_input!("this is an image-to-video model: pass CLIP image tokens"))?;
+            let fits = match (image.dims(), c.image_pos_embed_len) {
+                ([b, l, e], None) => *b == batch && *e == d && *l > 0,
                 // First/last-frame models take both images' tokens, merged into one sequence.
-                Some(n) if (*b == batch && *l == n) || (*b == 2 * batch && 2 * l == n) => {}
-                Some(n) => {
-                    return Err(invalid_input!(
-                        "this model takes {n} image tokens per sample (or two images of {} tokens), got [{b}, {l}]",
-                        n / 2
-                    ))
-                }
-                None => return Err(invalid_input!("image context must be [{batch}, tokens, {d}], got [{b}, {l}, {e}]")),
-            },
-            (Some(d), Some(other)) => return Err(invalid_input!("image context must be [{batch}, tokens, {d}], got {other:?}")),
-            (Some(_), None) => return Err(invalid_input!("this is an image-to-video model: pass CLIP image tokens")),
+                ([b, l, e], Some(n)) => *e == d && ((*b == batch && *l == n) || (*b == 2 * batch && 2 * l == n)),
+                _ => false,
+            };
+            if !fits {
+                let tokens = c.image_pos_embed_len.map_or("tokens".to_string(), |n| format!("{n} (or two images of {})", n / 2));
+                return Err(invalid_input!("image context must be [{batch}, {tokens}, {d}], got {:?}", image.dims()));
+            }
         }
         if self.fps_embedding.is_some() {
             if let Some(index) = input.fps_index {
@@ -295,9 +289,7 @@ pub struct TransformerSummary {
 /// Reads the config and every shard header of a transformer directory (validating that no
 /// shard is truncated or corrupted) without loading any weights.
 pub fn inspect(dir: &Path) -> Result<TransformerSummary> {
-    let dir = transformer_dir(dir);
-    let store = WeightStore::open(&dir)?;
-    let config = TransformerConfig::load(&dir, &store)?;
+    let (dir, store, config) = open_checkpoint(dir)?;
     Ok(TransformerSummary {
         kind: config.kind(),
         model_name: store.model_name().map(str::to_string),
@@ -309,6 +301,14 @@ pub fn inspect(dir: &Path) -> Result<TransformerSummary> {
         config,
         dir,
     })
+}
+
+/// Resolves the transformer directory, opens its shards and reads its config.
+fn open_checkpoint(dir: &Path) -> Result<(std::path::PathBuf, WeightStore, TransformerConfig)> {
+    let dir = transformer_dir(dir);
+    let store = WeightStore::open(&dir)?;
+    let config = TransformerConfig::load(&dir, &store)?;
+    Ok((dir, store, config))
 }
 
 /// A diffusers pipeline root keeps the transformer in `transformer/`; other layouts are flat.

@@ -26,6 +26,19 @@ pub struct FlowUniPc {
     lower_order_steps: usize,
 }
 
+/// Scalars of one UniPC update from σ_from to σ_to, with `h = λ(σ_to) − λ(σ_from)`.
+struct Coefficients {
+    /// `σ_to / σ_from`.
+    sigma_ratio: f64,
+    h: f64,
+    /// `φ₁ = expm1(−h)`.
+    phi_1: f64,
+    /// `B(h)` of the bh2 variant.
+    b_h: f64,
+    /// `α_to = 1 − σ_to`.
+    alpha_to: f64,
+}
+
 /// `λ(σ) = ln(1 − σ) − ln σ`, the half log-SNR of the flow path (+∞ at σ = 0).
 fn lambda(sigma: f64) -> f64 {
     (1.0 - sigma).ln() - sigma.ln()
@@ -41,18 +54,24 @@ impl FlowUniPc {
         self.schedule.sigmas()[i] as f64
     }
 
+    /// Coefficients of a bh2 update from step `from` to step `to`.
+    fn coefficients(&self, from: usize, to: usize) -> Coefficients {
+        let (s_from, s_to) = (self.sigma(from), self.sigma(to));
+        let h = lambda(s_to) - lambda(s_from);
+        let phi_1 = (-h).exp_m1();
+        // bh2 uses B(h) = expm1(−h), which equals φ₁.
+        Coefficients { sigma_ratio: s_to / s_from, h, phi_1, b_h: phi_1, alpha_to: 1.0 - s_to }
+    }
+
     /// UniC: corrects `sample` (at σ_k) using the new x₀ prediction `x0_new` and the history.
     fn correct(&self, x0_new: &Tensor, sample_prev: &Tensor, k: usize) -> Result<Tensor> {
         let (Some(m0), order) = (&self.x0_history[1], self.last_order) else {
             return Err(invalid_input!("UniPC corrector called without history"));
         };
-        let (s_t, s_0) = (self.sigma(k), self.sigma(k - 1));
-        let h = lambda(s_t) - lambda(s_0);
+        let Coefficients { sigma_ratio, h, phi_1, b_h, alpha_to: alpha_t } = self.coefficients(k - 1, k);
         let hh = -h;
-        let phi_1 = hh.exp_m1();
-        let b_h = hh.exp_m1();
-        let alpha_t = 1.0 - s_t;
-        let base = lincomb(&[(s_t / s_0, sample_prev), (-alpha_t * phi_1, m0)])?;
+        let s_0 = self.sigma(k - 1);
+        let base = lincomb(&[(sigma_ratio, sample_prev), (-alpha_t * phi_1, m0)])?;
         let d1_t = (x0_new - m0)?;
         let correction = if order == 2 {
             let m1 = self.x0_history[0].as_ref().ok_or_else(|| invalid_input!("UniPC order-2 corrector without history"))?;
@@ -74,13 +93,9 @@ impl FlowUniPc {
     /// UniP: moves `sample` from σ_k to σ_{k+1} with the current x₀ history and `order`.
     fn predict(&self, sample: &Tensor, k: usize, order: usize) -> Result<Tensor> {
         let m0 = self.x0_history[1].as_ref().ok_or_else(|| invalid_input!("UniPC predictor without history"))?;
-        let (s_t, s_0) = (self.sigma(k + 1), self.sigma(k));
-        let h = lambda(s_t) - lambda(s_0);
-        let hh = -h;
-        let phi_1 = hh.exp_m1();
-        let b_h = hh.exp_m1();
-        let alpha_t = 1.0 - s_t;
-        let next = lincomb(&[(s_t / s_0, sample), (-alpha_t * phi_1, m0)])?;
+        let Coefficients { sigma_ratio, h, phi_1, b_h, alpha_to: alpha_t } = self.coefficients(k, k + 1);
+        let s_0 = self.sigma(k);
+        let next = lincomb(&[(sigma_ratio, sample), (-alpha_t * phi_1, m0)])?;
         if order < 2 {
             return Ok(next);
         }
