@@ -34,8 +34,9 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: &BenchArgs) -> Result<(), String> {
-    let mut config = TransformerConfig::preset(&args.preset)
-        .ok_or_else(|| format!("unknown preset `{}`: use df-1.3b, df-14b, t2v-14b, i2v-1.3b or i2v-14b", args.preset))?;
+    let mut config = TransformerConfig::preset(&args.preset).ok_or_else(|| {
+        format!("unknown preset `{}`: use df-1.3b, df-14b, t2v-14b, i2v-1.3b or i2v-14b", args.preset)
+    })?;
     let full_layers = config.num_layers;
     config.num_layers = args.layers.unwrap_or(full_layers).min(full_layers);
     if args.repeat == 0 {
@@ -50,7 +51,8 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     let e = |e: skyreels_core::Error| e.to_string();
     let c = |e: candle_core::Error| e.to_string();
     let model = WanTransformer3d::from_weights(config.clone(), &RandomWeights::new(0), &device, dtype).map_err(e)?;
-    let latents = Tensor::randn(0f32, 1.0, (1, config.in_channels, args.frames, args.height, args.width), &device).map_err(c)?;
+    let latents =
+        Tensor::randn(0f32, 1.0, (1, config.in_channels, args.frames, args.height, args.width), &device).map_err(c)?;
     let t: Vec<i64> = (0..args.frames).map(|i| 999 - (i as i64 * 997 / args.frames.max(1) as i64)).collect();
     let timesteps = Tensor::from_vec(t, (1, args.frames), &device).map_err(c)?;
     let context = (Tensor::randn(0f32, 1.0, (1, 512, config.text_dim), &device).map_err(c)? * 0.1).map_err(c)?;

@@ -64,7 +64,13 @@ fn bad_inputs_to_forward_are_errors_not_panics() {
     let ctx_bad = Tensor::zeros((1, 7, 31), DType::F32, &dev).unwrap();
     let fps = Tensor::new(&[1u32], &dev).unwrap();
     let fps_bad = Tensor::new(&[7u32], &dev).unwrap();
-    let input = TransformerInput { latents: &latents, timesteps: &t_frames, context: &ctx, image_context: None, fps_index: Some(&fps) };
+    let input = TransformerInput {
+        latents: &latents,
+        timesteps: &t_frames,
+        context: &ctx,
+        image_context: None,
+        fps_index: Some(&fps),
+    };
     assert!(model.forward(&input).is_ok());
     let cases = [
         (TransformerInput { latents: &odd, ..input }, "multiple of the patch size"),

@@ -140,14 +140,16 @@ fn plan_error(settings: PlanSettings) -> String {
 
 #[test]
 fn invalid_settings_are_explained() {
-    let base = PlanSettings { num_frames: 25, base_num_frames: None, ar_step: 5, num_pre_ready: 0, causal_block_size: 5 };
+    let base =
+        PlanSettings { num_frames: 25, base_num_frames: None, ar_step: 5, num_pre_ready: 0, causal_block_size: 5 };
     let msg = plan_error(PlanSettings { num_frames: 23, ..base });
     assert!(msg.contains("not a multiple of the causal block size 5") && msg.contains("25 latent frames"), "{msg}");
     let msg = plan_error(PlanSettings { num_frames: 30, base_num_frames: Some(25), ..base });
     assert!(msg.contains("ar_step >= 6"), "{msg}");
     let msg = plan_error(PlanSettings { num_pre_ready: 1, ..base });
     assert!(msg.contains("pad the prefix to 5"), "{msg}");
-    let msg = plan_error(PlanSettings { num_frames: 30, base_num_frames: Some(10), ar_step: 15, num_pre_ready: 15, ..base });
+    let msg =
+        plan_error(PlanSettings { num_frames: 30, base_num_frames: Some(10), ar_step: 15, num_pre_ready: 15, ..base });
     assert!(msg.contains("at least as long as the clean prefix"), "{msg}");
     let msg = plan_error(PlanSettings { num_pre_ready: 25, ..base });
     assert!(msg.contains("nothing to generate"), "{msg}");

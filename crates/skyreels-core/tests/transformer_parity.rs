@@ -55,7 +55,9 @@ fn load_model(dir: &str, causal_block_size: usize) -> WanTransformer3d {
 #[test]
 fn df_model_with_fps_matches_reference_in_both_namings() {
     for dir in ["df_fps_diffusers", "df_fps_original"] {
-        for (case, block) in [("df_f5_fps24", 1), ("df_f5_fps16", 1), ("df_f6_causal3", 3), ("df_f4_causal2_nonsquare", 2)] {
+        for (case, block) in
+            [("df_f5_fps24", 1), ("df_f5_fps16", 1), ("df_f6_causal3", 3), ("df_f4_causal2_nonsquare", 2)]
+        {
             check_case(&load_model(dir, block), case, dir);
         }
     }

@@ -180,10 +180,8 @@ fn open_shard(path: &Path) -> Result<MmapedSafetensors> {
     }
     // SAFETY: the file is mapped read-only; like every mmap-based loader we assume no other
     // process truncates it while the model is alive.
-    unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::BadCheckpointFile {
-        path: path.to_path_buf(),
-        reason: describe_safetensors_error(&e),
-    })
+    unsafe { MmapedSafetensors::new(path) }
+        .map_err(|e| Error::BadCheckpointFile { path: path.to_path_buf(), reason: describe_safetensors_error(&e) })
 }
 
 /// Strips candle's path decoration so the message stays one short sentence.

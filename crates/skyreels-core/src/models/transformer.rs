@@ -73,7 +73,12 @@ impl WanTransformer3d {
 
     /// Builds the model from any weight source (an opened checkpoint, random weights) and a config,
     /// checking every tensor's shape.
-    pub fn from_weights(config: TransformerConfig, store: &dyn Weights, device: &Device, weight_dtype: DType) -> Result<Self> {
+    pub fn from_weights(
+        config: TransformerConfig,
+        store: &dyn Weights,
+        device: &Device,
+        weight_dtype: DType,
+    ) -> Result<Self> {
         let c = &config;
         let dim = c.dim();
         let ld = |prefix: &str, i: usize, o: usize| Linear::load(store, prefix, i, o, weight_dtype, device);
@@ -84,7 +89,9 @@ impl WanTransformer3d {
             .reshape((dim, patch_in))?;
         let patch_bias = store.tensor("patch_embedding.bias", &[dim], weight_dtype, device)?;
         let image_embedding = match c.image_dim {
-            Some(image_dim) => Some(ImageEmbedding::load(store, image_dim, dim, c.image_pos_embed_len, weight_dtype, device)?),
+            Some(image_dim) => {
+                Some(ImageEmbedding::load(store, image_dim, dim, c.image_pos_embed_len, weight_dtype, device)?)
+            }
             None => None,
         };
         let fps_embedding =
@@ -165,7 +172,14 @@ impl WanTransformer3d {
                 AttentionMask::BlockCausal { tokens_per_block: block * shape.grid[1] * shape.grid[2] }
             }
         };
-        let ctx = BlockContext { text: &context, image: image_context.as_ref(), modulation: &modulation, cos: &cos, sin: &sin, mask };
+        let ctx = BlockContext {
+            text: &context,
+            image: image_context.as_ref(),
+            modulation: &modulation,
+            cos: &cos,
+            sin: &sin,
+            mask,
+        };
         let mut x = tokens;
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, &ctx, &mut |name, t| trace(&format!("blocks.{i}.{name}"), t))?;
@@ -173,11 +187,18 @@ impl WanTransformer3d {
         }
         let out = self.head.forward(&x, &temb)?;
         trace("proj_out", &out)?;
-        unpatchify(&out, &shape, self.config.patch_size, self.config.out_channels)?.to_dtype(DType::F32).map_err(Into::into)
+        unpatchify(&out, &shape, self.config.patch_size, self.config.out_channels)?
+            .to_dtype(DType::F32)
+            .map_err(Into::into)
     }
 
     /// Time embedding `temb [B, Ft, D]` and block modulation `[B, Ft, 6, D]` (f32), fps included.
-    fn time_conditioning(&self, input: &TransformerInput<'_>, batch: usize, trace: &mut Trace<'_>) -> Result<(Tensor, Tensor)> {
+    fn time_conditioning(
+        &self,
+        input: &TransformerInput<'_>,
+        batch: usize,
+        trace: &mut Trace<'_>,
+    ) -> Result<(Tensor, Tensor)> {
         let dim = self.config.dim();
         let per_sample = input.timesteps.dims().len() == 1;
         let frames_t = if per_sample { 1 } else { input.timesteps.dims()[1] };
@@ -227,19 +248,21 @@ impl WanTransformer3d {
         match input.timesteps.dims() {
             [b] if *b == batch => {}
             [b, f] if *b == batch && *f == grid[0] => {}
-            other => {
-                return Err(invalid_input!(
-                    "timesteps must be [{batch}] (one per sample) or [{batch}, {}] (one per latent frame), got {other:?}",
-                    grid[0]
-                ))
-            }
+            other => return Err(invalid_input!(
+                "timesteps must be [{batch}] (one per sample) or [{batch}, {}] (one per latent frame), got {other:?}",
+                grid[0]
+            )),
         }
         match input.context.dims() {
             [b, l, d] if *b == batch && *d == c.text_dim && *l > 0 => {}
-            other => return Err(invalid_input!("text context must be [{batch}, tokens, {}], got {other:?}", c.text_dim)),
+            other => {
+                return Err(invalid_input!("text context must be [{batch}, tokens, {}], got {other:?}", c.text_dim))
+            }
         }
         if let Some(d) = c.image_dim {
-            let image = input.image_context.ok_or_else(|| invalid_input!("this is an image-to-video model: pass CLIP image tokens"))?;
+            let image = input
+                .image_context
+                .ok_or_else(|| invalid_input!("this is an image-to-video model: pass CLIP image tokens"))?;
             let fits = match (image.dims(), c.image_pos_embed_len) {
                 ([b, l, e], None) => *b == batch && *e == d && *l > 0,
                 // First/last-frame models take both images' tokens, merged into one sequence.
@@ -247,7 +270,8 @@ impl WanTransformer3d {
                 _ => false,
             };
             if !fits {
-                let tokens = c.image_pos_embed_len.map_or("tokens".to_string(), |n| format!("{n} (or two images of {})", n / 2));
+                let tokens =
+                    c.image_pos_embed_len.map_or("tokens".to_string(), |n| format!("{n} (or two images of {})", n / 2));
                 return Err(invalid_input!("image context must be [{batch}, {tokens}, {d}], got {:?}", image.dims()));
             }
         }
@@ -255,7 +279,9 @@ impl WanTransformer3d {
             if let Some(index) = input.fps_index {
                 let values = index.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
                 if values.len() != batch || values.iter().any(|&v| v != 0.0 && v != 1.0) {
-                    return Err(invalid_input!("fps index must hold {batch} values, each 0 (16 fps) or 1 (24 fps), got {values:?}"));
+                    return Err(invalid_input!(
+                        "fps index must hold {batch} values, each 0 (16 fps) or 1 (24 fps), got {values:?}"
+                    ));
                 }
             }
         }
@@ -332,17 +358,23 @@ struct InputShape {
 fn patchify(x: &Tensor, [pt, ph, pw]: [usize; 3]) -> Result<Tensor> {
     let (b, c, f, h, w) = x.dims5()?;
     let (f, h, w) = (f / pt, h / ph, w / pw);
-    Ok(x.reshape(vec![b, c, f, pt, h, ph, w, pw])?
-        .permute([0, 2, 4, 6, 1, 3, 5, 7])?
-        .reshape((b, f * h * w, c * pt * ph * pw))?)
+    Ok(x.reshape(vec![b, c, f, pt, h, ph, w, pw])?.permute([0, 2, 4, 6, 1, 3, 5, 7])?.reshape((
+        b,
+        f * h * w,
+        c * pt * ph * pw,
+    ))?)
 }
 
 /// `[B, f·h·w, pt·ph·pw·C]` → `[B, C, f·pt, h·ph, w·pw]` (features ordered (pt, ph, pw, C)).
 fn unpatchify(x: &Tensor, shape: &InputShape, [pt, ph, pw]: [usize; 3], channels: usize) -> Result<Tensor> {
     let [f, h, w] = shape.grid;
-    Ok(x.reshape(vec![shape.batch, f, h, w, pt, ph, pw, channels])?
-        .permute([0, 7, 1, 4, 2, 5, 3, 6])?
-        .reshape((shape.batch, channels, f * pt, h * ph, w * pw))?)
+    Ok(x.reshape(vec![shape.batch, f, h, w, pt, ph, pw, channels])?.permute([0, 7, 1, 4, 2, 5, 3, 6])?.reshape((
+        shape.batch,
+        channels,
+        f * pt,
+        h * ph,
+        w * pw,
+    ))?)
 }
 
 /// Applies `x·(1 + scale) + shift` (or `x·gate`) per frame group: `x [B, L, D]`, `m [B, Ft, 1, D]`.
@@ -401,7 +433,11 @@ struct WanBlock {
 impl WanBlock {
     fn load(store: &dyn Weights, p: &str, c: &TransformerConfig, dtype: DType, device: &Device) -> Result<Self> {
         let dim = c.dim();
-        let cross_norm = if c.cross_attn_norm { Some(LayerNorm::load(store, &format!("{p}.norm3"), dim, c.eps, device)?) } else { None };
+        let cross_norm = if c.cross_attn_norm {
+            Some(LayerNorm::load(store, &format!("{p}.norm3"), dim, c.eps, device)?)
+        } else {
+            None
+        };
         Ok(Self {
             modulation: store.tensor(&format!("{p}.modulation"), &[1, 6, dim], DType::F32, device)?,
             self_attn: SelfAttention::load(store, &format!("{p}.self_attn"), c, dtype, device)?,
@@ -502,7 +538,11 @@ impl CrossAttention {
         let dim = c.dim();
         let ld = |n: &str| Linear::load(store, &format!("{p}.{n}"), dim, dim, dtype, device);
         let image = match c.image_dim {
-            Some(_) => Some((ld("k_img")?, ld("v_img")?, RmsNorm::load(store, &format!("{p}.norm_k_img"), dim, c.eps, device)?)),
+            Some(_) => Some((
+                ld("k_img")?,
+                ld("v_img")?,
+                RmsNorm::load(store, &format!("{p}.norm_k_img"), dim, c.eps, device)?,
+            )),
             None => None,
         };
         Ok(Self {
@@ -563,7 +603,14 @@ struct ImageEmbedding {
 }
 
 impl ImageEmbedding {
-    fn load(store: &dyn Weights, image_dim: usize, dim: usize, pos_len: Option<usize>, dtype: DType, device: &Device) -> Result<Self> {
+    fn load(
+        store: &dyn Weights,
+        image_dim: usize,
+        dim: usize,
+        pos_len: Option<usize>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         // These LayerNorms use PyTorch's default eps, not the model's.
         const EPS: f64 = 1e-5;
         let pos_embed = match pos_len {

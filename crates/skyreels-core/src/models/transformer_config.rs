@@ -167,7 +167,10 @@ impl TransformerConfig {
             eps: json.get("eps").and_then(Value::as_f64).unwrap_or(1e-6),
             image_dim: match (opt_usize(json, "image_dim", path)?, opt_usize(json, "added_kv_proj_dim", path)?) {
                 (Some(_), None) => {
-                    return Err(bad(path, "`image_dim` without `added_kv_proj_dim` is not a SkyReels/Wan layout".into()))
+                    return Err(bad(
+                        path,
+                        "`image_dim` without `added_kv_proj_dim` is not a SkyReels/Wan layout".into(),
+                    ))
                 }
                 (image_dim, _) => image_dim,
             },
@@ -189,7 +192,8 @@ impl TransformerConfig {
             return Err(bad(path, format!("patch_embedding.weight has shape {patch:?}, expected 5 dims")));
         }
         let text_dim = store.shape("text_embedding.0.weight")?.get(1).copied().unwrap_or(0);
-        let is_i2v = json.get("model_type").and_then(Value::as_str) == Some("i2v") || store.contains("img_emb.proj.0.weight");
+        let is_i2v =
+            json.get("model_type").and_then(Value::as_str) == Some("i2v") || store.contains("img_emb.proj.0.weight");
         let image_dim = if is_i2v { Some(store.shape("img_emb.proj.0.weight")?[0]) } else { None };
         let image_pos_embed_len = store.info("img_emb.emb_pos").and_then(|t| t.shape.get(1).copied());
         Ok(Self {
@@ -247,7 +251,10 @@ fn bad(path: &Path, reason: String) -> Error {
 fn opt_usize(json: &Value, key: &str, path: &Path) -> Result<Option<usize>> {
     match json.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| bad(path, format!("`{key}` must be a non-negative integer, got {v}"))),
+        Some(v) => v
+            .as_u64()
+            .map(|n| Some(n as usize))
+            .ok_or_else(|| bad(path, format!("`{key}` must be a non-negative integer, got {v}"))),
     }
 }
 

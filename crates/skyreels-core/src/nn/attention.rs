@@ -57,7 +57,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Attention
 
 /// Attention for query rows `start..start+len` against all keys given, in budget-sized chunks.
 #[allow(clippy::too_many_arguments)]
-fn chunked(q: &Tensor, k_t: &Tensor, v: &Tensor, scale: f64, start: usize, len: usize, keys: usize, heads: usize) -> Result<Tensor> {
+fn chunked(
+    q: &Tensor,
+    k_t: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    start: usize,
+    len: usize,
+    keys: usize,
+    heads: usize,
+) -> Result<Tensor> {
     let rows_per_chunk = (SCORE_BUDGET / (keys * heads).max(1)).clamp(1, len.max(1));
     let mut outs = Vec::with_capacity(len.div_ceil(rows_per_chunk));
     let mut row = start;

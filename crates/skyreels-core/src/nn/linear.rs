@@ -20,7 +20,14 @@ impl Linear {
     }
 
     /// Loads `{prefix}.weight` `[out, in]` and `{prefix}.bias` `[out]`.
-    pub fn load(store: &dyn Weights, prefix: &str, in_dim: usize, out_dim: usize, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        store: &dyn Weights,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let weight = store.tensor(&format!("{prefix}.weight"), &[out_dim, in_dim], dtype, device)?;
         let bias = store.tensor(&format!("{prefix}.bias"), &[out_dim], dtype, device)?;
         Ok(Self { weight, bias: Some(bias) })

@@ -107,7 +107,8 @@ pub fn generate_timestep_matrix(step_template: &[i64], settings: &PlanSettings) 
         block_rows.push((row, update));
     }
 
-    let mut matrix = TimestepMatrix { timesteps: vec![], step_index: vec![], update_mask: vec![], valid_interval: vec![] };
+    let mut matrix =
+        TimestepMatrix { timesteps: vec![], step_index: vec![], update_mask: vec![], valid_interval: vec![] };
     let mut window_end = base_blocks;
     for (row, update) in block_rows {
         if window_end < blocks && update[window_end] {

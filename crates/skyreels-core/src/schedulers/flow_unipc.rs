@@ -47,7 +47,14 @@ fn lambda(sigma: f64) -> f64 {
 impl FlowUniPc {
     /// A fresh solver at step 0 of `schedule`.
     pub fn new(schedule: FlowSchedule) -> Self {
-        Self { schedule, step_index: 0, x0_history: [None, None], last_sample: None, last_order: 0, lower_order_steps: 0 }
+        Self {
+            schedule,
+            step_index: 0,
+            x0_history: [None, None],
+            last_sample: None,
+            last_order: 0,
+            lower_order_steps: 0,
+        }
     }
 
     fn sigma(&self, i: usize) -> f64 {
@@ -74,7 +81,8 @@ impl FlowUniPc {
         let base = lincomb(&[(sigma_ratio, sample_prev), (-alpha_t * phi_1, m0)])?;
         let d1_t = (x0_new - m0)?;
         let correction = if order == 2 {
-            let m1 = self.x0_history[0].as_ref().ok_or_else(|| invalid_input!("UniPC order-2 corrector without history"))?;
+            let m1 =
+                self.x0_history[0].as_ref().ok_or_else(|| invalid_input!("UniPC order-2 corrector without history"))?;
             let r = (lambda(self.sigma(k - 2)) - lambda(s_0)) / h;
             let d1 = (m1 - m0)?.affine(1.0 / r, 0.0)?;
             let g1 = phi_1 / hh - 1.0;
@@ -99,7 +107,8 @@ impl FlowUniPc {
         if order < 2 {
             return Ok(next);
         }
-        let m1 = self.x0_history[0].as_ref().ok_or_else(|| invalid_input!("UniPC order-2 predictor without history"))?;
+        let m1 =
+            self.x0_history[0].as_ref().ok_or_else(|| invalid_input!("UniPC order-2 predictor without history"))?;
         let r = (lambda(self.sigma(k - 1)) - lambda(s_0)) / h;
         let d1 = (m1 - m0)?.affine(1.0 / r, 0.0)?;
         // ρ_p is fixed to 0.5 for order 2.

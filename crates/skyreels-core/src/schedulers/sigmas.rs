@@ -53,10 +53,8 @@ impl FlowSchedule {
             SigmaGrid::Diffusers => (1.0, 1.0 / TRAIN_STEPS),
         };
         let step = (stop - start) / steps as f64;
-        let mut shifted: Vec<f64> = (0..steps)
-            .map(|i| i as f64 * step + start)
-            .map(|s| shift * s / (1.0 + (shift - 1.0) * s))
-            .collect();
+        let mut shifted: Vec<f64> =
+            (0..steps).map(|i| i as f64 * step + start).map(|s| shift * s / (1.0 + (shift - 1.0) * s)).collect();
         if grid == SigmaGrid::Diffusers && (shifted[0] - 1.0).abs() < 1e-6 {
             shifted[0] -= 1e-6;
         }

@@ -21,7 +21,13 @@ pub fn load(name: &str) -> HashMap<String, Tensor> {
 
 /// `‖a − b‖ / ‖b‖` in f64 (absolute error when the reference is all zeros).
 pub fn rel_l2(actual: &Tensor, reference: &Tensor) -> f64 {
-    assert_eq!(actual.elem_count(), reference.elem_count(), "element counts differ: {:?} vs {:?}", actual.dims(), reference.dims());
+    assert_eq!(
+        actual.elem_count(),
+        reference.elem_count(),
+        "element counts differ: {:?} vs {:?}",
+        actual.dims(),
+        reference.dims()
+    );
     let a = actual.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
     let b = reference.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
     let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
