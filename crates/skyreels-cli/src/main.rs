@@ -31,14 +31,15 @@ enum Command {
         json: bool,
     },
     /// Time transformer forward passes of a released configuration with random weights.
-    Bench(bench::BenchArgs),
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { model_dir, json } => info(&model_dir, json),
-        Command::Bench(args) => bench::run(&args),
+        Command::Bench(command) => bench::run(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,12 +4,14 @@
 //! normalise in f32 (as the reference does) and hand back the input dtype.
 
 mod attention;
+mod conv3d;
 mod linear;
 mod norm;
 mod rope;
 mod sinusoid;
 
 pub use attention::{attention, AttentionMask};
+pub use conv3d::{Conv3d, SpatialPadding};
 pub use linear::Linear;
 pub use norm::{layer_norm, LayerNorm, RmsNorm};
 pub use rope::Rope3d;

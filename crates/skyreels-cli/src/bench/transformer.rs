@@ -1,7 +1,5 @@
-//! `skyreels bench`: times transformer forward passes of a released configuration with random
-//! weights and prints a table (no checkpoint needed).
-
-use std::time::Instant;
+//! `skyreels bench transformer`: times transformer forward passes of a released configuration
+//! with random weights and prints a table (no checkpoint needed).
 
 use candle_core::{DType, Device, Tensor};
 use skyreels_core::checkpoint::RandomWeights;
@@ -9,7 +7,7 @@ use skyreels_core::{TransformerConfig, TransformerInput, WanTransformer3d};
 
 /// What to measure.
 #[derive(clap::Args)]
-pub struct BenchArgs {
+pub struct TransformerArgs {
     /// Released configuration: df-1.3b, df-14b, t2v-14b, i2v-1.3b, i2v-14b.
     #[arg(long, default_value = "df-1.3b")]
     preset: String,
@@ -33,15 +31,12 @@ pub struct BenchArgs {
     dtype: String,
 }
 
-pub fn run(args: &BenchArgs) -> Result<(), String> {
+pub fn run(args: &TransformerArgs) -> Result<(), String> {
     let mut config = TransformerConfig::preset(&args.preset).ok_or_else(|| {
         format!("unknown preset `{}`: use df-1.3b, df-14b, t2v-14b, i2v-1.3b or i2v-14b", args.preset)
     })?;
     let full_layers = config.num_layers;
     config.num_layers = args.layers.unwrap_or(full_layers).min(full_layers);
-    if args.repeat == 0 {
-        return Err("--repeat must be at least 1".into());
-    }
     let dtype = match args.dtype.as_str() {
         "f32" => DType::F32,
         "bf16" => DType::BF16,
@@ -68,18 +63,10 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         image_context: image.as_ref(),
         fps_index: Some(&fps),
     };
-    model.forward(&input).map_err(e)?;
-    let mut times = Vec::with_capacity(args.repeat);
-    for _ in 0..args.repeat {
-        let start = Instant::now();
-        model.forward(&input).map_err(e)?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
-    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let (best, mean) = super::time_runs(args.repeat, || model.forward(&input).map(drop).map_err(e))?;
     let tokens = args.frames * (args.height / config.patch_size[1]) * (args.width / config.patch_size[2]);
     let flops = forward_flops(&config, tokens, 512);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = super::threads();
     println!("| preset | layers | dtype | tokens | best s | mean s | GFLOP/s | full-depth estimate s | threads |");
     println!("|---|---|---|---|---|---|---|---|---|");
     println!(

@@ -1,0 +1,362 @@
+//! 3D convolution, which candle lacks.
+//!
+//! One type, [`Conv3d`], with two executions:
+//! - **CPU, f32**: row-folded im2col + GEMM. For one output frame and a band of output rows,
+//!   each (temporal tap, input channel, row tap) gets a slab holding the zero-padded input rows
+//!   it reads, so the `kt·C·kh` rows of the GEMM are equally spaced and the `kw` column taps are
+//!   just `kw` strided views of the same buffer — a third of a full im2col's copying. Columns
+//!   are computed over the padded width and the few extra ones are dropped, which keeps every
+//!   view a plain strided matrix, also for strides > 1. Bands keep the buffer at 16 MiB at
+//!   any resolution.
+//! - **Any other device**: a sum of candle `conv2d` calls, one per temporal tap. This is the
+//!   place where a cuDNN N-d convolution can be slotted in later without touching the models.
+//!
+//! Temporal padding is never done here: causal models pad (or feed cached frames) themselves.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, IndexOp, Storage, Tensor};
+
+use crate::error::{invalid_input, Result};
+
+/// Zero padding of the two spatial axes (top, bottom, left, right), like `ZeroPad2d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpatialPadding {
+    /// Rows added above.
+    pub top: usize,
+    /// Rows added below.
+    pub bottom: usize,
+    /// Columns added on the left.
+    pub left: usize,
+    /// Columns added on the right.
+    pub right: usize,
+}
+
+impl SpatialPadding {
+    /// The same padding `p` on all four sides (PyTorch's `padding=p`).
+    pub fn uniform(p: usize) -> Self {
+        Self { top: p, bottom: p, left: p, right: p }
+    }
+}
+
+/// A 3D convolution `[B, I, T, H, W] → [B, O, T', H', W']` with weight `[O, I, kt, kh, kw]`.
+#[derive(Debug, Clone)]
+pub struct Conv3d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: [usize; 3],
+    padding: SpatialPadding,
+    /// CPU weights re-laid out as `[kw][kt][kh][I][O]`, so each column tap is a `[kt·kh·I, O]` matrix.
+    packed: Option<Arc<PackedWeight>>,
+}
+
+#[derive(Debug)]
+struct PackedWeight {
+    taps: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// Output extent of a strided, unpadded window over `len` positions.
+fn output_len(len: usize, kernel: usize, stride: usize) -> Option<usize> {
+    (len >= kernel).then(|| (len - kernel) / stride + 1)
+}
+
+impl Conv3d {
+    /// Builds the convolution; `stride` is `[t, h, w]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, stride: [usize; 3], padding: SpatialPadding) -> Result<Self> {
+        let dims = weight.dims();
+        if dims.len() != 5 {
+            return Err(invalid_input!("a Conv3d weight must be [O, I, kt, kh, kw], got {dims:?}"));
+        }
+        if dims.contains(&0) {
+            return Err(invalid_input!("a Conv3d weight cannot have an empty axis, got {dims:?}"));
+        }
+        if stride.contains(&0) {
+            return Err(invalid_input!("Conv3d stride must be positive, got {stride:?}"));
+        }
+        if let Some(b) = &bias {
+            if b.dims() != [dims[0]] {
+                return Err(invalid_input!("Conv3d bias must be [{}], got {:?}", dims[0], b.dims()));
+            }
+        }
+        let packed = match weight.device() {
+            Device::Cpu => Some(Arc::new(pack_weight(&weight, bias.as_ref())?)),
+            _ => None,
+        };
+        Ok(Self { weight, bias, stride, padding, packed })
+    }
+
+    /// Number of output channels.
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Number of input channels.
+    pub fn in_channels(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// Kernel extent `[kt, kh, kw]`.
+    pub fn kernel(&self) -> [usize; 3] {
+        let d = self.weight.dims();
+        [d[2], d[3], d[4]]
+    }
+
+    /// The weight `[O, I, kt, kh, kw]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Output shape for an input shape, or a clear error when the input does not fit.
+    pub fn output_shape(&self, input: &[usize]) -> Result<[usize; 5]> {
+        let [b, c, t, h, w] = match input {
+            &[b, c, t, h, w] => [b, c, t, h, w],
+            _ => return Err(invalid_input!("Conv3d expects a [B, C, T, H, W] input, got {input:?}")),
+        };
+        if c != self.in_channels() {
+            return Err(invalid_input!("Conv3d expects {} input channels, got {c}", self.in_channels()));
+        }
+        let [kt, kh, kw] = self.kernel();
+        let p = self.padding;
+        let too_small = || {
+            invalid_input!(
+                "Conv3d input {input:?} is smaller than the kernel {:?} (spatial padding {p:?})",
+                self.kernel()
+            )
+        };
+        let to = output_len(t, kt, self.stride[0]).ok_or_else(too_small)?;
+        let ho = output_len(h + p.top + p.bottom, kh, self.stride[1]).ok_or_else(too_small)?;
+        let wo = output_len(w + p.left + p.right, kw, self.stride[2]).ok_or_else(too_small)?;
+        Ok([b, self.out_channels(), to, ho, wo])
+    }
+
+    /// Applies the convolution. CPU inputs of any float dtype are computed in f32 and returned
+    /// in the input dtype.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let out_shape = self.output_shape(x.dims())?;
+        match (&self.packed, x.device()) {
+            (Some(packed), Device::Cpu) => {
+                let y = self.forward_cpu(&x.to_dtype(DType::F32)?, packed, out_shape)?;
+                Ok(y.to_dtype(x.dtype())?)
+            }
+            _ => self.forward_taps(x),
+        }
+    }
+
+    /// The device-independent execution: one candle `conv2d` per temporal tap.
+    pub fn forward_taps(&self, x: &Tensor) -> Result<Tensor> {
+        let [_, _, to, _, _] = self.output_shape(x.dims())?;
+        let [kt, _, _] = self.kernel();
+        let (b, c, _, h, w) = x.dims5()?;
+        let p = self.padding;
+        let (sh, sw) = (self.stride[1], self.stride[2]);
+        if sh != sw {
+            return Err(invalid_input!("the conv2d-tap Conv3d needs equal spatial strides, got {sh} and {sw}"));
+        }
+        let x = x.pad_with_zeros(3, p.top, p.bottom)?.pad_with_zeros(4, p.left, p.right)?;
+        let weight = self.weight.to_dtype(x.dtype())?;
+        let mut sum: Option<Tensor> = None;
+        for dt in 0..kt {
+            let frames: Vec<u32> = (0..to).map(|o| (o * self.stride[0] + dt) as u32).collect();
+            let frames = Tensor::new(frames.as_slice(), x.device())?;
+            let xs = x.index_select(&frames, 2)?.permute((0, 2, 1, 3, 4))?.reshape((
+                b * to,
+                c,
+                h + p.top + p.bottom,
+                w + p.left + p.right,
+            ))?;
+            let y = xs.conv2d(&weight.i((.., .., dt))?.contiguous()?, 0, sh, 1, 1)?;
+            sum = Some(match sum {
+                None => y,
+                Some(s) => (s + y)?,
+            });
+        }
+        let y = sum.ok_or_else(|| invalid_input!("a Conv3d kernel needs at least one temporal tap"))?;
+        let (_, o, ho, wo) = y.dims4()?;
+        let mut y = y.reshape((b, to, o, ho, wo))?.permute((0, 2, 1, 3, 4))?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(&bias.to_dtype(y.dtype())?.reshape((1, o, 1, 1, 1))?)?;
+        }
+        Ok(y.contiguous()?)
+    }
+
+    fn forward_cpu(&self, x: &Tensor, packed: &PackedWeight, out_shape: [usize; 5]) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let (b, c, t, h, w) = x.dims5()?;
+        let [_, o, to, ho, wo] = out_shape;
+        let tiles = RowTiles::new([c, t, h, w], self.padding, self.kernel(), self.stride, ho);
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            return Err(invalid_input!("the CPU Conv3d was handed a tensor on another device"));
+        };
+        let data = &cpu.as_slice::<f32>()?[layout.start_offset()..];
+        let mut out = vec![0f32; b * o * to * ho * wo];
+        let mut cols = vec![0f32; tiles.cols_len()];
+        let mut tile_out = vec![0f32; o * tiles.rows * tiles.q];
+        let threads = candle_core::utils::get_num_threads();
+        let [_, _, kw] = self.kernel();
+        let (k, sw) = (tiles.k(), self.stride[2]);
+        for bi in 0..b {
+            let sample = &data[bi * c * t * h * w..(bi + 1) * c * t * h * w];
+            for ti in 0..to {
+                for r0 in (0..ho).step_by(tiles.rows) {
+                    let rows = tiles.rows.min(ho - r0);
+                    tiles.fill(&mut cols, sample, ti, r0, rows);
+                    let n = rows * tiles.q;
+                    for position in tile_out[..o * n].chunks_exact_mut(o) {
+                        position.copy_from_slice(&packed.bias);
+                    }
+                    let parallelism = if o * n * k >= 1 << 18 && threads > 1 {
+                        gemm::Parallelism::Rayon(threads)
+                    } else {
+                        gemm::Parallelism::None
+                    };
+                    for dw in 0..kw {
+                        let weight = &packed.taps[dw * o * k..(dw + 1) * o * k];
+                        debug_assert!((dw + sw * (n - 1)) * k + k <= cols.len());
+                        // out[n, o] = cols[n, k] · weight[k, o]: positions are the long GEMM
+                        // axis and both inputs have k contiguous, which gemm packs fastest.
+                        // SAFETY: the cols view (row stride sw·k, offset dw·k) stays inside
+                        // `cols`, whose `kw` slack positions cover the over-computed columns;
+                        // weight is [k, o] row-major; dst is `tile_out` as [n, o] row-major.
+                        unsafe {
+                            gemm::gemm(
+                                n,
+                                o,
+                                k,
+                                tile_out.as_mut_ptr(),
+                                1,
+                                o as isize,
+                                true,
+                                cols.as_ptr().add(dw * k),
+                                1,
+                                (sw * k) as isize,
+                                weight.as_ptr(),
+                                1,
+                                o as isize,
+                                1.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                parallelism,
+                            );
+                        }
+                    }
+                    for oi in 0..o {
+                        for r in 0..rows {
+                            let dst = (((bi * o + oi) * to + ti) * ho + r0 + r) * wo;
+                            let first = r * tiles.q * o + oi;
+                            for (wi, value) in out[dst..dst + wo].iter_mut().enumerate() {
+                                *value = tile_out[first + wi * o];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(out, (b, o, to, ho, wo), &Device::Cpu)?)
+    }
+}
+
+/// Elements of one column tile the CPU path aims for (16 MiB of f32): large enough for
+/// efficient GEMMs, small enough to stay bounded at any resolution.
+const TILE_ELEMENTS: usize = 4 << 20;
+
+/// The CPU path's column buffer: for one output frame and a band of output rows, every padded
+/// input position holds the `kt·kh·C` values (temporal tap, row tap, channel) its column of the
+/// kernel reads. Position-major with those values contiguous, so the `kw` column taps are just
+/// `kw` shifted views of the same buffer, a third of a full im2col's copying.
+struct RowTiles {
+    c: usize,
+    t: usize,
+    h: usize,
+    w: usize,
+    padding: SpatialPadding,
+    kernel: [usize; 3],
+    stride: [usize; 3],
+    /// Padded width, rounded up to a multiple of the column stride.
+    wp: usize,
+    /// Over-computed output columns per output row (`wp / sw`).
+    q: usize,
+    /// Output rows per tile.
+    rows: usize,
+}
+
+impl RowTiles {
+    fn new(input: [usize; 4], padding: SpatialPadding, kernel: [usize; 3], stride: [usize; 3], ho: usize) -> Self {
+        let [c, t, h, w] = input;
+        let wp = (w + padding.left + padding.right).div_ceil(stride[2]) * stride[2];
+        let k = kernel[0] * c * kernel[1];
+        let rows = (TILE_ELEMENTS / (k * wp)).clamp(1, ho);
+        Self { c, t, h, w, padding, kernel, stride, wp, q: wp / stride[2], rows }
+    }
+
+    /// GEMM inner dimension: temporal taps × row taps × channels.
+    fn k(&self) -> usize {
+        self.kernel[0] * self.kernel[1] * self.c
+    }
+
+    /// Buffer length: a full tile plus the slack positions the last column tap reads past it.
+    fn cols_len(&self) -> usize {
+        (self.rows * self.wp + self.kernel[2]) * self.k()
+    }
+
+    /// Writes the columns for output frame `ti`, output rows `r0..r0 + rows`, from one sample
+    /// `[C, T, H, W]`, with the spatial zero padding made explicit.
+    fn fill(&self, cols: &mut [f32], sample: &[f32], ti: usize, r0: usize, rows: usize) {
+        use rayon::prelude::*;
+        let [kt, kh, _] = self.kernel;
+        let (k, c, plane) = (self.k(), self.c, self.t * self.h * self.w);
+        cols[..rows * self.wp * k].par_chunks_mut(self.wp * k).enumerate().for_each(|(r, row)| {
+            for dt in 0..kt {
+                let frame = ti * self.stride[0] + dt;
+                for dh in 0..kh {
+                    let y = ((r0 + r) * self.stride[1] + dh) as isize - self.padding.top as isize;
+                    let offset = (dt * kh + dh) * c;
+                    if y < 0 || y >= self.h as isize {
+                        for position in row.chunks_exact_mut(k) {
+                            position[offset..offset + c].fill(0.0);
+                        }
+                        continue;
+                    }
+                    let source = &sample[(frame * self.h + y as usize) * self.w..];
+                    for (xp, position) in row.chunks_exact_mut(k).enumerate() {
+                        let dst = &mut position[offset..offset + c];
+                        match xp.checked_sub(self.padding.left).filter(|&x| x < self.w) {
+                            Some(x) => dst.iter_mut().enumerate().for_each(|(ci, v)| *v = source[ci * plane + x]),
+                            None => dst.fill(0.0),
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Re-lays out the weight for the CPU path: `[O, I, kt, kh, kw]` → `[kw][kt][kh][I][O]`, so each
+/// column tap is a `[kt·kh·I, O]` matrix matching [`RowTiles`]' value order.
+fn pack_weight(weight: &Tensor, bias: Option<&Tensor>) -> Result<PackedWeight> {
+    let (o, i, kt, kh, kw) = weight.dims5()?;
+    let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let k = kt * i * kh;
+    let mut taps = vec![0f32; w.len()];
+    for oi in 0..o {
+        for ii in 0..i {
+            for dt in 0..kt {
+                for dh in 0..kh {
+                    for dw in 0..kw {
+                        let src = (((oi * i + ii) * kt + dt) * kh + dh) * kw + dw;
+                        let dst = (dw * k + (dt * kh + dh) * i + ii) * o + oi;
+                        taps[dst] = w[src];
+                    }
+                }
+            }
+        }
+    }
+    let bias = match bias {
+        Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+        None => vec![0.0; o],
+    };
+    Ok(PackedWeight { taps, bias })
+}

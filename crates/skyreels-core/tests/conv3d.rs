@@ -1,0 +1,160 @@
+//! `Conv3d` against a plain six-loop convolution, over shapes, strides, paddings and both executions.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use skyreels_core::nn::{Conv3d, SpatialPadding};
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+struct Case {
+    input: [usize; 5],
+    out_channels: usize,
+    kernel: [usize; 3],
+    stride: [usize; 3],
+    padding: SpatialPadding,
+}
+
+/// The definition of a 3D cross-correlation with spatial zero padding, in f64.
+fn naive(x: &[f32], w: &[f32], bias: &[f32], case: &Case) -> (Vec<f64>, [usize; 5]) {
+    let [b, c, t, h, wd] = case.input;
+    let [kt, kh, kw] = case.kernel;
+    let [st, sh, sw] = case.stride;
+    let p = case.padding;
+    let o = case.out_channels;
+    let to = (t - kt) / st + 1;
+    let ho = (h + p.top + p.bottom - kh) / sh + 1;
+    let wo = (wd + p.left + p.right - kw) / sw + 1;
+    let mut out = vec![0f64; b * o * to * ho * wo];
+    for bi in 0..b {
+        for oi in 0..o {
+            for ti in 0..to {
+                for hi in 0..ho {
+                    for wi in 0..wo {
+                        let mut acc = bias[oi] as f64;
+                        for ci in 0..c {
+                            for dt in 0..kt {
+                                for dh in 0..kh {
+                                    for dw in 0..kw {
+                                        let (y, xx) = ((hi * sh + dh) as isize - p.top as isize, (wi * sw + dw) as isize - p.left as isize);
+                                        if y < 0 || xx < 0 || y >= h as isize || xx >= wd as isize {
+                                            continue;
+                                        }
+                                        let xi = (((bi * c + ci) * t + ti * st + dt) * h + y as usize) * wd + xx as usize;
+                                        let wi_ = (((oi * c + ci) * kt + dt) * kh + dh) * kw + dw;
+                                        acc += x[xi] as f64 * w[wi_] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        out[(((bi * o + oi) * to + ti) * ho + hi) * wo + wi] = acc;
+                    }
+                }
+            }
+        }
+    }
+    (out, [b, o, to, ho, wo])
+}
+
+fn check(case: Case, seed: u64, taps_too: bool) {
+    let [b, c, t, h, w] = case.input;
+    let [kt, kh, kw] = case.kernel;
+    let o = case.out_channels;
+    let xv = values(b * c * t * h * w, seed);
+    let wv = values(o * c * kt * kh * kw, seed + 1);
+    let bv = values(o, seed + 2);
+    let (expected, shape) = naive(&xv, &wv, &bv, &case);
+    let expected = Tensor::from_vec(expected, shape.to_vec(), &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let x = Tensor::from_vec(xv, case.input.to_vec(), &Device::Cpu).unwrap();
+    let weight = Tensor::from_vec(wv, vec![o, c, kt, kh, kw], &Device::Cpu).unwrap();
+    let bias = Tensor::from_vec(bv, o, &Device::Cpu).unwrap();
+    let conv = Conv3d::new(weight, Some(bias), case.stride, case.padding).unwrap();
+    assert_eq!(conv.output_shape(x.dims()).unwrap(), shape);
+    let what = format!("{:?} k{:?} s{:?} {:?}", case.input, case.kernel, case.stride, case.padding);
+    common::assert_close(&format!("implicit gemm {what}"), &conv.forward(&x).unwrap(), &expected);
+    if taps_too {
+        common::assert_close(&format!("conv2d taps {what}"), &conv.forward_taps(&x).unwrap(), &expected);
+    }
+}
+
+#[test]
+fn causal_3x3x3_with_padding_matches_the_definition() {
+    let case =
+        Case { input: [1, 5, 4, 7, 9], out_channels: 6, kernel: [3, 3, 3], stride: [1, 1, 1], padding: SpatialPadding::uniform(1) };
+    check(case, 1, true);
+}
+
+#[test]
+fn batch_and_odd_kernel_sizes() {
+    let case =
+        Case { input: [2, 3, 6, 5, 8], out_channels: 4, kernel: [2, 3, 1], stride: [1, 1, 1], padding: SpatialPadding::uniform(0) };
+    check(case, 2, true);
+}
+
+#[test]
+fn pointwise_kernel() {
+    let case =
+        Case { input: [1, 7, 3, 4, 5], out_channels: 9, kernel: [1, 1, 1], stride: [1, 1, 1], padding: SpatialPadding::uniform(0) };
+    check(case, 3, true);
+}
+
+#[test]
+fn spatial_stride_two_with_asymmetric_padding() {
+    // The Wan VAE's downsample: ZeroPad2d(0, 1, 0, 1) then a stride-2 3x3 conv.
+    for (h, w) in [(8, 12), (7, 9), (5, 6)] {
+        let padding = SpatialPadding { top: 0, bottom: 1, left: 0, right: 1 };
+        let case = Case { input: [1, 4, 2, h, w], out_channels: 3, kernel: [1, 3, 3], stride: [1, 2, 2], padding };
+        check(case, 4 + h as u64, true);
+    }
+}
+
+#[test]
+fn temporal_stride_two() {
+    // The Wan VAE's downsample time_conv: kernel (3,1,1), stride (2,1,1).
+    let case =
+        Case { input: [1, 6, 7, 3, 5], out_channels: 6, kernel: [3, 1, 1], stride: [2, 1, 1], padding: SpatialPadding::uniform(0) };
+    check(case, 5, true);
+}
+
+#[test]
+fn unequal_strides_and_large_padding() {
+    let padding = SpatialPadding { top: 2, bottom: 0, left: 1, right: 3 };
+    let case = Case { input: [2, 3, 5, 6, 7], out_channels: 5, kernel: [2, 3, 2], stride: [3, 2, 1], padding };
+    check(case, 6, false);
+    let case = Case { input: [1, 2, 3, 9, 4], out_channels: 2, kernel: [1, 2, 3], stride: [1, 1, 3], padding };
+    check(case, 7, false);
+}
+
+#[test]
+fn wide_layer_uses_the_threaded_path() {
+    let case =
+        Case { input: [1, 24, 3, 16, 20], out_channels: 32, kernel: [3, 3, 3], stride: [1, 1, 1], padding: SpatialPadding::uniform(1) };
+    check(case, 8, true);
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let weight = Tensor::zeros((4, 3, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    let conv = Conv3d::new(weight, None, [1, 1, 1], SpatialPadding::uniform(1)).unwrap();
+    let wrong_channels = Tensor::zeros((1, 2, 3, 4, 4), DType::F32, &Device::Cpu).unwrap();
+    assert!(conv.forward(&wrong_channels).unwrap_err().to_string().contains("input channels"));
+    let too_short = Tensor::zeros((1, 3, 2, 4, 4), DType::F32, &Device::Cpu).unwrap();
+    assert!(conv.forward(&too_short).unwrap_err().to_string().contains("smaller than the kernel"));
+    let not_5d = Tensor::zeros((3, 4, 4), DType::F32, &Device::Cpu).unwrap();
+    assert!(conv.forward(&not_5d).is_err());
+    let empty = Tensor::zeros((4, 3, 0, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    assert!(Conv3d::new(empty, None, [1, 1, 1], SpatialPadding::default()).is_err());
+    let weight = Tensor::zeros((4, 3, 1, 1, 1), DType::F32, &Device::Cpu).unwrap();
+    assert!(Conv3d::new(weight, None, [1, 0, 1], SpatialPadding::default()).is_err());
+}
