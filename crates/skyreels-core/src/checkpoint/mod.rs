@@ -1,14 +1,15 @@
 //! Checkpoint loading: safetensors shards, the two naming schemes in the wild, and config files.
 //!
-//! Models ask for tensors by their *canonical* name — the original SkyReels/Wan key
-//! (`blocks.0.self_attn.q.weight`) — and [`WeightStore`] finds them in whichever scheme the
-//! directory uses. All knowledge of the diffusers names lives in [`names`].
+//! Models ask for tensors by their *canonical* name (for the transformer the original
+//! SkyReels/Wan key, `blocks.0.self_attn.q.weight`) and [`WeightStore`] finds them in whichever
+//! scheme and format (safetensors shards or a PyTorch `.pth`) the checkpoint uses. All
+//! knowledge of the stored names lives in [`names`].
 
 pub mod names;
 mod random;
 mod store;
 
-pub use names::NamingScheme;
+pub use names::{Component, NamingScheme};
 pub use random::RandomWeights;
 pub use store::{list_safetensors, TensorInfo, WeightStore};
 

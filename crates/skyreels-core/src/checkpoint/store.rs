@@ -1,12 +1,14 @@
-//! An index over all `*.safetensors` shards of a model directory, addressed by canonical names.
+//! An index over the weight files of one model (`*.safetensors` shards or a PyTorch `.pth`),
+//! addressed by canonical names.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use candle_core::pickle::PthTensors;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
-use super::names::{detect_scheme, diffusers_to_canonical, is_non_weight_key, model_name_from_key, NamingScheme};
+use super::names::{is_non_weight_key, model_name_from_key, Component, NamingScheme};
 use crate::error::{Error, Result};
 
 /// Where one tensor lives and what it looks like.
@@ -22,14 +24,23 @@ pub struct TensorInfo {
     pub shape: Vec<usize>,
 }
 
-/// Memory-mapped, validated safetensors shards of one model, looked up by canonical name.
+/// The weight files of one model, validated and looked up by canonical name.
 pub struct WeightStore {
     dir: PathBuf,
     files: Vec<PathBuf>,
-    shards: Vec<MmapedSafetensors>,
+    shards: Vec<Shard>,
     index: HashMap<String, TensorInfo>,
+    component: Component,
     scheme: NamingScheme,
     model_name: Option<String>,
+}
+
+/// One weight file.
+enum Shard {
+    /// Memory-mapped safetensors.
+    Safetensors(MmapedSafetensors),
+    /// A PyTorch zip checkpoint (`torch.save` of a state dict); tensors are read on demand.
+    Pth(PthTensors),
 }
 
 /// Lists the `*.safetensors` files of a directory in name order.
@@ -48,8 +59,9 @@ pub fn list_safetensors(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 impl WeightStore {
-    /// Opens every `*.safetensors` file in `dir`, validating each header against the file size.
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Opens every `*.safetensors` file in `dir` as the weights of `component`, validating each
+    /// header against the file size.
+    pub fn open(dir: &Path, component: Component) -> Result<Self> {
         let files = list_safetensors(dir)?;
         if files.is_empty() {
             return Err(Error::BadConfig {
@@ -57,25 +69,39 @@ impl WeightStore {
                 reason: "the directory holds no *.safetensors weight file".into(),
             });
         }
-        Self::open_files(dir, files)
+        Self::open_files(dir, files, component)
     }
 
-    /// Opens the given shards (all belonging to one model stored in `dir`).
-    pub fn open_files(dir: &Path, files: Vec<PathBuf>) -> Result<Self> {
+    /// Opens one weight file (`.safetensors`, or `.pth`/`.pt`/`.bin` PyTorch zip checkpoint).
+    pub fn open_file(path: &Path, component: Component) -> Result<Self> {
+        Self::open_files(path, vec![path.to_path_buf()], component)
+    }
+
+    /// Opens the given files, all belonging to one model; `location` names it in errors.
+    pub fn open_files(location: &Path, files: Vec<PathBuf>, component: Component) -> Result<Self> {
         let mut shards = Vec::with_capacity(files.len());
         let mut stored: Vec<(usize, String, DType, Vec<usize>)> = Vec::new();
         for (i, path) in files.iter().enumerate() {
             let shard = open_shard(path)?;
-            for (name, view) in shard.tensors() {
-                let dtype = DType::try_from(view.dtype()).map_err(|e| Error::BadCheckpointFile {
-                    path: path.clone(),
-                    reason: format!("tensor `{name}`: {e}"),
-                })?;
-                stored.push((i, name, dtype, view.shape().to_vec()));
+            match &shard {
+                Shard::Safetensors(st) => {
+                    for (name, view) in st.tensors() {
+                        let dtype = DType::try_from(view.dtype()).map_err(|e| Error::BadCheckpointFile {
+                            path: path.clone(),
+                            reason: format!("tensor `{name}`: {e}"),
+                        })?;
+                        stored.push((i, name, dtype, view.shape().to_vec()));
+                    }
+                }
+                Shard::Pth(pth) => {
+                    for (name, info) in pth.tensor_infos() {
+                        stored.push((i, name.clone(), info.dtype, info.layout.dims().to_vec()));
+                    }
+                }
             }
             shards.push(shard);
         }
-        let scheme = detect_scheme(stored.iter().map(|(_, n, _, _)| n.as_str()));
+        let scheme = component.detect_scheme(stored.iter().map(|(_, n, _, _)| n.as_str()));
         let mut index = HashMap::with_capacity(stored.len());
         let mut model_name = None;
         for (file, stored_name, dtype, shape) in stored {
@@ -83,16 +109,13 @@ impl WeightStore {
                 model_name = model_name_from_key(&stored_name).map(str::to_string);
                 continue;
             }
-            let canonical = match scheme {
-                NamingScheme::Original => stored_name.clone(),
-                NamingScheme::Diffusers => diffusers_to_canonical(&stored_name),
-            };
+            let canonical = component.to_canonical(scheme, &stored_name);
             index.insert(canonical, TensorInfo { file, stored_name, dtype, shape });
         }
-        Ok(Self { dir: dir.to_path_buf(), files, shards, index, scheme, model_name })
+        Ok(Self { dir: location.to_path_buf(), files, shards, index, component, scheme, model_name })
     }
 
-    /// The model directory.
+    /// The model directory (or the single file it was opened from).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -157,41 +180,70 @@ impl WeightStore {
                 found: info.shape.clone(),
             });
         }
-        let tensor = self.shards[info.file].load(&info.stored_name, device).map_err(|e| Error::BadCheckpointFile {
+        let unreadable = |reason: String| Error::BadCheckpointFile {
             path: self.files[info.file].clone(),
-            reason: format!("tensor `{}`: {e}", info.stored_name),
-        })?;
+            reason: format!("tensor `{}`: {reason}", info.stored_name),
+        };
+        let tensor = match &self.shards[info.file] {
+            Shard::Safetensors(st) => st.load(&info.stored_name, device).map_err(|e| unreadable(e.to_string()))?,
+            Shard::Pth(pth) => pth
+                .get(&info.stored_name)
+                .map_err(|e| unreadable(describe_candle_error(&e)))?
+                .ok_or_else(|| unreadable("listed in the checkpoint but not readable".into()))?
+                .to_device(device)?,
+        };
         Ok(tensor.to_dtype(dtype)?)
     }
 
     fn missing(&self, canonical: &str) -> Error {
-        let name = match self.scheme {
-            NamingScheme::Original => canonical.to_string(),
-            NamingScheme::Diffusers => super::names::canonical_to_diffusers(canonical),
-        };
+        let name = self.component.to_stored(self.scheme, canonical);
         Error::MissingTensor { name, dir: self.dir.clone() }
     }
 }
 
-fn open_shard(path: &Path) -> Result<MmapedSafetensors> {
+fn open_shard(path: &Path) -> Result<Shard> {
     let len = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?.len();
+    if path.extension().is_some_and(|e| e == "pth" || e == "pt" || e == "bin") {
+        return open_pth(path, len).map(Shard::Pth);
+    }
     if len < 8 {
         return Err(Error::BadCheckpointFile { path: path.to_path_buf(), reason: format!("only {len} bytes long") });
     }
     // SAFETY: the file is mapped read-only; like every mmap-based loader we assume no other
     // process truncates it while the model is alive.
     unsafe { MmapedSafetensors::new(path) }
+        .map(Shard::Safetensors)
         .map_err(|e| Error::BadCheckpointFile { path: path.to_path_buf(), reason: describe_safetensors_error(&e) })
 }
 
-/// Strips candle's path decoration so the message stays one short sentence.
-fn describe_safetensors_error(e: &candle_core::Error) -> String {
+fn open_pth(path: &Path, len: u64) -> Result<PthTensors> {
+    let bad = |reason: String| Error::BadCheckpointFile { path: path.to_path_buf(), reason };
+    let pth = PthTensors::new(path, None).map_err(|e| {
+        let text = describe_candle_error(&e);
+        if text.contains("EOCD") || text.contains("end of central directory") || text.contains("invalid Zip archive") {
+            bad(format!("not a complete PyTorch zip checkpoint ({len} bytes; truncated or not a .pth): {text}"))
+        } else {
+            bad(text)
+        }
+    })?;
+    if pth.tensor_infos().is_empty() {
+        return Err(bad("holds no tensors (expected a state dict saved with torch.save)".into()));
+    }
+    Ok(pth)
+}
+
+/// The innermost message of a candle error, on one line.
+fn describe_candle_error(e: &candle_core::Error) -> String {
     let mut inner = e;
     while let candle_core::Error::WithPath { inner: i, .. } = inner {
         inner = i;
     }
-    let text = inner.to_string();
-    let text = text.lines().next().unwrap_or("unreadable").to_string();
+    inner.to_string().lines().next().unwrap_or("unreadable").to_string()
+}
+
+/// Strips candle's path decoration so the message stays one short sentence.
+fn describe_safetensors_error(e: &candle_core::Error) -> String {
+    let text = describe_candle_error(e);
     if text.contains("MetadataIncompleteBuffer") || text.contains("incomplete") {
         "the file is truncated: its header promises more data than the file holds".into()
     } else if text.contains("HeaderTooLarge") || text.contains("InvalidHeader") || text.contains("HeaderTooSmall") {

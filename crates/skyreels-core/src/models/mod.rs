@@ -2,6 +2,8 @@
 
 pub mod transformer;
 pub mod transformer_config;
+pub mod vae;
 
 pub use transformer::{TransformerInput, WanTransformer3d};
 pub use transformer_config::{TransformerConfig, TransformerKind};
+pub use vae::{DecodeStream, VaeConfig, WanVae};

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::checkpoint::{WeightStore, Weights};
+use crate::checkpoint::{Component, WeightStore, Weights};
 use crate::error::{invalid_input, Result};
 use crate::models::transformer_config::TransformerConfig;
 use crate::nn::{attention, layer_norm, timestep_sinusoid, AttentionMask, LayerNorm, Linear, RmsNorm, Rope3d};
@@ -332,7 +332,7 @@ pub fn inspect(dir: &Path) -> Result<TransformerSummary> {
 /// Resolves the transformer directory, opens its shards and reads its config.
 fn open_checkpoint(dir: &Path) -> Result<(std::path::PathBuf, WeightStore, TransformerConfig)> {
     let dir = transformer_dir(dir);
-    let store = WeightStore::open(&dir)?;
+    let store = WeightStore::open(&dir, Component::Transformer)?;
     let config = TransformerConfig::load(&dir, &store)?;
     Ok((dir, store, config))
 }
