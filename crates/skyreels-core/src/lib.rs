@@ -62,6 +62,6 @@ pub mod planner;
 pub mod schedulers;
 
 pub use error::{Error, Result};
-pub use models::{TransformerConfig, TransformerInput, TransformerKind, VaeConfig, WanTransformer3d, WanVae};
+pub use models::{TransformerConfig, TransformerInput, TransformerKind, UmT5Config, UmT5Encoder, VaeConfig, WanTransformer3d, WanVae};
 pub use planner::{generate_timestep_matrix, PlanSettings, TimestepMatrix};
 pub use schedulers::{FlowEuler, FlowSchedule, FlowScheduler, FlowUniPc, SigmaGrid};

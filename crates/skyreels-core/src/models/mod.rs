@@ -2,8 +2,10 @@
 
 pub mod transformer;
 pub mod transformer_config;
+pub mod umt5;
 pub mod vae;
 
 pub use transformer::{TransformerInput, WanTransformer3d};
 pub use transformer_config::{TransformerConfig, TransformerKind};
+pub use umt5::{UmT5Config, UmT5Encoder};
 pub use vae::{DecodeStream, VaeConfig, WanVae};
