@@ -60,6 +60,7 @@ pub mod models;
 pub mod nn;
 pub mod planner;
 pub mod schedulers;
+pub mod text;
 
 pub use error::{Error, Result};
 pub use models::{TransformerConfig, TransformerInput, TransformerKind, UmT5Config, UmT5Encoder, VaeConfig, WanTransformer3d, WanVae};

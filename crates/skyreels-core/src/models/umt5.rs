@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 use crate::checkpoint::{Component, WeightStore, Weights};
