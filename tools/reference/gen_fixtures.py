@@ -425,6 +425,14 @@ def main():
     gen_schedulers(args.out, args.skyreels_src)
     print("timestep matrices:")
     gen_timestep_matrices(args.out, args.skyreels_src)
+    # The VAE, umT5 and tokenizer fixtures live in their own module (same output directory).
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import gen_vae_t5_fixtures
+
+    print("vae:")
+    gen_vae_t5_fixtures.gen_vae(args.out)
+    print("umt5 and tokenizer:")
+    gen_vae_t5_fixtures.gen_umt5_and_tokenizer(args.out)
     manifest = {
         "generator": "tools/reference/gen_fixtures.py",
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "numpy": np.__version__,

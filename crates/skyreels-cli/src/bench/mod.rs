@@ -3,6 +3,7 @@
 
 mod conv3d;
 mod transformer;
+mod vae;
 
 /// Which measurement to run.
 #[derive(clap::Subcommand)]
@@ -11,6 +12,8 @@ pub enum BenchCommand {
     Transformer(transformer::TransformerArgs),
     /// CPU Conv3d throughput on a VAE-sized layer: implicit GEMM vs conv2d taps.
     Conv3d(conv3d::Conv3dArgs),
+    /// Streaming Wan2.1 VAE decode (random weights): time and peak memory for N latent frames.
+    VaeDecode(vae::VaeDecodeArgs),
 }
 
 /// Runs one benchmark.
@@ -18,6 +21,7 @@ pub fn run(command: &BenchCommand) -> Result<(), String> {
     match command {
         BenchCommand::Transformer(args) => transformer::run(args),
         BenchCommand::Conv3d(args) => conv3d::run(args),
+        BenchCommand::VaeDecode(args) => vae::run(args),
     }
 }
 
