@@ -2,12 +2,12 @@
 //!
 //! One type, [`Conv3d`], with two executions:
 //! - **CPU, f32**: row-folded im2col + GEMM. For one output frame and a band of output rows,
-//!   each (temporal tap, input channel, row tap) gets a slab holding the zero-padded input rows
-//!   it reads, so the `kt·C·kh` rows of the GEMM are equally spaced and the `kw` column taps are
-//!   just `kw` strided views of the same buffer — a third of a full im2col's copying. Columns
-//!   are computed over the padded width and the few extra ones are dropped, which keeps every
-//!   view a plain strided matrix, also for strides > 1. Bands keep the buffer at 16 MiB at
-//!   any resolution.
+//!   every padded input position stores the `kt·kh·C` values (temporal tap, row tap, channel)
+//!   its kernel column reads, contiguously; the `kw` column taps are then just `kw` shifted
+//!   views of the same buffer — a third of a full im2col's copying — and each view feeds one
+//!   GEMM with positions as the long axis. Columns are computed over the padded width and the
+//!   few extra ones are dropped, which keeps every view a plain strided matrix, also for
+//!   strides > 1. Bands keep the buffer at 16 MiB at any resolution.
 //! - **Any other device**: a sum of candle `conv2d` calls, one per temporal tap. This is the
 //!   place where a cuDNN N-d convolution can be slotted in later without touching the models.
 //!
