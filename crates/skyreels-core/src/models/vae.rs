@@ -157,7 +157,8 @@ impl Caches {
         &mut self.slots[self.cursor - 1]
     }
 
-    /// A per-layer boolean (whether a resampler has seen its first frame).
+    /// A per-layer boolean (whether a temporal upsampler has seen its first frame; its cache
+    /// alone cannot tell, as a one-frame first chunk leaves it empty).
     fn next_flag(&mut self) -> &mut bool {
         if self.flag_cursor == self.flags.len() {
             self.flags.push(false);
@@ -363,18 +364,15 @@ impl Resample {
     /// frames 2k−2, 2k−1, 2k. Frames not yet consumed wait in the cache for the next chunk.
     fn temporal_down(&self, y: &Tensor, caches: &mut Caches) -> Result<Tensor> {
         let conv = self.stride_time_conv.as_ref().ok_or_else(|| invalid_input!("downsample3d without time_conv"))?;
-        let started = caches.next_flag();
-        let first_chunk = !*started;
-        *started = true;
+        // Every chunk leaves at least one frame pending, so an empty slot means the first chunk.
         let pending = caches.next_slot();
         let mut outputs = Vec::new();
-        let buffer = match (pending.take(), first_chunk) {
-            (_, true) => {
+        let buffer = match pending.take() {
+            Some(past) => Tensor::cat(&[&past, y], 2)?,
+            None => {
                 outputs.push(y.narrow(2, 0, 1)?);
                 y.clone()
             }
-            (Some(past), false) => Tensor::cat(&[&past, y], 2)?,
-            (None, false) => y.clone(),
         };
         let frames = buffer.dim(2)?;
         let produced = if frames >= 3 { (frames - 3) / 2 + 1 } else { 0 };
