@@ -5,10 +5,12 @@
 //! scheme and format (safetensors shards or a PyTorch `.pth`) the checkpoint uses. All
 //! knowledge of the stored names lives in [`names`].
 
+mod locate;
 pub mod names;
 mod random;
 mod store;
 
+pub use locate::{open_model, LocatedModel, ModelFiles};
 pub use names::{Component, NamingScheme};
 pub use random::RandomWeights;
 pub use store::{list_safetensors, TensorInfo, WeightStore};

@@ -5,12 +5,12 @@
 //! with the layer's bucketed relative bias and an additive padding mask on the keys; the FFN is
 //! `wo(gelu_tanh(wi_0 x) · wi_1 x)`. A final RMS norm closes the stack.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use crate::checkpoint::{Component, WeightStore, Weights};
+use crate::checkpoint::{open_model, Component, ModelFiles, WeightStore, Weights};
 use crate::error::{invalid_input, Error, Result};
 use crate::nn::{Linear, RmsNorm};
 
@@ -263,32 +263,21 @@ impl UmT5Encoder {
     }
 }
 
+/// Where umT5 weights live and what every umT5 checkpoint holds.
+const UMT5_FILES: ModelFiles<'static> = ModelFiles {
+    component: Component::TextEncoder,
+    subfolder: "text_encoder",
+    original_file: "models_t5_umt5-xxl-enc-bf16.pth",
+    signature: &["token_embedding.weight", "blocks.0.pos_embedding.embedding.weight"],
+    description: "a umT5 encoder checkpoint (no token embedding / per-layer relative position bias)",
+};
+
 /// Finds the umT5 weights and config under `path`.
 fn open_umt5(path: &Path) -> Result<(UmT5Config, WeightStore)> {
-    if path.is_file() {
-        let store = WeightStore::open_file(path, Component::TextEncoder)?;
-        check_is_umt5(path, &store)?;
-        return Ok((UmT5Config::from_weights(&store)?, store));
-    }
-    let dir: PathBuf = if path.join("text_encoder").is_dir() { path.join("text_encoder") } else { path.to_path_buf() };
-    let original = dir.join("models_t5_umt5-xxl-enc-bf16.pth");
-    if original.is_file() && crate::checkpoint::list_safetensors(&dir)?.is_empty() {
-        return open_umt5(&original);
-    }
-    let store = WeightStore::open(&dir, Component::TextEncoder)?;
-    check_is_umt5(&dir, &store)?;
-    let config_path = dir.join("config.json");
-    let config =
-        if config_path.is_file() { UmT5Config::from_hf_json(&config_path)? } else { UmT5Config::from_weights(&store)? };
-    Ok((config, store))
-}
-
-fn check_is_umt5(path: &Path, store: &WeightStore) -> Result<()> {
-    if store.contains("token_embedding.weight") && store.contains("blocks.0.pos_embedding.embedding.weight") {
-        return Ok(());
-    }
-    Err(Error::BadCheckpointFile {
-        path: path.to_path_buf(),
-        reason: "this is not a umT5 encoder checkpoint (no token embedding / per-layer relative position bias)".into(),
-    })
+    let found = open_model(path, &UMT5_FILES)?;
+    let config = match &found.config {
+        Some(json) => UmT5Config::from_hf_json(json)?,
+        None => UmT5Config::from_weights(&found.store)?,
+    };
+    Ok((config, found.store))
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, D};
 use serde_json::Value;
 
-use crate::checkpoint::{list_safetensors, Component, WeightStore, Weights};
+use crate::checkpoint::{open_model, Component, ModelFiles, WeightStore, Weights};
 use crate::error::{invalid_input, Error, Result};
 use crate::nn::{attention, AttentionMask, Conv3d, SpatialPadding};
 
@@ -734,48 +734,27 @@ impl DecodeStream<'_> {
     }
 }
 
+/// Where VAE weights live and what every VAE checkpoint holds.
+const VAE_FILES: ModelFiles<'static> = ModelFiles {
+    component: Component::Vae,
+    subfolder: "vae",
+    original_file: "Wan2.1_VAE.pth",
+    signature: &["encoder.conv_in.weight", "decoder.conv_out.weight"],
+    description: "a Wan VAE checkpoint (it has no encoder.conv1 / decoder head weights)",
+};
+
 /// Finds the VAE weights and config under `path`.
 fn open_vae(path: &Path) -> Result<(VaeConfig, WeightStore)> {
-    if path.is_file() {
-        let store = WeightStore::open_file(path, Component::Vae)?;
-        let config = config_from_weights(path, &store)?;
-        return Ok((config, store));
-    }
-    let dir = if path.join("vae").is_dir() { path.join("vae") } else { path.to_path_buf() };
-    if !dir.is_dir() {
-        return Err(Error::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such VAE file or directory"),
-        });
-    }
-    let original = dir.join("Wan2.1_VAE.pth");
-    if original.is_file() && list_safetensors(&dir)?.is_empty() {
-        return open_vae(&original);
-    }
-    let store = WeightStore::open(&dir, Component::Vae)?;
-    let config_path = dir.join("config.json");
-    let config = if config_path.is_file() {
-        VaeConfig::from_diffusers_json(&config_path)?
-    } else {
-        config_from_weights(&dir, &store)?
+    let found = open_model(path, &VAE_FILES)?;
+    let config = match &found.config {
+        Some(json) => VaeConfig::from_diffusers_json(json)?,
+        None => config_from_weights(&found.location, &found.store)?,
     };
-    check_is_vae(&dir, &store)?;
-    Ok((config, store))
-}
-
-fn check_is_vae(path: &Path, store: &WeightStore) -> Result<()> {
-    if store.contains("encoder.conv_in.weight") && store.contains("decoder.conv_out.weight") {
-        return Ok(());
-    }
-    Err(Error::BadCheckpointFile {
-        path: path.to_path_buf(),
-        reason: "this is not a Wan VAE checkpoint (it has no encoder.conv1 / decoder head weights)".into(),
-    })
+    Ok((config, found.store))
 }
 
 /// The original `.pth` carries no config: the Wan2.1 structure, with widths read off the weights.
 fn config_from_weights(path: &Path, store: &WeightStore) -> Result<VaeConfig> {
-    check_is_vae(path, store)?;
     let base_dim = store.shape("encoder.conv_in.weight")?[0];
     let z_dim = store.shape("post_quant_conv.weight")?[0];
     if z_dim != WAN21_LATENTS_MEAN.len() {
