@@ -11,6 +11,7 @@
 //! |---|---|
 //! | [`models`] | the networks: [`WanTransformer3d`] (the DiT) |
 //! | [`schedulers`] | flow-matching samplers: [`FlowUniPc`], [`FlowEuler`], the [`FlowSchedule`] grids |
+//! | [`pipelines`] | diffusion-forcing generation: windows, continuation, seeded noise |
 //! | [`planner`] | the diffusion-forcing [`generate_timestep_matrix`] |
 //! | [`checkpoint`] | safetensors shards, both naming schemes, configs |
 //! | [`nn`] | shared layers: linear, norms, attention, 3D RoPE |
@@ -58,6 +59,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod models;
 pub mod nn;
+pub mod pipelines;
 pub mod planner;
 pub mod schedulers;
 pub mod text;

@@ -125,6 +125,11 @@ impl WanTransformer3d {
         &self.config
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Sets how many latent frames form one causal block of self-attention (1 = full attention).
     pub fn set_causal_block_size(&mut self, frames: usize) -> Result<()> {
         if frames == 0 {

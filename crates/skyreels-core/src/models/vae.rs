@@ -679,6 +679,12 @@ impl WanVae {
         DecodeStream { vae: self, caches: Caches::default(), latent_frames: 0 }
     }
 
+    /// A streaming decoder that continues from a [`DecodeStream::state`] snapshot of this VAE.
+    pub fn decode_stream_from(&self, state: DecodeStreamState) -> DecodeStream<'_> {
+        let caches = Caches { slots: state.slots, flags: state.flags, cursor: 0, flag_cursor: 0 };
+        DecodeStream { vae: self, caches, latent_frames: state.latent_frames }
+    }
+
     /// Decodes raw latents `[B, 16, T, h, w]` to a video `[B, 3, 1 + 4(T−1), 8h, 8w]` in
     /// [−1, 1], one latent frame at a time.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
@@ -732,6 +738,28 @@ impl DecodeStream<'_> {
     pub fn latent_frames(&self) -> usize {
         self.latent_frames
     }
+
+    /// A snapshot of the decoder's memory of past frames, to continue decoding later (for
+    /// example after a restart) exactly as if the stream had never stopped.
+    pub fn state(&self) -> DecodeStreamState {
+        DecodeStreamState {
+            slots: self.caches.slots.clone(),
+            flags: self.caches.flags.clone(),
+            latent_frames: self.latent_frames,
+        }
+    }
+}
+
+/// What a [`DecodeStream`] remembers between chunks: the last frames seen by every causal
+/// convolution. Restore with [`WanVae::decode_stream_from`].
+#[derive(Debug, Clone, Default)]
+pub struct DecodeStreamState {
+    /// One entry per stateful layer, in visiting order (`None` before a layer has seen a frame).
+    pub slots: Vec<Option<Tensor>>,
+    /// Per-layer "has started" flags of the temporal upsamplers.
+    pub flags: Vec<bool>,
+    /// Latent frames decoded before the snapshot.
+    pub latent_frames: usize,
 }
 
 /// Where VAE weights live and what every VAE checkpoint holds.

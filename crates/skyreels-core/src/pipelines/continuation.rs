@@ -1,0 +1,180 @@
+//! Turning windows of latents into the new frames of the video, and carrying the overlap into the
+//! next window.
+//!
+//! Two ways to join windows:
+//! - [`Continuation::Latent`] (default, as diffusers does): the overlap stays in latent space and
+//!   one causal VAE decoder runs across all windows, so the output equals decoding the whole
+//!   latent video at once — no decode/re-encode round trip, no colour drift at the joins.
+//! - [`Continuation::Pixel`] (the original SkyReels code): every window is decoded on its own, the
+//!   last `overlap_history` pixel frames are re-encoded and become the next window's prefix.
+//!
+//! Either way frames leave as soon as they are decoded, one latent frame at a time, so memory
+//! does not grow with the length of the video.
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::diffusion_forcing::WindowSpec;
+use crate::error::{invalid_input, Result};
+use crate::models::vae::{DecodeStream, DecodeStreamState};
+use crate::WanVae;
+
+/// How consecutive windows are joined (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Continuation {
+    /// Keep the overlap as latents; decode the whole video as one stream.
+    #[default]
+    Latent,
+    /// Decode each window, re-encode its last pixel frames as the next prefix.
+    Pixel,
+}
+
+impl std::str::FromStr for Continuation {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "latent" => Ok(Self::Latent),
+            "pixel" => Ok(Self::Pixel),
+            other => Err(invalid_input!("unknown continuation `{other}`: use `latent` or `pixel`")),
+        }
+    }
+}
+
+/// What a [`WindowDecoder`] needs to continue after a restart.
+#[derive(Debug, Clone, Default)]
+pub struct WindowDecoderState {
+    /// The running decoder's memory (latent continuation, after the first window).
+    pub stream: Option<DecodeStreamState>,
+    /// The last `overlap_history` output frames `[1, 3, n, H, W]` (pixel continuation).
+    pub pixel_history: Option<Tensor>,
+}
+
+/// Decodes windows of (normalised) latents into new output frames.
+pub struct WindowDecoder<'a> {
+    vae: &'a WanVae,
+    mode: Continuation,
+    /// Pixel frames the overlap latents stand for (`overlap_history`).
+    overlap_pixels: usize,
+    stream: Option<DecodeStream<'a>>,
+    pixel_history: Option<Tensor>,
+}
+
+impl<'a> WindowDecoder<'a> {
+    /// A decoder for a new video whose windows overlap by `overlap_pixels` frames (`4k + 1`).
+    pub fn new(vae: &'a WanVae, mode: Continuation, overlap_pixels: usize) -> Self {
+        Self { vae, mode, overlap_pixels, stream: None, pixel_history: None }
+    }
+
+    /// A decoder continuing from a saved state.
+    pub fn resume(vae: &'a WanVae, mode: Continuation, overlap_pixels: usize, state: WindowDecoderState) -> Self {
+        let stream = state.stream.map(|s| vae.decode_stream_from(s));
+        Self { vae, mode, overlap_pixels, stream, pixel_history: state.pixel_history }
+    }
+
+    /// The state to save after a window.
+    pub fn state(&self) -> WindowDecoderState {
+        WindowDecoderState {
+            stream: self.stream.as_ref().map(DecodeStream::state),
+            pixel_history: self.pixel_history.clone(),
+        }
+    }
+
+    /// Starts from existing frames `[1, 3, n, H, W]` in [−1, 1] (the end of a video being
+    /// extended) and returns their normalised latents, the first window's history. `n` must be
+    /// `4k + 1`.
+    pub fn start_from_frames(&mut self, frames: &Tensor) -> Result<Tensor> {
+        if self.mode == Continuation::Pixel {
+            self.pixel_history = Some(frames.clone());
+        }
+        self.encode(frames)
+    }
+
+    /// Normalised latents of pixel frames.
+    pub fn encode(&self, frames: &Tensor) -> Result<Tensor> {
+        self.vae.normalize(&self.vae.encode(&frames.to_dtype(DType::F32)?)?)
+    }
+
+    /// Decodes the window `latents` (all of its frames, normalised) and hands the new output frames
+    /// to `emit` in order, a few at a time, as `[1, 3, n, H, W]` tensors in [−1, 1].
+    pub fn decode_window(
+        &mut self,
+        spec: &WindowSpec,
+        latents: &Tensor,
+        emit: &mut dyn FnMut(&Tensor) -> Result<()>,
+    ) -> Result<()> {
+        match self.mode {
+            Continuation::Latent => self.decode_latent(spec, latents, emit),
+            Continuation::Pixel => self.decode_pixel(spec, latents, emit),
+        }
+    }
+
+    /// The next window's history when continuing in pixel space: the re-encoded last output frames.
+    pub fn pixel_history_latents(&self) -> Result<Option<Tensor>> {
+        match (&self.mode, &self.pixel_history) {
+            (Continuation::Pixel, Some(frames)) => Ok(Some(self.encode(frames)?)),
+            _ => Ok(None),
+        }
+    }
+
+    fn decode_latent(&mut self, spec: &WindowSpec, latents: &Tensor, emit: &mut dyn FnMut(&Tensor) -> Result<()>) -> Result<()> {
+        // The first window primes the stream with its history (an extended video's last frames,
+        // whose pixels are already in the output); later windows push only their new frames.
+        let (first_new, primed) = match self.stream {
+            Some(_) => (spec.history, true),
+            None => (0, false),
+        };
+        let stream = self.stream.get_or_insert_with(|| self.vae.decode_stream());
+        for j in first_new..latents.dim(2)? {
+            let frames = stream.push(&self.vae.denormalize(&latents.narrow(2, j, 1)?)?)?;
+            if primed || j >= spec.history {
+                emit(&frames)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn decode_pixel(&mut self, spec: &WindowSpec, latents: &Tensor, emit: &mut dyn FnMut(&Tensor) -> Result<()>) -> Result<()> {
+        let mut stream = self.vae.decode_stream();
+        let mut skip = if spec.history > 0 { self.overlap_pixels } else { 0 };
+        for j in 0..latents.dim(2)? {
+            let frames = stream.push(&self.vae.denormalize(&latents.narrow(2, j, 1)?)?)?;
+            let n = frames.dim(2)?;
+            let dropped = skip.min(n);
+            skip -= dropped;
+            if dropped < n {
+                let new = frames.narrow(2, dropped, n - dropped)?;
+                self.remember(&new)?;
+                emit(&new)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the last `overlap_pixels` output frames.
+    fn remember(&mut self, new: &Tensor) -> Result<()> {
+        let joined = match self.pixel_history.take() {
+            Some(old) => Tensor::cat(&[&old, new], 2)?,
+            None => new.clone(),
+        };
+        let n = joined.dim(2)?;
+        let keep = n.min(self.overlap_pixels);
+        self.pixel_history = Some(joined.narrow(2, n - keep, keep)?);
+        Ok(())
+    }
+}
+
+/// Converts decoded frames `[1, 3, n, H, W]` in [−1, 1] to `n` packed RGB8 images, as the
+/// reference does: `⌊clamp(x/2 + 0.5, 0, 1)·255⌋` (truncation, not rounding).
+pub fn to_rgb8(frames: &Tensor) -> Result<Vec<Vec<u8>>> {
+    let (b, c, n, _, _) = frames.dims5()?;
+    if b != 1 || c != 3 {
+        return Err(invalid_input!("expected frames [1, 3, n, H, W], got {:?}", frames.dims()));
+    }
+    let scaled = (frames.to_dtype(DType::F32)?.affine(0.5, 0.5)?.clamp(0f32, 1f32)? * 255.0)?;
+    // [n, H, W, 3]: one contiguous interleaved image per frame.
+    let hwc = scaled.squeeze(0)?.permute((1, 2, 3, 0))?.contiguous()?;
+    (0..n)
+        .map(|i| Ok(hwc.get(i)?.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|v| v as u8).collect()))
+        .collect()
+}

@@ -1,0 +1,14 @@
+//! Pipelines: the loops that turn prompts and conditioning frames into videos.
+//!
+//! - [`diffusion_forcing`]: windows of per-frame noise levels over the DiT (spec §8), the sampler
+//!   settings and the window plan of long videos.
+//! - [`continuation`]: decoding windows into frames and carrying the overlap to the next window.
+//! - [`noise`]: the seeded, resumable noise every draw comes from.
+
+pub mod continuation;
+pub mod diffusion_forcing;
+pub mod noise;
+
+pub use continuation::{to_rgb8, Continuation, WindowDecoder, WindowDecoderState};
+pub use diffusion_forcing::{denoise_window, DfProgress, DfSettings, DfVideo, TextConditioning, WindowPlan, WindowSpec};
+pub use noise::{NoiseSource, NoiseState, SeededNoise};
