@@ -7,11 +7,13 @@
 
 mod locate;
 pub mod names;
+pub mod pipeline;
 mod random;
 mod store;
 
 pub use locate::{open_model, LocatedModel, ModelFiles};
 pub use names::{Component, NamingScheme};
+pub use pipeline::{resolve_pipeline, PipelineFiles, PipelineLayout};
 pub use random::RandomWeights;
 pub use store::{list_safetensors, TensorInfo, WeightStore};
 

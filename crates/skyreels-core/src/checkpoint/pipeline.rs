@@ -1,0 +1,229 @@
+//! Finding every file of a full generation pipeline from one `--model` argument.
+//!
+//! Three spellings are accepted:
+//! - a SkyReels/Wan original-layout directory: transformer `config.json` + `*.safetensors` at the
+//!   top, `Wan2.1_VAE.pth`, `models_t5_umt5-xxl-enc-bf16.pth` and `google/umt5-xxl/tokenizer.json`;
+//! - a diffusers-layout directory: `model_index.json`, `transformer/`, `vae/`, `text_encoder/`,
+//!   `tokenizer/` (and `scheduler/`, which is not needed: the schedule comes from the flags);
+//! - a Hugging Face hub id such as `Skywork/SkyReels-V2-DF-1.3B-540P`, looked up in the local hub
+//!   cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`). Nothing is
+//!   downloaded.
+//!
+//! Everything missing is reported in one error, so a half-downloaded model is fixed in one go.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// On-disk layout of a pipeline directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineLayout {
+    /// The original SkyReels-V2 release.
+    Original,
+    /// A diffusers `save_pretrained` folder.
+    Diffusers,
+}
+
+/// Where each component of a pipeline lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineFiles {
+    /// The directory everything was found under.
+    pub root: PathBuf,
+    /// How `--model` was spelled, for the record (a hub id or the directory).
+    pub id: String,
+    /// Original or diffusers layout.
+    pub layout: PipelineLayout,
+    /// Transformer directory (config.json + safetensors).
+    pub transformer: PathBuf,
+    /// VAE directory or `.pth` file.
+    pub vae: PathBuf,
+    /// Text-encoder directory or `.pth` file.
+    pub text_encoder: PathBuf,
+    /// `tokenizer.json`.
+    pub tokenizer: PathBuf,
+}
+
+/// Resolves `model` (a directory or a hub id) to the files of every component.
+pub fn resolve_pipeline(model: &str) -> Result<PipelineFiles> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        return resolve_dir(path, model);
+    }
+    if path.exists() {
+        return Err(bad(path, "is a file; --model takes a model directory or a hub id such as Skywork/SkyReels-V2-DF-1.3B-540P"));
+    }
+    if looks_like_hub_id(model) {
+        let snapshot = find_in_hub_cache(model)?;
+        return resolve_dir(&snapshot, model);
+    }
+    Err(Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
+    })
+}
+
+fn bad(path: &Path, reason: &str) -> Error {
+    Error::BadConfig { path: path.to_path_buf(), reason: reason.to_string() }
+}
+
+fn looks_like_hub_id(s: &str) -> bool {
+    let mut parts = s.split('/');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+/// The hub cache directories to search, most specific first.
+fn hub_cache_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("HF_HUB_CACHE") {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("HF_HOME") {
+        dirs.push(PathBuf::from(d).join("hub"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cache/huggingface/hub"));
+    }
+    dirs
+}
+
+/// `models--owner--name/snapshots/<revision>`: the revision `refs/main` points to, else the only
+/// (or newest) snapshot.
+fn find_in_hub_cache(id: &str) -> Result<PathBuf> {
+    let folder = format!("models--{}", id.replace('/', "--"));
+    let searched = hub_cache_dirs();
+    for cache in &searched {
+        let repo = cache.join(&folder);
+        if !repo.is_dir() {
+            continue;
+        }
+        let snapshots = repo.join("snapshots");
+        if let Ok(main) = std::fs::read_to_string(repo.join("refs/main")) {
+            let dir = snapshots.join(main.trim());
+            if dir.is_dir() {
+                return Ok(dir);
+            }
+        }
+        let mut revisions: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&snapshots)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), e.path()))
+            .collect();
+        revisions.sort();
+        if let Some((_, newest)) = revisions.pop() {
+            return Ok(newest);
+        }
+    }
+    let places: Vec<String> = searched.iter().map(|d| d.display().to_string()).collect();
+    Err(bad(
+        Path::new(id),
+        &format!(
+            "model {id} is not in the local Hugging Face cache (looked in {}); download it first \
+             (`huggingface-cli download {id}`) or pass a model directory",
+            if places.is_empty() { "no cache directory: HOME is not set".to_string() } else { places.join(", ") }
+        ),
+    ))
+}
+
+fn resolve_dir(root: &Path, id: &str) -> Result<PipelineFiles> {
+    let diffusers = root.join("model_index.json").is_file() || root.join("transformer").is_dir();
+    let files = if diffusers { diffusers_files(root, id) } else { original_files(root, id) };
+    let missing: Vec<String> = required(&files).into_iter().filter(|(_, ok)| !ok).map(|(what, _)| what).collect();
+    if missing.is_empty() {
+        return Ok(files);
+    }
+    let layout = if diffusers { "diffusers" } else { "original SkyReels" };
+    Err(bad(root, &format!("this {layout}-layout model is missing {}", missing.join(", "))))
+}
+
+fn diffusers_files(root: &Path, id: &str) -> PipelineFiles {
+    PipelineFiles {
+        root: root.to_path_buf(),
+        id: id.to_string(),
+        layout: PipelineLayout::Diffusers,
+        transformer: root.join("transformer"),
+        vae: root.join("vae"),
+        text_encoder: root.join("text_encoder"),
+        tokenizer: root.join("tokenizer/tokenizer.json"),
+    }
+}
+
+fn original_files(root: &Path, id: &str) -> PipelineFiles {
+    PipelineFiles {
+        root: root.to_path_buf(),
+        id: id.to_string(),
+        layout: PipelineLayout::Original,
+        transformer: root.to_path_buf(),
+        vae: root.join("Wan2.1_VAE.pth"),
+        text_encoder: root.join("models_t5_umt5-xxl-enc-bf16.pth"),
+        tokenizer: root.join("google/umt5-xxl/tokenizer.json"),
+    }
+}
+
+/// Every file the layout needs, with whether it is present (named relative to the root).
+fn required(f: &PipelineFiles) -> Vec<(String, bool)> {
+    let rel = |p: &Path| p.strip_prefix(&f.root).unwrap_or(p).display().to_string();
+    let has_safetensors = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "safetensors")))
+            .unwrap_or(false)
+    };
+    let mut out = Vec::new();
+    let mut need_dir = |dir: &Path, label: &str| {
+        let config = dir.join("config.json");
+        let name = if rel(dir).is_empty() { String::new() } else { format!("{}/", rel(dir)) };
+        out.push((format!("{name}config.json ({label} config)"), config.is_file()));
+        out.push((format!("{name}*.safetensors ({label} weights)"), has_safetensors(dir)));
+    };
+    need_dir(&f.transformer, "transformer");
+    if f.layout == PipelineLayout::Diffusers {
+        need_dir(&f.vae, "VAE");
+        need_dir(&f.text_encoder, "text encoder");
+    }
+    if f.layout == PipelineLayout::Original {
+        out.push((format!("{} (VAE)", rel(&f.vae)), f.vae.is_file()));
+        out.push((format!("{} (text encoder)", rel(&f.text_encoder)), f.text_encoder.is_file()));
+    }
+    out.push((format!("{} (tokenizer)", rel(&f.tokenizer)), f.tokenizer.is_file()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids_are_owner_slash_name() {
+        assert!(looks_like_hub_id("Skywork/SkyReels-V2-DF-1.3B-540P"));
+        assert!(!looks_like_hub_id("Skywork"));
+        assert!(!looks_like_hub_id("a/b/c"));
+        assert!(!looks_like_hub_id("./x/y z"));
+    }
+
+    #[test]
+    fn missing_components_are_all_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model_index.json"), "{}").unwrap();
+        std::fs::create_dir_all(dir.path().join("transformer")).unwrap();
+        std::fs::write(dir.path().join("transformer/config.json"), "{}").unwrap();
+        let err = resolve_pipeline(dir.path().to_str().unwrap()).unwrap_err().to_string();
+        for part in ["transformer/*.safetensors", "vae/config.json", "text_encoder/*.safetensors", "tokenizer/tokenizer.json"] {
+            assert!(err.contains(part), "{err} should name {part}");
+        }
+        assert!(!err.contains("transformer/config.json"), "{err}");
+    }
+
+    #[test]
+    fn original_layout_lists_its_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = resolve_pipeline(dir.path().to_str().unwrap()).unwrap_err().to_string();
+        for part in ["Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/tokenizer.json", "config.json"] {
+            assert!(err.contains(part), "{err} should name {part}");
+        }
+    }
+}
