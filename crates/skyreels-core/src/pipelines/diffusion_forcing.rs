@@ -243,6 +243,18 @@ impl WindowPlan {
         let is_last = remaining.is_some_and(|left| left + history <= self.window);
         Some(WindowSpec { index, frames, history, prefix: history - history % block.max(1), is_last })
     }
+
+    /// The windows in order, starting with `history` frames available to the first one (endless
+    /// when the plan is). Lets a caller check every window before generating anything.
+    pub fn windows(&self, history: usize, block: usize) -> impl Iterator<Item = WindowSpec> + '_ {
+        let mut cursor = Some((0usize, history, history));
+        std::iter::from_fn(move || {
+            let (index, produced, history) = cursor?;
+            let spec = self.window_at(index, produced, history, block);
+            cursor = spec.map(|s| (index + 1, produced + s.frames - s.history, self.overlap.min(s.frames)));
+            spec
+        })
+    }
 }
 
 /// The part of a running video's state that is not a tensor (saved for resuming).
@@ -361,5 +373,38 @@ impl DfVideo {
         self.progress.windows_done += 1;
         self.progress.produced += spec.frames - spec.history;
         Ok((spec, out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(plan: &WindowPlan, history: usize, block: usize) -> Vec<(usize, usize)> {
+        plan.windows(history, block).map(|w| (w.frames, w.prefix)).collect()
+    }
+
+    #[test]
+    fn long_video_windows_match_the_reference_formulas() {
+        // Spec §8.3: base 97 → 25 latents, overlap 17 → 5.
+        let plan = |total| WindowPlan { window: 25, overlap: 5, total: Some(total) };
+        assert_eq!(frames(&plan(65), 0, 1), vec![(25, 0), (25, 5), (25, 5)]); // 257 frames
+        assert_eq!(frames(&plan(95), 0, 1), vec![(25, 0), (25, 5), (25, 5), (25, 5), (15, 5)]); // 377
+        assert_eq!(plan(185).windows(0, 5).count(), 9); // 737
+        assert_eq!(frames(&plan(60), 0, 5), vec![(25, 0), (25, 5), (20, 5)]); // 237
+        // Extension (README: 120 frames → 30 latents) starts with the overlap already produced.
+        assert_eq!(frames(&plan(30), 5, 1), vec![(25, 5), (10, 5)]);
+        // A short video is one window of its own length.
+        assert_eq!(frames(&plan(7), 0, 1), vec![(7, 0)]);
+        let last: Vec<bool> = plan(65).windows(0, 1).map(|w| w.is_last).collect();
+        assert_eq!(last, vec![false, false, true]);
+    }
+
+    #[test]
+    fn prefix_is_truncated_to_whole_blocks_and_endless_plans_do_not_end() {
+        let plan = WindowPlan { window: 6, overlap: 3, total: None };
+        let specs: Vec<WindowSpec> = plan.windows(0, 2).take(50).collect();
+        assert_eq!(specs.len(), 50);
+        assert!(specs[1..].iter().all(|w| w.frames == 6 && w.history == 3 && w.prefix == 2 && !w.is_last));
     }
 }
