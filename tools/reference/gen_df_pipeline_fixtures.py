@@ -20,59 +20,65 @@ only:
                                    pipeline needs to replay the run step by step
 
 What diffusers 0.42.1 `SkyReelsV2DiffusionForcingPipeline.__call__` does (read from its source;
-the Rust pipeline must replay exactly this, draws included, in this order)
+the Rust pipeline must replay exactly this, draws included, in this order; `replay_check` below
+re-implements it from this description alone and matches every recorded run bit for bit)
 --------------------------------------------------------------------------------------------------
-Notation: N = (num_frames - 1)//4 + 1 latent frames (num_frames is first rounded down to 4k+1),
-latent H = height//8, W = width//8, k = causal_block_size, T = scheduler timesteps (n=3: 999, 941, 800).
+Notation: num_frames is first replaced by num_frames//4*4 + 1 unless num_frames % 4 == 1;
+N = (num_frames - 1)//4 + 1 latent frames, latent H = height//8, W = width//8, k = causal block
+size, T = the scheduler's timesteps (UniPC flow, shift 8, n = 3: [999, 941, 800]).
 
-0. Text: prompt_embeds = umT5(prompt) (padded to max_sequence_length, rows past the real tokens
-   zeroed); only when guidance_scale > 1 also negative_prompt_embeds = umT5(negative_prompt or "").
-   fps_embeds = [0 if fps == 16 else 1].  If causal_block_size is None, k = the transformer's
-   config.num_frame_per_block, else `_set_ar_attention(k)` writes k into the config (persistently);
-   with k > 1 the transformer uses its block-causal self-attention mask.
+0. Text: prompt_embeds = umT5(prompt) (padded/truncated to max_sequence_length, rows past the real
+   tokens zeroed); only when guidance_scale > 1 also negative_prompt_embeds = umT5(negative_prompt
+   or "").  fps_embeds = [0 if fps == 16 else 1].  If causal_block_size is None, k = the
+   transformer's config.num_frame_per_block (1 here), else `_set_ar_attention(k)` writes k into the
+   config (persistently; this script resets it to 1 after every run); with k > 1 the transformer
+   applies its block-causal self-attention mask.
 1. Windows.  Long-video mode iff overlap_history is not None and num_frames > base_num_frames.
-   Otherwise there is exactly one window of N frames (base_num_frames is then ignored, no sliding
-   inside it except through generate_timestep_matrix's own valid_interval, with base = N).
+   Short mode: one window, length N, no prefix (base_num_frames is not used).
    Long mode: ov = (overlap_history - 1)//4 + 1, base = (base_num_frames - 1)//4 + 1,
-   n_iter = 1 + (N - base - 1)//(base - ov) + 1.
-   * window 0: length base, no prefix.
-   * window i > 0: prefix = accumulated[:, :, -ov:] (the last ov frames of everything generated so
-     far), truncated at its END to a multiple of k: p = ov - ov % k frames (if ov % k != 0 the
-     frames prefix[p:] are dropped).  finished = i*(base - ov) + ov, left = N - finished,
-     length = min(left + ov, base).
-2. Fresh noise, once per window: latents = randn_tensor((1, 16, length, H, W), generator, f32)
-   == torch.randn(shape, generator=<the user generator>, dtype=float32) on CPU.  This is the ONLY use
-   of the user's generator.  The FULL window is drawn, then the first p frames are overwritten by the
-   prefix: latents[:, :, :p] = prefix (so the drawn noise of those p frames is discarded).
-3. One deepcopy of the scheduler per latent frame of the window, each `set_timesteps(n)` (UniPC keeps
-   per-frame multistep history).  step_matrix, update_mask, valid_interval =
-   generate_timestep_matrix(length, T, base=length if long mode else N, ar_step, num_pre_ready=p, k).
-   Prefix frames are "pre-ready": their column of step_matrix is 0 and update_mask is False.
-4. For each row i: (s, e) = valid_interval[i];
-   x = latents[:, :, s:e].clone();  t = step_matrix[i][s:e] (int64, one per frame).
-   If addnoise_condition a > 0 and s < p:
-       x[:, :, s:p] = x[:, :, s:p]*(1 - 0.001*a) + torch.randn_like(x[:, :, s:p])*(0.001*a)
-       t[s:p] = a
-   torch.randn_like uses torch's GLOBAL default CPU generator, NOT the user's generator, so it is not
-   reproducible from the seed alone (this script seeds it with torch.manual_seed(global_seed) before
-   each run).  One randn_like draw per row (shape (1,16,p-s,H,W)), shared by the cond and uncond
-   calls, applied to the model input only (latents themselves keep the clean prefix).
-   cond = transformer(x, t, prompt_embeds, DF on, fps); if guidance > 1:
-   uncond = transformer(x, t, negative_prompt_embeds, ...) and pred = uncond + g*(cond - uncond)
-   (cond is always called first).  Then for every frame j in [s, e) with update_mask[i][j]:
+   n_iter = 1 + (N - base - 1)//(base - ov) + 1 windows.
+   * window 0: length base, no prefix (p = 0).
+   * window i > 0: length = min(N - (i*(base - ov) + ov) + ov, base);
+     prefix = accumulated[:, :, -ov:][:, :, :p] with p = ov - ov % k, i.e. the last ov accumulated
+     frames with their LAST ov % k frames dropped when ov is not a multiple of k.
+2. Fresh noise, exactly once per window: latents = randn_tensor((1, 16, length, H, W), generator,
+   float32) == torch.randn(shape, generator=<the user's CPU generator>, dtype=float32).  This is the
+   only use of the user's generator.  The FULL window is drawn, then latents[:, :, :p] = prefix
+   (the drawn noise of those p frames is discarded).
+3. Per window: one copy of the scheduler per latent frame (each set_timesteps(n), own multistep
+   history), and step_matrix, update_mask, valid_interval = generate_timestep_matrix(length, T,
+   base_num_latent_frames = length (long) or N (short), ar_step, num_pre_ready = p, k).  Because
+   the base passed equals the window length, valid_interval is always (0, (length//k)*k) in this
+   pipeline: no sliding inside a window (tail frames past a multiple of k are never fed to the
+   model nor updated).  Prefix frames are pre-ready: step_matrix 0 in their columns, update_mask
+   False.  Every other frame's update_mask is True exactly len(T) times, so its scheduler is
+   stepped once per template timestep, in order.
+4. For each row i: (s, e) = valid_interval[i]; x = latents[:, :, s:e].clone();
+   t = step_matrix[i][s:e] as int64 [1, e - s].
+   If addnoise_condition a > 0 and s < p (always true when p > 0, since s = 0):
+       x[:, :, s:p] = x[:, :, s:p] * f32(1 - 0.001*a) + torch.randn_like(x[:, :, s:p]) * f32(0.001*a)
+       t[:, s:p] = a
+   (the factors are computed in f64 Python and applied as f32 scalars).  torch.randn_like draws from
+   torch's GLOBAL default CPU generator, NOT the user's generator (this script seeds it with
+   torch.manual_seed(global_seed) right before each run).  So: one randn_like draw per row of every
+   window i > 0, shape (1, 16, p, H, W), shared by the cond and uncond calls and applied to the model
+   input only (latents keep the clean prefix).
+   cond = transformer(x, t, prompt_embeds, enable_diffusion_forcing=True, fps_embeds); when
+   guidance g > 1 then uncond = the same with negative_prompt_embeds (cond is always called first)
+   and pred = uncond + g*(cond - uncond) in f32.  Then for every j in [s, e) with update_mask[i][j]:
    latents[:, :, j] = scheduler_j.step(pred[:, :, j - s], step_matrix[i][j], latents[:, :, j]).
-   (Note: the scheduler gets the step_matrix timestep, never the addnoise one; prefix frames are
-   never stepped.)
+   The scheduler sees the step_matrix timestep, never the addnoise one; prefix frames are never
+   stepped.
 5. Accumulate: window 0 -> accumulated = latents; window i > 0 -> accumulated =
-   cat(accumulated, latents[:, :, ov:]) (ov, not p, is cut off).  Short mode: the window's latents.
-6. output_type == "latent": return the accumulated latents.  Otherwise decode with the VAE's config
-   statistics: z = latents / (1/std) + mean, computed exactly like that in f32 (std_inv =
-   1.0 / torch.tensor(latents_std) first, then a DIVISION by it; it is not latents*std),
-   video = vae.decode(z).sample (clamped to [-1, 1]), frames = (video*0.5 + 0.5).clamp(0, 1)
-   as (B, F, H, W, C) float32 for "np".
+   cat(accumulated, latents[:, :, ov:]) (ov frames, not p, are cut).  Short mode: the window.
+6. output_type == "latent": return the accumulated latents.  Otherwise decode with the VAE config's
+   statistics: z = latents / std_inv + mean in f32 with std_inv = 1.0 / torch.tensor(latents_std)
+   computed first (a division by the reciprocal, which is not bit-identical to latents*std),
+   video = vae.decode(z).sample (clamped to [-1, 1]), frames = (video*0.5 + 0.5).clamp(0, 1),
+   returned as (B, F, H, W, C) float32 for "np".
 
-So the draw order of a run is: window 0's randn_tensor, then (if addnoise and p > 0) one randn_like per
-row of window 0 (none: p = 0), window 1's randn_tensor, window 1's randn_like per row, ... .
+Draw order of a run therefore: randn_tensor(window 0); randn_tensor(window 1), then (addnoise only)
+one randn_like per row of window 1; randn_tensor(window 2), then its randn_like draws; ...
 
 What each df_<run>.safetensors holds (metadata: "settings" = all pipeline arguments as JSON, "json" =
 draws, calls, windows, notes):
@@ -488,6 +494,93 @@ def record_run(pipe, module, out, r, name, overrides):
 
 
 # ---------------------------------------------------------------------------------------------
+# Independent replay: the algorithm of the module docstring, fed only the recorded draws
+# ---------------------------------------------------------------------------------------------
+def replay_check(pipe, path):
+    """Re-run a recorded run from the fixture file alone (recorded embeddings and noise, the
+    transformer, fresh schedulers) following the module docstring step by step, and require
+    bit-identical timesteps, model inputs, per-row latents and output. This checks that the docstring
+    (what the Rust pipeline implements) is the whole story."""
+    from copy import deepcopy
+
+    with safe_open(path, "pt") as f:
+        st = json.loads(f.metadata()["settings"])
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    nf = st["num_frames"] // 4 * 4 + 1 if st["num_frames"] % 4 != 1 else st["num_frames"]
+    n_lat, lh, lw = (nf - 1) // 4 + 1, st["height"] // 8, st["width"] // 8
+    k = 1 if st["causal_block_size"] is None else st["causal_block_size"]
+    g, a = st["guidance_scale"], st["addnoise_condition"]
+    cfg = g > 1.0
+    fps = [0 if st["fps"] == 16 else 1]
+    long = st["overlap_history"] is not None and nf > st["base_num_frames"]
+    if long:
+        ov = (st["overlap_history"] - 1) // 4 + 1
+        base = (st["base_num_frames"] - 1) // 4 + 1
+        n_iter = 1 + (n_lat - base - 1) // (base - ov) + 1
+    else:
+        ov, base, n_iter = 0, n_lat, 1
+    sched = deepcopy(pipe.scheduler)
+    sched.set_timesteps(st["num_inference_steps"])
+    template = sched.timesteps
+    draw = call = step = 0
+    acc = None
+    pipe.transformer.register_to_config(num_frame_per_block=k)
+    try:
+        for it in range(n_iter):
+            if long and it > 0:
+                p = ov - ov % k
+                prefix = acc[:, :, -ov:][:, :, :p]
+                length = min(n_lat - (it * (base - ov) + ov) + ov, base)
+            else:
+                p, prefix, length = 0, None, base
+            lat = t[f"noise.{draw}"].clone()
+            draw += 1
+            assert tuple(lat.shape) == (1, 16, length, lh, lw), lat.shape
+            if p:
+                lat[:, :, :p] = prefix
+            scheds = []
+            for _ in range(length):
+                s_ = deepcopy(pipe.scheduler)
+                s_.set_timesteps(st["num_inference_steps"])
+                scheds.append(s_)
+            sm, _, um, vi = pipe.generate_timestep_matrix(length, template, length if long else n_lat,
+                                                          st["ar_step"], p, k)
+            for i, row in enumerate(sm):
+                s, e = vi[i]
+                x = lat[:, :, s:e].clone()
+                ts = row[s:e].unsqueeze(0).clone()
+                if a > 0 and s < p:
+                    noise = t[f"noise.{draw}"]
+                    draw += 1
+                    x[:, :, s:p] = x[:, :, s:p] * (1.0 - 0.001 * a) + noise * (0.001 * a)
+                    ts[:, s:p] = a
+                branches = [t["prompt_embeds"]] + ([t["negative_prompt_embeds"]] if cfg else [])
+                preds = []
+                for ctx in branches:
+                    assert torch.equal(ts, t[f"call.{call}.timestep"]), (call, ts)
+                    if f"call.{call}.hidden_states" in t:
+                        assert torch.equal(x, t[f"call.{call}.hidden_states"]), call
+                    with torch.no_grad():
+                        out = pipe.transformer(hidden_states=x, timestep=ts, encoder_hidden_states=ctx,
+                                               enable_diffusion_forcing=True, fps=fps, return_dict=False)[0]
+                    if f"call.{call}.output" in t:
+                        assert torch.equal(out, t[f"call.{call}.output"]), call
+                    preds.append(out)
+                    call += 1
+                pred = preds[1] + g * (preds[0] - preds[1]) if cfg else preds[0]
+                for j in range(s, e):
+                    if um[i][j]:
+                        lat[:, :, j] = scheds[j].step(pred[:, :, j - s], row[j], lat[:, :, j], return_dict=False)[0]
+                assert torch.equal(lat, t[f"step.{step}.latents"]), (it, i)
+                step += 1
+            acc = lat if acc is None else torch.cat([acc, lat[:, :, ov:]], dim=2)
+    finally:
+        pipe.transformer.register_to_config(num_frame_per_block=1)
+    assert f"noise.{draw}" not in t and f"call.{call}.timestep" not in t and f"step.{step}.latents" not in t
+    assert torch.equal(acc, t["output_latents"])
+
+
+# ---------------------------------------------------------------------------------------------
 def tree_files(path):
     if os.path.islink(path):
         return [(path, 0)]
@@ -540,6 +633,8 @@ def gen_df_pipeline(out):
     summaries = {}
     for r, (name, overrides) in enumerate(RUNS):
         summaries[name] = record_run(pipe, module, out, r, name, overrides)
+        replay_check(pipe, os.path.join(out, f"df_{name}.safetensors"))
+    print("  replay from the recorded draws (module docstring algorithm): bit-identical for every run")
     assert pipe.transformer.config.num_frame_per_block == 1
     report_sizes(out)
     return summaries

@@ -10,7 +10,8 @@ It builds tiny random-weight SkyReels-V2 transformers with diffusers, saves them
 diffusers layout *and* in the original SkyReels/Wan naming, and records inputs, outputs and
 per-layer intermediates of their forward passes; it records the flow-UniPC scheduler of the
 original code (sigma grid linspace(0.999, 0)) and of diffusers (linspace(1, 1/1000)); a flow
-Euler trajectory; and diffusion-forcing timestep matrices.
+Euler trajectory; diffusion-forcing timestep matrices; and (gen_vae_t5_fixtures.py,
+gen_df_pipeline_fixtures.py) the VAE, umT5, tokenizer and end-to-end DF pipeline fixtures.
 """
 
 import argparse
@@ -433,6 +434,11 @@ def main():
     gen_vae_t5_fixtures.gen_vae(args.out)
     print("umt5 and tokenizer:")
     gen_vae_t5_fixtures.gen_umt5_and_tokenizer(args.out)
+    # End-to-end DF pipeline runs: a pipeline directory whose vae/text_encoder/tokenizer are symlinks
+    # to the three directories just written, so this must come after them.
+    import gen_df_pipeline_fixtures
+
+    gen_df_pipeline_fixtures.gen_df_pipeline(args.out)
     manifest = {
         "generator": "tools/reference/gen_fixtures.py",
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "numpy": np.__version__,

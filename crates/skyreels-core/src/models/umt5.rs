@@ -214,6 +214,11 @@ impl UmT5Encoder {
         &self.config
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.embedding.device()
+    }
+
     /// Encodes token ids `[B, L]` with attention mask `[B, L]` (1 = token, 0 = padding) to
     /// `[B, L, d_model]` f32 (padded rows are *not* zeroed; see [`encode`](Self::encode)).
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {

@@ -115,7 +115,7 @@ pub fn denoise_window(
     let schedule = settings.schedule()?;
     let device = latents.device();
     let mut frame_latents: Vec<Tensor> = (0..frames).map(|j| latents.narrow(2, j, 1)).collect::<candle_core::Result<_>>()?;
-    let mut solvers: Vec<FlowUniPc> = (0..frames).map(|_| FlowUniPc::new(schedule.clone())).collect();
+    let mut solvers: Vec<FlowUniPc> = (0..frames).map(|_| FlowUniPc::in_place(schedule.clone())).collect();
     let fps = Tensor::new(&[fps_index(settings.fps)], device)?;
     let rows = plan.rows();
     for row in 0..rows {

@@ -3,12 +3,15 @@
 //! - [`diffusion_forcing`]: windows of per-frame noise levels over the DiT (spec §8), the sampler
 //!   settings and the window plan of long videos.
 //! - [`continuation`]: decoding windows into frames and carrying the overlap to the next window.
+//! - [`prompt`]: prompt text to text-encoder states.
 //! - [`noise`]: the seeded, resumable noise every draw comes from.
 
 pub mod continuation;
 pub mod diffusion_forcing;
 pub mod noise;
+pub mod prompt;
 
 pub use continuation::{to_rgb8, Continuation, WindowDecoder, WindowDecoderState};
 pub use diffusion_forcing::{denoise_window, DfProgress, DfSettings, DfVideo, TextConditioning, WindowPlan, WindowSpec};
 pub use noise::{NoiseSource, NoiseState, SeededNoise};
+pub use prompt::{encode_prompt, EncodedPrompt};
