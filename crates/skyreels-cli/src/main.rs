@@ -4,6 +4,7 @@
 //! panics on bad input.
 
 mod bench;
+mod generate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate a video: text-to-video, image-to-video, start/end frames, extension, story mode,
+    /// endless length; resumable after a crash.
+    Generate(Box<generate::GenerateArgs>),
     /// Describe a transformer checkpoint directory: kind, config, parameter count and dtype.
     Info {
         /// A directory with `config.json` + `*.safetensors` (SkyReels or diffusers naming), or a
@@ -36,8 +40,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = match cli.command {
+        Command::Generate(args) => generate::run(*args),
         Command::Info { model_dir, json } => info(&model_dir, json),
         Command::Bench(command) => bench::run(&command),
     };
@@ -48,6 +56,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints help/version as clap does, and any other parse error as one sentence.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+    eprintln!("error: {first} (see `skyreels --help`)");
+    ExitCode::from(2)
 }
 
 fn info(dir: &std::path::Path, json: bool) -> Result<(), String> {

@@ -14,6 +14,7 @@
 //! | [`pipelines`] | diffusion-forcing generation: windows, continuation, seeded noise |
 //! | [`planner`] | the diffusion-forcing [`generate_timestep_matrix`] |
 //! | [`checkpoint`] | safetensors shards, both naming schemes, configs |
+//! | [`media`] | images in; MP4 (H.264), GIF and PNG-folder video out and back in, crash-safe |
 //! | [`nn`] | shared layers: linear, norms, attention, 3D RoPE |
 //!
 //! ## Running the transformer
@@ -57,6 +58,7 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod media;
 pub mod models;
 pub mod nn;
 pub mod pipelines;

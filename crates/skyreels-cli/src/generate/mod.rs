@@ -1,0 +1,534 @@
+//! `skyreels generate`: diffusion-forcing video generation from the command line.
+//!
+//! The run is a loop over windows (spec §8.3): each window is denoised, decoded as a stream and
+//! appended to the output, which is then committed (a playable file) together with the state
+//! needed to continue (`<output>.resume`) and the sidecar (`<output>.json`). Memory holds one
+//! window at a time, whatever `--frames` is; `--resume <output>` continues after a crash.
+
+mod params;
+mod progress;
+mod state;
+mod story;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use serde_json::json;
+use skyreels_core::checkpoint::{resolve_pipeline, PipelineFiles};
+use skyreels_core::media::{create_writer, fit_to, load_image, open_video, resume_writer, RgbFrame, VideoWriter};
+use skyreels_core::pipelines::{
+    encode_prompt, to_rgb8, DfVideo, SeededNoise, TextConditioning, WindowDecoder, WindowDecoderState,
+};
+use skyreels_core::text::PromptTokenizer;
+use skyreels_core::{UmT5Encoder, WanTransformer3d, WanVae};
+
+use params::{GenerateParams, Start};
+pub use progress::ProgressMode;
+use progress::Reporter;
+use state::{write_atomically, ResumeInfo, ResumeState};
+use story::{load_story, Segment};
+
+/// Flags of `skyreels generate` (named after the reference CLI where it has one).
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// Model: an original SkyReels-V2 directory, a diffusers directory, or a hub id in the local
+    /// Hugging Face cache (e.g. Skywork/SkyReels-V2-DF-1.3B-540P).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// What the video shows.
+    #[arg(long, short = 'p')]
+    pub prompt: Option<String>,
+    /// Story mode: a JSON list of prompts, `{"segments": [{"prompt", "windows"}]}`, or a text file
+    /// with one prompt per line; each segment drives the next window(s) of the same video.
+    #[arg(long, conflicts_with = "prompt")]
+    pub story: Option<PathBuf>,
+    /// Negative prompt for guidance (default: the original SkyReels-V2 one).
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// Image-to-video: the first frame.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// The last frame the video must reach.
+    #[arg(long)]
+    pub end_image: Option<PathBuf>,
+    /// Extend this video (MP4/GIF/PNG folder): its last --overlap-history frames start the new
+    /// part, and all of its frames are kept in the output.
+    #[arg(long)]
+    pub extend: Option<PathBuf>,
+    /// Output: .mp4 (H.264), .gif, or a folder (PNG frames).
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Replace an existing output instead of refusing.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Continue an interrupted run of this output (settings come from its saved state).
+    #[arg(long, value_name = "OUTPUT", conflicts_with_all = ["prompt", "story", "output", "model"])]
+    pub resume: Option<PathBuf>,
+    /// Video frames (4k+1; counts the overlap when extending); 0 or `inf` runs until interrupted.
+    #[arg(long)]
+    pub frames: Option<String>,
+    /// Frames generated together in one window.
+    #[arg(long, default_value_t = 97)]
+    pub base_frames: usize,
+    /// Frames shared by consecutive windows.
+    #[arg(long, default_value_t = 17)]
+    pub overlap_history: usize,
+    /// Height in pixels (multiple of 16).
+    #[arg(long, default_value_t = 544)]
+    pub height: usize,
+    /// Width in pixels (multiple of 16).
+    #[arg(long, default_value_t = 960)]
+    pub width: usize,
+    /// Frame rate of the output (and of the fps embedding: 16 or other).
+    #[arg(long, default_value_t = 24)]
+    pub fps: u32,
+    /// Denoising steps per frame.
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    /// Flow shift of the sigma schedule.
+    #[arg(long, default_value_t = 8.0)]
+    pub shift: f64,
+    /// Classifier-free guidance scale (1 turns guidance off).
+    #[arg(long, default_value_t = 6.0)]
+    pub guidance: f64,
+    /// Random seed (random when omitted; always recorded in the sidecar).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Steps each causal block trails the previous one (0 = synchronous diffusion forcing).
+    #[arg(long, default_value_t = 0)]
+    pub ar_step: usize,
+    /// Latent frames per causal block (5 is recommended with --ar-step > 0).
+    #[arg(long, default_value_t = 1)]
+    pub causal_block_size: usize,
+    /// Noise level given to the clean overlap frames (20 recommended for long videos).
+    #[arg(long, default_value_t = 0)]
+    pub addnoise_condition: u32,
+    /// How windows are joined: `latent` (no colour drift) or `pixel` (the original's re-encode).
+    #[arg(long, default_value = "latent")]
+    pub continuation: String,
+    /// Sigma grid: `skyreels` (original code) or `diffusers`.
+    #[arg(long, default_value = "skyreels")]
+    pub sigma_grid: String,
+    /// Block-causal attention in asynchronous mode (diffusers always does this; the released
+    /// weights were not trained for it).
+    #[arg(long)]
+    pub causal_attention: bool,
+    /// Transformer weight precision: auto (f32 up to 2B parameters on CPU, else bf16), f32, bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Tokens per prompt.
+    #[arg(long, default_value_t = 512, hide = true)]
+    pub text_length: usize,
+    /// Progress display.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Print nothing but errors.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Runs `skyreels generate`.
+pub fn run(args: GenerateArgs) -> Result<(), String> {
+    let mut reporter = Reporter::new(args.progress, args.quiet);
+    if let Some(output) = &args.resume {
+        return resume(output, &mut reporter);
+    }
+    let segments = match (&args.story, &args.prompt) {
+        (Some(story), _) => load_story(story)?,
+        (None, Some(prompt)) => vec![Segment { prompt: prompt.clone(), windows: 1 }],
+        (None, None) => return Err("--prompt (or --story) is required: say what the video should show".into()),
+    };
+    let (params, notices) = GenerateParams::from_args(&args, segments)?;
+    for n in &notices {
+        reporter.notice(n);
+    }
+    let total_rows = params.check_windows()?;
+    check_output_is_free(&params, args.overwrite)?;
+    let files = resolve_pipeline(&params.model).map_err(|e| e.to_string())?;
+    let start_frame = match &params.start {
+        Start::Image(path) => Some(load_conditioning_image(path, &params)?),
+        _ => None,
+    };
+    let end_frame = params.end_image.as_ref().map(|p| load_conditioning_image(p, &params)).transpose()?;
+    let extend_input = match &params.start {
+        Start::Extend(path) => Some(open_extension(path, &params)?),
+        _ => None,
+    };
+
+    let engine = Engine::load(&files, &params, &reporter)?;
+    let image_latent = start_frame.map(|f| engine.encode_frames(&[f])).transpose()?;
+    let end_latent = end_frame.map(|f| engine.encode_frames(&[f])).transpose()?;
+
+    let mut writer = create_writer(&params.output, params.width as u32, params.height as u32, params.sampler.fps as f64)
+        .map_err(|e| e.to_string())?;
+    let outcome = (|| {
+        let mut decoder = WindowDecoder::new(&engine.vae, params.continuation, params.overlap_history);
+        let history = match extend_input {
+            Some(reader) => Some(copy_extension(reader, &params, writer.as_mut(), &mut decoder, &engine)?),
+            None => None,
+        };
+        let video = DfVideo::new(params.window_plan(), history).map_err(|e| e.to_string())?;
+        let checkpoint = writer.commit().map_err(|e| e.to_string())?;
+        let noise = SeededNoise::new(params.seed);
+        let run = Run { params: &params, engine: &engine, video, decoder, noise, image_latent, end_latent, rows_done: 0, seconds_before: 0.0 };
+        run.save(&checkpoint, 0.0)?;
+        Ok::<_, String>(run)
+    })();
+    let run = match outcome {
+        Ok(run) => run,
+        Err(e) => {
+            // Nothing worth keeping was produced: leave no half-made output behind.
+            drop(writer);
+            remove_output(&params);
+            return Err(e);
+        }
+    };
+    run.generate(writer, total_rows, &mut reporter)
+}
+
+/// Continues the run whose output is `output`.
+fn resume(output: &Path, reporter: &mut Reporter) -> Result<(), String> {
+    let state_path = params::with_suffix(output, ".resume");
+    if !state_path.exists() {
+        let done = params::with_suffix(output, ".json");
+        return Err(if done.exists() && output.exists() {
+            format!("{} is already complete (there is no resume state next to it)", output.display())
+        } else {
+            format!("there is no interrupted run to resume: {} does not exist", state_path.display())
+        });
+    }
+    let probe = ResumeState::load(&state_path, &Device::Cpu)?;
+    let params = probe.info.params.clone();
+    let total_rows = params.check_windows()?;
+    let files = resolve_pipeline(&params.model).map_err(|e| e.to_string())?;
+    let engine = Engine::load(&files, &params, reporter)?;
+    let saved = ResumeState::load(&state_path, &engine.device)?;
+    let writer = resume_writer(output, params.width as u32, params.height as u32, params.sampler.fps as f64, &saved.info.writer)
+        .map_err(|e| e.to_string())?;
+    let video = DfVideo::resume(params.window_plan(), saved.info.progress, saved.history).map_err(|e| e.to_string())?;
+    let decoder = WindowDecoder::resume(&engine.vae, params.continuation, params.overlap_history, saved.decoder);
+    reporter.notice(&format!(
+        "resuming {} after window {} ({} frames kept)",
+        output.display(),
+        saved.info.progress.windows_done,
+        saved.info.writer.frames
+    ));
+    let run = Run {
+        params: &params,
+        engine: &engine,
+        video,
+        decoder,
+        noise: SeededNoise::from_state(saved.info.noise),
+        image_latent: saved.image_latent,
+        end_latent: saved.end_latent,
+        rows_done: saved.info.rows_done,
+        seconds_before: saved.info.seconds,
+    };
+    run.generate(writer, total_rows, reporter)
+}
+
+fn check_output_is_free(params: &GenerateParams, overwrite: bool) -> Result<(), String> {
+    skyreels_core::media::VideoFormat::for_output(&params.output).map_err(|e| e.to_string())?;
+    let output = &params.output;
+    if output.exists() && !overwrite {
+        return Err(format!("{} already exists: choose another --output, pass --overwrite, or --resume it", output.display()));
+    }
+    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(format!("the folder {} for the output does not exist", parent.display()));
+        }
+    }
+    if output.exists() {
+        remove_output(params);
+    }
+    Ok(())
+}
+
+/// Removes an output and its companions (used when a run fails before producing anything).
+fn remove_output(params: &GenerateParams) {
+    let out = &params.output;
+    let _ = if out.is_dir() { std::fs::remove_dir_all(out) } else { std::fs::remove_file(out) };
+    let _ = std::fs::remove_file(params.state_path());
+    let _ = std::fs::remove_file(params.sidecar_path());
+}
+
+fn load_conditioning_image(path: &Path, params: &GenerateParams) -> Result<RgbFrame, String> {
+    let image = load_image(path).map_err(|e| e.to_string())?;
+    fit_to(&image, params.width as u32, params.height as u32).map_err(|e| e.to_string())
+}
+
+fn open_extension(path: &Path, params: &GenerateParams) -> Result<Box<dyn skyreels_core::media::VideoReader>, String> {
+    let reader = open_video(path).map_err(|e| e.to_string())?;
+    if let Some(n) = reader.frame_count() {
+        if n < params.overlap_history as u64 {
+            return Err(format!(
+                "{} has {n} frames, fewer than the {} frames of --overlap-history it must provide",
+                path.display(),
+                params.overlap_history
+            ));
+        }
+    }
+    Ok(reader)
+}
+
+/// Copies the video being extended into the output (resized to the output size) and returns the
+/// latents of its last `overlap_history` frames, the first window's history.
+fn copy_extension(
+    reader: Box<dyn skyreels_core::media::VideoReader>,
+    params: &GenerateParams,
+    writer: &mut dyn VideoWriter,
+    decoder: &mut WindowDecoder<'_>,
+    engine: &Engine,
+) -> Result<Tensor, String> {
+    let keep = params.overlap_history;
+    let mut tail: std::collections::VecDeque<RgbFrame> = std::collections::VecDeque::with_capacity(keep + 1);
+    let mut count = 0u64;
+    for frame in reader {
+        let frame = frame.map_err(|e| e.to_string())?;
+        let frame = fit_to(&frame, params.width as u32, params.height as u32).map_err(|e| e.to_string())?;
+        writer.append(std::slice::from_ref(&frame)).map_err(|e| e.to_string())?;
+        tail.push_back(frame);
+        if tail.len() > keep {
+            tail.pop_front();
+        }
+        count += 1;
+    }
+    if tail.len() < keep {
+        let path = match &params.start {
+            Start::Extend(p) => p.display().to_string(),
+            _ => String::new(),
+        };
+        return Err(format!("{path} has {count} frames, fewer than the {keep} frames of --overlap-history it must provide"));
+    }
+    let frames = engine.frames_tensor(tail.make_contiguous())?;
+    decoder.start_from_frames(&frames).map_err(|e| e.to_string())
+}
+
+/// The loaded models and encoded prompts.
+struct Engine {
+    device: Device,
+    transformer: WanTransformer3d,
+    vae: WanVae,
+    /// One conditioning per story segment.
+    texts: Vec<TextConditioning>,
+}
+
+impl Engine {
+    fn load(files: &PipelineFiles, params: &GenerateParams, reporter: &Reporter) -> Result<Self, String> {
+        let device = Device::Cpu;
+        fn err(what: &'static str) -> impl Fn(skyreels_core::Error) -> String {
+            move |e| format!("{what}: {e}")
+        }
+        reporter.stage("encoding prompts");
+        let texts = {
+            let tokenizer = PromptTokenizer::load(&files.tokenizer).map_err(err("tokenizer"))?;
+            let encoder = UmT5Encoder::load(&files.text_encoder, &device, text_encoder_dtype(files))
+                .map_err(err("text encoder"))?;
+            let encode = |prompt: &str| {
+                let encoded = encode_prompt(&tokenizer, &encoder, prompt, params.text_length).map_err(err("prompt"))?;
+                if let Some(w) = encoded.truncation_warning {
+                    reporter.notice(&w);
+                }
+                Ok::<_, String>(encoded.states)
+            };
+            let negative = encode(&params.negative_prompt)?;
+            let mut texts = Vec::new();
+            for segment in &params.segments {
+                texts.push(TextConditioning { positive: encode(&segment.prompt)?, negative: negative.clone() });
+            }
+            texts
+            // The text encoder (11 GB for umT5-XXL in bf16) is dropped here, before the DiT loads.
+        };
+        reporter.stage("loading the transformer and the VAE");
+        let dtype = transformer_dtype(files, &params.dtype)?;
+        let mut transformer = WanTransformer3d::load(&files.transformer, &device, dtype).map_err(err("transformer"))?;
+        let vae = WanVae::load(&files.vae, &device).map_err(err("VAE"))?;
+        check_compatible(&transformer, &vae, &texts[0])?;
+        if params.causal_attention {
+            transformer.set_causal_block_size(params.sampler.causal_block_size).map_err(|e| e.to_string())?;
+        }
+        Ok(Self { device, transformer, vae, texts })
+    }
+
+    /// RGB frames → `[1, 3, n, H, W]` in [−1, 1].
+    fn frames_tensor(&self, frames: &[RgbFrame]) -> Result<Tensor, String> {
+        let (w, h) = (frames[0].width as usize, frames[0].height as usize);
+        let data: Vec<u8> = frames.iter().flat_map(|f| f.data.iter().copied()).collect();
+        let t = Tensor::from_vec(data, (frames.len(), h, w, 3), &self.device)
+            .and_then(|t| t.permute((3, 0, 1, 2))?.unsqueeze(0)?.to_dtype(DType::F32))
+            .and_then(|t| t.affine(2.0 / 255.0, -1.0))
+            .map_err(|e| e.to_string())?;
+        Ok(t)
+    }
+
+    /// Normalised latents of one or more frames (`4k + 1` of them).
+    fn encode_frames(&self, frames: &[RgbFrame]) -> Result<Tensor, String> {
+        let video = self.frames_tensor(frames)?;
+        self.vae.normalize(&self.vae.encode(&video).map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+    }
+}
+
+fn text_encoder_dtype(files: &PipelineFiles) -> DType {
+    // umT5-XXL (5.7B parameters) does not fit 24 GB in f32; small encoders stay exact in f32.
+    let bytes = dir_size(&files.text_encoder);
+    if bytes > 4 << 30 {
+        DType::BF16
+    } else {
+        DType::F32
+    }
+}
+
+fn transformer_dtype(files: &PipelineFiles, flag: &str) -> Result<DType, String> {
+    Ok(match flag {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        _ => {
+            let params = skyreels_core::checkpoint::WeightStore::open(&files.transformer, skyreels_core::checkpoint::Component::Transformer)
+                .map(|s| s.parameter_count())
+                .map_err(|e| format!("transformer: {e}"))?;
+            if params > 2_000_000_000 {
+                DType::BF16
+            } else {
+                DType::F32
+            }
+        }
+    })
+}
+
+fn dir_size(path: &Path) -> u64 {
+    match std::fs::read_dir(path) {
+        Ok(entries) => entries.flatten().map(|e| dir_size(&e.path())).sum(),
+        Err(_) => std::fs::metadata(path).map_or(0, |m| m.len()),
+    }
+}
+
+fn check_compatible(transformer: &WanTransformer3d, vae: &WanVae, text: &TextConditioning) -> Result<(), String> {
+    let c = transformer.config();
+    if c.image_dim.is_some() {
+        return Err("this is an image-to-video model with a CLIP branch; generate runs diffusion-forcing (DF) and text-to-video checkpoints".into());
+    }
+    if c.in_channels != vae.config().z_dim {
+        return Err(format!("the transformer takes {} latent channels but the VAE makes {}", c.in_channels, vae.config().z_dim));
+    }
+    let text_dim = text.positive.dim(2).map_err(|e| e.to_string())?;
+    if c.text_dim != text_dim {
+        return Err(format!("the transformer expects text states of width {} but the text encoder makes {text_dim}", c.text_dim));
+    }
+    Ok(())
+}
+
+/// A run in progress: the video state plus everything saved after each window.
+struct Run<'a> {
+    params: &'a GenerateParams,
+    engine: &'a Engine,
+    video: DfVideo,
+    decoder: WindowDecoder<'a>,
+    noise: SeededNoise,
+    image_latent: Option<Tensor>,
+    end_latent: Option<Tensor>,
+    rows_done: usize,
+    seconds_before: f64,
+}
+
+impl Run<'_> {
+    fn generate(mut self, mut writer: Box<dyn VideoWriter>, total_rows: Option<usize>, reporter: &mut Reporter) -> Result<(), String> {
+        let p = self.params;
+        let plan = self.video.plan();
+        let windows = plan.total.map(|_| plan.windows(p.initial_history(), p.sampler.causal_block_size).count());
+        let started = Instant::now();
+        reporter.start(windows, total_rows, self.video.progress().windows_done, self.rows_done, 0);
+        let latent_size = (p.height / 8, p.width / 8);
+        while let Some(next) = self.video.next_window(p.sampler.causal_block_size) {
+            let text = &self.engine.texts[p.segment_for_window(next.index)];
+            let before = writer.frames_written();
+            let mut rows_this_window = 0;
+            let (spec, latents) = self
+                .video
+                .generate_window(
+                    &self.engine.transformer,
+                    latent_size,
+                    self.image_latent.as_ref(),
+                    self.end_latent.as_ref(),
+                    text,
+                    &p.sampler,
+                    &mut self.noise,
+                    &mut |row, rows| {
+                        rows_this_window += 1;
+                        reporter.row(next.index, row, rows);
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            self.rows_done += rows_this_window;
+            self.decoder
+                .decode_window(&spec, &latents, &mut |frames| {
+                    let frames: Vec<RgbFrame> = to_rgb8(frames)?
+                        .into_iter()
+                        .map(|data| RgbFrame { width: p.width as u32, height: p.height as u32, data })
+                        .collect();
+                    writer.append(&frames).map_err(|e| skyreels_core::Error::InvalidInput(e.to_string()))
+                })
+                .map_err(|e| e.to_string())?;
+            if !spec.is_last {
+                if let Some(history) = self.decoder.pixel_history_latents().map_err(|e| e.to_string())? {
+                    self.video.set_history(history).map_err(|e| e.to_string())?;
+                }
+            }
+            let checkpoint = writer.commit().map_err(|e| e.to_string())?;
+            let seconds = self.seconds_before + started.elapsed().as_secs_f64();
+            self.save(&checkpoint, seconds)?;
+            write_sidecar(p, writer.frames_written(), seconds, false)?;
+            reporter.window_done(spec.index, writer.frames_written() - before, writer.frames_written());
+        }
+        let frames = writer.frames_written();
+        writer.finish().map_err(|e| e.to_string())?;
+        let seconds = self.seconds_before + started.elapsed().as_secs_f64();
+        write_sidecar(p, frames, seconds, true)?;
+        let _ = std::fs::remove_file(p.state_path());
+        reporter.done(&p.output.display().to_string(), frames, seconds);
+        Ok(())
+    }
+
+    /// Saves the resume state after a commit; `seconds` is the generation time so far.
+    fn save(&self, checkpoint: &skyreels_core::media::WriterCheckpoint, seconds: f64) -> Result<(), String> {
+        let decoder: WindowDecoderState = self.decoder.state();
+        let stream = decoder.stream.as_ref();
+        let info = ResumeInfo {
+            version: 1,
+            params: self.params.clone(),
+            progress: self.video.progress(),
+            noise: self.noise.state(),
+            writer: *checkpoint,
+            rows_done: self.rows_done,
+            seconds,
+            decoder_slots: stream.map_or(0, |s| s.slots.len()),
+            decoder_flags: stream.map_or_else(Vec::new, |s| s.flags.clone()),
+            decoder_latent_frames: stream.map_or(0, |s| s.latent_frames),
+            has_decoder: stream.is_some(),
+        };
+        ResumeState {
+            info,
+            history: self.video.history().cloned(),
+            image_latent: self.image_latent.clone(),
+            end_latent: self.end_latent.clone(),
+            decoder,
+        }
+        .save(&self.params.state_path())
+    }
+}
+
+/// Writes `<output>.json`: every setting, the seed, the model and the timing.
+fn write_sidecar(params: &GenerateParams, frames: u64, seconds: f64, complete: bool) -> Result<(), String> {
+    let value = json!({
+        "generator": format!("skyreels-rs {}", env!("CARGO_PKG_VERSION")),
+        "complete": complete,
+        "frames": frames,
+        "seconds": seconds,
+        "frames_per_second_generated": frames as f64 / seconds.max(1e-9),
+        "reproduce": "skyreels generate with the settings below (same seed and model give the same video)",
+        "settings": params,
+    });
+    let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
+    write_atomically(&params.sidecar_path(), text.as_bytes())
+}

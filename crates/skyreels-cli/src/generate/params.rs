@@ -1,0 +1,274 @@
+//! The settings of one generation: parsed from the flags, checked before anything heavy runs,
+//! and saved with the video (sidecar and resume state) so the video can be reproduced.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use skyreels_core::pipelines::{Continuation, DfSettings, WindowPlan, WindowSpec};
+use skyreels_core::SigmaGrid;
+
+use super::story::Segment;
+use super::GenerateArgs;
+
+/// The original SkyReels-V2 CLI's negative prompt (`generate_video_df.py`).
+pub const DEFAULT_NEGATIVE_PROMPT: &str = "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走";
+
+/// Where the first window's clean prefix comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Start {
+    /// Text only.
+    Text,
+    /// The first frame is this image.
+    Image(PathBuf),
+    /// Continue this video; its frames are copied to the output first.
+    Extend(PathBuf),
+}
+
+/// Everything that determines the output video.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateParams {
+    /// `--model` as given (directory or hub id).
+    pub model: String,
+    /// One prompt per story segment (a single segment without `--story`).
+    pub segments: Vec<Segment>,
+    /// The negative prompt for classifier-free guidance.
+    pub negative_prompt: String,
+    /// Prefix source.
+    pub start: Start,
+    /// Image the video must end on.
+    pub end_image: Option<PathBuf>,
+    /// Output size in pixels.
+    pub width: usize,
+    /// Output size in pixels.
+    pub height: usize,
+    /// Video frames (4k + 1; counts the overlap when extending); `None` = until interrupted.
+    pub frames: Option<usize>,
+    /// Frames of one window (4k + 1).
+    pub base_frames: usize,
+    /// Frames shared by consecutive windows (4k + 1).
+    pub overlap_history: usize,
+    /// How windows are joined.
+    pub continuation: Continuation,
+    /// Sampler settings.
+    pub sampler: DfSettings,
+    /// Use the block-causal attention mask in asynchronous mode (as diffusers does).
+    pub causal_attention: bool,
+    /// The user's seed.
+    pub seed: u64,
+    /// Tokens per prompt (padded/truncated).
+    pub text_length: usize,
+    /// Transformer weight dtype: `auto`, `f32` or `bf16`.
+    pub dtype: String,
+    /// The output file or folder.
+    pub output: PathBuf,
+}
+
+/// A message for the user about a value that was adjusted.
+pub type Notice = String;
+
+/// Rounds a frame count up to the next `4k + 1`, with a notice when it changes.
+fn round_frames(name: &str, n: usize, notices: &mut Vec<Notice>) -> usize {
+    let rounded = if n <= 1 { 1 } else { (n - 1).div_ceil(4) * 4 + 1 };
+    if rounded != n {
+        notices.push(format!("{name} {n} is not of the form 4k+1; using {rounded}"));
+    }
+    rounded
+}
+
+fn latent(frames: usize) -> usize {
+    (frames - 1) / 4 + 1
+}
+
+impl GenerateParams {
+    /// Checks and normalises the flags; every problem is one sentence.
+    pub fn from_args(args: &GenerateArgs, segments: Vec<Segment>) -> Result<(Self, Vec<Notice>), String> {
+        let mut notices = Vec::new();
+        let model = args.model.clone().ok_or("--model is required: a model directory or a Hugging Face hub id")?;
+        let output = args.output.clone().ok_or("--output is required (e.g. -o video.mp4)")?;
+        for (name, v) in [("--height", args.height), ("--width", args.width)] {
+            if v == 0 || v % 16 != 0 {
+                return Err(format!("{name} {v} must be a positive multiple of 16 (the VAE downsamples by 8, the transformer patches by 2)"));
+            }
+        }
+        let start = match (&args.image, &args.extend) {
+            (Some(_), Some(_)) => return Err("--image and --extend cannot be combined: an extended video starts from its own frames".into()),
+            (Some(image), None) => Start::Image(image.clone()),
+            (None, Some(video)) => Start::Extend(video.clone()),
+            (None, None) => Start::Text,
+        };
+        let frames = match args.frames.as_deref().map(str::trim) {
+            None => None,
+            Some("0" | "inf" | "infinite") => Some(0),
+            Some(s) => Some(s.parse::<usize>().map_err(|_| format!("--frames `{s}` is not a frame count (use a number, or 0/inf for endless)"))?),
+        };
+        let base_frames = round_frames("--base-frames", args.base_frames, &mut notices);
+        let overlap_history = round_frames("--overlap-history", args.overlap_history, &mut notices);
+        if overlap_history >= base_frames {
+            return Err(format!("--overlap-history {overlap_history} must be shorter than --base-frames {base_frames}"));
+        }
+        if args.causal_block_size == 0 {
+            return Err("--causal-block-size must be at least 1".into());
+        }
+        if args.steps == 0 {
+            return Err("--steps must be at least 1".into());
+        }
+        if args.addnoise_condition > 60 {
+            notices.push(format!("--addnoise-condition {} is high; the authors advise at most 50", args.addnoise_condition));
+        }
+        if !(args.fps > 0) {
+            return Err("--fps must be positive".into());
+        }
+        let frames = match frames {
+            Some(0) => None,
+            Some(n) => Some(round_frames("--frames", n, &mut notices)),
+            // A story without --frames lasts exactly as many windows as its segments ask for.
+            None if segments.len() > 1 => {
+                let windows: usize = segments.iter().map(|s| s.windows).sum();
+                let (b, o) = (latent(base_frames), latent(overlap_history));
+                let total = match start {
+                    Start::Extend(_) => o + windows * (b - o),
+                    _ => b + (windows - 1) * (b - o),
+                };
+                Some(4 * (total - 1) + 1)
+            }
+            None => Some(97),
+        };
+        if frames.is_none() && args.end_image.is_some() {
+            return Err("--end-image needs a finite --frames: an endless video has no last frame".into());
+        }
+        let sigma_grid: SigmaGrid = args.sigma_grid.parse().map_err(|e: skyreels_core::Error| e.to_string())?;
+        let continuation: Continuation = args.continuation.parse().map_err(|e: skyreels_core::Error| e.to_string())?;
+        if !["auto", "f32", "bf16"].contains(&args.dtype.as_str()) {
+            return Err(format!("--dtype `{}` is not one of auto, f32, bf16", args.dtype));
+        }
+        let params = Self {
+            model,
+            segments,
+            negative_prompt: args.negative_prompt.clone().unwrap_or_else(|| DEFAULT_NEGATIVE_PROMPT.to_string()),
+            start,
+            end_image: args.end_image.clone(),
+            width: args.width,
+            height: args.height,
+            frames,
+            base_frames,
+            overlap_history,
+            continuation,
+            sampler: DfSettings {
+                steps: args.steps,
+                shift: args.shift,
+                sigma_grid,
+                guidance_scale: args.guidance,
+                ar_step: args.ar_step,
+                causal_block_size: args.causal_block_size,
+                addnoise_condition: args.addnoise_condition,
+                fps: args.fps,
+            },
+            causal_attention: args.causal_attention,
+            seed: args.seed.unwrap_or_else(random_seed),
+            text_length: args.text_length,
+            dtype: args.dtype.clone(),
+            output,
+        };
+        Ok((params, notices))
+    }
+
+    /// The window plan in latent frames. A video no longer than one window is a single window.
+    pub fn window_plan(&self) -> WindowPlan {
+        let total = self.frames.map(latent);
+        let window = latent(self.base_frames);
+        match total {
+            Some(t) if t <= window => WindowPlan { window: t, overlap: latent(self.overlap_history).min(t - 1), total },
+            _ => WindowPlan { window, overlap: latent(self.overlap_history), total },
+        }
+    }
+
+    /// Latent frames available to the first window as history.
+    pub fn initial_history(&self) -> usize {
+        match self.start {
+            Start::Extend(_) => latent(self.overlap_history),
+            _ => 0,
+        }
+    }
+
+    /// Checks every window against the sampler settings before anything runs; returns the
+    /// model rows of the whole video (`None` when endless).
+    pub fn check_windows(&self) -> Result<Option<usize>, String> {
+        let plan = self.window_plan();
+        plan.validate().map_err(|e| e.to_string())?;
+        let image_prefix = usize::from(matches!(self.start, Start::Image(_)));
+        if image_prefix > 0 && self.sampler.causal_block_size > 1 {
+            return Err(format!(
+                "--image gives a 1-frame clean prefix, which does not fill a causal block of {}: use --causal-block-size 1",
+                self.sampler.causal_block_size
+            ));
+        }
+        if let (Start::Extend(_), Some(total)) = (&self.start, plan.total) {
+            if total <= plan.overlap {
+                return Err(format!(
+                    "--frames {} leaves nothing to generate after the {}-frame overlap when extending",
+                    self.frames.unwrap_or(0),
+                    self.overlap_history
+                ));
+            }
+        }
+        let mut rows = 0;
+        let check = |w: &WindowSpec| -> Result<usize, String> {
+            let prefix = if w.index == 0 && w.history == 0 { image_prefix } else { w.prefix };
+            self.sampler.rows_per_window(w.frames, prefix).map_err(|e| {
+                format!("window {} ({} latent frames) cannot be planned: {}", w.index + 1, w.frames, strip_prefix(&e.to_string()))
+            })
+        };
+        let windows = plan.windows(self.initial_history(), self.sampler.causal_block_size);
+        if plan.total.is_none() {
+            // Endless: the first two windows cover every distinct shape.
+            for w in windows.take(2) {
+                check(&w)?;
+            }
+            return Ok(None);
+        }
+        for w in windows {
+            rows += check(&w)?;
+        }
+        Ok(Some(rows))
+    }
+
+    /// The prompt index used by window `index` (the last segment continues to the end).
+    pub fn segment_for_window(&self, index: usize) -> usize {
+        let mut end = 0;
+        for (i, s) in self.segments.iter().enumerate() {
+            end += s.windows;
+            if index < end {
+                return i;
+            }
+        }
+        self.segments.len() - 1
+    }
+
+    /// Where the resume state of this output lives.
+    pub fn state_path(&self) -> PathBuf {
+        with_suffix(&self.output, ".resume")
+    }
+
+    /// Where the sidecar JSON of this output lives.
+    pub fn sidecar_path(&self) -> PathBuf {
+        with_suffix(&self.output, ".json")
+    }
+}
+
+fn strip_prefix(message: &str) -> &str {
+    message.strip_prefix("invalid diffusion-forcing schedule: ").unwrap_or(message)
+}
+
+/// `video.mp4` → `video.mp4<suffix>`; a folder `frames/` → `frames<suffix>` beside it.
+pub fn with_suffix(output: &Path, suffix: &str) -> PathBuf {
+    let trimmed = output.to_string_lossy().trim_end_matches(['/', '\\']).to_string();
+    PathBuf::from(format!("{trimmed}{suffix}"))
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish() >> 1
+}

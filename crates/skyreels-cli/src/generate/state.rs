@@ -1,0 +1,133 @@
+//! What is saved next to the output after every window: the resume state (to continue an
+//! interrupted run bit-identically) and the sidecar JSON (to reproduce or audit the video).
+//!
+//! Both are replaced atomically (write a temporary file, sync, rename), so a crash at any moment
+//! leaves either the previous or the new version, never a torn one.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use skyreels_core::media::WriterCheckpoint;
+use skyreels_core::pipelines::{DfProgress, NoiseState, WindowDecoderState};
+use skyreels_core::models::DecodeStreamState;
+
+use super::params::GenerateParams;
+
+/// Format version of the resume file; bumped when its meaning changes.
+const STATE_VERSION: u32 = 1;
+const METADATA_KEY: &str = "skyreels_resume";
+
+/// The non-tensor part of the resume state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResumeInfo {
+    /// [`STATE_VERSION`] of the writer.
+    pub version: u32,
+    /// The generation's settings.
+    pub params: GenerateParams,
+    /// Windows and latent frames done.
+    pub progress: DfProgress,
+    /// The noise stream's position.
+    pub noise: NoiseState,
+    /// Where the output file ends and how to continue it.
+    pub writer: WriterCheckpoint,
+    /// Model rows done so far (for the progress bar).
+    pub rows_done: usize,
+    /// Seconds spent generating before this point.
+    pub seconds: f64,
+    /// Number of slots in the decoder snapshot (empty slots are not stored).
+    pub decoder_slots: usize,
+    /// Per-layer flags of the decoder snapshot.
+    pub decoder_flags: Vec<bool>,
+    /// Latent frames the decoder had seen.
+    pub decoder_latent_frames: usize,
+    /// Whether a decoder snapshot exists (latent continuation after the first window).
+    pub has_decoder: bool,
+}
+
+/// Everything needed to continue a run.
+pub struct ResumeState {
+    /// Settings and counters.
+    pub info: ResumeInfo,
+    /// Latents the next window starts from.
+    pub history: Option<Tensor>,
+    /// The first-frame latent of image-to-video.
+    pub image_latent: Option<Tensor>,
+    /// The last-frame latent of `--end-image`.
+    pub end_latent: Option<Tensor>,
+    /// The window decoder's memory.
+    pub decoder: WindowDecoderState,
+}
+
+impl ResumeState {
+    /// Writes the state atomically to `path`.
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        let mut put = |name: String, t: &Option<Tensor>| {
+            if let Some(t) = t {
+                tensors.insert(name, t.clone());
+            }
+        };
+        put("history".into(), &self.history);
+        put("image_latent".into(), &self.image_latent);
+        put("end_latent".into(), &self.end_latent);
+        put("pixel_history".into(), &self.decoder.pixel_history);
+        if let Some(stream) = &self.decoder.stream {
+            for (i, slot) in stream.slots.iter().enumerate() {
+                put(format!("decoder.{i}"), slot);
+            }
+        }
+        let info = serde_json::to_string(&self.info).map_err(|e| e.to_string())?;
+        let metadata = HashMap::from([(METADATA_KEY.to_string(), info)]);
+        let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata))
+            .map_err(|e| format!("cannot serialise the resume state: {e}"))?;
+        write_atomically(path, &bytes)
+    }
+
+    /// Reads a state written by [`save`](Self::save).
+    pub fn load(path: &Path, device: &Device) -> Result<Self, String> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            format!("cannot read the resume state {} ({e}); was this output made by `skyreels generate`?", path.display())
+        })?;
+        let bad = |why: String| format!("the resume state {} is damaged ({why})", path.display());
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let info_json = meta.metadata().as_ref().and_then(|m| m.get(METADATA_KEY)).ok_or_else(|| bad("no settings".into()))?;
+        let info: ResumeInfo = serde_json::from_str(info_json).map_err(|e| bad(e.to_string()))?;
+        if info.version != STATE_VERSION {
+            return Err(format!("the resume state {} was written by another version of skyreels", path.display()));
+        }
+        let mut tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
+        let stream = info.has_decoder.then(|| DecodeStreamState {
+            slots: (0..info.decoder_slots).map(|i| tensors.remove(&format!("decoder.{i}"))).collect(),
+            flags: info.decoder_flags.clone(),
+            latent_frames: info.decoder_latent_frames,
+        });
+        Ok(Self {
+            history: tensors.remove("history"),
+            image_latent: tensors.remove("image_latent"),
+            end_latent: tensors.remove("end_latent"),
+            decoder: WindowDecoderState { stream, pixel_history: tensors.remove("pixel_history") },
+            info,
+        })
+    }
+}
+
+/// Replaces `path` with `bytes` so that readers see the old or the new content, never a mix.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut file = std::fs::File::create(&tmp).map_err(fail)?;
+    file.write_all(bytes).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Make the rename itself durable; not all platforms can open directories, so best effort.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
