@@ -5,6 +5,8 @@ mod conv3d;
 mod transformer;
 mod vae;
 
+pub(crate) use vae::peak_rss_mib;
+
 /// Which measurement to run.
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {

@@ -53,7 +53,7 @@ pub fn run(args: &VaeDecodeArgs) -> Result<(), String> {
 }
 
 /// The process's peak resident set (`VmHWM`), where /proc provides it.
-fn peak_rss_mib() -> Option<u64> {
+pub(crate) fn peak_rss_mib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

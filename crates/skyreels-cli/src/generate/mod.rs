@@ -526,6 +526,7 @@ fn write_sidecar(params: &GenerateParams, frames: u64, seconds: f64, complete: b
         "frames": frames,
         "seconds": seconds,
         "frames_per_second_generated": frames as f64 / seconds.max(1e-9),
+        "peak_rss_mib": crate::bench::peak_rss_mib(),
         "reproduce": "skyreels generate with the settings below (same seed and model give the same video)",
         "settings": params,
     });

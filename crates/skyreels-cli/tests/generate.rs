@@ -1,0 +1,266 @@
+//! `skyreels generate` driven as a user would: the real binary on the tiny fixture pipeline
+//! (`skyreels-core/tests/fixtures/models/df_pipeline`), outputs decoded back and checked.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use skyreels_core::media::{create_writer, open_video, RgbFrame};
+
+fn model() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../skyreels-core/tests/fixtures/models/df_pipeline")
+}
+
+/// Small, fast settings: 32×48 pixels, 3 steps, windows of 13 frames overlapping by 5.
+const FAST: &[&str] = &["--height", "32", "--width", "48", "--steps", "3", "--base-frames", "13", "--overlap-history", "5", "--seed", "11", "--text-length", "16", "--quiet"];
+
+fn skyreels(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyreels"));
+    cmd.args(args);
+    cmd
+}
+
+fn generate(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["generate", "--model", model(), "-o", out.to_str().unwrap()];
+    args.extend_from_slice(FAST);
+    args.extend_from_slice(extra);
+    skyreels(&args).output().unwrap()
+}
+
+fn assert_ok(out: &Output) {
+    assert!(out.status.success(), "generate failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Decodes a video: (frames, width, height, fps).
+fn probe(path: &Path) -> (Vec<RgbFrame>, u32, u32, Option<f64>) {
+    let reader = open_video(path).unwrap();
+    let (w, h, fps) = (reader.width(), reader.height(), reader.fps());
+    (reader.map(|f| f.unwrap()).collect(), w, h, fps)
+}
+
+/// One sentence on stderr, a non-zero status, and nothing left at `out`.
+fn assert_clean_failure(out: &Output, path: &Path, mentions: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line expected, got: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(mentions), "`{stderr}` should mention `{mentions}`");
+    assert!(!path.exists(), "a failed run left {} behind", path.display());
+    assert!(!Path::new(&format!("{}.resume", path.display())).exists());
+}
+
+fn write_image(path: &Path, rgb: [u8; 3]) {
+    // A one-frame PNG folder gives a PNG file without another image dependency.
+    let dir = path.parent().unwrap().join(format!("frames_of_{}", path.file_stem().unwrap().to_string_lossy()));
+    let mut w = create_writer(&dir, 64, 40, 1.0).unwrap();
+    let data = (0..64 * 40).flat_map(|i| if i % 64 < 32 { rgb } else { [255 - rgb[0], 40, 200] }).collect();
+    w.append(&[RgbFrame::new(64, 40, data).unwrap()]).unwrap();
+    w.finish().unwrap();
+    std::fs::rename(dir.join("frame_000000.png"), path).unwrap();
+}
+
+#[test]
+fn text_to_video_in_every_container() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["t2v.mp4", "t2v.gif", "t2v_frames"] {
+        let out = dir.path().join(name);
+        assert_ok(&generate(&out, &["--prompt", "a cat", "--frames", "29", "--fps", "16"]));
+        let (frames, w, h, fps) = probe(&out);
+        assert_eq!((frames.len(), w, h), (29, 48, 32), "{name}");
+        if name != "t2v_frames" {
+            assert!((fps.unwrap() - 16.0).abs() < 0.05, "{name}: fps {fps:?}");
+        }
+        let sidecar: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{}.json", out.display())).unwrap()).unwrap();
+        assert_eq!(sidecar["settings"]["seed"], 11);
+        assert_eq!(sidecar["complete"], true);
+        assert!(!Path::new(&format!("{}.resume", out.display())).exists(), "resume state left after completion");
+    }
+}
+
+#[test]
+fn frame_counts_are_rounded_to_4k_plus_1_with_a_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.gif");
+    let mut args = vec!["generate", "--model", model(), "-o", out.to_str().unwrap(), "--prompt", "x", "--frames", "10"];
+    args.extend(FAST.iter().filter(|a| **a != "--quiet"));
+    let run = skyreels(&args).output().unwrap();
+    assert_ok(&run);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--frames 10 is not of the form 4k+1; using 13"));
+    assert_eq!(probe(&out).0.len(), 13);
+}
+
+#[test]
+fn image_to_video_and_start_end_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = dir.path().join("start.png");
+    let end = dir.path().join("end.png");
+    write_image(&start, [250, 20, 20]);
+    write_image(&end, [20, 20, 250]);
+    let out = dir.path().join("i2v.gif");
+    assert_ok(&generate(&out, &["--prompt", "a cat", "--frames", "9", "--image", start.to_str().unwrap()]));
+    assert_eq!(probe(&out).0.len(), 9);
+    let out = dir.path().join("flf.gif");
+    let args = ["--prompt", "a cat", "--frames", "21", "--image", start.to_str().unwrap(), "--end-image", end.to_str().unwrap()];
+    assert_ok(&generate(&out, &args));
+    assert_eq!(probe(&out).0.len(), 21);
+}
+
+#[test]
+fn extension_keeps_the_input_and_adds_new_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.mp4");
+    assert_ok(&generate(&first, &["--prompt", "a cat", "--frames", "9"]));
+    let (input, ..) = probe(&first);
+    let out = dir.path().join("extended.mp4");
+    // 21 frames = the 5-frame overlap + 16 new ones.
+    assert_ok(&generate(&out, &["--prompt", "a cat", "--frames", "21", "--extend", first.to_str().unwrap()]));
+    let (frames, w, h, _) = probe(&out);
+    assert_eq!((frames.len(), w, h), (9 + 16, 48, 32));
+    // The copied input is re-encoded, so compare loosely.
+    let diff: u64 = frames[..9].iter().zip(&input).map(|(a, b)| a.data.iter().zip(&b.data).map(|(x, y)| x.abs_diff(*y) as u64).sum::<u64>()).sum();
+    assert!(diff as f64 / (9.0 * 48.0 * 32.0 * 3.0) < 8.0, "the input frames were not kept");
+}
+
+#[test]
+fn story_mode_async_and_pixel_continuation() {
+    let dir = tempfile::tempdir().unwrap();
+    let story = dir.path().join("story.json");
+    std::fs::write(&story, r#"{"segments": [{"prompt": "a cat", "windows": 2}, {"prompt": "a dog"}]}"#).unwrap();
+    let out = dir.path().join("story.gif");
+    assert_ok(&generate(&out, &["--story", story.to_str().unwrap()]));
+    // Three windows of 4 latents overlapping by 2: 4 + 2 + 2 latents = 8 → 29 frames.
+    assert_eq!(probe(&out).0.len(), 29);
+
+    let out = dir.path().join("async.gif");
+    let args = ["--prompt", "a cat", "--frames", "29", "--ar-step", "1", "--causal-block-size", "2", "--addnoise-condition", "20"];
+    assert_ok(&generate(&out, &args));
+    assert_eq!(probe(&out).0.len(), 29);
+
+    let out = dir.path().join("pixel.gif");
+    assert_ok(&generate(&out, &["--prompt", "a cat", "--frames", "29", "--continuation", "pixel"]));
+    assert_eq!(probe(&out).0.len(), 29);
+}
+
+#[test]
+fn same_seed_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.mp4"), dir.path().join("b.mp4"));
+    assert_ok(&generate(&a, &["--prompt", "a cat", "--frames", "29"]));
+    assert_ok(&generate(&b, &["--prompt", "a cat", "--frames", "29"]));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
+
+/// Starts a run with JSON progress and kills it (SIGKILL) once `windows` windows are committed.
+fn kill_after_windows(out: &Path, extra: &[&str], windows: usize) {
+    let mut args = vec!["generate", "--model", model(), "-o", out.to_str().unwrap()];
+    args.extend(FAST.iter().filter(|a| **a != "--quiet"));
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--progress", "json"]);
+    let mut child = skyreels(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = 0;
+    for line in stdout.lines() {
+        if line.unwrap().contains(r#""event":"window""#) {
+            seen += 1;
+            if seen == windows {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(seen, windows, "the run ended before {windows} windows");
+}
+
+#[test]
+fn kill_9_then_resume_gives_the_identical_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, extra) in [
+        ("latent.mp4", &["--frames", "45"][..]),
+        ("pixel.gif", &["--frames", "45", "--continuation", "pixel"][..]),
+        ("frames", &["--frames", "45", "--ar-step", "1", "--causal-block-size", "2"][..]),
+    ] {
+        let whole = dir.path().join(format!("whole_{name}"));
+        let mut args = vec!["--prompt", "a cat"];
+        args.extend_from_slice(extra);
+        assert_ok(&generate(&whole, &args));
+
+        let broken = dir.path().join(format!("broken_{name}"));
+        kill_after_windows(&broken, &args, 2);
+        // What was written before the kill is a valid video of whole windows.
+        let (frames, ..) = probe(&broken);
+        assert!(frames.len() >= 21, "{name}: only {} frames survived", frames.len());
+        let resumed = skyreels(&["generate", "--resume", broken.to_str().unwrap(), "--quiet"]).output().unwrap();
+        assert_ok(&resumed);
+        assert_eq!(read_all(&broken), read_all(&whole), "{name}: resumed output differs");
+    }
+}
+
+/// A file's bytes, or a folder's files' bytes in name order.
+fn read_all(path: &Path) -> Vec<Vec<u8>> {
+    if path.is_dir() {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(path).unwrap().map(|e| e.unwrap().path()).collect();
+        names.sort();
+        names.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    } else {
+        vec![std::fs::read(path).unwrap()]
+    }
+}
+
+#[test]
+fn endless_runs_until_killed_and_stay_playable() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("endless.mp4");
+    kill_after_windows(&out, &["--prompt", "a cat", "--frames", "inf"], 4);
+    // 13 + 3 × 8 frames are committed after four windows.
+    assert!(probe(&out).0.len() >= 37);
+}
+
+#[test]
+fn hub_ids_are_found_in_the_local_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("models--Skywork--Tiny-DF/snapshots/abc123");
+    std::fs::create_dir_all(snapshot.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(Path::new(model()).canonicalize().unwrap(), &snapshot).unwrap();
+    std::fs::create_dir_all(dir.path().join("models--Skywork--Tiny-DF/refs")).unwrap();
+    std::fs::write(dir.path().join("models--Skywork--Tiny-DF/refs/main"), "abc123").unwrap();
+    let out = dir.path().join("hub.gif");
+    let mut args = vec!["generate", "--model", "Skywork/Tiny-DF", "-o", out.to_str().unwrap(), "--prompt", "x", "--frames", "5"];
+    args.extend_from_slice(FAST);
+    assert_ok(&skyreels(&args).env("HF_HUB_CACHE", dir.path()).output().unwrap());
+    let missing = dir.path().join("missing.gif");
+    let mut args = vec!["generate", "--model", "Skywork/Not-There", "-o", missing.to_str().unwrap(), "--prompt", "x"];
+    args.extend_from_slice(FAST);
+    let run = skyreels(&args).env("HF_HUB_CACHE", dir.path()).output().unwrap();
+    assert_clean_failure(&run, &missing, "not in the local Hugging Face cache");
+}
+
+#[test]
+fn bad_inputs_fail_with_one_sentence_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bad.mp4");
+    let run = |extra: &[&str]| generate(&out, extra);
+
+    let mut args = vec!["generate", "--model", model(), "-o", out.to_str().unwrap(), "--prompt", "x", "--height", "40"];
+    args.extend(FAST.iter().skip(2));
+    assert_clean_failure(&skyreels(&args).output().unwrap(), &out, "multiple of 16");
+    assert_clean_failure(&run(&["--prompt", "x", "--no-such-flag"]), &out, "--no-such-flag");
+    let not_image = dir.path().join("notes.png");
+    std::fs::write(&not_image, "not an image").unwrap();
+    assert_clean_failure(&run(&["--prompt", "x", "--image", not_image.to_str().unwrap()]), &out, "notes.png");
+    let short = dir.path().join("short.gif");
+    assert_ok(&generate(&short, &["--prompt", "x", "--frames", "1"]));
+    assert_clean_failure(&run(&["--prompt", "x", "--extend", short.to_str().unwrap()]), &out, "fewer than the 5 frames");
+
+    let empty_model = dir.path().join("model");
+    std::fs::create_dir_all(empty_model.join("transformer")).unwrap();
+    std::fs::write(empty_model.join("model_index.json"), "{}").unwrap();
+    let args = ["generate", "--model", empty_model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--prompt", "x"];
+    assert_clean_failure(&skyreels(&args).output().unwrap(), &out, "vae/config.json");
+
+    // An existing output is never clobbered without --overwrite.
+    std::fs::write(&out, "precious").unwrap();
+    let refused = run(&["--prompt", "x", "--frames", "5"]);
+    assert!(!refused.status.success());
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+}
