@@ -116,7 +116,7 @@ impl GenerateParams {
         if args.addnoise_condition > 60 {
             notices.push(format!("--addnoise-condition {} is high; the authors advise at most 50", args.addnoise_condition));
         }
-        if !(args.fps > 0) {
+        if args.fps == 0 {
             return Err("--fps must be positive".into());
         }
         let frames = match frames {

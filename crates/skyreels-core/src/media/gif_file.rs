@@ -11,13 +11,15 @@ use std::path::{Path, PathBuf};
 
 use gif::{ColorOutput, DecodeOptions, DisposalMethod, Repeat};
 
-use super::{check_frames, io_error, sync_parent_dir, RgbFrame, VideoFormat, VideoReader, VideoWriter, WriterCheckpoint};
+use super::{
+    check_frames, io_error, sync_parent_dir, RgbFrame, VideoFormat, VideoReader, VideoWriter, WriterCheckpoint,
+};
 use crate::error::{invalid_input, Error, Result};
 
 /// The byte that ends every GIF.
 const TRAILER: u8 = 0x3b;
-/// NeuQuant speed (1 best … 30 fastest); 10 is the usual quality/time balance.
-const QUANTIZER_SPEED: i32 = 10;
+/// Pixels NeuQuant learns each palette from: enough for a good palette at any frame size.
+const QUANTIZER_SAMPLES: usize = 65_536;
 /// GIF delays are whole centiseconds and players treat delays under 2 as 10, so 50 fps is the cap.
 const MAX_FPS: f64 = 50.0;
 
@@ -38,18 +40,24 @@ impl GifWriter {
     /// Creates or truncates `path` and writes an empty, valid GIF.
     pub(crate) fn create(path: &Path, width: u32, height: u32, fps: f64) -> Result<Self> {
         let (w, h) = check_settings(width, height, fps)?;
-        let (mut encoder, mut header) = new_encoder(w, h, path)?;
+        let (encoder, mut header) = new_encoder(w, h, path)?;
         header.push(TRAILER);
         let mut file = File::create(path).map_err(io_error(path))?;
         file.write_all(&header).and_then(|()| file.sync_all()).map_err(io_error(path))?;
         sync_parent_dir(path)?;
-        encoder.get_mut().clear();
-        let checkpoint = WriterCheckpoint { format: VideoFormat::Gif, bytes: header.len() as u64, frames: 0, fragments: 0 };
+        let checkpoint =
+            WriterCheckpoint { format: VideoFormat::Gif, bytes: header.len() as u64, frames: 0, fragments: 0 };
         Ok(Self { file, path: path.to_path_buf(), width: w, height: h, fps, encoder, pending_frames: 0, checkpoint })
     }
 
     /// Reopens a GIF this writer made with the same settings and cuts it back to `checkpoint`.
-    pub(crate) fn resume(path: &Path, width: u32, height: u32, fps: f64, checkpoint: &WriterCheckpoint) -> Result<Self> {
+    pub(crate) fn resume(
+        path: &Path,
+        width: u32,
+        height: u32,
+        fps: f64,
+        checkpoint: &WriterCheckpoint,
+    ) -> Result<Self> {
         let (w, h) = check_settings(width, height, fps)?;
         let (encoder, header) = new_encoder(w, h, path)?;
         let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(io_error(path))?;
@@ -71,9 +79,23 @@ impl GifWriter {
             ));
         }
         file.set_len(checkpoint.bytes).and_then(|()| file.sync_all()).map_err(io_error(path))?;
-        let mut writer = Self { file, path: path.to_path_buf(), width: w, height: h, fps, encoder, pending_frames: 0, checkpoint: *checkpoint };
-        writer.encoder.get_mut().clear();
-        Ok(writer)
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            width: w,
+            height: h,
+            fps,
+            encoder,
+            pending_frames: 0,
+            checkpoint: *checkpoint,
+        })
+    }
+
+    /// NeuQuant's sampling step (1 = every pixel … 30), sized so each palette sees about
+    /// [`QUANTIZER_SAMPLES`] pixels: the best quality on small frames, bounded time on large ones.
+    fn quantizer_speed(&self) -> i32 {
+        let pixels = usize::from(self.width) * usize::from(self.height);
+        pixels.div_ceil(QUANTIZER_SAMPLES).clamp(1, 30) as i32
     }
 }
 
@@ -82,7 +104,8 @@ impl VideoWriter for GifWriter {
         check_frames(frames, u32::from(self.width), u32::from(self.height))?;
         for frame in frames {
             let index = self.checkpoint.frames + self.pending_frames;
-            let mut gif_frame = gif::Frame::from_rgb_speed(self.width, self.height, &frame.data, QUANTIZER_SPEED);
+            let mut gif_frame =
+                gif::Frame::from_rgb_speed(self.width, self.height, &frame.data, self.quantizer_speed());
             gif_frame.delay = frame_delay(index, self.fps);
             self.encoder
                 .write_frame(&gif_frame)
@@ -121,19 +144,22 @@ impl VideoWriter for GifWriter {
 /// Checks the size fits GIF's 16-bit fields and the rate its centisecond delays.
 fn check_settings(width: u32, height: u32, fps: f64) -> Result<(u16, u16)> {
     let size = u16::try_from(width).ok().zip(u16::try_from(height).ok()).filter(|&(w, h)| w > 0 && h > 0);
-    let (w, h) = size.ok_or_else(|| invalid_input!("GIF frames must be 1..=65535 pixels wide and high, got {width}x{height}"))?;
+    let (w, h) =
+        size.ok_or_else(|| invalid_input!("GIF frames must be 1..=65535 pixels wide and high, got {width}x{height}"))?;
     if fps > MAX_FPS {
         return Err(invalid_input!("GIF cannot play faster than {MAX_FPS} fps, got {fps}"));
     }
     Ok((w, h))
 }
 
-/// A frame serialiser plus the header bytes it wrote (screen descriptor and loop extension).
+/// A frame serialiser with an empty buffer, plus the header bytes it wrote (screen
+/// descriptor and loop extension).
 fn new_encoder(width: u16, height: u16, path: &Path) -> Result<(gif::Encoder<Vec<u8>>, Vec<u8>)> {
     let gif_error = |e: gif::EncodingError| invalid_input!("cannot start GIF {}: {e}", path.display());
     let mut encoder = gif::Encoder::new(Vec::new(), width, height, &[]).map_err(gif_error)?;
     encoder.set_repeat(Repeat::Infinite).map_err(gif_error)?;
-    let header = encoder.get_ref().clone();
+    // Take the header out, leaving the encoder's buffer empty for frames.
+    let header = std::mem::take(encoder.get_mut());
     Ok((encoder, header))
 }
 
@@ -173,7 +199,11 @@ impl GifReader {
             return Err(corrupt(path, &"the canvas is empty"));
         }
         let fps = (centiseconds > 0).then(|| frame_count as f64 * 100.0 / centiseconds as f64);
-        let canvas = Canvas { width: width as usize, height: height as usize, rgba: vec![0; width as usize * height as usize * 4] };
+        let canvas = Canvas {
+            width: width as usize,
+            height: height as usize,
+            rgba: vec![0; width as usize * height as usize * 4],
+        };
         Ok(Self { path: path.to_path_buf(), decoder, width, height, fps, frame_count, emitted: 0, canvas, undo: None })
     }
 

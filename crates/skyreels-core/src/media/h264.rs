@@ -3,10 +3,10 @@
 //! Samples are kept in the MP4 ("AVCC") form throughout: NAL units each prefixed by a
 //! big-endian length, with the SPS/PPS carried in an `avcC` record.
 
-use openh264::decoder::{DecodedYUV, Decoder, DecoderConfig};
+use openh264::decoder::{DecodedYUV, Decoder, DecoderConfig, Flush};
 use openh264::encoder::{
     BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, QpRange, RateControlMode,
-    UsageType, VuiConfig,
+    VuiConfig,
 };
 use openh264::formats::{YUVBuffer, YUVSource};
 use openh264::{OpenH264API, Timestamp};
@@ -17,6 +17,8 @@ use crate::error::{invalid_input, Result};
 
 /// Quantiser of every frame: visually near-lossless for generated video at a moderate size.
 const QP: u8 = 20;
+/// Bit rate announced to openh264 (it only picks the level from it; see `FragmentEncoder::new`).
+const NOMINAL_BITRATE: u32 = 5_000_000;
 /// A keyframe at least this often (in seconds) so players can seek inside long fragments.
 const KEYFRAME_SECONDS: f64 = 2.0;
 /// Bytes of the NAL length prefix in the samples we write.
@@ -46,13 +48,15 @@ impl FragmentEncoder {
     pub(crate) fn new(fps: f64) -> Result<Self> {
         let keyframe_interval = (fps * KEYFRAME_SECONDS).round().max(1.0) as u32;
         let config = EncoderConfig::new()
-            // Fixed QP (min = max) and no frame skipping: constant quality and one sample per frame.
-            .rate_control_mode(RateControlMode::Quality)
+            // Buffer-based control clamped to QP = QP_MIN = QP_MAX is a constant quantiser; with
+            // scene-change detection off nothing nudges it, and no frame is ever skipped.
+            .rate_control_mode(RateControlMode::Bufferbased)
             .qp(QpRange::new(QP, QP))
-            .bitrate(BitRate::from_bps(100_000_000))
+            .scene_change_detect(false)
             .skip_frames(false)
+            // Unused by a constant quantiser, but openh264 derives the stream's level from it.
+            .bitrate(BitRate::from_bps(NOMINAL_BITRATE))
             .max_frame_rate(FrameRate::from_hz(fps as f32))
-            .usage_type(UsageType::CameraVideoNonRealTime)
             .complexity(Complexity::High)
             .intra_frame_period(IntraFramePeriod::from_num_frames(keyframe_interval))
             // One thread: slice layout and output bytes then never depend on the machine.
@@ -128,19 +132,17 @@ impl AvcConfig {
             return Err("invalid NAL length size 3 in avcC".into());
         }
         let mut rest = &body[5..];
+        // Either list may be empty: `avc3` streams carry their parameter sets in-band.
         let sps = read_parameter_sets(&mut rest, 0x1f).ok_or_else(bad)?;
         let pps = read_parameter_sets(&mut rest, 0xff).ok_or_else(bad)?;
-        if sps.is_empty() || pps.is_empty() {
-            return Err("avcC has no SPS or PPS".into());
-        }
         Ok(Self { length_size, sps, pps })
     }
 
     /// Serialises the record as an `avcC` box body.
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        let sps = &self.sps[0];
         // Profile, compatibility flags and level are copied from the first SPS, as the spec asks.
-        let mut out = vec![1, sps[1], sps[2], sps[3], 0xfc | (self.length_size as u8 - 1)];
+        let profile = self.sps.first().and_then(|sps| sps.get(1..4)).unwrap_or(&[0; 3]);
+        let mut out = vec![1, profile[0], profile[1], profile[2], 0xfc | (self.length_size as u8 - 1)];
         out.push(0xe0 | self.sps.len() as u8);
         for set in &self.sps {
             out.extend_from_slice(&(set.len() as u16).to_be_bytes());
@@ -172,10 +174,7 @@ fn read_parameter_sets(rest: &mut &[u8], count_mask: u8) -> Option<Vec<Vec<u8>>>
     let mut sets = Vec::new();
     for _ in 0..(count & count_mask) {
         let len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
-        let set = rest.get(2..2 + len)?;
-        if set.len() < 4 {
-            return None;
-        }
+        let set = rest.get(2..2 + len).filter(|set| !set.is_empty())?;
         sets.push(set.to_vec());
         *rest = &rest[2 + len..];
     }
@@ -192,12 +191,16 @@ pub(crate) struct SampleDecoder {
 impl SampleDecoder {
     /// A decoder primed with the track's SPS/PPS.
     pub(crate) fn new(config: &AvcConfig) -> std::result::Result<Self, String> {
-        let decoder = Decoder::with_api_config(OpenH264API::from_source(), DecoderConfig::new())
-            .map_err(|e| format!("cannot start the H.264 decoder: {e}"))?;
+        let decoder = Decoder::with_api_config(
+            OpenH264API::from_source(),
+            DecoderConfig::new().flush_after_decode(Flush::NoFlush),
+        )
+        .map_err(|e| format!("cannot start the H.264 decoder: {e}"))?;
         let mut this = Self { decoder, length_size: config.length_size, annex_b: Vec::new() };
-        this.decoder
-            .decode(&config.annex_b_headers())
-            .map_err(|e| format!("bad SPS/PPS: {e}"))?;
+        let headers = config.annex_b_headers();
+        if !headers.is_empty() {
+            this.decoder.decode(&headers).map_err(|e| format!("bad SPS/PPS: {e}"))?;
+        }
         Ok(this)
     }
 
@@ -251,9 +254,7 @@ fn push_nal(sample: &mut Vec<u8>, nal: &[u8]) {
 
 /// Removes the Annex B start code openh264 puts before each NAL unit.
 fn strip_start_code(nal: &[u8]) -> &[u8] {
-    nal.strip_prefix(&[0, 0, 0, 1])
-        .or_else(|| nal.strip_prefix(&[0, 0, 1]))
-        .unwrap_or(nal)
+    nal.strip_prefix(&[0, 0, 0, 1]).or_else(|| nal.strip_prefix(&[0, 0, 1])).unwrap_or(nal)
 }
 
 /// The `nal_unit_type` of a NAL unit.

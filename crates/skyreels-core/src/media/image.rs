@@ -17,9 +17,7 @@ pub fn load_image(path: &Path) -> Result<RgbFrame> {
     let reader = ImageReader::new(BufReader::new(file))
         .with_guessed_format()
         .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    let image = reader
-        .decode()
-        .map_err(|e| invalid_input!("{} is not a readable image: {e}", path.display()))?;
+    let image = reader.decode().map_err(|e| invalid_input!("{} is not a readable image: {e}", path.display()))?;
     let rgb = image.to_rgb8();
     RgbFrame::new(rgb.width(), rgb.height(), rgb.into_raw())
 }

@@ -166,11 +166,7 @@ fn check_frames(frames: &[RgbFrame], width: u32, height: u32) -> Result<()> {
     for frame in frames {
         frame.validate()?;
         if (frame.width, frame.height) != (width, height) {
-            return Err(invalid_input!(
-                "frame is {}x{} but the video is {width}x{height}",
-                frame.width,
-                frame.height
-            ));
+            return Err(invalid_input!("frame is {}x{} but the video is {width}x{height}", frame.width, frame.height));
         }
     }
     Ok(())

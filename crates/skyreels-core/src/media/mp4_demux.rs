@@ -2,7 +2,7 @@
 //!
 //! Understands both layouts: classic sample tables in `moov` (what ffmpeg and cameras write)
 //! and movie fragments (`moof`, what our writer produces). Opening the file walks the box
-//! headers once and keeps only a sample index (offset and size per frame); pixel data is read
+//! headers once and keeps only a sample index (offset, size, duration); pixel data is read
 //! and decoded one sample at a time. A box or sample that runs past the end of the file, which is
 //! what a crash in the middle of a write leaves, ends the video there instead of failing it.
 
@@ -26,11 +26,12 @@ pub(crate) fn is_top_level_box(kind: &[u8]) -> bool {
     matches!(kind, b"ftyp" | b"styp" | b"moov" | b"mdat" | b"free" | b"skip" | b"wide")
 }
 
-/// Where one sample's bytes are.
+/// Where one sample's bytes are, and how long it shows (in track ticks).
 #[derive(Clone, Copy, Debug)]
 struct SampleRef {
     offset: u64,
     size: u32,
+    duration: u32,
 }
 
 /// What the `moov` says about the video track.
@@ -42,8 +43,6 @@ struct Track {
     avc: AvcConfig,
     /// Samples of the classic tables (empty for a fragmented file).
     samples: Vec<SampleRef>,
-    /// Sum of the classic tables' durations.
-    duration: u64,
     /// Defaults from `trex` for fragments: (duration, size).
     fragment_defaults: (u32, u32),
 }
@@ -68,11 +67,12 @@ impl Mp4Reader {
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let mut file = File::open(path).map_err(io_error(path))?;
         let len = file.metadata().map_err(io_error(path))?.len();
-        let (track, samples, duration) = index_file(&mut file, len, path)?;
+        let (track, samples) = index_file(&mut file, len, path)?;
+        let duration: u64 = samples.iter().map(|s| u64::from(s.duration)).sum();
         let fps = (duration > 0 && !samples.is_empty())
             .then(|| samples.len() as f64 * f64::from(track.timescale) / duration as f64);
         let decoder = SampleDecoder::new(&track.avc).map_err(|e| corrupt(path, e))?;
-        Ok(Self {
+        let mut reader = Self {
             path: path.to_path_buf(),
             file,
             width: track.width,
@@ -84,7 +84,16 @@ impl Mp4Reader {
             ready: VecDeque::new(),
             buffer: Vec::new(),
             finished: false,
-        })
+        };
+        // Decode up to the first picture: its size, after the SPS cropping, is the true frame
+        // size (the sample entry's may be the coded size), and a broken stream fails right here.
+        while reader.ready.is_empty() && !reader.finished {
+            reader.step()?;
+        }
+        if let Some(first) = reader.ready.front() {
+            (reader.width, reader.height) = (first.width, first.height);
+        }
+        Ok(reader)
     }
 
     /// Decodes the next sample, or flushes the decoder after the last one.
@@ -105,6 +114,19 @@ impl Mp4Reader {
         self.ready.extend(frame);
         Ok(())
     }
+
+    /// Hands out a decoded frame, refusing streams whose picture size changes midway.
+    fn take_ready(&mut self) -> Option<Result<RgbFrame>> {
+        let frame = self.ready.pop_front()?;
+        if (frame.width, frame.height) == (self.width, self.height) {
+            return Some(Ok(frame));
+        }
+        self.finished = true;
+        self.ready.clear();
+        let change =
+            format!("the frame size changes from {}x{} to {}x{}", self.width, self.height, frame.width, frame.height);
+        Some(Err(corrupt(&self.path, change)))
+    }
 }
 
 impl Iterator for Mp4Reader {
@@ -112,8 +134,8 @@ impl Iterator for Mp4Reader {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(frame) = self.ready.pop_front() {
-                return Some(Ok(frame));
+            if let Some(frame) = self.take_ready() {
+                return Some(frame);
             }
             if self.finished {
                 return None;
@@ -146,11 +168,10 @@ fn corrupt(path: &Path, reason: String) -> Error {
     invalid_input!("{} is not a readable MP4 video: {reason}", path.display())
 }
 
-/// Walks the top-level boxes: returns the video track, its complete samples and their duration.
-fn index_file(file: &mut File, len: u64, path: &Path) -> Result<(Track, Vec<SampleRef>, u64)> {
+/// Walks the top-level boxes: returns the video track and its completely written samples.
+fn index_file(file: &mut File, len: u64, path: &Path) -> Result<(Track, Vec<SampleRef>)> {
     let mut track: Option<Track> = None;
     let mut samples = Vec::new();
-    let mut duration = 0u64;
     let mut pos = 0u64;
     while let Some((kind, body_start, end)) = read_box_header(file, pos, len).map_err(io_error(path))? {
         match &kind {
@@ -158,7 +179,6 @@ fn index_file(file: &mut File, len: u64, path: &Path) -> Result<(Track, Vec<Samp
                 let body = read_body(file, body_start, end, path)?;
                 let mut parsed = parse_moov(&body).map_err(|e| corrupt(path, e))?;
                 samples = std::mem::take(&mut parsed.samples);
-                duration = parsed.duration;
                 track = Some(parsed);
             }
             b"moof" => {
@@ -166,10 +186,7 @@ fn index_file(file: &mut File, len: u64, path: &Path) -> Result<(Track, Vec<Samp
                 let body = read_body(file, body_start, end, path)?;
                 // A damaged fragment ends the video, like a truncated one.
                 match parse_moof(&body, pos, track) {
-                    Ok(fragment) => {
-                        duration += fragment.iter().map(|(_, d)| u64::from(*d)).sum::<u64>();
-                        samples.extend(fragment.into_iter().map(|(s, _)| s));
-                    }
+                    Ok(fragment) => samples.extend(fragment),
                     Err(_) => break,
                 }
             }
@@ -179,10 +196,10 @@ fn index_file(file: &mut File, len: u64, path: &Path) -> Result<(Track, Vec<Samp
     }
     let track = track.ok_or_else(|| corrupt(path, "no moov box (the file is incomplete or not an MP4)".into()))?;
     // Samples whose bytes were never (fully) written are dropped, with all that follow them.
-    if let Some(cut) = samples.iter().position(|s| s.offset + u64::from(s.size) > len) {
+    if let Some(cut) = samples.iter().position(|s| s.offset.saturating_add(u64::from(s.size)) > len) {
         samples.truncate(cut);
     }
-    Ok((track, samples, duration))
+    Ok((track, samples))
 }
 
 /// Reads the box header at `pos`: `(type, body start, end)`, or `None` at the end of the
@@ -215,9 +232,7 @@ fn read_body(file: &mut File, start: u64, end: u64, path: &Path) -> Result<Vec<u
         return Err(corrupt(path, format!("a metadata box of {} bytes", end - start)));
     }
     let mut body = vec![0; (end - start) as usize];
-    file.seek(SeekFrom::Start(start))
-        .and_then(|_| file.read_exact(&mut body))
-        .map_err(io_error(path))?;
+    file.seek(SeekFrom::Start(start)).and_then(|_| file.read_exact(&mut body)).map_err(io_error(path))?;
     Ok(body)
 }
 
@@ -262,8 +277,8 @@ fn parse_trak(trak: &[u8]) -> Parse<Option<Track>> {
     }
     let stbl = need(need(mdia, b"minf")?, b"stbl")?;
     let (width, height, avc) = parse_stsd(need(stbl, b"stsd")?)?;
-    let (samples, duration) = parse_sample_tables(stbl)?;
-    Ok(Some(Track { id, width, height, timescale, avc, samples, duration, fragment_defaults: (0, 0) }))
+    let samples = parse_sample_tables(stbl)?;
+    Ok(Some(Track { id, width, height, timescale, avc, samples, fragment_defaults: (0, 0) }))
 }
 
 /// Reads the first sample entry; only H.264 (`avc1`/`avc3`) is accepted.
@@ -286,8 +301,8 @@ fn parse_stsd(stsd: &[u8]) -> Parse<(u32, u32, AvcConfig)> {
     Ok((width, height, avc))
 }
 
-/// Expands `stts`/`stsz`/`stsc`/`stco` into per-sample locations, plus the total duration.
-fn parse_sample_tables(stbl: &[u8]) -> Parse<(Vec<SampleRef>, u64)> {
+/// Expands `stts`/`stsz`/`stsc`/`stco` into per-sample locations and durations.
+fn parse_sample_tables(stbl: &[u8]) -> Parse<Vec<SampleRef>> {
     let sizes = parse_stsz(need(stbl, b"stsz")?)?;
     let chunk_offsets = match find(stbl, b"stco")? {
         Some(stco) => read_table(stco, 4, |c| c.u32().map(u64::from))?,
@@ -295,7 +310,7 @@ fn parse_sample_tables(stbl: &[u8]) -> Parse<(Vec<SampleRef>, u64)> {
     };
     let stsc = read_table(need(stbl, b"stsc")?, 12, |c| Ok((c.u32()?, c.u32()?, c.u32()?)))?;
     let stts = read_table(need(stbl, b"stts")?, 8, |c| Ok((c.u32()?, c.u32()?)))?;
-    let duration = stts.iter().map(|&(count, delta)| u64::from(count) * u64::from(delta)).sum();
+    let mut durations = stts.iter().flat_map(|&(count, delta)| std::iter::repeat_n(delta, count as usize));
 
     let mut samples = Vec::with_capacity(sizes.len());
     let mut sizes_left = sizes.iter();
@@ -303,15 +318,18 @@ fn parse_sample_tables(stbl: &[u8]) -> Parse<(Vec<SampleRef>, u64)> {
         // A run of chunks lasts until the next entry's first chunk (or the last chunk).
         let next_first = stsc.get(i + 1).map_or(chunk_offsets.len() as u64 + 1, |e| u64::from(e.0));
         for chunk in u64::from(first_chunk)..next_first {
-            let mut offset = *chunk_offsets.get((chunk as usize).wrapping_sub(1)).ok_or("stsc names a missing chunk")?;
+            let mut offset =
+                *chunk_offsets.get((chunk as usize).wrapping_sub(1)).ok_or("stsc names a missing chunk")?;
             for _ in 0..per_chunk {
-                let Some(&size) = sizes_left.next() else { return Ok((samples, duration)) };
-                samples.push(SampleRef { offset, size });
-                offset += u64::from(size);
+                let Some(&size) = sizes_left.next() else { return Ok(samples) };
+                let duration = durations.next().unwrap_or(0);
+                samples.push(SampleRef { offset, size, duration });
+                // Offsets come from the file; saturating keeps a bogus one past EOF, where it is cut.
+                offset = offset.saturating_add(u64::from(size));
             }
         }
     }
-    Ok((samples, duration))
+    Ok(samples)
 }
 
 /// Per-sample sizes from `stsz` (a constant size is expanded).
@@ -342,8 +360,8 @@ fn read_table<T>(body: &[u8], entry_size: u64, read: impl Fn(&mut Cursor<'_>) ->
     (0..count).map(|_| read(&mut c)).collect()
 }
 
-/// Samples of one `moof` starting at file offset `moof_pos`, with their durations.
-fn parse_moof(moof: &[u8], moof_pos: u64, track: &Track) -> Parse<Vec<(SampleRef, u32)>> {
+/// Samples of one `moof` starting at file offset `moof_pos`.
+fn parse_moof(moof: &[u8], moof_pos: u64, track: &Track) -> Parse<Vec<SampleRef>> {
     let mut samples = Vec::new();
     for traf in children(moof, b"traf") {
         let traf = traf?;
@@ -374,7 +392,7 @@ fn parse_trun(
     base: u64,
     mut offset: u64,
     (default_duration, default_size): (u32, u32),
-    samples: &mut Vec<(SampleRef, u32)>,
+    samples: &mut Vec<SampleRef>,
 ) -> Parse<u64> {
     let flags = trun.flags;
     let mut c = trun.cursor;
@@ -394,8 +412,8 @@ fn parse_trun(
         let duration = if flags & 0x100 != 0 { c.u32()? } else { default_duration };
         let size = if flags & 0x200 != 0 { c.u32()? } else { default_size };
         c.skip(4 * usize::from(flags & 0x400 != 0) + 4 * usize::from(flags & 0x800 != 0))?;
-        samples.push((SampleRef { offset, size }, duration));
-        offset += u64::from(size);
+        samples.push(SampleRef { offset, size, duration });
+        offset = offset.saturating_add(u64::from(size));
     }
     Ok(offset)
 }

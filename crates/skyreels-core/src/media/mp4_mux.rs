@@ -44,12 +44,19 @@ impl Mp4Writer {
         let mut file = File::create(path).map_err(io_error(path))?;
         file.write_all(&header).and_then(|()| file.sync_all()).map_err(io_error(path))?;
         sync_parent_dir(path)?;
-        let checkpoint = WriterCheckpoint { format: VideoFormat::Mp4, bytes: header.len() as u64, frames: 0, fragments: 0 };
+        let checkpoint =
+            WriterCheckpoint { format: VideoFormat::Mp4, bytes: header.len() as u64, frames: 0, fragments: 0 };
         Ok(Self::new(file, path, width, height, fps, checkpoint))
     }
 
     /// Reopens a file this writer made with the same settings and cuts it back to `checkpoint`.
-    pub(crate) fn resume(path: &Path, width: u32, height: u32, fps: f64, checkpoint: &WriterCheckpoint) -> Result<Self> {
+    pub(crate) fn resume(
+        path: &Path,
+        width: u32,
+        height: u32,
+        fps: f64,
+        checkpoint: &WriterCheckpoint,
+    ) -> Result<Self> {
         let header = init_segment(width, height, fps)?;
         let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(io_error(path))?;
         let len = file.metadata().map_err(io_error(path))?.len();

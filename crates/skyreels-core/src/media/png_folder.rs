@@ -42,7 +42,10 @@ impl PngFolderWriter {
         if let Some(last) = checkpoint.frames.checked_sub(1) {
             let path = frame_path(dir, last);
             if !path.is_file() {
-                return Err(invalid_input!("{} is missing, so the checkpoint does not fit this folder", path.display()));
+                return Err(invalid_input!(
+                    "{} is missing, so the checkpoint does not fit this folder",
+                    path.display()
+                ));
             }
         }
         remove_frames_from(dir, checkpoint.frames)?;

@@ -36,8 +36,8 @@ fn block_sum(frame: &RgbFrame, x: usize, y: usize) -> [i32; 3] {
     let mut sum = [0i32; 3];
     for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
         let i = ((y + dy) * w + x + dx) * 3;
-        for c in 0..3 {
-            sum[c] += i32::from(frame.data[i + c]);
+        for (total, &value) in sum.iter_mut().zip(&frame.data[i..i + 3]) {
+            *total += i32::from(value);
         }
     }
     sum
