@@ -64,7 +64,10 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub overwrite: bool,
     /// Continue an interrupted run of this output (settings come from its saved state).
-    #[arg(long, value_name = "OUTPUT", conflicts_with_all = ["prompt", "story", "output", "model"])]
+    #[arg(long, value_name = "OUTPUT", conflicts_with_all = [
+        "prompt", "story", "output", "model", "negative_prompt", "image", "end_image", "extend", "frames",
+        "seed", "overwrite", "continuation", "causal_attention",
+    ])]
     pub resume: Option<PathBuf>,
     /// Video frames (4k+1; counts the overlap when extending); 0 or `inf` runs until interrupted.
     #[arg(long)]

@@ -272,3 +272,69 @@ fn random_seed() -> u64 {
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     h.finish() >> 1
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: GenerateArgs,
+    }
+
+    fn params(flags: &[&str]) -> Result<(GenerateParams, Vec<Notice>), String> {
+        let mut argv = vec!["x", "--model", "m", "-o", "out.mp4"];
+        argv.extend_from_slice(flags);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        GenerateParams::from_args(&cli.args, vec![Segment { prompt: "p".into(), windows: 1 }])
+    }
+
+    #[test]
+    fn frames_are_rounded_up_to_4k_plus_1() {
+        let (p, notices) = params(&["--frames", "120"]).unwrap();
+        assert_eq!(p.frames, Some(121));
+        assert_eq!(notices, ["--frames 120 is not of the form 4k+1; using 121"]);
+        assert_eq!(params(&["--frames", "inf"]).unwrap().0.frames, None);
+        assert_eq!(params(&["--frames", "0"]).unwrap().0.frames, None);
+        assert!(params(&["--frames", "lots"]).unwrap_err().contains("not a frame count"));
+    }
+
+    #[test]
+    fn sizes_must_be_multiples_of_16() {
+        assert!(params(&["--height", "540"]).unwrap_err().contains("multiple of 16"));
+        assert!(params(&["--width", "0"]).is_err());
+    }
+
+    #[test]
+    fn every_window_is_checked_before_generation() {
+        // 257 frames, windows of 97 overlapping by 17, blocks of 5: [25, 25, 25] latents, all fine.
+        let (p, _) = params(&["--frames", "257", "--ar-step", "5", "--causal-block-size", "5"]).unwrap();
+        assert_eq!(p.check_windows().unwrap(), Some(50 + 2 * 45));
+        // 105 frames: windows [25, 12] — 12 latents do not fill blocks of 5.
+        let (p, _) = params(&["--frames", "105", "--ar-step", "5", "--causal-block-size", "5"]).unwrap();
+        let err = p.check_windows().unwrap_err();
+        assert!(err.contains("window 2") && err.contains("multiple of the causal block size"), "{err}");
+        let (p, _) = params(&["--image", "x.png", "--causal-block-size", "5", "--ar-step", "5"]).unwrap();
+        assert!(p.check_windows().unwrap_err().contains("--causal-block-size 1"));
+        let (p, _) = params(&["--frames", "inf"]).unwrap();
+        assert_eq!(p.check_windows().unwrap(), None);
+    }
+
+    #[test]
+    fn stories_without_frames_last_as_many_windows_as_they_ask_for() {
+        let cli = Cli::try_parse_from(["x", "--model", "m", "-o", "o.mp4", "--base-frames", "13", "--overlap-history", "5"]).unwrap();
+        let segments = vec![Segment { prompt: "a".into(), windows: 2 }, Segment { prompt: "b".into(), windows: 1 }];
+        let (p, _) = GenerateParams::from_args(&cli.args, segments).unwrap();
+        assert_eq!(p.frames, Some(29));
+        assert_eq!((0..4).map(|w| p.segment_for_window(w)).collect::<Vec<_>>(), [0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn companions_sit_next_to_the_output() {
+        assert_eq!(with_suffix(Path::new("v/a.mp4"), ".resume"), PathBuf::from("v/a.mp4.resume"));
+        assert_eq!(with_suffix(Path::new("frames/"), ".json"), PathBuf::from("frames.json"));
+    }
+}
