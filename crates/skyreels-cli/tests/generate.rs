@@ -264,3 +264,29 @@ fn bad_inputs_fail_with_one_sentence_and_leave_nothing() {
     assert!(!refused.status.success());
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
 }
+
+#[test]
+fn original_layout_folders_work_too() {
+    // The same tiny pipeline arranged as an original SkyReels-V2 download: transformer files at
+    // the top, the VAE and umT5 as PyTorch .pth files, the tokenizer under google/umt5-xxl/.
+    let fixtures = Path::new(model()).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("SkyReels-V2-tiny");
+    std::fs::create_dir_all(root.join("google/umt5-xxl")).unwrap();
+    let link = |from: PathBuf, to: &str| std::os::unix::fs::symlink(from.canonicalize().unwrap(), root.join(to)).unwrap();
+    link(fixtures.join("df_pipeline/transformer/config.json"), "config.json");
+    link(fixtures.join("df_pipeline/transformer/diffusion_pytorch_model.safetensors"), "model.safetensors");
+    link(fixtures.join("vae_original/Wan2.1_VAE.pth"), "Wan2.1_VAE.pth");
+    link(fixtures.join("umt5_original/models_t5_umt5-xxl-enc-bf16.pth"), "models_t5_umt5-xxl-enc-bf16.pth");
+    link(fixtures.join("tokenizer/tokenizer.json"), "google/umt5-xxl/tokenizer.json");
+    let out = dir.path().join("original.gif");
+    let mut args = vec!["generate", "--model", root.to_str().unwrap(), "-o", out.to_str().unwrap(), "--prompt", "x", "--frames", "9"];
+    args.extend_from_slice(FAST);
+    assert_ok(&skyreels(&args).output().unwrap());
+    assert_eq!(probe(&out).0.len(), 9);
+
+    std::fs::remove_file(root.join("Wan2.1_VAE.pth")).unwrap();
+    let missing = dir.path().join("missing.gif");
+    let args = ["generate", "--model", root.to_str().unwrap(), "-o", missing.to_str().unwrap(), "--prompt", "x"];
+    assert_clean_failure(&skyreels(&args).output().unwrap(), &missing, "Wan2.1_VAE.pth");
+}
