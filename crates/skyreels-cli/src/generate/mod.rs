@@ -211,7 +211,8 @@ fn resume(output: &Path, reporter: &mut Reporter) -> Result<(), String> {
     let writer = resume_writer(output, params.width as u32, params.height as u32, params.sampler.fps as f64, &saved.info.writer)
         .map_err(|e| e.to_string())?;
     let video = DfVideo::resume(params.window_plan(), saved.info.progress, saved.history).map_err(|e| e.to_string())?;
-    let decoder = WindowDecoder::resume(&engine.vae, params.continuation, params.overlap_history, saved.decoder);
+    let decoder = WindowDecoder::resume(&engine.vae, params.continuation, params.overlap_history, saved.decoder)
+        .map_err(|e| e.to_string())?;
     reporter.notice(&format!(
         "resuming {} after window {} ({} frames kept)",
         output.display(),
@@ -495,8 +496,7 @@ impl Run<'_> {
 
     /// Saves the resume state after a commit; `seconds` is the generation time so far.
     fn save(&self, checkpoint: &skyreels_core::media::WriterCheckpoint, seconds: f64) -> Result<(), String> {
-        let decoder: WindowDecoderState = self.decoder.state();
-        let stream = decoder.stream.as_ref();
+        let decoder: WindowDecoderState = self.decoder.state().map_err(|e| e.to_string())?;
         let info = ResumeInfo {
             version: 1,
             params: self.params.clone(),
@@ -505,10 +505,6 @@ impl Run<'_> {
             writer: *checkpoint,
             rows_done: self.rows_done,
             seconds,
-            decoder_slots: stream.map_or(0, |s| s.slots.len()),
-            decoder_flags: stream.map_or_else(Vec::new, |s| s.flags.clone()),
-            decoder_latent_frames: stream.map_or(0, |s| s.latent_frames),
-            has_decoder: stream.is_some(),
         };
         ResumeState {
             info,

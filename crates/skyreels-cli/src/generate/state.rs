@@ -11,7 +11,6 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use skyreels_core::media::WriterCheckpoint;
 use skyreels_core::pipelines::{DfProgress, NoiseState, WindowDecoderState};
-use skyreels_core::models::DecodeStreamState;
 
 use super::params::GenerateParams;
 
@@ -36,14 +35,6 @@ pub struct ResumeInfo {
     pub rows_done: usize,
     /// Seconds spent generating before this point.
     pub seconds: f64,
-    /// Number of slots in the decoder snapshot (empty slots are not stored).
-    pub decoder_slots: usize,
-    /// Per-layer flags of the decoder snapshot.
-    pub decoder_flags: Vec<bool>,
-    /// Latent frames the decoder had seen.
-    pub decoder_latent_frames: usize,
-    /// Whether a decoder snapshot exists (latent continuation after the first window).
-    pub has_decoder: bool,
 }
 
 /// Everything needed to continue a run.
@@ -56,7 +47,7 @@ pub struct ResumeState {
     pub image_latent: Option<Tensor>,
     /// The last-frame latent of `--end-image`.
     pub end_latent: Option<Tensor>,
-    /// The window decoder's memory.
+    /// What the window decoder needs to continue.
     pub decoder: WindowDecoderState,
 }
 
@@ -73,11 +64,7 @@ impl ResumeState {
         put("image_latent".into(), &self.image_latent);
         put("end_latent".into(), &self.end_latent);
         put("pixel_history".into(), &self.decoder.pixel_history);
-        if let Some(stream) = &self.decoder.stream {
-            for (i, slot) in stream.slots.iter().enumerate() {
-                put(format!("decoder.{i}"), slot);
-            }
-        }
+        put("recent_latents".into(), &self.decoder.recent_latents);
         let info = serde_json::to_string(&self.info).map_err(|e| e.to_string())?;
         let metadata = HashMap::from([(METADATA_KEY.to_string(), info)]);
         let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata))
@@ -98,16 +85,14 @@ impl ResumeState {
             return Err(format!("the resume state {} was written by another version of skyreels", path.display()));
         }
         let mut tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
-        let stream = info.has_decoder.then(|| DecodeStreamState {
-            slots: (0..info.decoder_slots).map(|i| tensors.remove(&format!("decoder.{i}"))).collect(),
-            flags: info.decoder_flags.clone(),
-            latent_frames: info.decoder_latent_frames,
-        });
         Ok(Self {
             history: tensors.remove("history"),
             image_latent: tensors.remove("image_latent"),
             end_latent: tensors.remove("end_latent"),
-            decoder: WindowDecoderState { stream, pixel_history: tensors.remove("pixel_history") },
+            decoder: WindowDecoderState {
+                recent_latents: tensors.remove("recent_latents"),
+                pixel_history: tensors.remove("pixel_history"),
+            },
             info,
         })
     }

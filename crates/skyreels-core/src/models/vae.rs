@@ -123,6 +123,19 @@ impl VaeConfig {
     pub fn spatial_factor(&self) -> usize {
         1 << self.temporal_downsample.len()
     }
+
+    /// How many of the latest latent frames a fresh decoder must be fed to end up in exactly the
+    /// state of one that decoded the whole video: every causal convolution looks back two frames
+    /// at its own rate (at most two latent frames), so the decoder forgets anything older than
+    /// twice its number of causal convolutions (plus the frame itself and one for the temporal
+    /// upsamplers' special first frame).
+    pub fn decoder_memory_frames(&self) -> usize {
+        let stages = self.dim_mult.len();
+        let resnet_convs = 2 * (2 + stages * (self.num_res_blocks + 1));
+        let time_convs = self.temporal_downsample.iter().filter(|&&t| t).count();
+        let causal_convs = 1 + resnet_convs + time_convs + 1;
+        2 * causal_convs + 2
+    }
 }
 
 /// Intermediate outputs of one encode or decode, per frame chunk, by stage name.
@@ -679,12 +692,6 @@ impl WanVae {
         DecodeStream { vae: self, caches: Caches::default(), latent_frames: 0 }
     }
 
-    /// A streaming decoder that continues from a [`DecodeStream::state`] snapshot of this VAE.
-    pub fn decode_stream_from(&self, state: DecodeStreamState) -> DecodeStream<'_> {
-        let caches = Caches { slots: state.slots, flags: state.flags, cursor: 0, flag_cursor: 0 };
-        DecodeStream { vae: self, caches, latent_frames: state.latent_frames }
-    }
-
     /// Decodes raw latents `[B, 16, T, h, w]` to a video `[B, 3, 1 + 4(T−1), 8h, 8w]` in
     /// [−1, 1], one latent frame at a time.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
@@ -738,28 +745,6 @@ impl DecodeStream<'_> {
     pub fn latent_frames(&self) -> usize {
         self.latent_frames
     }
-
-    /// A snapshot of the decoder's memory of past frames, to continue decoding later (for
-    /// example after a restart) exactly as if the stream had never stopped.
-    pub fn state(&self) -> DecodeStreamState {
-        DecodeStreamState {
-            slots: self.caches.slots.clone(),
-            flags: self.caches.flags.clone(),
-            latent_frames: self.latent_frames,
-        }
-    }
-}
-
-/// What a [`DecodeStream`] remembers between chunks: the last frames seen by every causal
-/// convolution. Restore with [`WanVae::decode_stream_from`].
-#[derive(Debug, Clone, Default)]
-pub struct DecodeStreamState {
-    /// One entry per stateful layer, in visiting order (`None` before a layer has seen a frame).
-    pub slots: Vec<Option<Tensor>>,
-    /// Per-layer "has started" flags of the temporal upsamplers.
-    pub flags: Vec<bool>,
-    /// Latent frames decoded before the snapshot.
-    pub latent_frames: usize,
 }
 
 /// Where VAE weights live and what every VAE checkpoint holds.

@@ -11,12 +11,14 @@
 //! Either way frames leave as soon as they are decoded, one latent frame at a time, so memory
 //! does not grow with the length of the video.
 
+use std::collections::VecDeque;
+
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::diffusion_forcing::WindowSpec;
 use crate::error::{invalid_input, Result};
-use crate::models::vae::{DecodeStream, DecodeStreamState};
+use crate::models::vae::DecodeStream;
 use crate::WanVae;
 
 /// How consecutive windows are joined (see the module docs).
@@ -42,10 +44,17 @@ impl std::str::FromStr for Continuation {
 }
 
 /// What a [`WindowDecoder`] needs to continue after a restart.
+///
+/// The latent stream's memory is not stored as such (its caches are gigabytes at 540P): a causal
+/// decoder forgets everything older than [`VaeConfig::decoder_memory_frames`] latent frames, so
+/// feeding those again to a fresh decoder rebuilds it bit for bit.
+///
+/// [`VaeConfig::decoder_memory_frames`]: crate::VaeConfig::decoder_memory_frames
 #[derive(Debug, Clone, Default)]
 pub struct WindowDecoderState {
-    /// The running decoder's memory (latent continuation, after the first window).
-    pub stream: Option<DecodeStreamState>,
+    /// The latest normalised latent frames decoded `[1, C, n, h, w]` (latent continuation,
+    /// after the first window), at most the decoder's memory.
+    pub recent_latents: Option<Tensor>,
     /// The last `overlap_history` output frames `[1, 3, n, H, W]` (pixel continuation).
     pub pixel_history: Option<Tensor>,
 }
@@ -57,27 +66,41 @@ pub struct WindowDecoder<'a> {
     /// Pixel frames the overlap latents stand for (`overlap_history`).
     overlap_pixels: usize,
     stream: Option<DecodeStream<'a>>,
+    /// The latent frames the stream's memory depends on, oldest first.
+    recent: VecDeque<Tensor>,
     pixel_history: Option<Tensor>,
 }
 
 impl<'a> WindowDecoder<'a> {
     /// A decoder for a new video whose windows overlap by `overlap_pixels` frames (`4k + 1`).
     pub fn new(vae: &'a WanVae, mode: Continuation, overlap_pixels: usize) -> Self {
-        Self { vae, mode, overlap_pixels, stream: None, pixel_history: None }
+        Self { vae, mode, overlap_pixels, stream: None, recent: VecDeque::new(), pixel_history: None }
     }
 
-    /// A decoder continuing from a saved state.
-    pub fn resume(vae: &'a WanVae, mode: Continuation, overlap_pixels: usize, state: WindowDecoderState) -> Self {
-        let stream = state.stream.map(|s| vae.decode_stream_from(s));
-        Self { vae, mode, overlap_pixels, stream, pixel_history: state.pixel_history }
+    /// A decoder continuing from a saved state: the latent stream is rebuilt by decoding the
+    /// saved recent latents again (their pixels are already in the output).
+    pub fn resume(vae: &'a WanVae, mode: Continuation, overlap_pixels: usize, state: WindowDecoderState) -> Result<Self> {
+        let mut decoder = Self::new(vae, mode, overlap_pixels);
+        decoder.pixel_history = state.pixel_history;
+        if let Some(latents) = state.recent_latents {
+            let mut stream = vae.decode_stream();
+            for j in 0..latents.dim(2)? {
+                let frame = latents.narrow(2, j, 1)?;
+                stream.push(&vae.denormalize(&frame)?)?;
+                decoder.recent.push_back(frame);
+            }
+            decoder.stream = Some(stream);
+        }
+        Ok(decoder)
     }
 
     /// The state to save after a window.
-    pub fn state(&self) -> WindowDecoderState {
-        WindowDecoderState {
-            stream: self.stream.as_ref().map(DecodeStream::state),
-            pixel_history: self.pixel_history.clone(),
-        }
+    pub fn state(&self) -> Result<WindowDecoderState> {
+        let recent_latents = match (&self.stream, self.recent.is_empty()) {
+            (Some(_), false) => Some(Tensor::cat(&self.recent.iter().collect::<Vec<_>>(), 2)?),
+            _ => None,
+        };
+        Ok(WindowDecoderState { recent_latents, pixel_history: self.pixel_history.clone() })
     }
 
     /// Starts from existing frames `[1, 3, n, H, W]` in [−1, 1] (the end of a video being
@@ -124,11 +147,17 @@ impl<'a> WindowDecoder<'a> {
             Some(_) => (spec.history, true),
             None => (0, false),
         };
+        let memory = self.vae.config().decoder_memory_frames();
         let stream = self.stream.get_or_insert_with(|| self.vae.decode_stream());
         for j in first_new..latents.dim(2)? {
-            let frames = stream.push(&self.vae.denormalize(&latents.narrow(2, j, 1)?)?)?;
+            let frame = latents.narrow(2, j, 1)?;
+            let pixels = stream.push(&self.vae.denormalize(&frame)?)?;
+            self.recent.push_back(frame);
+            if self.recent.len() > memory {
+                self.recent.pop_front();
+            }
             if primed || j >= spec.history {
-                emit(&frames)?;
+                emit(&pixels)?;
             }
         }
         Ok(())
