@@ -12,7 +12,23 @@ fn model() -> &'static str {
 }
 
 /// Small, fast settings: 32×48 pixels, 3 steps, windows of 13 frames overlapping by 5.
-const FAST: &[&str] = &["--height", "32", "--width", "48", "--steps", "3", "--base-frames", "13", "--overlap-history", "5", "--seed", "11", "--text-length", "16", "--quiet"];
+const FAST: &[&str] = &[
+    "--height",
+    "32",
+    "--width",
+    "48",
+    "--steps",
+    "3",
+    "--base-frames",
+    "13",
+    "--overlap-history",
+    "5",
+    "--seed",
+    "11",
+    "--text-length",
+    "16",
+    "--quiet",
+];
 
 fn skyreels(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyreels"));
@@ -70,7 +86,8 @@ fn text_to_video_in_every_container() {
         if name != "t2v_frames" {
             assert!((fps.unwrap() - 16.0).abs() < 0.05, "{name}: fps {fps:?}");
         }
-        let sidecar: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{}.json", out.display())).unwrap()).unwrap();
+        let sidecar: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{}.json", out.display())).unwrap()).unwrap();
         assert_eq!(sidecar["settings"]["seed"], 11);
         assert_eq!(sidecar["complete"], true);
         assert!(!Path::new(&format!("{}.resume", out.display())).exists(), "resume state left after completion");
@@ -100,7 +117,16 @@ fn image_to_video_and_start_end_frames() {
     assert_ok(&generate(&out, &["--prompt", "a cat", "--frames", "9", "--image", start.to_str().unwrap()]));
     assert_eq!(probe(&out).0.len(), 9);
     let out = dir.path().join("flf.gif");
-    let args = ["--prompt", "a cat", "--frames", "21", "--image", start.to_str().unwrap(), "--end-image", end.to_str().unwrap()];
+    let args = [
+        "--prompt",
+        "a cat",
+        "--frames",
+        "21",
+        "--image",
+        start.to_str().unwrap(),
+        "--end-image",
+        end.to_str().unwrap(),
+    ];
     assert_ok(&generate(&out, &args));
     assert_eq!(probe(&out).0.len(), 21);
 }
@@ -117,7 +143,11 @@ fn extension_keeps_the_input_and_adds_new_frames() {
     let (frames, w, h, _) = probe(&out);
     assert_eq!((frames.len(), w, h), (9 + 16, 48, 32));
     // The copied input is re-encoded, so compare loosely.
-    let diff: u64 = frames[..9].iter().zip(&input).map(|(a, b)| a.data.iter().zip(&b.data).map(|(x, y)| x.abs_diff(*y) as u64).sum::<u64>()).sum();
+    let diff: u64 = frames[..9]
+        .iter()
+        .zip(&input)
+        .map(|(a, b)| a.data.iter().zip(&b.data).map(|(x, y)| x.abs_diff(*y) as u64).sum::<u64>())
+        .sum();
     assert!(diff as f64 / (9.0 * 48.0 * 32.0 * 3.0) < 8.0, "the input frames were not kept");
 }
 
@@ -132,7 +162,18 @@ fn story_mode_async_and_pixel_continuation() {
     assert_eq!(probe(&out).0.len(), 29);
 
     let out = dir.path().join("async.gif");
-    let args = ["--prompt", "a cat", "--frames", "29", "--ar-step", "1", "--causal-block-size", "2", "--addnoise-condition", "20"];
+    let args = [
+        "--prompt",
+        "a cat",
+        "--frames",
+        "29",
+        "--ar-step",
+        "1",
+        "--causal-block-size",
+        "2",
+        "--addnoise-condition",
+        "20",
+    ];
     assert_ok(&generate(&out, &args));
     assert_eq!(probe(&out).0.len(), 29);
 
@@ -225,7 +266,8 @@ fn hub_ids_are_found_in_the_local_cache() {
     std::fs::create_dir_all(dir.path().join("models--Skywork--Tiny-DF/refs")).unwrap();
     std::fs::write(dir.path().join("models--Skywork--Tiny-DF/refs/main"), "abc123").unwrap();
     let out = dir.path().join("hub.gif");
-    let mut args = vec!["generate", "--model", "Skywork/Tiny-DF", "-o", out.to_str().unwrap(), "--prompt", "x", "--frames", "5"];
+    let mut args =
+        vec!["generate", "--model", "Skywork/Tiny-DF", "-o", out.to_str().unwrap(), "--prompt", "x", "--frames", "5"];
     args.extend_from_slice(FAST);
     assert_ok(&skyreels(&args).env("HF_HUB_CACHE", dir.path()).output().unwrap());
     let missing = dir.path().join("missing.gif");
@@ -250,7 +292,11 @@ fn bad_inputs_fail_with_one_sentence_and_leave_nothing() {
     assert_clean_failure(&run(&["--prompt", "x", "--image", not_image.to_str().unwrap()]), &out, "notes.png");
     let short = dir.path().join("short.gif");
     assert_ok(&generate(&short, &["--prompt", "x", "--frames", "1"]));
-    assert_clean_failure(&run(&["--prompt", "x", "--extend", short.to_str().unwrap()]), &out, "fewer than the 5 frames");
+    assert_clean_failure(
+        &run(&["--prompt", "x", "--extend", short.to_str().unwrap()]),
+        &out,
+        "fewer than the 5 frames",
+    );
 
     let empty_model = dir.path().join("model");
     std::fs::create_dir_all(empty_model.join("transformer")).unwrap();
@@ -273,14 +319,25 @@ fn original_layout_folders_work_too() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("SkyReels-V2-tiny");
     std::fs::create_dir_all(root.join("google/umt5-xxl")).unwrap();
-    let link = |from: PathBuf, to: &str| std::os::unix::fs::symlink(from.canonicalize().unwrap(), root.join(to)).unwrap();
+    let link =
+        |from: PathBuf, to: &str| std::os::unix::fs::symlink(from.canonicalize().unwrap(), root.join(to)).unwrap();
     link(fixtures.join("df_pipeline/transformer/config.json"), "config.json");
     link(fixtures.join("df_pipeline/transformer/diffusion_pytorch_model.safetensors"), "model.safetensors");
     link(fixtures.join("vae_original/Wan2.1_VAE.pth"), "Wan2.1_VAE.pth");
     link(fixtures.join("umt5_original/models_t5_umt5-xxl-enc-bf16.pth"), "models_t5_umt5-xxl-enc-bf16.pth");
     link(fixtures.join("tokenizer/tokenizer.json"), "google/umt5-xxl/tokenizer.json");
     let out = dir.path().join("original.gif");
-    let mut args = vec!["generate", "--model", root.to_str().unwrap(), "-o", out.to_str().unwrap(), "--prompt", "x", "--frames", "9"];
+    let mut args = vec![
+        "generate",
+        "--model",
+        root.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--frames",
+        "9",
+    ];
     args.extend_from_slice(FAST);
     assert_ok(&skyreels(&args).output().unwrap());
     assert_eq!(probe(&out).0.len(), 9);

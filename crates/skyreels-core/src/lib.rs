@@ -67,6 +67,8 @@ pub mod schedulers;
 pub mod text;
 
 pub use error::{Error, Result};
-pub use models::{TransformerConfig, TransformerInput, TransformerKind, UmT5Config, UmT5Encoder, VaeConfig, WanTransformer3d, WanVae};
+pub use models::{
+    TransformerConfig, TransformerInput, TransformerKind, UmT5Config, UmT5Encoder, VaeConfig, WanTransformer3d, WanVae,
+};
 pub use planner::{generate_timestep_matrix, PlanSettings, TimestepMatrix};
 pub use schedulers::{FlowEuler, FlowSchedule, FlowScheduler, FlowUniPc, SigmaGrid};

@@ -47,11 +47,15 @@ fn naive(x: &[f32], w: &[f32], bias: &[f32], case: &Case) -> (Vec<f64>, [usize; 
                             for dt in 0..kt {
                                 for dh in 0..kh {
                                     for dw in 0..kw {
-                                        let (y, xx) = ((hi * sh + dh) as isize - p.top as isize, (wi * sw + dw) as isize - p.left as isize);
+                                        let (y, xx) = (
+                                            (hi * sh + dh) as isize - p.top as isize,
+                                            (wi * sw + dw) as isize - p.left as isize,
+                                        );
                                         if y < 0 || xx < 0 || y >= h as isize || xx >= wd as isize {
                                             continue;
                                         }
-                                        let xi = (((bi * c + ci) * t + ti * st + dt) * h + y as usize) * wd + xx as usize;
+                                        let xi =
+                                            (((bi * c + ci) * t + ti * st + dt) * h + y as usize) * wd + xx as usize;
                                         let wi_ = (((oi * c + ci) * kt + dt) * kh + dh) * kw + dw;
                                         acc += x[xi] as f64 * w[wi_] as f64;
                                     }
@@ -90,22 +94,37 @@ fn check(case: Case, seed: u64, taps_too: bool) {
 
 #[test]
 fn causal_3x3x3_with_padding_matches_the_definition() {
-    let case =
-        Case { input: [1, 5, 4, 7, 9], out_channels: 6, kernel: [3, 3, 3], stride: [1, 1, 1], padding: SpatialPadding::uniform(1) };
+    let case = Case {
+        input: [1, 5, 4, 7, 9],
+        out_channels: 6,
+        kernel: [3, 3, 3],
+        stride: [1, 1, 1],
+        padding: SpatialPadding::uniform(1),
+    };
     check(case, 1, true);
 }
 
 #[test]
 fn batch_and_odd_kernel_sizes() {
-    let case =
-        Case { input: [2, 3, 6, 5, 8], out_channels: 4, kernel: [2, 3, 1], stride: [1, 1, 1], padding: SpatialPadding::uniform(0) };
+    let case = Case {
+        input: [2, 3, 6, 5, 8],
+        out_channels: 4,
+        kernel: [2, 3, 1],
+        stride: [1, 1, 1],
+        padding: SpatialPadding::uniform(0),
+    };
     check(case, 2, true);
 }
 
 #[test]
 fn pointwise_kernel() {
-    let case =
-        Case { input: [1, 7, 3, 4, 5], out_channels: 9, kernel: [1, 1, 1], stride: [1, 1, 1], padding: SpatialPadding::uniform(0) };
+    let case = Case {
+        input: [1, 7, 3, 4, 5],
+        out_channels: 9,
+        kernel: [1, 1, 1],
+        stride: [1, 1, 1],
+        padding: SpatialPadding::uniform(0),
+    };
     check(case, 3, true);
 }
 
@@ -122,8 +141,13 @@ fn spatial_stride_two_with_asymmetric_padding() {
 #[test]
 fn temporal_stride_two() {
     // The Wan VAE's downsample time_conv: kernel (3,1,1), stride (2,1,1).
-    let case =
-        Case { input: [1, 6, 7, 3, 5], out_channels: 6, kernel: [3, 1, 1], stride: [2, 1, 1], padding: SpatialPadding::uniform(0) };
+    let case = Case {
+        input: [1, 6, 7, 3, 5],
+        out_channels: 6,
+        kernel: [3, 1, 1],
+        stride: [2, 1, 1],
+        padding: SpatialPadding::uniform(0),
+    };
     check(case, 5, true);
 }
 
@@ -138,8 +162,13 @@ fn unequal_strides_and_large_padding() {
 
 #[test]
 fn wide_layer_uses_the_threaded_path() {
-    let case =
-        Case { input: [1, 24, 3, 16, 20], out_channels: 32, kernel: [3, 3, 3], stride: [1, 1, 1], padding: SpatialPadding::uniform(1) };
+    let case = Case {
+        input: [1, 24, 3, 16, 20],
+        out_channels: 32,
+        kernel: [3, 3, 3],
+        stride: [1, 1, 1],
+        padding: SpatialPadding::uniform(1),
+    };
     check(case, 8, true);
 }
 

@@ -133,13 +133,20 @@ fn long_sync_video_without_guidance_matches_diffusers_down_to_the_pixels() {
     // Latent continuation decodes the whole video as one stream, as diffusers decodes at the end.
     let vae = WanVae::load(&fixture("models/df_pipeline"), &Device::Cpu).unwrap();
     let mut decoder = WindowDecoder::new(&vae, Continuation::Latent, 5);
-    let spec = skyreels_core::pipelines::WindowSpec { index: 0, frames: latents.dim(2).unwrap(), history: 0, prefix: 0, is_last: true };
+    let spec = skyreels_core::pipelines::WindowSpec {
+        index: 0,
+        frames: latents.dim(2).unwrap(),
+        history: 0,
+        prefix: 0,
+        is_last: true,
+    };
     let mut frames = Vec::new();
-    decoder.decode_window(&spec, &latents, &mut |f| {
-        frames.extend(skyreels_core::pipelines::to_rgb8(f)?);
-        Ok(())
-    })
-    .unwrap();
+    decoder
+        .decode_window(&spec, &latents, &mut |f| {
+            frames.extend(skyreels_core::pipelines::to_rgb8(f)?);
+            Ok(())
+        })
+        .unwrap();
     let reference = run.tensors["output_u8"].flatten_all().unwrap().to_vec1::<u8>().unwrap();
     let ours: Vec<u8> = frames.concat();
     assert_eq!(ours.len(), reference.len(), "frame count or size differs");
@@ -159,4 +166,3 @@ fn prompt_embeddings_of_the_runs_come_out_of_our_text_stack() {
         common::assert_close(key, &ours, &run.tensors[key]);
     }
 }
-

@@ -24,7 +24,9 @@ fn hf_layout_matches_layer_by_layer_with_padding_and_batches() {
     assert_eq!(encoder.config().d_kv * encoder.config().num_heads, 40);
     for case in ["c0", "c1", "c2"] {
         let mut trace = Vec::new();
-        let out = encoder.forward_traced(&t[&format!("{case}.input_ids")], &t[&format!("{case}.attention_mask")], Some(&mut trace)).unwrap();
+        let out = encoder
+            .forward_traced(&t[&format!("{case}.input_ids")], &t[&format!("{case}.attention_mask")], Some(&mut trace))
+            .unwrap();
         for (i, layer) in trace.iter().enumerate() {
             assert_close(&format!("{case} block {i}"), layer, &t[&format!("{case}.block.{i}")]);
         }

@@ -164,8 +164,9 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
     let image_latent = start_frame.map(|f| engine.encode_frames(&[f])).transpose()?;
     let end_latent = end_frame.map(|f| engine.encode_frames(&[f])).transpose()?;
 
-    let mut writer = create_writer(&params.output, params.width as u32, params.height as u32, params.sampler.fps as f64)
-        .map_err(|e| e.to_string())?;
+    let mut writer =
+        create_writer(&params.output, params.width as u32, params.height as u32, params.sampler.fps as f64)
+            .map_err(|e| e.to_string())?;
     let outcome = (|| {
         let mut decoder = WindowDecoder::new(&engine.vae, params.continuation, params.overlap_history);
         let history = match extend_input {
@@ -175,7 +176,17 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
         let video = DfVideo::new(params.window_plan(), history).map_err(|e| e.to_string())?;
         let checkpoint = writer.commit().map_err(|e| e.to_string())?;
         let noise = SeededNoise::new(params.seed);
-        let run = Run { params: &params, engine: &engine, video, decoder, noise, image_latent, end_latent, rows_done: 0, seconds_before: 0.0 };
+        let run = Run {
+            params: &params,
+            engine: &engine,
+            video,
+            decoder,
+            noise,
+            image_latent,
+            end_latent,
+            rows_done: 0,
+            seconds_before: 0.0,
+        };
         run.save(&checkpoint, 0.0)?;
         Ok::<_, String>(run)
     })();
@@ -208,8 +219,9 @@ fn resume(output: &Path, reporter: &mut Reporter) -> Result<(), String> {
     let files = resolve_pipeline(&params.model).map_err(|e| e.to_string())?;
     let engine = Engine::load(&files, &params, reporter)?;
     let saved = ResumeState::load(&state_path, &engine.device)?;
-    let writer = resume_writer(output, params.width as u32, params.height as u32, params.sampler.fps as f64, &saved.info.writer)
-        .map_err(|e| e.to_string())?;
+    let writer =
+        resume_writer(output, params.width as u32, params.height as u32, params.sampler.fps as f64, &saved.info.writer)
+            .map_err(|e| e.to_string())?;
     let video = DfVideo::resume(params.window_plan(), saved.info.progress, saved.history).map_err(|e| e.to_string())?;
     let decoder = WindowDecoder::resume(&engine.vae, params.continuation, params.overlap_history, saved.decoder)
         .map_err(|e| e.to_string())?;
@@ -237,7 +249,10 @@ fn check_output_is_free(params: &GenerateParams, overwrite: bool) -> Result<(), 
     skyreels_core::media::VideoFormat::for_output(&params.output).map_err(|e| e.to_string())?;
     let output = &params.output;
     if output.exists() && !overwrite {
-        return Err(format!("{} already exists: choose another --output, pass --overwrite, or --resume it", output.display()));
+        return Err(format!(
+            "{} already exists: choose another --output, pass --overwrite, or --resume it",
+            output.display()
+        ));
     }
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
@@ -304,7 +319,9 @@ fn copy_extension(
             Start::Extend(p) => p.display().to_string(),
             _ => String::new(),
         };
-        return Err(format!("{path} has {count} frames, fewer than the {keep} frames of --overlap-history it must provide"));
+        return Err(format!(
+            "{path} has {count} frames, fewer than the {keep} frames of --overlap-history it must provide"
+        ));
     }
     let frames = engine.frames_tensor(tail.make_contiguous())?;
     decoder.start_from_frames(&frames).map_err(|e| e.to_string())
@@ -389,9 +406,12 @@ fn transformer_dtype(files: &PipelineFiles, flag: &str) -> Result<DType, String>
         "f32" => DType::F32,
         "bf16" => DType::BF16,
         _ => {
-            let params = skyreels_core::checkpoint::WeightStore::open(&files.transformer, skyreels_core::checkpoint::Component::Transformer)
-                .map(|s| s.parameter_count())
-                .map_err(|e| format!("transformer: {e}"))?;
+            let params = skyreels_core::checkpoint::WeightStore::open(
+                &files.transformer,
+                skyreels_core::checkpoint::Component::Transformer,
+            )
+            .map(|s| s.parameter_count())
+            .map_err(|e| format!("transformer: {e}"))?;
             if params > 2_000_000_000 {
                 DType::BF16
             } else {
@@ -414,11 +434,18 @@ fn check_compatible(transformer: &WanTransformer3d, vae: &WanVae, text: &TextCon
         return Err("this is an image-to-video model with a CLIP branch; generate runs diffusion-forcing (DF) and text-to-video checkpoints".into());
     }
     if c.in_channels != vae.config().z_dim {
-        return Err(format!("the transformer takes {} latent channels but the VAE makes {}", c.in_channels, vae.config().z_dim));
+        return Err(format!(
+            "the transformer takes {} latent channels but the VAE makes {}",
+            c.in_channels,
+            vae.config().z_dim
+        ));
     }
     let text_dim = text.positive.dim(2).map_err(|e| e.to_string())?;
     if c.text_dim != text_dim {
-        return Err(format!("the transformer expects text states of width {} but the text encoder makes {text_dim}", c.text_dim));
+        return Err(format!(
+            "the transformer expects text states of width {} but the text encoder makes {text_dim}",
+            c.text_dim
+        ));
     }
     Ok(())
 }
@@ -437,7 +464,12 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn generate(mut self, mut writer: Box<dyn VideoWriter>, total_rows: Option<usize>, reporter: &mut Reporter) -> Result<(), String> {
+    fn generate(
+        mut self,
+        mut writer: Box<dyn VideoWriter>,
+        total_rows: Option<usize>,
+        reporter: &mut Reporter,
+    ) -> Result<(), String> {
         let p = self.params;
         let plan = self.video.plan();
         let windows = plan.total.map(|_| plan.windows(p.initial_history(), p.sampler.causal_block_size).count());

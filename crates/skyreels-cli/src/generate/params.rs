@@ -92,7 +92,11 @@ impl GenerateParams {
             }
         }
         let start = match (&args.image, &args.extend) {
-            (Some(_), Some(_)) => return Err("--image and --extend cannot be combined: an extended video starts from its own frames".into()),
+            (Some(_), Some(_)) => {
+                return Err(
+                    "--image and --extend cannot be combined: an extended video starts from its own frames".into()
+                )
+            }
             (Some(image), None) => Start::Image(image.clone()),
             (None, Some(video)) => Start::Extend(video.clone()),
             (None, None) => Start::Text,
@@ -100,12 +104,17 @@ impl GenerateParams {
         let frames = match args.frames.as_deref().map(str::trim) {
             None => None,
             Some("0" | "inf" | "infinite") => Some(0),
-            Some(s) => Some(s.parse::<usize>().map_err(|_| format!("--frames `{s}` is not a frame count (use a number, or 0/inf for endless)"))?),
+            Some(s) => Some(
+                s.parse::<usize>()
+                    .map_err(|_| format!("--frames `{s}` is not a frame count (use a number, or 0/inf for endless)"))?,
+            ),
         };
         let base_frames = round_frames("--base-frames", args.base_frames, &mut notices);
         let overlap_history = round_frames("--overlap-history", args.overlap_history, &mut notices);
         if overlap_history >= base_frames {
-            return Err(format!("--overlap-history {overlap_history} must be shorter than --base-frames {base_frames}"));
+            return Err(format!(
+                "--overlap-history {overlap_history} must be shorter than --base-frames {base_frames}"
+            ));
         }
         if args.causal_block_size == 0 {
             return Err("--causal-block-size must be at least 1".into());
@@ -114,7 +123,10 @@ impl GenerateParams {
             return Err("--steps must be at least 1".into());
         }
         if args.addnoise_condition > 60 {
-            notices.push(format!("--addnoise-condition {} is high; the authors advise at most 50", args.addnoise_condition));
+            notices.push(format!(
+                "--addnoise-condition {} is high; the authors advise at most 50",
+                args.addnoise_condition
+            ));
         }
         if args.fps == 0 {
             return Err("--fps must be positive".into());
@@ -216,7 +228,12 @@ impl GenerateParams {
         let check = |w: &WindowSpec| -> Result<usize, String> {
             let prefix = if w.index == 0 && w.history == 0 { image_prefix } else { w.prefix };
             self.sampler.rows_per_window(w.frames, prefix).map_err(|e| {
-                format!("window {} ({} latent frames) cannot be planned: {}", w.index + 1, w.frames, strip_prefix(&e.to_string()))
+                format!(
+                    "window {} ({} latent frames) cannot be planned: {}",
+                    w.index + 1,
+                    w.frames,
+                    strip_prefix(&e.to_string())
+                )
             })
         };
         let windows = plan.windows(self.initial_history(), self.sampler.causal_block_size);
@@ -325,7 +342,9 @@ mod tests {
 
     #[test]
     fn stories_without_frames_last_as_many_windows_as_they_ask_for() {
-        let cli = Cli::try_parse_from(["x", "--model", "m", "-o", "o.mp4", "--base-frames", "13", "--overlap-history", "5"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["x", "--model", "m", "-o", "o.mp4", "--base-frames", "13", "--overlap-history", "5"])
+                .unwrap();
         let segments = vec![Segment { prompt: "a".into(), windows: 2 }, Segment { prompt: "b".into(), windows: 1 }];
         let (p, _) = GenerateParams::from_args(&cli.args, segments).unwrap();
         assert_eq!(p.frames, Some(29));

@@ -39,7 +39,15 @@ impl Reporter {
             (false, ProgressMode::Auto) if std::io::stderr().is_terminal() => ProgressMode::Bar,
             (false, m) => m,
         };
-        Self { mode, bar: None, started: Instant::now(), windows: None, total_rows: None, rows_done: 0, frames_written: 0 }
+        Self {
+            mode,
+            bar: None,
+            started: Instant::now(),
+            windows: None,
+            total_rows: None,
+            rows_done: 0,
+            frames_written: 0,
+        }
     }
 
     fn event(&self, value: Value) {
@@ -68,7 +76,9 @@ impl Reporter {
     /// A stage before generation (loading, encoding).
     pub fn stage(&self, message: &str) {
         match self.mode {
-            ProgressMode::Json => self.event(json!({"event": "stage", "message": message, "elapsed_s": self.elapsed()})),
+            ProgressMode::Json => {
+                self.event(json!({"event": "stage", "message": message, "elapsed_s": self.elapsed()}))
+            }
             ProgressMode::None => {}
             _ => self.line(message),
         }
@@ -79,7 +89,14 @@ impl Reporter {
     }
 
     /// Generation begins: `windows`/`total_rows` are `None` for endless videos.
-    pub fn start(&mut self, windows: Option<usize>, total_rows: Option<usize>, first_window: usize, rows_done: usize, frames: u64) {
+    pub fn start(
+        &mut self,
+        windows: Option<usize>,
+        total_rows: Option<usize>,
+        first_window: usize,
+        rows_done: usize,
+        frames: u64,
+    ) {
         self.windows = windows;
         self.total_rows = total_rows;
         self.rows_done = rows_done;
@@ -127,7 +144,11 @@ impl Reporter {
             ProgressMode::Bar => {
                 if let Some(bar) = &self.bar {
                     bar.set_position(self.rows_done as u64);
-                    bar.set_message(format!("{} · step {row}/{rows} · {:.2} frames/s", self.window_label(window), self.fps()));
+                    bar.set_message(format!(
+                        "{} · step {row}/{rows} · {:.2} frames/s",
+                        self.window_label(window),
+                        self.fps()
+                    ));
                 }
             }
             _ => {}
@@ -161,7 +182,9 @@ impl Reporter {
             bar.finish_and_clear();
         }
         match self.mode {
-            ProgressMode::Json => self.event(json!({"event": "done", "output": output, "frames": frames, "seconds": seconds})),
+            ProgressMode::Json => {
+                self.event(json!({"event": "done", "output": output, "frames": frames, "seconds": seconds}))
+            }
             ProgressMode::None => {}
             _ => eprintln!("wrote {frames} frames to {output} in {seconds:.1} s"),
         }

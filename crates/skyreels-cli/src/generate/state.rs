@@ -75,11 +75,15 @@ impl ResumeState {
     /// Reads a state written by [`save`](Self::save).
     pub fn load(path: &Path, device: &Device) -> Result<Self, String> {
         let bytes = std::fs::read(path).map_err(|e| {
-            format!("cannot read the resume state {} ({e}); was this output made by `skyreels generate`?", path.display())
+            format!(
+                "cannot read the resume state {} ({e}); was this output made by `skyreels generate`?",
+                path.display()
+            )
         })?;
         let bad = |why: String| format!("the resume state {} is damaged ({why})", path.display());
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-        let info_json = meta.metadata().as_ref().and_then(|m| m.get(METADATA_KEY)).ok_or_else(|| bad("no settings".into()))?;
+        let info_json =
+            meta.metadata().as_ref().and_then(|m| m.get(METADATA_KEY)).ok_or_else(|| bad("no settings".into()))?;
         let info: ResumeInfo = serde_json::from_str(info_json).map_err(|e| bad(e.to_string()))?;
         if info.version != STATE_VERSION {
             return Err(format!("the resume state {} was written by another version of skyreels", path.display()));

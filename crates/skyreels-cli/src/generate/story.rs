@@ -35,18 +35,25 @@ enum StoryJson {
 /// Reads a story file into segments.
 pub fn load_story(path: &Path) -> Result<Vec<Segment>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the story {}: {e}", path.display()))?;
-    let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) || text.trim_start().starts_with(['[', '{']);
-    let segments = if is_json { parse_json(&text).map_err(|e| format!("the story {} is not valid: {e}", path.display()))? } else { parse_lines(&text) };
+    let is_json =
+        path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) || text.trim_start().starts_with(['[', '{']);
+    let segments = if is_json {
+        parse_json(&text).map_err(|e| format!("the story {} is not valid: {e}", path.display()))?
+    } else {
+        parse_lines(&text)
+    };
     check(segments).map_err(|e| format!("the story {} {e}", path.display()))
 }
 
 fn parse_json(text: &str) -> Result<Vec<Segment>, String> {
     match serde_json::from_str::<StoryJson>(text) {
-        Ok(StoryJson::Prompts(prompts)) => Ok(prompts.into_iter().map(|prompt| Segment { prompt, windows: 1 }).collect()),
+        Ok(StoryJson::Prompts(prompts)) => {
+            Ok(prompts.into_iter().map(|prompt| Segment { prompt, windows: 1 }).collect())
+        }
         Ok(StoryJson::Segments { segments }) => Ok(segments),
-        Err(e) => Err(format!(
-            "expected a list of prompts or {{\"segments\": [{{\"prompt\": …, \"windows\": n}}]}} ({e})"
-        )),
+        Err(e) => {
+            Err(format!("expected a list of prompts or {{\"segments\": [{{\"prompt\": …, \"windows\": n}}]}} ({e})"))
+        }
     }
 }
 
@@ -80,7 +87,10 @@ mod tests {
         assert_eq!(parse_json(r#"["a", "b"]"#).unwrap().len(), 2);
         let s = parse_json(r#"{"segments": [{"prompt": "a", "windows": 3}, {"prompt": "b"}]}"#).unwrap();
         assert_eq!((s[0].windows, s[1].windows), (3, 1));
-        assert_eq!(parse_lines("# title\nfirst\n\n second \n").iter().map(|s| s.prompt.as_str()).collect::<Vec<_>>(), ["first", "second"]);
+        assert_eq!(
+            parse_lines("# title\nfirst\n\n second \n").iter().map(|s| s.prompt.as_str()).collect::<Vec<_>>(),
+            ["first", "second"]
+        );
         assert!(parse_json(r#"{"scenes": []}"#).is_err());
         assert!(check(vec![]).is_err());
         assert!(check(vec![Segment { prompt: "x".into(), windows: 0 }]).is_err());

@@ -37,7 +37,9 @@ impl Component {
         let mut names = names.into_iter();
         let found = match self {
             Component::Transformer => return detect_scheme(names),
-            Component::Vae => names.any(|n| n.contains(".downsamples.") || n.contains(".upsamples.") || n == "conv1.weight"),
+            Component::Vae => {
+                names.any(|n| n.contains(".downsamples.") || n.contains(".upsamples.") || n == "conv1.weight")
+            }
             Component::TextEncoder => names.any(|n| n.starts_with("encoder.") || n.starts_with("shared.")),
         };
         // For the VAE `found` marks the original layout, for the text encoder the HF one.
@@ -396,7 +398,10 @@ mod tests {
     fn umt5_keys_round_trip() {
         let cases = [
             ("encoder.block.1.layer.0.SelfAttention.o.weight", "blocks.1.attn.o.weight"),
-            ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "blocks.0.pos_embedding.embedding.weight"),
+            (
+                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                "blocks.0.pos_embedding.embedding.weight",
+            ),
             ("encoder.block.23.layer.1.DenseReluDense.wi_0.weight", "blocks.23.ffn.gate.0.weight"),
             ("encoder.block.2.layer.1.layer_norm.weight", "blocks.2.norm2.weight"),
             ("encoder.final_layer_norm.weight", "norm.weight"),

@@ -51,7 +51,10 @@ pub fn resolve_pipeline(model: &str) -> Result<PipelineFiles> {
         return resolve_dir(path, model);
     }
     if path.exists() {
-        return Err(bad(path, "is a file; --model takes a model directory or a hub id such as Skywork/SkyReels-V2-DF-1.3B-540P"));
+        return Err(bad(
+            path,
+            "is a file; --model takes a model directory or a hub id such as Skywork/SkyReels-V2-DF-1.3B-540P",
+        ));
     }
     if looks_like_hub_id(model) {
         let snapshot = find_in_hub_cache(model)?;
@@ -212,7 +215,9 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("transformer")).unwrap();
         std::fs::write(dir.path().join("transformer/config.json"), "{}").unwrap();
         let err = resolve_pipeline(dir.path().to_str().unwrap()).unwrap_err().to_string();
-        for part in ["transformer/*.safetensors", "vae/config.json", "text_encoder/*.safetensors", "tokenizer/tokenizer.json"] {
+        for part in
+            ["transformer/*.safetensors", "vae/config.json", "text_encoder/*.safetensors", "tokenizer/tokenizer.json"]
+        {
             assert!(err.contains(part), "{err} should name {part}");
         }
         assert!(!err.contains("transformer/config.json"), "{err}");
@@ -222,7 +227,9 @@ mod tests {
     fn original_layout_lists_its_own_files() {
         let dir = tempfile::tempdir().unwrap();
         let err = resolve_pipeline(dir.path().to_str().unwrap()).unwrap_err().to_string();
-        for part in ["Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/tokenizer.json", "config.json"] {
+        for part in
+            ["Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/tokenizer.json", "config.json"]
+        {
             assert!(err.contains(part), "{err} should name {part}");
         }
     }

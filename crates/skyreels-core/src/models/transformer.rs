@@ -253,10 +253,12 @@ impl WanTransformer3d {
         match input.timesteps.dims() {
             [b] if *b == batch => {}
             [b, f] if *b == batch && *f == grid[0] => {}
-            other => return Err(invalid_input!(
+            other => {
+                return Err(invalid_input!(
                 "timesteps must be [{batch}] (one per sample) or [{batch}, {}] (one per latent frame), got {other:?}",
                 grid[0]
-            )),
+            ))
+            }
         }
         match input.context.dims() {
             [b, l, d] if *b == batch && *d == c.text_dim && *l > 0 => {}

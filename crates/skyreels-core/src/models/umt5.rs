@@ -202,9 +202,11 @@ impl UmT5Encoder {
 
     /// Builds the encoder from any weight source using canonical (original Wan) names.
     pub fn from_weights(config: UmT5Config, w: &dyn Weights, device: &Device, weight_dtype: DType) -> Result<Self> {
-        let embedding = w.tensor("token_embedding.weight", &[config.vocab_size, config.d_model], weight_dtype, device)?;
-        let layers =
-            (0..config.num_layers).map(|i| EncoderLayer::load(&config, w, i, weight_dtype, device)).collect::<Result<_>>()?;
+        let embedding =
+            w.tensor("token_embedding.weight", &[config.vocab_size, config.d_model], weight_dtype, device)?;
+        let layers = (0..config.num_layers)
+            .map(|i| EncoderLayer::load(&config, w, i, weight_dtype, device))
+            .collect::<Result<_>>()?;
         let final_norm = RmsNorm::load(w, "norm", config.d_model, config.eps, device)?;
         Ok(Self { config, embedding, layers, final_norm })
     }
@@ -261,9 +263,8 @@ impl UmT5Encoder {
 
     fn bucket_indices(&self, l: usize, device: &Device) -> Result<Tensor> {
         let (n, max) = (self.config.num_buckets, self.config.max_distance);
-        let buckets: Vec<u32> = (0..l * l)
-            .map(|i| relative_position_bucket((i % l) as i64 - (i / l) as i64, n, max) as u32)
-            .collect();
+        let buckets: Vec<u32> =
+            (0..l * l).map(|i| relative_position_bucket((i % l) as i64 - (i / l) as i64, n, max) as u32).collect();
         Ok(Tensor::from_vec(buckets, l * l, device)?)
     }
 }

@@ -215,7 +215,8 @@ impl CausalConv3d {
         let kept = have.min(CACHE_FRAMES.max(self.context));
         *cache = Some(joined.narrow(2, have - kept, kept)?);
         let past_in_join = have - x.dim(2)?;
-        let input = joined.narrow(2, past_in_join.saturating_sub(self.context), x.dim(2)? + past_in_join.min(self.context))?;
+        let input =
+            joined.narrow(2, past_in_join.saturating_sub(self.context), x.dim(2)? + past_in_join.min(self.context))?;
         let missing = self.context.saturating_sub(past_in_join);
         self.conv.forward(&input.pad_with_zeros(2, missing, 0)?)
     }
@@ -342,7 +343,9 @@ impl Resample {
         let bias = w.tensor(&format!("{name}.resample.1.bias"), &[out], DType::F32, device)?;
         let (stride, padding) = match mode {
             // ZeroPad2d(0, 1, 0, 1) then a stride-2 convolution.
-            ResampleMode::Down2d | ResampleMode::Down3d => ([1, 2, 2], SpatialPadding { bottom: 1, right: 1, ..Default::default() }),
+            ResampleMode::Down2d | ResampleMode::Down3d => {
+                ([1, 2, 2], SpatialPadding { bottom: 1, right: 1, ..Default::default() })
+            }
             _ => ([1, 1, 1], SpatialPadding::uniform(1)),
         };
         let conv = Conv3d::new(weight.unsqueeze(2)?, Some(bias), stride, padding)?;
@@ -409,11 +412,8 @@ impl Resample {
         let first_chunk = !*started;
         *started = true;
         let cache = caches.next_slot();
-        let (head, rest) = if first_chunk {
-            (Some(x.narrow(2, 0, 1)?), x.narrow(2, 1, x.dim(2)? - 1)?)
-        } else {
-            (None, x.clone())
-        };
+        let (head, rest) =
+            if first_chunk { (Some(x.narrow(2, 0, 1)?), x.narrow(2, 1, x.dim(2)? - 1)?) } else { (None, x.clone()) };
         let mut parts: Vec<Tensor> = head.into_iter().collect();
         if rest.dim(2)? > 0 {
             let (b, c, t, h, w) = rest.dims5()?;
@@ -679,12 +679,16 @@ impl WanVae {
 
     /// `(z − mean) / std` per channel: the latent space the transformer works in.
     pub fn normalize(&self, latents: &Tensor) -> Result<Tensor> {
-        Ok(latents.broadcast_sub(&self.mean.to_dtype(latents.dtype())?)?.broadcast_div(&self.std.to_dtype(latents.dtype())?)?)
+        Ok(latents
+            .broadcast_sub(&self.mean.to_dtype(latents.dtype())?)?
+            .broadcast_div(&self.std.to_dtype(latents.dtype())?)?)
     }
 
     /// `z·std + mean` per channel: back from the transformer's latent space.
     pub fn denormalize(&self, latents: &Tensor) -> Result<Tensor> {
-        Ok(latents.broadcast_mul(&self.std.to_dtype(latents.dtype())?)?.broadcast_add(&self.mean.to_dtype(latents.dtype())?)?)
+        Ok(latents
+            .broadcast_mul(&self.std.to_dtype(latents.dtype())?)?
+            .broadcast_add(&self.mean.to_dtype(latents.dtype())?)?)
     }
 
     /// A streaming decoder: push raw latent frames, get pixel frames back as they are made.

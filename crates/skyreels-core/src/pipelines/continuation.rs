@@ -79,7 +79,12 @@ impl<'a> WindowDecoder<'a> {
 
     /// A decoder continuing from a saved state: the latent stream is rebuilt by decoding the
     /// saved recent latents again (their pixels are already in the output).
-    pub fn resume(vae: &'a WanVae, mode: Continuation, overlap_pixels: usize, state: WindowDecoderState) -> Result<Self> {
+    pub fn resume(
+        vae: &'a WanVae,
+        mode: Continuation,
+        overlap_pixels: usize,
+        state: WindowDecoderState,
+    ) -> Result<Self> {
         let mut decoder = Self::new(vae, mode, overlap_pixels);
         decoder.pixel_history = state.pixel_history;
         if let Some(latents) = state.recent_latents {
@@ -140,7 +145,12 @@ impl<'a> WindowDecoder<'a> {
         }
     }
 
-    fn decode_latent(&mut self, spec: &WindowSpec, latents: &Tensor, emit: &mut dyn FnMut(&Tensor) -> Result<()>) -> Result<()> {
+    fn decode_latent(
+        &mut self,
+        spec: &WindowSpec,
+        latents: &Tensor,
+        emit: &mut dyn FnMut(&Tensor) -> Result<()>,
+    ) -> Result<()> {
         // The first window primes the stream with its history (an extended video's last frames,
         // whose pixels are already in the output); later windows push only their new frames.
         let (first_new, primed) = match self.stream {
@@ -163,7 +173,12 @@ impl<'a> WindowDecoder<'a> {
         Ok(())
     }
 
-    fn decode_pixel(&mut self, spec: &WindowSpec, latents: &Tensor, emit: &mut dyn FnMut(&Tensor) -> Result<()>) -> Result<()> {
+    fn decode_pixel(
+        &mut self,
+        spec: &WindowSpec,
+        latents: &Tensor,
+        emit: &mut dyn FnMut(&Tensor) -> Result<()>,
+    ) -> Result<()> {
         let mut stream = self.vae.decode_stream();
         let mut skip = if spec.history > 0 { self.overlap_pixels } else { 0 };
         for j in 0..latents.dim(2)? {
@@ -203,7 +218,5 @@ pub fn to_rgb8(frames: &Tensor) -> Result<Vec<Vec<u8>>> {
     let scaled = (frames.to_dtype(DType::F32)?.affine(0.5, 0.5)?.clamp(0f32, 1f32)? * 255.0)?;
     // [n, H, W, 3]: one contiguous interleaved image per frame.
     let hwc = scaled.squeeze(0)?.permute((1, 2, 3, 0))?.contiguous()?;
-    (0..n)
-        .map(|i| Ok(hwc.get(i)?.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|v| v as u8).collect()))
-        .collect()
+    (0..n).map(|i| Ok(hwc.get(i)?.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|v| v as u8).collect())).collect()
 }

@@ -114,7 +114,8 @@ pub fn denoise_window(
     let plan = settings.plan(frames, prefix)?;
     let schedule = settings.schedule()?;
     let device = latents.device();
-    let mut frame_latents: Vec<Tensor> = (0..frames).map(|j| latents.narrow(2, j, 1)).collect::<candle_core::Result<_>>()?;
+    let mut frame_latents: Vec<Tensor> =
+        (0..frames).map(|j| latents.narrow(2, j, 1)).collect::<candle_core::Result<_>>()?;
     let mut solvers: Vec<FlowUniPc> = (0..frames).map(|_| FlowUniPc::in_place(schedule.clone())).collect();
     let fps = Tensor::new(&[fps_index(settings.fps)], device)?;
     let rows = plan.rows();
@@ -317,7 +318,10 @@ impl DfVideo {
     /// Replaces the prefix of the next window (pixel continuation re-encodes decoded frames).
     pub fn set_history(&mut self, history: Tensor) -> Result<()> {
         if history.dim(2)? > self.plan.overlap {
-            return Err(invalid_input!("the history is longer than the overlap of {} latent frames", self.plan.overlap));
+            return Err(invalid_input!(
+                "the history is longer than the overlap of {} latent frames",
+                self.plan.overlap
+            ));
         }
         self.history = Some(history);
         Ok(())
@@ -392,7 +396,7 @@ mod tests {
         assert_eq!(frames(&plan(95), 0, 1), vec![(25, 0), (25, 5), (25, 5), (25, 5), (15, 5)]); // 377
         assert_eq!(plan(185).windows(0, 5).count(), 9); // 737
         assert_eq!(frames(&plan(60), 0, 5), vec![(25, 0), (25, 5), (20, 5)]); // 237
-        // Extension (README: 120 frames → 30 latents) starts with the overlap already produced.
+                                                                              // Extension (README: 120 frames → 30 latents) starts with the overlap already produced.
         assert_eq!(frames(&plan(30), 5, 1), vec![(25, 5), (10, 5)]);
         // A short video is one window of its own length.
         assert_eq!(frames(&plan(7), 0, 1), vec![(7, 0)]);

@@ -12,6 +12,8 @@ pub mod noise;
 pub mod prompt;
 
 pub use continuation::{to_rgb8, Continuation, WindowDecoder, WindowDecoderState};
-pub use diffusion_forcing::{denoise_window, DfProgress, DfSettings, DfVideo, TextConditioning, WindowPlan, WindowSpec};
+pub use diffusion_forcing::{
+    denoise_window, DfProgress, DfSettings, DfVideo, TextConditioning, WindowPlan, WindowSpec,
+};
 pub use noise::{NoiseSource, NoiseState, SeededNoise};
 pub use prompt::{encode_prompt, EncodedPrompt};

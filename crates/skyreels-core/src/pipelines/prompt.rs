@@ -16,7 +16,12 @@ pub struct EncodedPrompt {
 }
 
 /// Cleans, tokenizes (padded to `length`) and encodes `prompt`.
-pub fn encode_prompt(tokenizer: &PromptTokenizer, encoder: &UmT5Encoder, prompt: &str, length: usize) -> Result<EncodedPrompt> {
+pub fn encode_prompt(
+    tokenizer: &PromptTokenizer,
+    encoder: &UmT5Encoder,
+    prompt: &str,
+    length: usize,
+) -> Result<EncodedPrompt> {
     let tokens = tokenizer.encode(prompt, length)?;
     let device = encoder.device();
     let ids = Tensor::from_vec(tokens.ids.clone(), (1, length), device)?;

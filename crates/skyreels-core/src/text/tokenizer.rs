@@ -109,7 +109,11 @@ fn find_tokenizer_json(path: &Path) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
-    let candidates = [path.join("tokenizer.json"), path.join("tokenizer/tokenizer.json"), path.join("google/umt5-xxl/tokenizer.json")];
+    let candidates = [
+        path.join("tokenizer.json"),
+        path.join("tokenizer/tokenizer.json"),
+        path.join("google/umt5-xxl/tokenizer.json"),
+    ];
     candidates.iter().find(|c| c.is_file()).cloned().ok_or_else(|| Error::Io {
         path: path.join("tokenizer.json"),
         source: std::io::Error::new(
