@@ -58,19 +58,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints help/version as clap does, and any other parse error as one sentence.
+/// Prints help/version as clap does, and any other parse error as one sentence (clap's message
+/// without its usage block and tips).
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         let _ = e.print();
         return ExitCode::SUCCESS;
     }
     let text = e.to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-    eprintln!("error: {first} (see `skyreels --help`)");
+    let message: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .collect();
+    let message = message.join(" ");
+    eprintln!("error: {} (see `skyreels --help`)", message.trim_start_matches("error: "));
     ExitCode::from(2)
 }
 

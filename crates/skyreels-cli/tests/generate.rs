@@ -231,6 +231,13 @@ fn kill_9_then_resume_gives_the_identical_file() {
         // What was written before the kill is a valid video of whole windows.
         let (frames, ..) = probe(&broken);
         assert!(frames.len() >= 21, "{name}: only {} frames survived", frames.len());
+        // The interrupted output can be moved, with its state, before resuming.
+        let moved_dir = dir.path().join(format!("moved_{name}"));
+        std::fs::create_dir(&moved_dir).unwrap();
+        let moved = moved_dir.join(broken.file_name().unwrap());
+        std::fs::rename(&broken, &moved).unwrap();
+        std::fs::rename(format!("{}.resume", broken.display()), format!("{}.resume", moved.display())).unwrap();
+        let broken = moved;
         let resumed = skyreels(&["generate", "--resume", broken.to_str().unwrap(), "--quiet"]).output().unwrap();
         assert_ok(&resumed);
         assert_eq!(read_all(&broken), read_all(&whole), "{name}: resumed output differs");
@@ -303,6 +310,22 @@ fn bad_inputs_fail_with_one_sentence_and_leave_nothing() {
     std::fs::write(empty_model.join("model_index.json"), "{}").unwrap();
     let args = ["generate", "--model", empty_model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--prompt", "x"];
     assert_clean_failure(&skyreels(&args).output().unwrap(), &out, "vae/config.json");
+
+    // Outputs never replace the run's inputs or a folder of other files.
+    let clip = dir.path().join("clip.gif");
+    assert_ok(&generate(&clip, &["--prompt", "x", "--frames", "9"]));
+    let same = generate(&clip, &["--prompt", "x", "--extend", clip.to_str().unwrap(), "--overwrite"]);
+    assert!(!same.status.success() && String::from_utf8_lossy(&same.stderr).contains("overwrite the input"));
+    assert_eq!(probe(&clip).0.len(), 9);
+    let folder = dir.path().join("documents");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("thesis.txt"), "years of work").unwrap();
+    let refused = generate(&folder, &["--prompt", "x", "--frames", "5", "--overwrite"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("refusing to replace"));
+    assert!(folder.join("thesis.txt").exists());
+    // A missing required argument names it.
+    let missing = skyreels(&["generate", "--prompt", "x"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--model is required"));
 
     // An existing output is never clobbered without --overwrite.
     std::fs::write(&out, "precious").unwrap();

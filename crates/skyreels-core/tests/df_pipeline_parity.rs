@@ -84,7 +84,7 @@ fn generate(run: &Run, text: &TextConditioning) -> Tensor {
     while video.next_window(block).is_some() {
         let (spec, latents) =
             video.generate_window(&model, size, None, None, text, &settings, &mut noise, &mut |_, _| {}).unwrap();
-        let new = if spec.index == 0 { 0 } else { plan.overlap };
+        let new = spec.history;
         parts.push(latents.narrow(2, new, spec.frames - new).unwrap());
     }
     assert!(noise.0.is_empty(), "{} reference draws were not used", noise.0.len());

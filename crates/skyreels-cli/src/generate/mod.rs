@@ -66,7 +66,9 @@ pub struct GenerateArgs {
     /// Continue an interrupted run of this output (settings come from its saved state).
     #[arg(long, value_name = "OUTPUT", conflicts_with_all = [
         "prompt", "story", "output", "model", "negative_prompt", "image", "end_image", "extend", "frames",
-        "seed", "overwrite", "continuation", "causal_attention",
+        "seed", "overwrite", "continuation", "causal_attention", "base_frames", "overlap_history", "height",
+        "width", "fps", "steps", "shift", "guidance", "ar_step", "causal_block_size", "addnoise_condition",
+        "sigma_grid", "dtype", "text_length",
     ])]
     pub resume: Option<PathBuf>,
     /// Video frames (4k+1; counts the overlap when extending); 0 or `inf` runs until interrupted.
@@ -148,7 +150,7 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
         reporter.notice(n);
     }
     let total_rows = params.check_windows()?;
-    check_output_is_free(&params, args.overwrite)?;
+    check_output_is_free(&params, args.overwrite, args.story.as_deref())?;
     let files = resolve_pipeline(&params.model).map_err(|e| e.to_string())?;
     let start_frame = match &params.start {
         Start::Image(path) => Some(load_conditioning_image(path, &params)?),
@@ -156,7 +158,7 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
     };
     let end_frame = params.end_image.as_ref().map(|p| load_conditioning_image(p, &params)).transpose()?;
     let extend_input = match &params.start {
-        Start::Extend(path) => Some(open_extension(path, &params)?),
+        Start::Extend(path) => Some((path.clone(), open_extension(path, &params)?)),
         _ => None,
     };
 
@@ -164,13 +166,18 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
     let image_latent = start_frame.map(|f| engine.encode_frames(&[f])).transpose()?;
     let end_latent = end_frame.map(|f| engine.encode_frames(&[f])).transpose()?;
 
+    // Only now, with the models loaded and the inputs read, is an old output replaced.
+    let _ = std::fs::remove_file(params.state_path());
+    let _ = std::fs::remove_file(params.sidecar_path());
     let mut writer =
         create_writer(&params.output, params.width as u32, params.height as u32, params.sampler.fps as f64)
             .map_err(|e| e.to_string())?;
     let outcome = (|| {
         let mut decoder = WindowDecoder::new(&engine.vae, params.continuation, params.overlap_history);
         let history = match extend_input {
-            Some(reader) => Some(copy_extension(reader, &params, writer.as_mut(), &mut decoder, &engine)?),
+            Some((path, reader)) => {
+                Some(copy_extension(&path, reader, &params, writer.as_mut(), &mut decoder, &engine)?)
+            }
             None => None,
         };
         let video = DfVideo::new(params.window_plan(), history).map_err(|e| e.to_string())?;
@@ -213,12 +220,12 @@ fn resume(output: &Path, reporter: &mut Reporter) -> Result<(), String> {
             format!("there is no interrupted run to resume: {} does not exist", state_path.display())
         });
     }
-    let probe = ResumeState::load(&state_path, &Device::Cpu)?;
-    let params = probe.info.params.clone();
+    let saved = ResumeState::load(&state_path, &Device::Cpu)?;
+    // The output may have been moved with its state since; everything follows the given path.
+    let params = GenerateParams { output: output.to_path_buf(), ..saved.info.params.clone() };
     let total_rows = params.check_windows()?;
     let files = resolve_pipeline(&params.model).map_err(|e| e.to_string())?;
     let engine = Engine::load(&files, &params, reporter)?;
-    let saved = ResumeState::load(&state_path, &engine.device)?;
     let writer =
         resume_writer(output, params.width as u32, params.height as u32, params.sampler.fps as f64, &saved.info.writer)
             .map_err(|e| e.to_string())?;
@@ -245,24 +252,54 @@ fn resume(output: &Path, reporter: &mut Reporter) -> Result<(), String> {
     run.generate(writer, total_rows, reporter)
 }
 
-fn check_output_is_free(params: &GenerateParams, overwrite: bool) -> Result<(), String> {
+/// Refuses outputs that would clobber something: an existing file or folder (unless
+/// `--overwrite`), one of the run's own inputs, or a folder holding anything but frames.
+fn check_output_is_free(params: &GenerateParams, overwrite: bool, story: Option<&Path>) -> Result<(), String> {
     skyreels_core::media::VideoFormat::for_output(&params.output).map_err(|e| e.to_string())?;
     let output = &params.output;
-    if output.exists() && !overwrite {
-        return Err(format!(
-            "{} already exists: choose another --output, pass --overwrite, or --resume it",
-            output.display()
-        ));
-    }
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
             return Err(format!("the folder {} for the output does not exist", parent.display()));
         }
     }
-    if output.exists() {
-        remove_output(params);
+    let companions = [output.clone(), params.sidecar_path(), params.state_path()];
+    for input in params.input_paths().into_iter().chain(story) {
+        if companions.iter().any(|c| same_file(c, input)) {
+            return Err(format!("the output would overwrite the input {}: choose another --output", input.display()));
+        }
+    }
+    if !output.exists() {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(format!(
+            "{} already exists: choose another --output, pass --overwrite, or --resume it",
+            output.display()
+        ));
+    }
+    if output.is_dir() && !holds_only_frames(output) {
+        return Err(format!(
+            "{} is a folder with files other than frame_*.png; refusing to replace it",
+            output.display()
+        ));
     }
     Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn holds_only_frames(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().all(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.starts_with("frame_") && name.ends_with(".png")
+        })
+    })
 }
 
 /// Removes an output and its companions (used when a run fails before producing anything).
@@ -292,9 +329,11 @@ fn open_extension(path: &Path, params: &GenerateParams) -> Result<Box<dyn skyree
     Ok(reader)
 }
 
-/// Copies the video being extended into the output (resized to the output size) and returns the
-/// latents of its last `overlap_history` frames, the first window's history.
+/// Copies the video being extended into the output (centre-cropped to the output's aspect and
+/// resized, like conditioning images) and returns the latents of its last `overlap_history`
+/// frames, the first window's history.
 fn copy_extension(
+    path: &Path,
     reader: Box<dyn skyreels_core::media::VideoReader>,
     params: &GenerateParams,
     writer: &mut dyn VideoWriter,
@@ -315,12 +354,9 @@ fn copy_extension(
         count += 1;
     }
     if tail.len() < keep {
-        let path = match &params.start {
-            Start::Extend(p) => p.display().to_string(),
-            _ => String::new(),
-        };
         return Err(format!(
-            "{path} has {count} frames, fewer than the {keep} frames of --overlap-history it must provide"
+            "{} has {count} frames, fewer than the {keep} frames of --overlap-history it must provide",
+            path.display()
         ));
     }
     let frames = engine.frames_tensor(tail.make_contiguous())?;
@@ -472,9 +508,9 @@ impl Run<'_> {
     ) -> Result<(), String> {
         let p = self.params;
         let plan = self.video.plan();
-        let windows = plan.total.map(|_| plan.windows(p.initial_history(), p.sampler.causal_block_size).count());
+        let windows = plan.window_count(p.initial_history());
         let started = Instant::now();
-        reporter.start(windows, total_rows, self.video.progress().windows_done, self.rows_done, 0);
+        reporter.start(windows, total_rows, self.video.progress().windows_done, self.rows_done);
         let latent_size = (p.height / 8, p.width / 8);
         while let Some(next) = self.video.next_window(p.sampler.causal_block_size) {
             let text = &self.engine.texts[p.segment_for_window(next.index)];

@@ -76,6 +76,23 @@ fn round_frames(name: &str, n: usize, notices: &mut Vec<Notice>) -> usize {
     rounded
 }
 
+/// Video frames of a story that lasts exactly the windows its segments ask for.
+fn story_frames(
+    segments: &[Segment],
+    start: &Start,
+    base_frames: usize,
+    overlap_history: usize,
+) -> Result<usize, String> {
+    let too_long = || "the story asks for more windows than can be counted".to_string();
+    let windows = segments.iter().try_fold(0usize, |n, s| n.checked_add(s.windows)).ok_or_else(too_long)?;
+    let (b, o) = (latent(base_frames), latent(overlap_history));
+    let total = match start {
+        Start::Extend(_) => windows.checked_mul(b - o).and_then(|n| n.checked_add(o)),
+        _ => (windows - 1).checked_mul(b - o).and_then(|n| n.checked_add(b)),
+    };
+    total.and_then(|t| (t - 1).checked_mul(4)).map(|f| f + 1).ok_or_else(too_long)
+}
+
 fn latent(frames: usize) -> usize {
     (frames - 1) / 4 + 1
 }
@@ -85,6 +102,8 @@ impl GenerateParams {
     pub fn from_args(args: &GenerateArgs, segments: Vec<Segment>) -> Result<(Self, Vec<Notice>), String> {
         let mut notices = Vec::new();
         let model = args.model.clone().ok_or("--model is required: a model directory or a Hugging Face hub id")?;
+        // A folder is recorded by its absolute path so that --resume works from anywhere.
+        let model = std::fs::canonicalize(&model).map_or(model, |p| p.to_string_lossy().to_string());
         let output = args.output.clone().ok_or("--output is required (e.g. -o video.mp4)")?;
         for (name, v) in [("--height", args.height), ("--width", args.width)] {
             if v == 0 || v % 16 != 0 {
@@ -135,15 +154,7 @@ impl GenerateParams {
             Some(0) => None,
             Some(n) => Some(round_frames("--frames", n, &mut notices)),
             // A story without --frames lasts exactly as many windows as its segments ask for.
-            None if segments.len() > 1 => {
-                let windows: usize = segments.iter().map(|s| s.windows).sum();
-                let (b, o) = (latent(base_frames), latent(overlap_history));
-                let total = match start {
-                    Start::Extend(_) => o + windows * (b - o),
-                    _ => b + (windows - 1) * (b - o),
-                };
-                Some(4 * (total - 1) + 1)
-            }
+            None if args.story.is_some() => Some(story_frames(&segments, &start, base_frames, overlap_history)?),
             None => Some(97),
         };
         if frames.is_none() && args.end_image.is_some() {
@@ -216,7 +227,7 @@ impl GenerateParams {
             ));
         }
         if let (Start::Extend(_), Some(total)) = (&self.start, plan.total) {
-            if total <= plan.overlap {
+            if total <= latent(self.overlap_history) {
                 return Err(format!(
                     "--frames {} leaves nothing to generate after the {}-frame overlap when extending",
                     self.frames.unwrap_or(0),
@@ -224,7 +235,10 @@ impl GenerateParams {
                 ));
             }
         }
-        let mut rows = 0;
+        if self.end_image.is_some() && self.causal_attention && self.sampler.causal_block_size > 1 {
+            // The end frame is one extra latent, which a block-causal mask cannot place.
+            return Err("--end-image cannot be combined with --causal-attention and a causal block size above 1".into());
+        }
         let check = |w: &WindowSpec| -> Result<usize, String> {
             let prefix = if w.index == 0 && w.history == 0 { image_prefix } else { w.prefix };
             self.sampler.rows_per_window(w.frames, prefix).map_err(|e| {
@@ -236,16 +250,17 @@ impl GenerateParams {
                 )
             })
         };
-        let windows = plan.windows(self.initial_history(), self.sampler.causal_block_size);
+        let block = self.sampler.causal_block_size;
         if plan.total.is_none() {
             // Endless: the first two windows cover every distinct shape.
-            for w in windows.take(2) {
+            for w in plan.windows(self.initial_history(), block).take(2) {
                 check(&w)?;
             }
             return Ok(None);
         }
-        for w in windows {
-            rows += check(&w)?;
+        let mut rows = 0usize;
+        for (w, count) in plan.window_shapes(self.initial_history(), block) {
+            rows = rows.saturating_add(check(&w)?.saturating_mul(count));
         }
         Ok(Some(rows))
     }
@@ -260,6 +275,15 @@ impl GenerateParams {
             }
         }
         self.segments.len() - 1
+    }
+
+    /// The files this run reads, which its output must never replace.
+    pub fn input_paths(&self) -> Vec<&Path> {
+        let start = match &self.start {
+            Start::Image(p) | Start::Extend(p) => Some(p.as_path()),
+            Start::Text => None,
+        };
+        start.into_iter().chain(self.end_image.as_deref()).collect()
     }
 
     /// Where the resume state of this output lives.
@@ -283,6 +307,8 @@ pub fn with_suffix(output: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{trimmed}{suffix}"))
 }
 
+/// A seed from the clock and the process's hash keys; kept below 2⁶³ so that JSON readers that
+/// parse numbers as signed 64-bit integers (or doubles, approximately) can read it back.
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -342,9 +368,20 @@ mod tests {
 
     #[test]
     fn stories_without_frames_last_as_many_windows_as_they_ask_for() {
-        let cli =
-            Cli::try_parse_from(["x", "--model", "m", "-o", "o.mp4", "--base-frames", "13", "--overlap-history", "5"])
-                .unwrap();
+        let cli = Cli::try_parse_from([
+            "x",
+            "--model",
+            "m",
+            "-o",
+            "o.mp4",
+            "--story",
+            "s.json",
+            "--base-frames",
+            "13",
+            "--overlap-history",
+            "5",
+        ])
+        .unwrap();
         let segments = vec![Segment { prompt: "a".into(), windows: 2 }, Segment { prompt: "b".into(), windows: 1 }];
         let (p, _) = GenerateParams::from_args(&cli.args, segments).unwrap();
         assert_eq!(p.frames, Some(29));

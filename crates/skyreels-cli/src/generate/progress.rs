@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 pub enum ProgressMode {
     /// A bar when stderr is a terminal, a line per window otherwise.
     Auto,
-    /// Always a bar (on stderr).
+    /// A bar on stderr (drawn only when stderr is a terminal).
     Bar,
     /// One JSON object per line on stdout.
     Json,
@@ -89,18 +89,11 @@ impl Reporter {
     }
 
     /// Generation begins: `windows`/`total_rows` are `None` for endless videos.
-    pub fn start(
-        &mut self,
-        windows: Option<usize>,
-        total_rows: Option<usize>,
-        first_window: usize,
-        rows_done: usize,
-        frames: u64,
-    ) {
+    pub fn start(&mut self, windows: Option<usize>, total_rows: Option<usize>, first_window: usize, rows_done: usize) {
         self.windows = windows;
         self.total_rows = total_rows;
         self.rows_done = rows_done;
-        self.frames_written = frames;
+        self.frames_written = 0;
         self.started = Instant::now();
         match self.mode {
             ProgressMode::Json => self.event(json!({

@@ -84,10 +84,11 @@ impl ResumeState {
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
         let info_json =
             meta.metadata().as_ref().and_then(|m| m.get(METADATA_KEY)).ok_or_else(|| bad("no settings".into()))?;
-        let info: ResumeInfo = serde_json::from_str(info_json).map_err(|e| bad(e.to_string()))?;
-        if info.version != STATE_VERSION {
+        let version = serde_json::from_str::<serde_json::Value>(info_json).ok().and_then(|v| v["version"].as_u64());
+        if version != Some(STATE_VERSION as u64) {
             return Err(format!("the resume state {} was written by another version of skyreels", path.display()));
         }
+        let info: ResumeInfo = serde_json::from_str(info_json).map_err(|e| bad(e.to_string()))?;
         let mut tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             history: tensors.remove("history"),
@@ -106,7 +107,8 @@ impl ResumeState {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write;
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    // One fixed name: a temporary left by a crash is simply replaced by the next write.
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     let mut file = std::fs::File::create(&tmp).map_err(fail)?;
     file.write_all(bytes).map_err(fail)?;

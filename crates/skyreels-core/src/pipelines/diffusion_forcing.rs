@@ -3,8 +3,9 @@
 //!
 //! Everything here is counted in latent frames and works on latents only; decoding and writing
 //! are the caller's (see [`super::continuation`]). The state between windows is small — the
-//! overlap latents, the window index and the frame count — which is what makes infinite videos
-//! run in constant memory and lets an interrupted run resume exactly.
+//! overlap latents, the window index and the frame count here, plus the noise stream's position
+//! and the decoder's recent latents outside — which is what makes infinite videos run in constant
+//! memory and lets an interrupted run resume exactly.
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -245,6 +246,33 @@ impl WindowPlan {
         Some(WindowSpec { index, frames, history, prefix: history - history % block.max(1), is_last })
     }
 
+    /// How many windows a finite plan has when the first window starts with `history` frames
+    /// (`None` when endless). Computed, not counted, so it is instant for any length.
+    pub fn window_count(&self, history: usize) -> Option<usize> {
+        let total = self.total?;
+        let first = total.min(self.window);
+        Some(match total {
+            t if t <= history => 0,
+            t if t <= first => 1,
+            t => 1 + (t - first).div_ceil(self.window - self.overlap),
+        })
+    }
+
+    /// Every distinct window shape of a finite plan with how many windows have it: the first,
+    /// the repeated middle one, the last. Enough to check or cost a video of any length.
+    pub fn window_shapes(&self, history: usize, block: usize) -> Vec<(WindowSpec, usize)> {
+        let count = self.window_count(history).unwrap_or(0);
+        let mut shapes: Vec<(WindowSpec, usize)> =
+            self.windows(history, block).take(2.min(count)).map(|w| (w, 1)).collect();
+        if count > 2 {
+            shapes[1].1 = count - 2;
+            let step = self.window - self.overlap;
+            let produced = self.window + (count - 2) * step;
+            shapes.extend(self.window_at(count - 1, produced, self.overlap, block).map(|w| (w, 1)));
+        }
+        shapes
+    }
+
     /// The windows in order, starting with `history` frames available to the first one (endless
     /// when the plan is). Lets a caller check every window before generating anything.
     pub fn windows(&self, history: usize, block: usize) -> impl Iterator<Item = WindowSpec> + '_ {
@@ -402,6 +430,24 @@ mod tests {
         assert_eq!(frames(&plan(7), 0, 1), vec![(7, 0)]);
         let last: Vec<bool> = plan(65).windows(0, 1).map(|w| w.is_last).collect();
         assert_eq!(last, vec![false, false, true]);
+    }
+
+    #[test]
+    fn counted_and_iterated_windows_agree() {
+        for (window, overlap, total, history) in
+            [(25, 5, 65, 0), (25, 5, 95, 0), (25, 5, 30, 5), (4, 2, 8, 0), (7, 3, 7, 0), (6, 1, 200, 1)]
+        {
+            let plan = WindowPlan { window, overlap, total: Some(total) };
+            let all: Vec<WindowSpec> = plan.windows(history, 1).collect();
+            assert_eq!(plan.window_count(history), Some(all.len()));
+            let shapes = plan.window_shapes(history, 1);
+            assert_eq!(shapes.iter().map(|(_, n)| n).sum::<usize>(), all.len());
+            assert_eq!(shapes.first().map(|s| s.0), all.first().copied());
+            assert_eq!(shapes.last().map(|s| s.0), all.last().copied());
+        }
+        let huge = WindowPlan { window: 25, overlap: 5, total: Some(1 << 40) };
+        assert_eq!(huge.window_count(0), Some(1 + ((1usize << 40) - 25).div_ceil(20)));
+        assert_eq!(huge.window_shapes(0, 5).len(), 3);
     }
 
     #[test]
