@@ -1,0 +1,9 @@
+//! # skyreels-train
+//!
+//! The training side of skyreels-rs, kept out of the engine crate. So far: [`world`], a
+//! procedural "film world" — subjects, backgrounds, camera moves and cuts, rendered
+//! deterministically from a seed, each clip with a structured caption in the spirit of
+//! SkyCaptioner-V1 and a prompt fused from it by fixed templates. It is the data the project's
+//! demo model is trained and judged on.
+
+pub mod world;

@@ -1,0 +1,106 @@
+use super::*;
+
+fn clip(action: Action, camera: CameraMotion, pattern: Pattern) -> ClipSpec {
+    ClipSpec {
+        width: 64,
+        height: 64,
+        fps: 16,
+        subjects: vec![Subject {
+            shape: Shape::Circle,
+            colour: Colour::Red,
+            size: Size::Medium,
+            action,
+            start: [0.5, 0.5],
+        }],
+        background: Background { pattern, primary: Colour::Blue, secondary: Colour::White },
+        shots: vec![Shot { shot_type: ShotType::Wide, camera, frames: 17 }],
+        template: 1,
+    }
+}
+
+/// Centroid (x, y) and pixel count of the pixels close to `rgb`.
+fn blob(frame: &skyreels_core::media::RgbFrame, rgb: [u8; 3]) -> ([f32; 2], usize) {
+    let (mut sx, mut sy, mut n) = (0f32, 0f32, 0usize);
+    for (i, px) in frame.data.chunks(3).enumerate() {
+        if px.iter().zip(rgb).all(|(a, b)| a.abs_diff(b) < 12) {
+            sx += (i % frame.width as usize) as f32;
+            sy += (i / frame.width as usize) as f32;
+            n += 1;
+        }
+    }
+    ([sx / n.max(1) as f32, sy / n.max(1) as f32], n)
+}
+
+#[test]
+fn the_readme_example_is_a_world_prompt() {
+    let c = clip(Action::MoveRight, CameraMotion::PanLeft, Pattern::Flat);
+    assert_eq!(c.prompt(), "a red circle moves right on a blue background, the camera pans left");
+    let caption = c.caption();
+    assert_eq!(caption.subjects[0].position, "center");
+    let json = serde_json::to_string(&caption).unwrap();
+    assert!(json.contains(r#""type":"circle""#), "{json}");
+    assert_eq!(serde_json::from_str::<Caption>(&json).unwrap(), caption);
+}
+
+#[test]
+fn sampling_and_rendering_are_deterministic() {
+    let config = WorldConfig::default();
+    let a = sample_clip(7, &config, Split::Train);
+    assert_eq!(a, sample_clip(7, &config, Split::Train));
+    assert_ne!(a, sample_clip(8, &config, Split::Train));
+    assert_eq!(render_frame(&a, 5), render_frame(&a, 5));
+    assert_eq!(a.frames(), config.frames);
+    let frame = render_frame(&a, 0);
+    assert_eq!((frame.width, frame.height, frame.data.len()), (64, 64, 64 * 64 * 3));
+}
+
+#[test]
+fn held_out_combinations_never_reach_training() {
+    let config = WorldConfig::default();
+    let mut held_out_seen = 0;
+    for seed in 0..400 {
+        let train = sample_clip(seed, &config, Split::Train);
+        assert!(!config.hold_out.touches(&train), "seed {seed}: {train:?}");
+        assert!((1..=3).contains(&train.subjects.len()));
+        let test = sample_clip(seed, &config, Split::HeldOut);
+        assert!(config.hold_out.touches(&test));
+        held_out_seen +=
+            usize::from(config.hold_out.colour_shape.contains(&(test.subjects[0].colour, test.subjects[0].shape)));
+    }
+    assert!(held_out_seen > 100, "held-out clips should often lead with a held-out colour/shape");
+}
+
+#[test]
+fn actions_and_camera_moves_show_in_the_pixels() {
+    let red = Colour::Red.rgb();
+    let centroid = |c: &ClipSpec, i| blob(&render_frame(c, i), red);
+    // The subject moves right with a static camera.
+    let c = clip(Action::MoveRight, CameraMotion::Static, Pattern::Flat);
+    assert!(centroid(&c, 16).0[0] - centroid(&c, 0).0[0] > 15.0);
+    // A still subject slides right in the frame when the camera pans left.
+    let c = clip(Action::Stay, CameraMotion::PanLeft, Pattern::Checkerboard);
+    assert!(centroid(&c, 16).0[0] - centroid(&c, 0).0[0] > 10.0);
+    // …and down when it tilts up; it grows when the camera zooms in.
+    let c = clip(Action::Stay, CameraMotion::TiltUp, Pattern::Stripes);
+    assert!(centroid(&c, 16).0[1] - centroid(&c, 0).0[1] > 10.0);
+    let c = clip(Action::Stay, CameraMotion::ZoomIn, Pattern::Gradient);
+    assert!(centroid(&c, 16).1 as f32 > 2.0 * centroid(&c, 0).1 as f32);
+    // The background itself moves with the camera: frames of a panning checkerboard differ.
+    let c = clip(Action::Stay, CameraMotion::PanRight, Pattern::Checkerboard);
+    assert_ne!(render_frame(&c, 0).data, render_frame(&c, 8).data);
+}
+
+#[test]
+fn every_shape_is_a_distinct_blob_of_about_its_size() {
+    let mut areas = Vec::new();
+    for &shape in Shape::ALL {
+        let mut c = clip(Action::Stay, CameraMotion::Static, Pattern::Flat);
+        c.subjects[0].shape = shape;
+        let (_, area) = blob(&render_frame(&c, 0), Colour::Red.rgb());
+        areas.push(area);
+    }
+    // Radius 0.11 of 64 px ≈ 7 px: circle ≈ π·7² ≈ 154 px; every shape between a star and a square.
+    assert!(areas.iter().all(|&a| (40..260).contains(&a)), "{areas:?}");
+    let distinct: std::collections::BTreeSet<usize> = areas.iter().copied().collect();
+    assert_eq!(distinct.len(), areas.len(), "{areas:?}");
+}
