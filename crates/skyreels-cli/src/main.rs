@@ -5,6 +5,7 @@
 
 mod bench;
 mod generate;
+mod world;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Render a clip of the synthetic film world (the demo model's training data) with its caption.
+    World(world::WorldArgs),
     /// Time transformer forward passes of a released configuration with random weights.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args),
+        Command::World(args) => world::run(&args),
         Command::Info { model_dir, json } => info(&model_dir, json),
         Command::Bench(command) => bench::run(&command),
     };
