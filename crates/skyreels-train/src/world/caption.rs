@@ -48,7 +48,7 @@ impl ClipSpec {
     /// The clip's structured caption.
     pub fn caption(&self) -> Caption {
         Caption {
-            subjects: self.subjects.iter().map(|s| subject_caption(s)).collect(),
+            subjects: self.subjects.iter().map(subject_caption).collect(),
             shots: self
                 .shots
                 .iter()

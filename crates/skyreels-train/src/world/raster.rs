@@ -119,7 +119,7 @@ fn inside(shape: Shape, [x, y]: [f32; 2]) -> bool {
         Shape::Square => x.abs() <= 0.8 && y.abs() <= 0.8,
         Shape::Diamond => x.abs() + y.abs() <= 1.0,
         // Apex up at (0, −1), base at y = 0.5 between x = ±0.866.
-        Shape::Triangle => y <= 0.5 && y >= -1.0 && x.abs() <= (y + 1.0) * 0.866 / 1.5,
+        Shape::Triangle => (-1.0..=0.5).contains(&y) && x.abs() <= (y + 1.0) * 0.866 / 1.5,
         Shape::Star => {
             let r = (x * x + y * y).sqrt();
             // Angle from the top point, folded into one of the five 72° sectors.
