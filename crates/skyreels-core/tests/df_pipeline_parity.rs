@@ -143,7 +143,7 @@ fn long_sync_video_without_guidance_matches_diffusers_down_to_the_pixels() {
     let mut frames = Vec::new();
     decoder
         .decode_window(&spec, &latents, &mut |f| {
-            frames.extend(skyreels_core::pipelines::to_rgb8(f)?);
+            frames.extend(skyreels_core::pipelines::to_rgb_frames(f)?.into_iter().map(|f| f.data));
             Ok(())
         })
         .unwrap();

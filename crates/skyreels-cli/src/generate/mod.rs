@@ -10,6 +10,7 @@ mod progress;
 mod state;
 mod story;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,7 +20,8 @@ use serde_json::json;
 use skyreels_core::checkpoint::{resolve_pipeline, PipelineFiles};
 use skyreels_core::media::{create_writer, fit_to, load_image, open_video, resume_writer, RgbFrame, VideoWriter};
 use skyreels_core::pipelines::{
-    encode_prompt, to_rgb8, DfVideo, SeededNoise, TextConditioning, WindowDecoder, WindowDecoderState,
+    encode_prompt, from_rgb_frames, to_rgb_frames, DfVideo, SeededNoise, TextConditioning, WindowDecoder,
+    WindowDecoderState,
 };
 use skyreels_core::text::PromptTokenizer;
 use skyreels_core::{UmT5Encoder, WanTransformer3d, WanVae};
@@ -320,14 +322,17 @@ fn open_extension(path: &Path, params: &GenerateParams) -> Result<Box<dyn skyree
     let reader = open_video(path).map_err(|e| e.to_string())?;
     if let Some(n) = reader.frame_count() {
         if n < params.overlap_history as u64 {
-            return Err(format!(
-                "{} has {n} frames, fewer than the {} frames of --overlap-history it must provide",
-                path.display(),
-                params.overlap_history
-            ));
+            return Err(clip_too_short(path, n, params.overlap_history));
         }
     }
     Ok(reader)
+}
+
+fn clip_too_short(path: &Path, frames: u64, overlap: usize) -> String {
+    format!(
+        "{} has {frames} frames, fewer than the {overlap} frames of --overlap-history it must provide",
+        path.display()
+    )
 }
 
 /// Copies the video being extended into the output (centre-cropped to the output's aspect and
@@ -355,12 +360,9 @@ fn copy_extension(
         count += 1;
     }
     if tail.len() < keep {
-        return Err(format!(
-            "{} has {count} frames, fewer than the {keep} frames of --overlap-history it must provide",
-            path.display()
-        ));
+        return Err(clip_too_short(path, count, keep));
     }
-    let frames = engine.frames_tensor(tail.make_contiguous())?;
+    let frames = from_rgb_frames(tail.make_contiguous(), &engine.device).map_err(|e| e.to_string())?;
     decoder.start_from_frames(&frames).map_err(|e| e.to_string())
 }
 
@@ -392,9 +394,19 @@ impl Engine {
                 Ok::<_, String>(encoded.states)
             };
             let negative = encode(&params.negative_prompt)?;
+            // A story may come back to a prompt: encode each distinct one once (tensors share storage).
+            let mut encoded: HashMap<&str, Tensor> = HashMap::new();
             let mut texts = Vec::new();
             for segment in &params.segments {
-                texts.push(TextConditioning { positive: encode(&segment.prompt)?, negative: negative.clone() });
+                let positive = match encoded.get(segment.prompt.as_str()) {
+                    Some(states) => states.clone(),
+                    None => {
+                        let states = encode(&segment.prompt)?;
+                        encoded.insert(&segment.prompt, states.clone());
+                        states
+                    }
+                };
+                texts.push(TextConditioning { positive, negative: negative.clone() });
             }
             texts
             // The text encoder (11 GB for umT5-XXL in bf16) is dropped here, before the DiT loads.
@@ -410,21 +422,10 @@ impl Engine {
         Ok(Self { device, transformer, vae, texts })
     }
 
-    /// RGB frames → `[1, 3, n, H, W]` in [−1, 1].
-    fn frames_tensor(&self, frames: &[RgbFrame]) -> Result<Tensor, String> {
-        let (w, h) = (frames[0].width as usize, frames[0].height as usize);
-        let data: Vec<u8> = frames.iter().flat_map(|f| f.data.iter().copied()).collect();
-        let t = Tensor::from_vec(data, (frames.len(), h, w, 3), &self.device)
-            .and_then(|t| t.permute((3, 0, 1, 2))?.unsqueeze(0)?.to_dtype(DType::F32))
-            .and_then(|t| t.affine(2.0 / 255.0, -1.0))
-            .map_err(|e| e.to_string())?;
-        Ok(t)
-    }
-
     /// Normalised latents of one or more frames (`4k + 1` of them).
     fn encode_frames(&self, frames: &[RgbFrame]) -> Result<Tensor, String> {
-        let video = self.frames_tensor(frames)?;
-        self.vae.normalize(&self.vae.encode(&video).map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+        let video = from_rgb_frames(frames, &self.device).map_err(|e| e.to_string())?;
+        self.vae.encode_latents(&video).map_err(|e| e.to_string())
     }
 }
 
@@ -535,13 +536,7 @@ impl Run<'_> {
                 .map_err(|e| e.to_string())?;
             self.rows_done += rows_this_window;
             self.decoder
-                .decode_window(&spec, &latents, &mut |frames| {
-                    let frames: Vec<RgbFrame> = to_rgb8(frames)?
-                        .into_iter()
-                        .map(|data| RgbFrame { width: p.width as u32, height: p.height as u32, data })
-                        .collect();
-                    writer.append(&frames).map_err(|e| skyreels_core::Error::InvalidInput(e.to_string()))
-                })
+                .decode_window(&spec, &latents, &mut |frames| writer.append(&to_rgb_frames(frames)?))
                 .map_err(|e| e.to_string())?;
             if !spec.is_last {
                 if let Some(history) = self.decoder.pixel_history_latents().map_err(|e| e.to_string())? {
@@ -567,7 +562,7 @@ impl Run<'_> {
     fn save(&self, checkpoint: &skyreels_core::media::WriterCheckpoint, seconds: f64) -> Result<(), String> {
         let decoder: WindowDecoderState = self.decoder.state().map_err(|e| e.to_string())?;
         let info = ResumeInfo {
-            version: 1,
+            version: state::STATE_VERSION,
             params: self.params.clone(),
             progress: self.video.progress(),
             noise: self.noise.state(),

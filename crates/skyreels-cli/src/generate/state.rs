@@ -15,7 +15,7 @@ use skyreels_core::pipelines::{DfProgress, NoiseState, WindowDecoderState};
 use super::params::GenerateParams;
 
 /// Format version of the resume file; bumped when its meaning changes.
-const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 1;
 const METADATA_KEY: &str = "skyreels_resume";
 
 /// The non-tensor part of the resume state.

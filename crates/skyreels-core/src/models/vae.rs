@@ -677,6 +677,12 @@ impl WanVae {
         Ok(Tensor::cat(&latents, 2)?)
     }
 
+    /// A video in [−1, 1] straight to the transformer's latent space: [`encode`](Self::encode)
+    /// then [`normalize`](Self::normalize).
+    pub fn encode_latents(&self, video: &Tensor) -> Result<Tensor> {
+        self.normalize(&self.encode(video)?)
+    }
+
     /// `(z − mean) / std` per channel: the latent space the transformer works in.
     pub fn normalize(&self, latents: &Tensor) -> Result<Tensor> {
         Ok(latents

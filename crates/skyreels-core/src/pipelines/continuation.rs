@@ -13,11 +13,12 @@
 
 use std::collections::VecDeque;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::diffusion_forcing::WindowSpec;
 use crate::error::{invalid_input, Result};
+use crate::media::RgbFrame;
 use crate::models::vae::DecodeStream;
 use crate::WanVae;
 
@@ -115,12 +116,7 @@ impl<'a> WindowDecoder<'a> {
         if self.mode == Continuation::Pixel {
             self.pixel_history = Some(frames.clone());
         }
-        self.encode(frames)
-    }
-
-    /// Normalised latents of pixel frames.
-    pub fn encode(&self, frames: &Tensor) -> Result<Tensor> {
-        self.vae.normalize(&self.vae.encode(&frames.to_dtype(DType::F32)?)?)
+        self.vae.encode_latents(frames)
     }
 
     /// Decodes the window `latents` (all of its frames, normalised) and hands the new output frames
@@ -140,7 +136,7 @@ impl<'a> WindowDecoder<'a> {
     /// The next window's history when continuing in pixel space: the re-encoded last output frames.
     pub fn pixel_history_latents(&self) -> Result<Option<Tensor>> {
         match (&self.mode, &self.pixel_history) {
-            (Continuation::Pixel, Some(frames)) => Ok(Some(self.encode(frames)?)),
+            (Continuation::Pixel, Some(frames)) => Ok(Some(self.vae.encode_latents(frames)?)),
             _ => Ok(None),
         }
     }
@@ -208,15 +204,33 @@ impl<'a> WindowDecoder<'a> {
     }
 }
 
-/// Converts decoded frames `[1, 3, n, H, W]` in [−1, 1] to `n` packed RGB8 images, as the
-/// reference does: `⌊clamp(x/2 + 0.5, 0, 1)·255⌋` (truncation, not rounding).
-pub fn to_rgb8(frames: &Tensor) -> Result<Vec<Vec<u8>>> {
-    let (b, c, n, _, _) = frames.dims5()?;
+/// Converts decoded frames `[1, 3, n, H, W]` in [−1, 1] to `n` RGB8 images, as the reference
+/// does: `⌊clamp(x/2 + 0.5, 0, 1)·255⌋` (truncation, not rounding).
+pub fn to_rgb_frames(frames: &Tensor) -> Result<Vec<RgbFrame>> {
+    let (b, c, n, h, w) = frames.dims5()?;
     if b != 1 || c != 3 {
         return Err(invalid_input!("expected frames [1, 3, n, H, W], got {:?}", frames.dims()));
     }
     let scaled = (frames.to_dtype(DType::F32)?.affine(0.5, 0.5)?.clamp(0f32, 1f32)? * 255.0)?;
     // [n, H, W, 3]: one contiguous interleaved image per frame.
     let hwc = scaled.squeeze(0)?.permute((1, 2, 3, 0))?.contiguous()?;
-    (0..n).map(|i| Ok(hwc.get(i)?.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|v| v as u8).collect())).collect()
+    (0..n)
+        .map(|i| {
+            let data = hwc.get(i)?.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|v| v as u8).collect();
+            RgbFrame::new(w as u32, h as u32, data)
+        })
+        .collect()
+}
+
+/// The inverse of [`to_rgb_frames`]: same-sized RGB8 images → `[1, 3, n, H, W]` in [−1, 1]
+/// (`x/127.5 − 1`), as the VAE encoder takes them.
+pub fn from_rgb_frames(frames: &[RgbFrame], device: &Device) -> Result<Tensor> {
+    let first = frames.first().ok_or_else(|| invalid_input!("no frames to convert"))?;
+    let (w, h) = (first.width as usize, first.height as usize);
+    if let Some(odd) = frames.iter().find(|f| (f.width, f.height) != (first.width, first.height)) {
+        return Err(invalid_input!("frames of {}x{} and {}x{} cannot form one video", w, h, odd.width, odd.height));
+    }
+    let data: Vec<u8> = frames.iter().flat_map(|f| f.data.iter().copied()).collect();
+    let hwc = Tensor::from_vec(data, (frames.len(), h, w, 3), device)?;
+    Ok(hwc.permute((3, 0, 1, 2))?.unsqueeze(0)?.to_dtype(DType::F32)?.affine(2.0 / 255.0, -1.0)?)
 }

@@ -11,7 +11,7 @@ pub mod diffusion_forcing;
 pub mod noise;
 pub mod prompt;
 
-pub use continuation::{to_rgb8, Continuation, WindowDecoder, WindowDecoderState};
+pub use continuation::{from_rgb_frames, to_rgb_frames, Continuation, WindowDecoder, WindowDecoderState};
 pub use diffusion_forcing::{
     denoise_window, DfProgress, DfSettings, DfVideo, TextConditioning, WindowPlan, WindowSpec,
 };
