@@ -68,11 +68,10 @@ impl DfSettings {
 
     /// How many model rows a window of `frames` latents with `prefix` clean frames takes.
     pub fn rows_per_window(&self, frames: usize, prefix: usize) -> Result<usize> {
-        Ok(self.plan(frames, prefix)?.rows())
+        Ok(self.plan(&self.schedule()?, frames, prefix)?.rows())
     }
 
-    fn plan(&self, frames: usize, prefix: usize) -> Result<crate::TimestepMatrix> {
-        let schedule = self.schedule()?;
+    fn plan(&self, schedule: &FlowSchedule, frames: usize, prefix: usize) -> Result<crate::TimestepMatrix> {
         generate_timestep_matrix(
             schedule.timesteps(),
             &PlanSettings {
@@ -112,8 +111,8 @@ pub fn denoise_window(
     on_row: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
     let frames = latents.dim(2)?;
-    let plan = settings.plan(frames, prefix)?;
     let schedule = settings.schedule()?;
+    let plan = settings.plan(&schedule, frames, prefix)?;
     let device = latents.device();
     let mut frame_latents: Vec<Tensor> =
         (0..frames).map(|j| latents.narrow(2, j, 1)).collect::<candle_core::Result<_>>()?;
