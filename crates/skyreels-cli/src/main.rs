@@ -5,6 +5,7 @@
 
 mod bench;
 mod generate;
+mod train;
 mod world;
 
 use std::path::PathBuf;
@@ -37,6 +38,9 @@ enum Command {
     },
     /// Render a clip of the synthetic film world (the demo model's training data) with its caption.
     World(world::WorldArgs),
+    /// Train the built-in demo model from scratch: `tokenizer`, `vae`, then `dit`.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
     /// Time transformer forward passes of a released configuration with random weights.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         Command::World(args) => world::run(&args),
         Command::Info { model_dir, json } => info(&model_dir, json),
         Command::Bench(command) => bench::run(&command),
+        Command::Train(command) => train::run(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,3 +10,4 @@
 
 pub mod noise_levels;
 pub mod world;
+pub mod train;

@@ -240,7 +240,8 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
+        // max(√s, ε) written as √max(s, ε²): equal in value, and its gradient stays finite at 0.
+        let norm = x.sqr()?.sum_keepdim(1)?.maximum(1e-24)?.sqrt()?;
         Ok((x.broadcast_div(&norm)? * self.scale)?.broadcast_mul(&self.gamma)?)
     }
 }
@@ -651,7 +652,18 @@ impl WanVae {
     }
 
     /// [`encode`](Self::encode), recording per-chunk stage outputs in `trace`.
-    pub fn encode_traced(&self, video: &Tensor, mut trace: Option<&mut VaeTrace>) -> Result<Tensor> {
+    pub fn encode_traced(&self, video: &Tensor, trace: Option<&mut VaeTrace>) -> Result<Tensor> {
+        let moments = self.encode_moments_traced(video, trace)?;
+        Ok(moments.narrow(1, 0, self.config.z_dim)?)
+    }
+
+    /// The encoder's full output `[B, 2·z, 1 + k, H/8, W/8]`: the latent mean followed by the log
+    /// variance of the diagonal Gaussian posterior (what VAE training needs).
+    pub fn encode_moments(&self, video: &Tensor) -> Result<Tensor> {
+        self.encode_moments_traced(video, None)
+    }
+
+    fn encode_moments_traced(&self, video: &Tensor, mut trace: Option<&mut VaeTrace>) -> Result<Tensor> {
         let (_, channels, frames, h, w) =
             video.dims5().map_err(|_| invalid_input!("a video must be [B, 3, F, H, W], got {:?}", video.dims()))?;
         let tf = self.config.temporal_factor();
@@ -670,8 +682,7 @@ impl WanVae {
             let len = if start == 0 { 1 } else { tf };
             caches.rewind();
             let h = self.encoder.forward(&video.narrow(2, start, len)?, &mut caches, &mut trace)?;
-            let moments = self.quant_conv.forward(&h, &mut None)?;
-            latents.push(moments.narrow(1, 0, self.config.z_dim)?);
+            latents.push(self.quant_conv.forward(&h, &mut None)?);
             start += len;
         }
         Ok(Tensor::cat(&latents, 2)?)

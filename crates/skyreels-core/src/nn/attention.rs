@@ -74,11 +74,22 @@ fn chunked(
         let n = rows_per_chunk.min(start + len - row);
         let q_chunk = q.narrow(2, row, n)?.contiguous()?;
         let scores = (q_chunk.matmul(k_t)? * scale)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let probs = softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
         outs.push(probs.matmul(v)?);
         row += n;
     }
     Ok(if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 2)? })
+}
+
+/// Softmax over the last axis: candle's fused kernel, or — when gradients flow through `x`
+/// (training) — the same maths from differentiable primitives, since the fused kernel has no
+/// backward pass.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        Ok(candle_nn::ops::softmax(x, candle_core::D::Minus1)?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(x)?)
+    }
 }
 
 /// FlashAttention-2 on CUDA (bf16/f16, no mask); expects and returns `[B, H, L, D]`.

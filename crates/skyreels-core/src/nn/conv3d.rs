@@ -8,8 +8,9 @@
 //!   GEMM with positions as the long axis. Columns are computed over the padded width and the
 //!   few extra ones are dropped, which keeps every view a plain strided matrix, also for
 //!   strides > 1. Bands keep the buffer at 16 MiB at any resolution.
-//! - **Any other device**: a sum of candle `conv2d` calls, one per temporal tap. This is the
-//!   place where a cuDNN N-d convolution can be slotted in later without touching the models.
+//! - **Any other device, or when gradients flow (training)**: a sum of candle `conv2d` calls,
+//!   one per temporal tap, which candle can differentiate. This is also the place where a cuDNN
+//!   N-d convolution can be slotted in later without touching the models.
 //!
 //! Temporal padding is never done here: causal models pad (or feed cached frames) themselves.
 
@@ -79,8 +80,10 @@ impl Conv3d {
                 return Err(invalid_input!("Conv3d bias must be [{}], got {:?}", dims[0], b.dims()));
             }
         }
+        // Trainable weights change every step, so a packed copy would go stale; they take the
+        // differentiable path anyway.
         let packed = match weight.device() {
-            Device::Cpu => Some(Arc::new(pack_weight(&weight, bias.as_ref())?)),
+            Device::Cpu if !weight.track_op() => Some(Arc::new(pack_weight(&weight, bias.as_ref())?)),
             _ => None,
         };
         Ok(Self { weight, bias, stride, padding, packed })
@@ -134,8 +137,9 @@ impl Conv3d {
     /// in the input dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let out_shape = self.output_shape(x.dims())?;
+        let training = x.track_op() || self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op);
         match (&self.packed, x.device()) {
-            (Some(packed), Device::Cpu) => {
+            (Some(packed), Device::Cpu) if !training => {
                 let y = self.forward_cpu(&x.to_dtype(DType::F32)?, packed, out_shape)?;
                 Ok(y.to_dtype(x.dtype())?)
             }
@@ -153,7 +157,7 @@ impl Conv3d {
         if sh != sw {
             return Err(invalid_input!("the conv2d-tap Conv3d needs equal spatial strides, got {sh} and {sw}"));
         }
-        let x = x.pad_with_zeros(3, p.top, p.bottom)?.pad_with_zeros(4, p.left, p.right)?;
+        let x = x.pad_with_zeros(3, p.top, p.bottom)?.pad_with_zeros(4, p.left, p.right)?.contiguous()?;
         let weight = self.weight.to_dtype(x.dtype())?;
         let mut sum: Option<Tensor> = None;
         for dt in 0..kt {

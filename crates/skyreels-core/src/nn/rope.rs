@@ -72,6 +72,22 @@ impl Rope3d {
     pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
+        if x.track_op() {
+            return Self::apply_differentiable(x, &cos, &sin);
+        }
         Ok(candle_nn::rotary_emb::rope_i(&x.contiguous()?, &cos, &sin)?)
+    }
+
+    /// [`apply`](Self::apply) from differentiable primitives, for training (candle's fused
+    /// rotary kernel has no backward pass): `(a, b) → (a·cos − b·sin, a·sin + b·cos)` per pair.
+    fn apply_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (b, h, t, d) = x.dims4()?;
+        let pairs = x.reshape((b, h, t, d / 2, 2))?;
+        let (even, odd) = (pairs.narrow(4, 0, 1)?, pairs.narrow(4, 1, 1)?);
+        let cos = cos.reshape((1, 1, t, d / 2, 1))?;
+        let sin = sin.reshape((1, 1, t, d / 2, 1))?;
+        let rotated_even = (even.broadcast_mul(&cos)? - odd.broadcast_mul(&sin)?)?;
+        let rotated_odd = (even.broadcast_mul(&sin)? + odd.broadcast_mul(&cos)?)?;
+        Ok(Tensor::cat(&[rotated_even, rotated_odd], 4)?.reshape((b, h, t, d))?)
     }
 }

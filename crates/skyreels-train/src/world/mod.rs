@@ -195,6 +195,23 @@ impl Rng {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        ((-2.0 * (1.0 - u1).ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    }
+
+    /// A generator continuing from a saved [`state`](Self::state).
+    pub fn from_state(state: u64) -> Self {
+        Self(state)
+    }
+
+    /// The generator's whole state, to save with a checkpoint.
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
     /// Uniform integer in `0..n` (`n > 0`).
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize

@@ -1,0 +1,101 @@
+//! `skyreels train`: the demo model's training recipe, one subcommand per stage.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use skyreels_train::train::optim::AdamWConfig;
+use skyreels_train::train::run::RunSettings;
+use skyreels_train::train::vae::{train_vae, VaeStage};
+
+/// The training stages.
+#[derive(Subcommand, Debug)]
+pub enum TrainCommand {
+    /// Train the Wan causal VAE on film-world clips (stage 1).
+    Vae(VaeArgs),
+}
+
+/// Flags every stage shares.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run directory: checkpoints, loss.csv, loss.png and the exported model.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// Optimiser steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Seed of initialisation and data.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: u64,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    fn settings(&self, steps: u64, lr: f64) -> Result<RunSettings, String> {
+        let steps = self.steps.unwrap_or(steps);
+        if steps == 0 || self.checkpoint_every == 0 {
+            return Err("--steps and --checkpoint-every must be at least 1".into());
+        }
+        let lr = self.lr.unwrap_or(lr);
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(format!("--lr must be a positive number, got {lr}"));
+        }
+        Ok(RunSettings {
+            steps,
+            adamw: AdamWConfig { lr, ..AdamWConfig::default() },
+            warmup: (steps / 20).clamp(1, 200),
+            clip_norm: 1.0,
+            ema_decay: 0.995,
+            checkpoint_every: self.checkpoint_every,
+            seed: self.seed,
+        })
+    }
+}
+
+/// Flags of `skyreels train vae`.
+#[derive(Args, Debug)]
+pub struct VaeArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Clips per step.
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Frames per training clip (1 + 4k).
+    #[arg(long, default_value_t = 5)]
+    pub frames: usize,
+    /// Side of the random square crop trained on (multiple of 8; 0 = whole frame).
+    #[arg(long, default_value_t = 32)]
+    pub crop: usize,
+    /// Channels of the VAE's first stage.
+    #[arg(long, default_value_t = 8)]
+    pub base_dim: usize,
+}
+
+/// Runs one stage.
+pub fn run(command: &TrainCommand) -> Result<(), String> {
+    match command {
+        TrainCommand::Vae(args) => {
+            let stage = VaeStage {
+                batch: args.batch,
+                frames: args.frames,
+                crop: args.crop,
+                base_dim: args.base_dim,
+                ..VaeStage::default()
+            };
+            let settings = args.run.settings(1500, 2e-3)?;
+            train_vae(&args.run.out, &stage, settings, args.run.resume, args.run.quiet).map_err(|e| format!("{e:#}"))?;
+            println!("VAE exported to {}", args.run.out.join("export").display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Trainable parameters: a named set of candle `Var`s that the engine's models load from like
+//! from any checkpoint, so training runs the very same model code as inference.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use skyreels_core::checkpoint::Weights;
+
+use crate::world::Rng;
+
+/// Parameters by canonical name, created on first request with a deterministic initialisation.
+///
+/// A model is built by calling its usual `from_weights(config, &params, …)`; every tensor it asks
+/// for is a `Var` here, so gradients reach it. Building the model again after an optimiser step
+/// sees the updated values.
+pub struct ParamStore {
+    vars: RefCell<BTreeMap<String, Var>>,
+    seed: u64,
+    device: Device,
+}
+
+/// How a freshly created parameter is initialised, from its name and shape.
+fn initial_values(name: &str, shape: &[usize], rng: &mut Rng) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let last = name.rsplit('.').next().unwrap_or(name);
+    let fan_in = if shape.len() >= 2 { shape[1..].iter().product::<usize>() } else { shape[0] };
+    if last == "bias" {
+        return vec![0.0; n];
+    }
+    if last == "gamma" || (last == "weight" && shape.len() == 1) {
+        // Norm scales start at 1.
+        return vec![1.0; n];
+    }
+    if last == "modulation" {
+        // Wan: randn / √dim.
+        let dim = *shape.last().unwrap_or(&1) as f32;
+        return (0..n).map(|_| rng.normal() / dim.sqrt()).collect();
+    }
+    if name.contains("embedding") && shape.len() == 2 && !name.contains("text_embedding") && !name.contains("time") {
+        // Token and relative-position tables (umT5): unit-scale lookups.
+        return (0..n).map(|_| rng.normal()).collect();
+    }
+    if name == "head.head.weight" {
+        // The DiT's output projection starts at zero (as Wan does), so training starts from a
+        // model predicting zero flow instead of noise.
+        return vec![0.0; n];
+    }
+    // PyTorch's default for Linear and Conv: U(−1/√fan_in, 1/√fan_in).
+    let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+    (0..n).map(|_| bound * (2.0 * rng.unit() - 1.0)).collect()
+}
+
+/// A 64-bit FNV-1a hash, so each parameter's initial values depend on its name only.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+impl ParamStore {
+    /// An empty store; parameters appear as a model asks for them, initialised from `seed`.
+    pub fn new(seed: u64, device: &Device) -> Self {
+        Self { vars: RefCell::new(BTreeMap::new()), seed, device: device.clone() }
+    }
+
+    /// A store holding the tensors of a safetensors file (f32), e.g. a checkpoint to resume.
+    pub fn load(path: &Path, device: &Device) -> anyhow::Result<Self> {
+        let tensors = candle_core::safetensors::load(path, device)?;
+        let store = Self::new(0, device);
+        for (name, tensor) in tensors {
+            store.vars.borrow_mut().insert(name, Var::from_tensor(&tensor.to_dtype(DType::F32)?)?);
+        }
+        Ok(store)
+    }
+
+    /// Every parameter, in name order.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        self.vars.borrow().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The parameter `name`, if it exists.
+    pub fn get(&self, name: &str) -> Option<Var> {
+        self.vars.borrow().get(name).cloned()
+    }
+
+    /// Number of scalar parameters.
+    pub fn count(&self) -> usize {
+        self.vars.borrow().values().map(|v| v.elem_count()).sum()
+    }
+
+    /// Current values as plain tensors (detached), by name.
+    pub fn snapshot(&self) -> BTreeMap<String, Tensor> {
+        self.vars.borrow().iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
+    }
+
+    /// Overwrites every parameter named in `values` (shapes must match).
+    pub fn assign(&self, values: &BTreeMap<String, Tensor>) -> anyhow::Result<()> {
+        let vars = self.vars.borrow();
+        for (name, value) in values {
+            let var = vars.get(name).ok_or_else(|| anyhow::anyhow!("no parameter `{name}` to assign"))?;
+            var.set(value)?;
+        }
+        Ok(())
+    }
+
+    /// Writes every parameter to a safetensors file, renaming each with `rename`.
+    pub fn save(&self, path: &Path, rename: impl Fn(&str) -> String) -> anyhow::Result<()> {
+        let tensors: Vec<(String, Tensor)> =
+            self.vars.borrow().iter().map(|(k, v)| (rename(k), v.as_tensor().detach())).collect();
+        save_tensors(path, tensors)
+    }
+}
+
+/// Fixed tensors by canonical name (e.g. the EMA weights of a run), usable wherever a model
+/// loads weights; nothing is trainable.
+pub struct FrozenWeights(pub BTreeMap<String, Tensor>);
+
+impl Weights for FrozenWeights {
+    fn tensor(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> skyreels_core::Result<Tensor> {
+        let t = self.0.get(name).ok_or_else(|| {
+            skyreels_core::Error::InvalidInput(format!("the trained weights have no tensor `{name}`"))
+        })?;
+        if t.dims() != shape {
+            return Err(skyreels_core::Error::InvalidInput(format!(
+                "trained tensor `{name}` is {:?}, the model asks for {shape:?}",
+                t.dims()
+            )));
+        }
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+}
+
+/// Writes named tensors to `path` atomically (a temporary file, then a rename).
+pub fn save_tensors(path: &Path, tensors: impl IntoIterator<Item = (String, Tensor)>) -> anyhow::Result<()> {
+    let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+    let tmp = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(&map, &tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+impl Weights for ParamStore {
+    fn tensor(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> skyreels_core::Result<Tensor> {
+        let mut vars = self.vars.borrow_mut();
+        if let Some(var) = vars.get(name) {
+            if var.dims() != shape {
+                return Err(skyreels_core::Error::InvalidInput(format!(
+                    "parameter `{name}` is {:?}, the model asks for {shape:?}",
+                    var.dims()
+                )));
+            }
+            return Ok(var.as_tensor().to_dtype(dtype)?.to_device(device)?);
+        }
+        let mut rng = Rng::new(self.seed ^ name_hash(name));
+        let values = initial_values(name, shape, &mut rng);
+        let var = Var::from_tensor(&Tensor::from_vec(values, shape, &self.device)?)?;
+        let tensor = var.as_tensor().to_dtype(dtype)?.to_device(device)?;
+        vars.insert(name.to_string(), var);
+        Ok(tensor)
+    }
+}

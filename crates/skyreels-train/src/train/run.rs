@@ -1,0 +1,246 @@
+//! One training run: parameters, optimiser, EMA, learning-rate schedule, loss log, progress bar
+//! and crash-safe checkpoints with `--resume`. The stages ([`super::vae`], [`super::dit`]) only
+//! say how to compute a loss.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::log::LossLog;
+use super::optim::{clip_grad_norm, AdamW, AdamWConfig, Ema};
+use super::params::{save_tensors, ParamStore};
+use crate::world::Rng;
+
+/// Settings shared by every training stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// Optimiser steps in total.
+    pub steps: u64,
+    /// Optimiser settings (`lr` is the peak).
+    pub adamw: AdamWConfig,
+    /// Linear warm-up steps before the cosine decay (to 10% of the peak at the last step).
+    pub warmup: u64,
+    /// Gradients are rescaled to at most this global L2 norm.
+    pub clip_norm: f64,
+    /// EMA decay of the exported weights.
+    pub ema_decay: f64,
+    /// Steps between checkpoints.
+    pub checkpoint_every: u64,
+    /// Seed of initialisation and data.
+    pub seed: u64,
+}
+
+impl RunSettings {
+    /// Learning rate at `step` (0-based): linear warm-up, then cosine decay to 10%.
+    pub fn learning_rate(&self, step: u64) -> f64 {
+        let peak = self.adamw.lr;
+        if step < self.warmup {
+            return peak * (step + 1) as f64 / self.warmup as f64;
+        }
+        let span = self.steps.saturating_sub(self.warmup).max(1) as f64;
+        let progress = ((step - self.warmup) as f64 / span).min(1.0);
+        peak * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
+    }
+}
+
+/// What `checkpoint.json` records next to the tensors.
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointInfo {
+    /// Stage name ("vae", "dit"), so a directory is not resumed by the wrong stage.
+    stage: String,
+    step: u64,
+    rng_state: u64,
+    ema_updates: u64,
+    /// The tensors file of this checkpoint (inside the run directory).
+    tensors: String,
+    settings: RunSettings,
+    /// The stage's own configuration, compared on resume.
+    stage_config: serde_json::Value,
+}
+
+/// A training run in progress.
+pub struct Run {
+    dir: PathBuf,
+    stage: String,
+    stage_config: serde_json::Value,
+    settings: RunSettings,
+    /// The trainable parameters (models are rebuilt from these every step).
+    pub params: ParamStore,
+    /// Data and noise randomness; saved with checkpoints so a resumed run continues identically.
+    pub rng: Rng,
+    optimizer: AdamW,
+    ema: Ema,
+    step: u64,
+    log: LossLog,
+    bar: indicatif::ProgressBar,
+    started: Instant,
+}
+
+impl Run {
+    /// Starts a run in `dir`, or continues the one there with `resume`. `build` creates every
+    /// parameter by building the stage's models once against the store.
+    pub fn start(
+        dir: &Path,
+        stage: &str,
+        stage_config: serde_json::Value,
+        settings: RunSettings,
+        resume: bool,
+        quiet: bool,
+        build: impl Fn(&ParamStore) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let info_path = dir.join("checkpoint.json");
+        if !resume && info_path.exists() {
+            bail!("{} already holds a training run; pass --resume to continue it or choose another --out", dir.display());
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let device = Device::Cpu;
+        let params = ParamStore::new(settings.seed, &device);
+        build(&params)?;
+        let vars = params.vars();
+        let mut optimizer = AdamW::new(vars.clone(), settings.adamw)?;
+        let mut ema = Ema::new(&vars, settings.ema_decay);
+        let mut rng = Rng::new(settings.seed ^ 0xD1CE_5EED);
+        let mut step = 0;
+        if resume && info_path.exists() {
+            let info: CheckpointInfo = serde_json::from_slice(&std::fs::read(&info_path)?)
+                .with_context(|| format!("{} is not a training checkpoint", info_path.display()))?;
+            if info.stage != stage {
+                bail!("{} holds a `{}` run, not `{stage}`", dir.display(), info.stage);
+            }
+            if info.stage_config != stage_config || info.settings.seed != settings.seed {
+                bail!("the run in {} was started with other settings; resume it with the same ones", dir.display());
+            }
+            let tensors: std::collections::BTreeMap<String, Tensor> =
+                candle_core::safetensors::load(dir.join(&info.tensors), &device)?.into_iter().collect();
+            let pick = |prefix: &str| -> std::collections::BTreeMap<String, Tensor> {
+                tensors
+                    .iter()
+                    .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
+                    .collect()
+            };
+            params.assign(&pick("param."))?;
+            optimizer.restore(info.step, &tensors)?;
+            ema.restore(info.ema_updates, pick("ema."));
+            rng = Rng::from_state(info.rng_state);
+            step = info.step;
+        }
+        let log = LossLog::open(dir, step)?;
+        let bar = progress_bar(settings.steps, step, quiet);
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            stage: stage.to_string(),
+            stage_config,
+            settings,
+            params,
+            rng,
+            optimizer,
+            ema,
+            step,
+            log,
+            bar,
+            started: Instant::now(),
+        })
+    }
+
+    /// Steps done so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Whether every planned step is done.
+    pub fn done(&self) -> bool {
+        self.step >= self.settings.steps
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Back-propagates `loss`, clips, updates the weights and the EMA, logs, and checkpoints
+    /// when due. `extra` are further named scalars for the log (e.g. loss parts).
+    pub fn apply(&mut self, loss: &Tensor, extra: &[(&str, f64)]) -> anyhow::Result<f64> {
+        let value = loss.to_scalar::<f32>()? as f64;
+        if !value.is_finite() {
+            bail!("the loss became {value} at step {}; lower the learning rate (--lr) and resume", self.step + 1);
+        }
+        let vars = self.params.vars();
+        let mut grads = loss.backward()?;
+        let grad_norm = clip_grad_norm(&mut grads, &vars, self.settings.clip_norm)?;
+        let lr = self.settings.learning_rate(self.step);
+        self.optimizer.step(&grads, lr)?;
+        self.ema.update(&vars)?;
+        self.step += 1;
+        self.log.record(self.step, value, grad_norm, lr, self.started.elapsed().as_secs_f64(), extra)?;
+        self.bar.set_position(self.step);
+        self.bar.set_message(format!("loss {:.4}", self.log.smoothed()));
+        if self.step % self.settings.checkpoint_every == 0 || self.done() {
+            self.checkpoint()?;
+        }
+        Ok(value)
+    }
+
+    /// Writes the checkpoint (atomically: tensors first under a new name, then the JSON that
+    /// points at them) and refreshes the loss plot.
+    pub fn checkpoint(&mut self) -> anyhow::Result<()> {
+        let name = format!("checkpoint-{:07}.safetensors", self.step);
+        let mut tensors: Vec<(String, Tensor)> =
+            self.params.snapshot().into_iter().map(|(k, v)| (format!("param.{k}"), v)).collect();
+        tensors.extend(self.ema.weights().iter().map(|(k, v)| (format!("ema.{k}"), v.clone())));
+        tensors.extend(self.optimizer.state().1);
+        save_tensors(&self.dir.join(&name), tensors)?;
+        let info = CheckpointInfo {
+            stage: self.stage.clone(),
+            step: self.step,
+            rng_state: self.rng.state(),
+            ema_updates: self.ema.updates(),
+            tensors: name.clone(),
+            settings: self.settings.clone(),
+            stage_config: self.stage_config.clone(),
+        };
+        let json = self.dir.join("checkpoint.json");
+        let tmp = self.dir.join("checkpoint.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&info)?)?;
+        std::fs::rename(&tmp, &json)?;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if file.starts_with("checkpoint-") && file.ends_with(".safetensors") && file != name {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        self.log.flush()?;
+        self.log.plot(&self.dir.join("loss.png"))?;
+        Ok(())
+    }
+
+    /// The EMA weights (what gets exported), by parameter name.
+    pub fn ema_weights(&self) -> &std::collections::BTreeMap<String, Tensor> {
+        self.ema.weights()
+    }
+
+    /// Losses logged so far (step, loss).
+    pub fn losses(&self) -> &[(u64, f64)] {
+        self.log.losses()
+    }
+
+    /// Ends the progress bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+fn progress_bar(total: u64, done: u64, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total).with_position(done);
+    let style = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, {msg}, eta {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}

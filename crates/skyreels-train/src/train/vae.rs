@@ -1,0 +1,150 @@
+//! Stage 1: the Wan causal 3D VAE, trained as a KL-regularised autoencoder on film-world clips.
+//!
+//! The very same `WanVae` the engine decodes with is built from the trainable parameters every
+//! step; clips of `1 + 4k` frames exercise both its first-frame and its cached 4-frame chunks.
+//! The export is a diffusers `vae/` folder whose per-channel latent statistics are measured on
+//! held-back clips, so the DiT sees roughly unit-variance latents, as with Wan2.1.
+
+use std::path::Path;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+use skyreels_core::models::vae::{VaeConfig, WanVae};
+
+use super::data::{gaussian, video_batch};
+use super::export::write_vae;
+use super::params::FrozenWeights;
+use super::run::{Run, RunSettings};
+use crate::world::{Rng, WorldConfig};
+
+/// What the VAE stage trains, beyond the shared [`RunSettings`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaeStage {
+    /// Channels of the first stage.
+    pub base_dim: usize,
+    /// Latent channels.
+    pub z_dim: usize,
+    /// Channel multiplier per stage (3 downsamplings: 8× spatial).
+    pub dim_mult: Vec<usize>,
+    /// Residual blocks per encoder stage.
+    pub num_res_blocks: usize,
+    /// Which downsamplings also halve time (two: 4× temporal).
+    pub temporal_downsample: Vec<bool>,
+    /// Frames per training clip (`1 + 4k`).
+    pub frames: usize,
+    /// Clips per step.
+    pub batch: usize,
+    /// Side of the random square crop trained on (a multiple of 8; the VAE is fully
+    /// convolutional, so crops teach it the whole frame at a fraction of the cost).
+    pub crop: usize,
+    /// Weight of the KL term against the reconstruction (L1 + L2) loss.
+    pub kl_weight: f64,
+    /// The world clips are drawn from.
+    pub world: WorldConfig,
+}
+
+impl Default for VaeStage {
+    fn default() -> Self {
+        Self {
+            base_dim: 8,
+            z_dim: 16,
+            dim_mult: vec![1, 2, 4, 4],
+            num_res_blocks: 1,
+            temporal_downsample: vec![false, true, true],
+            frames: 9,
+            batch: 2,
+            crop: 32,
+            kl_weight: 1e-4,
+            world: WorldConfig::default(),
+        }
+    }
+}
+
+impl VaeStage {
+    /// The VAE structure (latent statistics neutral until measured at export).
+    pub fn vae_config(&self) -> VaeConfig {
+        VaeConfig {
+            base_dim: self.base_dim,
+            z_dim: self.z_dim,
+            dim_mult: self.dim_mult.clone(),
+            num_res_blocks: self.num_res_blocks,
+            temporal_downsample: self.temporal_downsample.clone(),
+            latents_mean: vec![0.0; self.z_dim],
+            latents_std: vec![1.0; self.z_dim],
+        }
+    }
+}
+
+/// One step's loss: reconstruction of a sampled latent plus the weighted KL divergence.
+fn vae_loss(vae: &WanVae, video: &Tensor, z_dim: usize, kl_weight: f64, rng: &mut Rng) -> anyhow::Result<(Tensor, f64, f64)> {
+    let moments = vae.encode_moments(video)?;
+    let mean = moments.narrow(1, 0, z_dim)?;
+    let logvar = moments.narrow(1, z_dim, z_dim)?.clamp(-30f32, 20f32)?;
+    let std = (&logvar * 0.5)?.exp()?;
+    let z = (&mean + std.mul(&gaussian(rng, mean.dims())?)?)?;
+    let decoded = vae.decode(&z)?;
+    let diff = (decoded - video)?;
+    let recon = (diff.abs()?.mean_all()? + diff.sqr()?.mean_all()?)?;
+    let kl = ((mean.sqr()? + logvar.exp()?)? - &logvar)?.affine(0.5, -0.5)?.mean_all()?;
+    let loss = (&recon + (&kl * kl_weight)?)?;
+    Ok((loss, recon.to_scalar::<f32>()? as f64, kl.to_scalar::<f32>()? as f64))
+}
+
+/// A random `side × side` window (aligned to 8 pixels) of every frame; `0` keeps the frame.
+fn random_crop(video: &Tensor, side: usize, rng: &mut Rng) -> anyhow::Result<Tensor> {
+    let (_, _, _, h, w) = video.dims5()?;
+    if side == 0 || side >= h.min(w) {
+        return Ok(video.clone());
+    }
+    let top = 8 * rng.below((h - side) / 8 + 1);
+    let left = 8 * rng.below((w - side) / 8 + 1);
+    Ok(video.narrow(3, top, side)?.narrow(4, left, side)?.contiguous()?)
+}
+
+/// Trains (or resumes) the VAE in `dir`, then exports it to `dir/export`.
+pub fn train_vae(dir: &Path, stage: &VaeStage, settings: RunSettings, resume: bool, quiet: bool) -> anyhow::Result<()> {
+    if stage.crop % 8 != 0 {
+        anyhow::bail!("--crop must be a multiple of 8, got {}", stage.crop);
+    }
+    if stage.frames == 0 || (stage.frames - 1) % 4 != 0 || stage.frames > stage.world.frames {
+        anyhow::bail!("--frames must be 1 + 4k and at most the clip length {}, got {}", stage.world.frames, stage.frames);
+    }
+    let config = stage.vae_config();
+    let device = Device::Cpu;
+    let mut run = Run::start(dir, "vae", serde_json::to_value(stage)?, settings, resume, quiet, |params| {
+        WanVae::from_weights(config.clone(), params, &device)?;
+        Ok(())
+    })?;
+    while !run.done() {
+        let video = video_batch(&mut run.rng, &stage.world, stage.batch, stage.frames)?;
+        let video = random_crop(&video, stage.crop, &mut run.rng)?;
+        let vae = WanVae::from_weights(config.clone(), &run.params, &device)?;
+        let (loss, recon, kl) = vae_loss(&vae, &video, stage.z_dim, stage.kl_weight, &mut run.rng)?;
+        run.apply(&loss, &[("recon", recon), ("kl", kl)])?;
+    }
+    run.finish();
+    export_vae(&run, stage, &dir.join("export"))
+}
+
+/// Writes the EMA weights as a diffusers `vae/` folder with measured latent statistics.
+fn export_vae(run: &Run, stage: &VaeStage, out: &Path) -> anyhow::Result<()> {
+    let mut config = stage.vae_config();
+    let weights = run.ema_weights();
+    let store = FrozenWeights(weights.clone());
+    let vae = WanVae::from_weights(config.clone(), &store, &Device::Cpu)?;
+    // Statistics over held-back clips (a seed stream the training data never uses).
+    let mut rng = Rng::new(0x57A7_5EED);
+    let mut latents = Vec::new();
+    for _ in 0..16 {
+        let video = video_batch(&mut rng, &stage.world, 1, stage.world.frames)?;
+        latents.push(vae.encode(&video)?);
+    }
+    let latents = Tensor::cat(&latents, 0)?; // [N, z, T, h, w]
+    let per_channel = latents.transpose(0, 1)?.flatten_from(1)?; // [z, N·T·h·w]
+    let mean = per_channel.mean_keepdim(D::Minus1)?;
+    let std = per_channel.broadcast_sub(&mean)?.sqr()?.mean(D::Minus1)?.sqrt()?;
+    config.latents_mean = mean.flatten_all()?.to_vec1()?;
+    config.latents_std = std.to_vec1::<f32>()?.into_iter().map(|s| s.max(1e-3)).collect();
+    write_vae(out, &config, weights).with_context(|| format!("cannot export the VAE to {}", out.display()))
+}
