@@ -5,13 +5,57 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use skyreels_train::train::optim::AdamWConfig;
 use skyreels_train::train::run::RunSettings;
+use skyreels_train::train::dit::{train_dit, DitInputs, DitStage};
+use skyreels_train::train::tokenizer::{build_vocabulary, write_tokenizer};
 use skyreels_train::train::vae::{train_vae, VaeStage};
+use skyreels_train::world::WorldConfig;
 
 /// The training stages.
 #[derive(Subcommand, Debug)]
 pub enum TrainCommand {
+    /// Write the word-level tokenizer.json of the film world's prompt vocabulary.
+    Tokenizer(TokenizerArgs),
     /// Train the Wan causal VAE on film-world clips (stage 1).
     Vae(VaeArgs),
+    /// Train the umT5 text encoder and the diffusion-forcing DiT on VAE latents (stage 2), and
+    /// export the complete model folder to `<out>/export`.
+    Dit(DitArgs),
+}
+
+/// Flags of `skyreels train tokenizer`.
+#[derive(Args, Debug)]
+pub struct TokenizerArgs {
+    /// The tokenizer.json to write.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// Clips whose prompts are counted.
+    #[arg(long, default_value_t = 2000)]
+    pub clips: u64,
+}
+
+/// Flags of `skyreels train dit`.
+#[derive(Args, Debug)]
+pub struct DitArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// The VAE exported by `skyreels train vae` (its `<out>/export` folder).
+    #[arg(long)]
+    pub vae: PathBuf,
+    /// The tokenizer.json written by `skyreels train tokenizer`.
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Clips in the training set (encoded once, cached in --out).
+    #[arg(long, default_value_t = 3000)]
+    pub clips: usize,
+    /// Samples per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// DiT width.
+    #[arg(long, default_value_t = 128)]
+    pub dim: usize,
+    /// DiT blocks.
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
 }
 
 /// Flags every stage shares.
@@ -95,6 +139,31 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
             let settings = args.run.settings(1500, 2e-3)?;
             train_vae(&args.run.out, &stage, settings, args.run.resume, args.run.quiet).map_err(|e| format!("{e:#}"))?;
             println!("VAE exported to {}", args.run.out.join("export").display());
+            Ok(())
+        }
+        TrainCommand::Tokenizer(args) => {
+            if args.clips == 0 {
+                return Err("--clips must be at least 1".into());
+            }
+            let vocabulary = build_vocabulary(&WorldConfig::default(), args.clips, 1).map_err(|e| format!("{e:#}"))?;
+            let size = write_tokenizer(&args.out, &vocabulary).map_err(|e| format!("{e:#}"))?;
+            println!("wrote {} ({size} tokens)", args.out.display());
+            Ok(())
+        }
+        TrainCommand::Dit(args) => {
+            let stage = DitStage {
+                clips: args.clips,
+                batch: args.batch,
+                dim: args.dim,
+                layers: args.layers,
+                ffn_dim: 3 * args.dim,
+                ..DitStage::default()
+            };
+            let settings = args.run.settings(3000, 1e-3)?;
+            let inputs = DitInputs { vae: &args.vae, tokenizer: &args.tokenizer };
+            train_dit(&args.run.out, &inputs, &stage, settings, args.run.resume, args.run.quiet)
+                .map_err(|e| format!("{e:#}"))?;
+            println!("model exported to {}", args.run.out.join("export").display());
             Ok(())
         }
     }

@@ -37,7 +37,8 @@ use story::{load_story, Segment};
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
     /// Model: an original SkyReels-V2 directory, a diffusers directory, or a hub id in the local
-    /// Hugging Face cache (e.g. Skywork/SkyReels-V2-DF-1.3B-540P).
+    /// Hugging Face cache (e.g. Skywork/SkyReels-V2-DF-1.3B-540P). Default: the built-in demo
+    /// model (`models/skyreels-demo`, or $SKYREELS_DEMO_MODEL).
     #[arg(long)]
     pub model: Option<String>,
     /// What the video shows.
@@ -47,7 +48,7 @@ pub struct GenerateArgs {
     /// with one prompt per line; each segment drives the next window(s) of the same video.
     #[arg(long, conflicts_with = "prompt")]
     pub story: Option<PathBuf>,
-    /// Negative prompt for guidance (default: the original SkyReels-V2 one).
+    /// Negative prompt for guidance (default: the model's, else the original SkyReels-V2 one).
     #[arg(long)]
     pub negative_prompt: Option<String>,
     /// Image-to-video: the first frame.
@@ -77,30 +78,30 @@ pub struct GenerateArgs {
     /// Video frames (4k+1; counts the overlap when extending); 0 or `inf` runs until interrupted.
     #[arg(long)]
     pub frames: Option<String>,
-    /// Frames generated together in one window.
-    #[arg(long, default_value_t = 97)]
-    pub base_frames: usize,
-    /// Frames shared by consecutive windows.
-    #[arg(long, default_value_t = 17)]
-    pub overlap_history: usize,
-    /// Height in pixels (multiple of 16).
-    #[arg(long, default_value_t = 544)]
-    pub height: usize,
-    /// Width in pixels (multiple of 16).
-    #[arg(long, default_value_t = 960)]
-    pub width: usize,
-    /// Frame rate of the output (and of the fps embedding: 16 or other).
-    #[arg(long, default_value_t = 24)]
-    pub fps: u32,
-    /// Denoising steps per frame.
-    #[arg(long, default_value_t = 30)]
-    pub steps: usize,
-    /// Flow shift of the sigma schedule.
-    #[arg(long, default_value_t = 8.0)]
-    pub shift: f64,
-    /// Classifier-free guidance scale (1 turns guidance off).
-    #[arg(long, default_value_t = 6.0)]
-    pub guidance: f64,
+    /// Frames generated together in one window. [default: the model's, else 97]
+    #[arg(long)]
+    pub base_frames: Option<usize>,
+    /// Frames shared by consecutive windows. [default: the model's, else 17]
+    #[arg(long)]
+    pub overlap_history: Option<usize>,
+    /// Height in pixels (multiple of 16). [default: the model's, else 544]
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Width in pixels (multiple of 16). [default: the model's, else 960]
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Frame rate of the output (and of the fps embedding: 16 or other). [default: the model's, else 24]
+    #[arg(long)]
+    pub fps: Option<u32>,
+    /// Denoising steps per frame. [default: the model's, else 30]
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Flow shift of the sigma schedule. [default: the model's, else 8.0]
+    #[arg(long)]
+    pub shift: Option<f64>,
+    /// Classifier-free guidance scale (1 turns guidance off). [default: the model's, else 6.0]
+    #[arg(long)]
+    pub guidance: Option<f64>,
     /// Random seed (random when omitted; always recorded in the sidecar).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -127,8 +128,8 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// Tokens per prompt.
-    #[arg(long, default_value_t = 512, hide = true)]
-    pub text_length: usize,
+    #[arg(long, hide = true)]
+    pub text_length: Option<usize>,
     /// Progress display.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,

@@ -64,6 +64,48 @@ pub struct GenerateParams {
     pub output: PathBuf,
 }
 
+/// Generation settings a model folder recommends in its `skyreels.json`
+/// (`{"generation_defaults": {...}}`); flags override them, and the SkyReels-V2 defaults fill
+/// whatever neither gives.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelDefaults {
+    pub height: Option<usize>,
+    pub width: Option<usize>,
+    pub fps: Option<u32>,
+    pub frames: Option<usize>,
+    pub base_frames: Option<usize>,
+    pub overlap_history: Option<usize>,
+    pub steps: Option<usize>,
+    pub shift: Option<f64>,
+    pub guidance: Option<f64>,
+    pub text_length: Option<usize>,
+    pub negative_prompt: Option<String>,
+}
+
+impl ModelDefaults {
+    /// Reads `<model>/skyreels.json` when the model is a folder that has one.
+    pub fn of_model(model: &str) -> Result<Self, String> {
+        let path = Path::new(model).join("skyreels.json");
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Self::default()) };
+        #[derive(serde::Deserialize)]
+        struct File {
+            generation_defaults: Option<ModelDefaults>,
+        }
+        let file: File = serde_json::from_str(&text).map_err(|e| format!("{} is not valid: {e}", path.display()))?;
+        Ok(file.generation_defaults.unwrap_or_default())
+    }
+}
+
+/// The built-in demo model's folder: `$SKYREELS_DEMO_MODEL`, else `models/skyreels-demo` of the
+/// source tree this binary was built from.
+pub fn demo_model_dir() -> PathBuf {
+    match std::env::var_os("SKYREELS_DEMO_MODEL") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/skyreels-demo"),
+    }
+}
+
 /// A message for the user about a value that was adjusted.
 pub type Notice = String;
 
@@ -101,11 +143,31 @@ impl GenerateParams {
     /// Checks and normalises the flags; every problem is one sentence.
     pub fn from_args(args: &GenerateArgs, segments: Vec<Segment>) -> Result<(Self, Vec<Notice>), String> {
         let mut notices = Vec::new();
-        let model = args.model.clone().ok_or("--model is required: a model directory or a Hugging Face hub id")?;
+        let model = match &args.model {
+            Some(model) => model.clone(),
+            None => {
+                let demo = demo_model_dir();
+                if !demo.join("model_index.json").is_file() {
+                    return Err(format!(
+                        "no --model given and the built-in demo model is not at {} (set SKYREELS_DEMO_MODEL or pass --model)",
+                        demo.display()
+                    ));
+                }
+                demo.to_string_lossy().to_string()
+            }
+        };
         // A folder is recorded by its absolute path so that --resume works from anywhere.
         let model = std::fs::canonicalize(&model).map_or(model, |p| p.to_string_lossy().to_string());
         let output = args.output.clone().ok_or("--output is required (e.g. -o video.mp4)")?;
-        for (name, v) in [("--height", args.height), ("--width", args.width)] {
+        let d = ModelDefaults::of_model(&model)?;
+        let height = args.height.or(d.height).unwrap_or(544);
+        let width = args.width.or(d.width).unwrap_or(960);
+        let fps = args.fps.or(d.fps).unwrap_or(24);
+        let steps = args.steps.or(d.steps).unwrap_or(30);
+        let shift = args.shift.or(d.shift).unwrap_or(8.0);
+        let guidance = args.guidance.or(d.guidance).unwrap_or(6.0);
+        let text_length = args.text_length.or(d.text_length).unwrap_or(512);
+        for (name, v) in [("--height", height), ("--width", width)] {
             if v == 0 || v % 16 != 0 {
                 return Err(format!("{name} {v} must be a positive multiple of 16 (the VAE downsamples by 8, the transformer patches by 2)"));
             }
@@ -128,8 +190,9 @@ impl GenerateParams {
                     .map_err(|_| format!("--frames `{s}` is not a frame count (use a number, or 0/inf for endless)"))?,
             ),
         };
-        let base_frames = round_frames("--base-frames", args.base_frames, &mut notices);
-        let overlap_history = round_frames("--overlap-history", args.overlap_history, &mut notices);
+        let base_frames = round_frames("--base-frames", args.base_frames.or(d.base_frames).unwrap_or(97), &mut notices);
+        let overlap_history =
+            round_frames("--overlap-history", args.overlap_history.or(d.overlap_history).unwrap_or(17), &mut notices);
         if overlap_history >= base_frames {
             return Err(format!(
                 "--overlap-history {overlap_history} must be shorter than --base-frames {base_frames}"
@@ -138,7 +201,7 @@ impl GenerateParams {
         if args.causal_block_size == 0 {
             return Err("--causal-block-size must be at least 1".into());
         }
-        if args.steps == 0 {
+        if steps == 0 {
             return Err("--steps must be at least 1".into());
         }
         if args.addnoise_condition > 60 {
@@ -147,7 +210,7 @@ impl GenerateParams {
                 args.addnoise_condition
             ));
         }
-        if args.fps == 0 {
+        if fps == 0 {
             return Err("--fps must be positive".into());
         }
         let frames = match frames {
@@ -155,7 +218,7 @@ impl GenerateParams {
             Some(n) => Some(round_frames("--frames", n, &mut notices)),
             // A story without --frames lasts exactly as many windows as its segments ask for.
             None if args.story.is_some() => Some(story_frames(&segments, &start, base_frames, overlap_history)?),
-            None => Some(97),
+            None => Some(d.frames.unwrap_or(97)),
         };
         if frames.is_none() && args.end_image.is_some() {
             return Err("--end-image needs a finite --frames: an endless video has no last frame".into());
@@ -168,28 +231,32 @@ impl GenerateParams {
         let params = Self {
             model,
             segments,
-            negative_prompt: args.negative_prompt.clone().unwrap_or_else(|| DEFAULT_NEGATIVE_PROMPT.to_string()),
+            negative_prompt: args
+                .negative_prompt
+                .clone()
+                .or(d.negative_prompt)
+                .unwrap_or_else(|| DEFAULT_NEGATIVE_PROMPT.to_string()),
             start,
             end_image: args.end_image.clone(),
-            width: args.width,
-            height: args.height,
+            width,
+            height,
             frames,
             base_frames,
             overlap_history,
             continuation,
             sampler: DfSettings {
-                steps: args.steps,
-                shift: args.shift,
+                steps,
+                shift,
                 sigma_grid,
-                guidance_scale: args.guidance,
+                guidance_scale: guidance,
                 ar_step: args.ar_step,
                 causal_block_size: args.causal_block_size,
                 addnoise_condition: args.addnoise_condition,
-                fps: args.fps,
+                fps,
             },
             causal_attention: args.causal_attention,
             seed: args.seed.unwrap_or_else(random_seed),
-            text_length: args.text_length,
+            text_length,
             dtype: args.dtype.clone(),
             output,
         };

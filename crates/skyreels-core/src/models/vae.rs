@@ -749,7 +749,17 @@ impl DecodeStream<'_> {
     }
 
     /// [`push`](Self::push), recording stage outputs in `trace`.
-    pub fn push_traced(&mut self, latents: &Tensor, mut trace: Option<&mut VaeTrace>) -> Result<Tensor> {
+    pub fn push_traced(&mut self, latents: &Tensor, trace: Option<&mut VaeTrace>) -> Result<Tensor> {
+        Ok(self.push_unclamped_traced(latents, trace)?.clamp(-1f32, 1f32)?)
+    }
+
+    /// [`push`](Self::push) without the final clamp to [−1, 1]: what training compares with
+    /// its target, since a clamp passes no gradient to pixels that overshoot.
+    pub fn push_unclamped(&mut self, latents: &Tensor) -> Result<Tensor> {
+        self.push_unclamped_traced(latents, None)
+    }
+
+    fn push_unclamped_traced(&mut self, latents: &Tensor, mut trace: Option<&mut VaeTrace>) -> Result<Tensor> {
         let z = self.vae.config.z_dim;
         match latents.dims() {
             &[_, c, t, h, w] if c == z && t > 0 && h > 0 && w > 0 => {}
@@ -759,7 +769,7 @@ impl DecodeStream<'_> {
         let x = self.vae.post_quant_conv.forward(&latents.to_dtype(DType::F32)?, &mut None)?;
         let video = self.vae.decoder.forward(&x, &mut self.caches, &mut trace)?;
         self.latent_frames += latents.dim(2)?;
-        Ok(video.clamp(-1f32, 1f32)?)
+        Ok(video)
     }
 
     /// Latent frames decoded so far.

@@ -2,9 +2,11 @@
 //! they share — trainable parameters, AdamW/EMA, the run loop with checkpoints, the loss log.
 
 pub mod data;
+pub mod dit;
 pub mod export;
 pub mod log;
 pub mod optim;
 pub mod params;
 pub mod run;
+pub mod tokenizer;
 pub mod vae;

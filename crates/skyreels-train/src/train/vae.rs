@@ -83,7 +83,8 @@ fn vae_loss(vae: &WanVae, video: &Tensor, z_dim: usize, kl_weight: f64, rng: &mu
     let logvar = moments.narrow(1, z_dim, z_dim)?.clamp(-30f32, 20f32)?;
     let std = (&logvar * 0.5)?.exp()?;
     let z = (&mean + std.mul(&gaussian(rng, mean.dims())?)?)?;
-    let decoded = vae.decode(&z)?;
+    let mut decoder = vae.decode_stream();
+    let decoded = decoder.push_unclamped(&z)?;
     let diff = (decoded - video)?;
     let recon = (diff.abs()?.mean_all()? + diff.sqr()?.mean_all()?)?;
     let kl = ((mean.sqr()? + logvar.exp()?)? - &logvar)?.affine(0.5, -0.5)?.mean_all()?;

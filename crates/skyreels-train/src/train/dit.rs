@@ -1,0 +1,338 @@
+//! Stage 2: the umT5 text encoder and the diffusion-forcing DiT, trained together with the
+//! flow-matching loss on VAE latents of film-world clips.
+//!
+//! Per sample: noise levels per latent frame from [`NoiseLevelSampler`] (per block,
+//! non-decreasing, with full-sequence and clean-prefix samples), `x_σ = (1−σ)·x₀ + σ·ε`, target
+//! `v = ε − x₀`, MSE over the frames that are not clean conditioning. A fraction of prompts is
+//! replaced by the empty prompt so classifier-free guidance has an unconditional model.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use skyreels_core::checkpoint::Weights;
+use skyreels_core::models::{TransformerConfig, TransformerInput, UmT5Config, UmT5Encoder, WanTransformer3d, WanVae};
+use skyreels_core::text::PromptTokenizer;
+
+use super::data::{clip_video, gaussian};
+use super::export::{write_pipeline_index, write_text_encoder, write_transformer};
+use super::params::{save_tensors, FrozenWeights, ParamStore};
+use super::run::{Run, RunSettings};
+use crate::noise_levels::NoiseLevelSampler;
+use crate::world::{sample_clip, Rng, Split, WorldConfig};
+
+/// What the DiT stage trains, beyond the shared [`RunSettings`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DitStage {
+    /// umT5 width (also the DiT's `text_dim`).
+    pub text_dim: usize,
+    /// umT5 layers.
+    pub text_layers: usize,
+    /// umT5 heads.
+    pub text_heads: usize,
+    /// Tokens per prompt (with `</s>` and padding), as generation will use.
+    pub text_len: usize,
+    /// DiT width.
+    pub dim: usize,
+    /// DiT heads.
+    pub heads: usize,
+    /// DiT blocks.
+    pub layers: usize,
+    /// DiT feed-forward width.
+    pub ffn_dim: usize,
+    /// Sinusoidal timestep features.
+    pub freq_dim: usize,
+    /// Clips in the (pre-encoded) training set.
+    pub clips: usize,
+    /// Samples per step.
+    pub batch: usize,
+    /// Latent frames per causal block of the noise levels.
+    pub causal_block: usize,
+    /// Noise-level sampling.
+    pub noise: NoiseLevelSampler,
+    /// Probability of training on the empty prompt.
+    pub uncond_probability: f32,
+    /// The world clips come from.
+    pub world: WorldConfig,
+}
+
+impl Default for DitStage {
+    fn default() -> Self {
+        Self {
+            text_dim: 64,
+            text_layers: 2,
+            text_heads: 4,
+            text_len: 32,
+            dim: 128,
+            heads: 4,
+            layers: 4,
+            ffn_dim: 384,
+            freq_dim: 64,
+            clips: 3000,
+            batch: 8,
+            causal_block: 1,
+            noise: NoiseLevelSampler::default(),
+            uncond_probability: 0.1,
+            world: WorldConfig::default(),
+        }
+    }
+}
+
+impl DitStage {
+    /// The text encoder's structure for a vocabulary of `vocab_size`.
+    pub fn text_config(&self, vocab_size: usize) -> UmT5Config {
+        UmT5Config {
+            vocab_size,
+            d_model: self.text_dim,
+            d_kv: self.text_dim / self.text_heads,
+            num_heads: self.text_heads,
+            d_ff: 2 * self.text_dim,
+            num_layers: self.text_layers,
+            num_buckets: 32,
+            max_distance: 128,
+            eps: 1e-6,
+        }
+    }
+
+    /// The DiT's structure (a DF model with the 16/24 fps embedding, like DF-1.3B).
+    pub fn transformer_config(&self, z_dim: usize) -> TransformerConfig {
+        TransformerConfig {
+            patch_size: [1, 2, 2],
+            num_heads: self.heads,
+            head_dim: self.dim / self.heads,
+            in_channels: z_dim,
+            out_channels: z_dim,
+            text_dim: self.text_dim,
+            freq_dim: self.freq_dim,
+            ffn_dim: self.ffn_dim,
+            num_layers: self.layers,
+            cross_attn_norm: true,
+            eps: 1e-6,
+            image_dim: None,
+            image_pos_embed_len: None,
+            inject_sample_info: true,
+            rope_max_seq_len: 1024,
+            causal_block_size: 1,
+        }
+    }
+}
+
+/// Parameter names of one model inside a shared store get a prefix, so the text encoder's and
+/// the DiT's `blocks.N…` cannot collide.
+struct Prefixed<'a> {
+    store: &'a dyn Weights,
+    prefix: &'static str,
+}
+
+impl Weights for Prefixed<'_> {
+    fn tensor(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> skyreels_core::Result<Tensor> {
+        self.store.tensor(&format!("{}{name}", self.prefix), shape, dtype, device)
+    }
+}
+
+const TEXT: &str = "text_encoder.";
+const DIT: &str = "transformer.";
+
+/// The training set: normalised latents `[N, z, T, h, w]` and the prompt of each clip.
+struct Dataset {
+    latents: Tensor,
+    prompts: Vec<String>,
+}
+
+/// Encodes `stage.clips` training clips with the VAE, caching the result in `dir` (it is a pure
+/// function of the world, the clip count and the VAE, so a resumed run reuses it).
+fn dataset(dir: &Path, stage: &DitStage, vae: &WanVae, quiet: bool) -> anyhow::Result<Dataset> {
+    let tensors_path = dir.join("dataset.safetensors");
+    let prompts_path = dir.join("dataset.json");
+    if tensors_path.exists() && prompts_path.exists() {
+        let prompts: Vec<String> = serde_json::from_slice(&std::fs::read(&prompts_path)?)?;
+        let mut tensors = candle_core::safetensors::load(&tensors_path, &Device::Cpu)?;
+        if let Some(latents) = tensors.remove("latents") {
+            if prompts.len() == stage.clips && latents.dim(0)? == stage.clips {
+                return Ok(Dataset { latents, prompts });
+            }
+        }
+    }
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(stage.clips as u64) };
+    bar.set_message("encoding the training clips");
+    let mut latents = Vec::with_capacity(stage.clips);
+    let mut prompts = Vec::with_capacity(stage.clips);
+    for i in 0..stage.clips {
+        let clip = sample_clip(0x0D17_0000 + i as u64, &stage.world, Split::Train);
+        let video = clip_video(&clip, 0, clip.frames(), &Device::Cpu)?;
+        latents.push(vae.encode_latents(&video)?);
+        prompts.push(clip.prompt());
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let latents = Tensor::cat(&latents, 0)?;
+    save_tensors(&tensors_path, [("latents".to_string(), latents.clone())])?;
+    std::fs::write(&prompts_path, serde_json::to_vec(&prompts)?)?;
+    Ok(Dataset { latents, prompts })
+}
+
+/// Token ids and masks `[B, text_len]` for a batch of prompts.
+fn tokenize(tokenizer: &PromptTokenizer, prompts: &[&str], len: usize) -> anyhow::Result<(Tensor, Tensor)> {
+    let mut ids = Vec::with_capacity(prompts.len() * len);
+    let mut mask = Vec::with_capacity(prompts.len() * len);
+    for prompt in prompts {
+        let t = tokenizer.encode(prompt, len)?;
+        ids.extend(t.ids);
+        mask.extend(t.mask);
+    }
+    let shape = (prompts.len(), len);
+    Ok((Tensor::from_vec(ids, shape, &Device::Cpu)?, Tensor::from_vec(mask, shape, &Device::Cpu)?))
+}
+
+/// Everything a DiT training step needs besides the parameters.
+struct Trainer<'a> {
+    stage: &'a DitStage,
+    data: Dataset,
+    tokenizer: PromptTokenizer,
+    text: UmT5Config,
+    dit: TransformerConfig,
+}
+
+impl Trainer<'_> {
+    /// The flow-matching loss of one random batch.
+    fn loss(&self, params: &ParamStore, rng: &mut Rng) -> anyhow::Result<Tensor> {
+        let s = self.stage;
+        let device = Device::Cpu;
+        let frames = self.data.latents.dim(2)?;
+        let mut picks = Vec::with_capacity(s.batch);
+        let mut prompts = Vec::with_capacity(s.batch);
+        let mut sigmas = Vec::with_capacity(s.batch * frames);
+        let mut timesteps = Vec::with_capacity(s.batch * frames);
+        let mut weights = Vec::with_capacity(s.batch * frames);
+        for _ in 0..s.batch {
+            let i = rng.below(self.data.prompts.len());
+            picks.push(i as u32);
+            prompts.push(if rng.unit() < s.uncond_probability { "" } else { self.data.prompts[i].as_str() });
+            let levels = s.noise.sample(rng, frames, s.causal_block);
+            sigmas.extend(levels.sigmas.iter().copied());
+            timesteps.extend(levels.timesteps.iter().copied());
+            weights.extend((0..frames).map(|f| if f < levels.prefix { 0f32 } else { 1.0 }));
+        }
+        let x0 = self.data.latents.index_select(&Tensor::new(picks.as_slice(), &device)?, 0)?;
+        let noise = gaussian(rng, x0.dims())?;
+        let per_frame = |v: Vec<f32>| Tensor::from_vec(v, (s.batch, 1, frames, 1, 1), &device);
+        let sigma = per_frame(sigmas)?;
+        let xt = (x0.broadcast_mul(&(1.0 - &sigma)?)? + noise.broadcast_mul(&sigma)?)?;
+        let target = (&noise - &x0)?;
+
+        let (ids, mask) = tokenize(&self.tokenizer, &prompts, s.text_len)?;
+        let encoder = UmT5Encoder::from_weights(
+            self.text.clone(),
+            &Prefixed { store: params, prefix: TEXT },
+            &device,
+            DType::F32,
+        )?;
+        let context = encoder.encode(&ids, &mask)?;
+        let dit = WanTransformer3d::from_weights(
+            self.dit.clone(),
+            &Prefixed { store: params, prefix: DIT },
+            &device,
+            DType::F32,
+        )?;
+        let t = Tensor::from_vec(timesteps, (s.batch, frames), &device)?;
+        let fps = Tensor::zeros(s.batch, DType::U32, &device)?;
+        let prediction = dit.forward(&TransformerInput {
+            latents: &xt,
+            timesteps: &t,
+            context: &context,
+            image_context: None,
+            fps_index: Some(&fps),
+        })?;
+        let weight = per_frame(weights)?;
+        let squared = (prediction - target)?.sqr()?.broadcast_mul(&weight)?;
+        let elements_per_frame = (x0.elem_count() / (s.batch * frames)) as f64;
+        let denominator = (weight.sum_all()?.to_scalar::<f32>()? as f64 * elements_per_frame).max(1.0);
+        Ok((squared.sum_all()? / denominator)?)
+    }
+}
+
+/// Where stage 2 finds the outputs of the earlier stages.
+pub struct DitInputs<'a> {
+    /// The exported VAE folder (`<vae run>/export`).
+    pub vae: &'a Path,
+    /// The word-level `tokenizer.json`.
+    pub tokenizer: &'a Path,
+}
+
+/// Trains (or resumes) the text encoder and DiT in `dir`, then exports the whole pipeline to
+/// `dir/export`.
+pub fn train_dit(
+    dir: &Path,
+    inputs: &DitInputs<'_>,
+    stage: &DitStage,
+    settings: RunSettings,
+    resume: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    if stage.dim % stage.heads != 0 || stage.text_dim % stage.text_heads != 0 || stage.batch == 0 || stage.clips == 0 {
+        bail!("the widths must divide by the head counts, and --batch and --clips must be positive");
+    }
+    let device = Device::Cpu;
+    let vae = WanVae::load(inputs.vae, &device).with_context(|| format!("cannot load the VAE {}", inputs.vae.display()))?;
+    let tokenizer = PromptTokenizer::load(inputs.tokenizer)?;
+    let text = stage.text_config(tokenizer.vocab_size());
+    let dit = stage.transformer_config(vae.config().z_dim);
+    let mut run = Run::start(dir, "dit", serde_json::to_value(stage)?, settings, resume, quiet, |params| {
+        UmT5Encoder::from_weights(text.clone(), &Prefixed { store: params, prefix: TEXT }, &device, DType::F32)?;
+        WanTransformer3d::from_weights(dit.clone(), &Prefixed { store: params, prefix: DIT }, &device, DType::F32)?;
+        Ok(())
+    })?;
+    let trainer = Trainer { stage, data: dataset(dir, stage, &vae, quiet)?, tokenizer, text, dit };
+    while !run.done() {
+        let loss = trainer.loss(&run.params, &mut run.rng)?;
+        run.apply(&loss, &[])?;
+    }
+    run.finish();
+    export_pipeline(&run, &trainer, inputs, &dir.join("export"))
+}
+
+/// The EMA weights of the models whose names start with `prefix`, prefix removed.
+fn part(weights: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<String, Tensor> {
+    weights.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone()))).collect()
+}
+
+/// Writes a complete diffusers-layout pipeline: the trained text encoder and DiT, the VAE and
+/// tokenizer they were trained with, the scheduler and the demo's generation defaults.
+fn export_pipeline(run: &Run, trainer: &Trainer<'_>, inputs: &DitInputs<'_>, out: &Path) -> anyhow::Result<()> {
+    let weights = run.ema_weights();
+    write_text_encoder(&out.join("text_encoder"), &trainer.text, &part(weights, TEXT))?;
+    write_transformer(&out.join("transformer"), &trainer.dit, &part(weights, DIT))?;
+    std::fs::create_dir_all(out.join("tokenizer"))?;
+    std::fs::copy(inputs.tokenizer, out.join("tokenizer/tokenizer.json"))?;
+    std::fs::create_dir_all(out.join("vae"))?;
+    for file in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(inputs.vae.join(file), out.join("vae").join(file))
+            .with_context(|| format!("cannot copy {}", inputs.vae.join(file).display()))?;
+    }
+    write_pipeline_index(out, 3.0)?;
+    let world = &trainer.stage.world;
+    let defaults = serde_json::json!({
+        "about": "The skyreels-rs demo model, trained from scratch on the synthetic film world by `skyreels train`.",
+        "generation_defaults": {
+            "height": world.height,
+            "width": world.width,
+            "fps": world.fps,
+            "base_frames": world.frames,
+            "overlap_history": world.frames / 2 + 1,
+            "steps": 20,
+            "shift": 3.0,
+            "guidance": 4.0,
+            "text_length": trainer.stage.text_len,
+            "negative_prompt": "",
+        }
+    });
+    std::fs::write(out.join("skyreels.json"), serde_json::to_string_pretty(&defaults)? + "\n")?;
+    // Check the export loads through the same code as any released checkpoint.
+    let frozen = FrozenWeights(part(weights, DIT));
+    WanTransformer3d::from_weights(trainer.dit.clone(), &frozen, &Device::Cpu, DType::F32)?;
+    WanTransformer3d::load(&out.join("transformer"), &Device::Cpu, DType::F32)?;
+    UmT5Encoder::load(&out.join("text_encoder"), &Device::Cpu, DType::F32)?;
+    Ok(())
+}
