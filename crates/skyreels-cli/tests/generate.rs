@@ -323,9 +323,14 @@ fn bad_inputs_fail_with_one_sentence_and_leave_nothing() {
     let refused = generate(&folder, &["--prompt", "x", "--frames", "5", "--overwrite"]);
     assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("refusing to replace"));
     assert!(folder.join("thesis.txt").exists());
-    // A missing required argument names it.
-    let missing = skyreels(&["generate", "--prompt", "x"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("--model is required"));
+    // A missing required argument names it; a missing demo model says where it was looked for.
+    let missing = skyreels(&["generate", "--model", model(), "--prompt", "x"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--output is required"));
+    let no_demo = skyreels(&["generate", "--prompt", "x", "-o", "x.mp4"])
+        .env("SKYREELS_DEMO_MODEL", dir.path().join("nowhere"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&no_demo.stderr).contains("built-in demo model is not at"));
 
     // An existing output is never clobbered without --overwrite.
     std::fs::write(&out, "precious").unwrap();
@@ -369,4 +374,43 @@ fn original_layout_folders_work_too() {
     let missing = dir.path().join("missing.gif");
     let args = ["generate", "--model", root.to_str().unwrap(), "-o", missing.to_str().unwrap(), "--prompt", "x"];
     assert_clean_failure(&skyreels(&args).output().unwrap(), &missing, "Wan2.1_VAE.pth");
+}
+
+/// Without --model the built-in demo model is used (here pointed at the fixture pipeline with
+/// a `skyreels.json`), and its generation defaults apply unless a flag overrides them.
+#[test]
+fn the_default_model_and_its_generation_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    std::fs::create_dir(&demo).unwrap();
+    for entry in std::fs::read_dir(model()).unwrap() {
+        let entry = entry.unwrap();
+        std::os::unix::fs::symlink(std::fs::canonicalize(entry.path()).unwrap(), demo.join(entry.file_name())).unwrap();
+    }
+    let defaults = r#"{"generation_defaults": {"height": 32, "width": 32, "fps": 16, "frames": 9,
+        "base_frames": 9, "overlap_history": 5, "steps": 2, "shift": 3.0, "guidance": 1.0,
+        "text_length": 16, "negative_prompt": ""}}"#;
+    std::fs::write(demo.join("skyreels.json"), defaults).unwrap();
+    let out = dir.path().join("v.gif");
+    let run = skyreels(&["generate", "-p", "a red circle", "-o", out.to_str().unwrap(), "--steps", "3", "--quiet"])
+        .env("SKYREELS_DEMO_MODEL", &demo)
+        .output()
+        .unwrap();
+    assert_ok(&run);
+    let (frames, w, h, _) = probe(&out);
+    assert_eq!((frames.len(), w, h), (9, 32, 32));
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("v.gif.json")).unwrap()).unwrap();
+    let settings = &sidecar["settings"];
+    assert_eq!(settings["sampler"]["steps"], 3, "a flag overrides the model's default");
+    assert_eq!(settings["sampler"]["fps"], 16);
+    assert_eq!(settings["negative_prompt"], "");
+    // A broken skyreels.json is one clear sentence, not a panic.
+    std::fs::write(demo.join("skyreels.json"), "{\"generation_defaults\": {\"height\": \"tall\"}}").unwrap();
+    let bad = skyreels(&["generate", "-p", "x", "-o", dir.path().join("w.gif").to_str().unwrap(), "--quiet"])
+        .env("SKYREELS_DEMO_MODEL", &demo)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("skyreels.json"));
 }
