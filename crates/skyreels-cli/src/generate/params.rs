@@ -70,16 +70,27 @@ pub struct GenerateParams {
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelDefaults {
+    /// `--height`.
     pub height: Option<usize>,
+    /// `--width`.
     pub width: Option<usize>,
+    /// `--fps`.
     pub fps: Option<u32>,
+    /// `--frames` when neither it nor a story sets the length.
     pub frames: Option<usize>,
+    /// `--base-frames`.
     pub base_frames: Option<usize>,
+    /// `--overlap-history`.
     pub overlap_history: Option<usize>,
+    /// `--steps`.
     pub steps: Option<usize>,
+    /// `--shift`.
     pub shift: Option<f64>,
+    /// `--guidance`.
     pub guidance: Option<f64>,
+    /// Tokens per prompt the text encoder was trained with.
     pub text_length: Option<usize>,
+    /// `--negative-prompt`.
     pub negative_prompt: Option<String>,
 }
 
