@@ -6,7 +6,8 @@
 //! SkyCaptioner-V1 and a prompt fused from it by fixed templates. It is the data the project's
 //! demo model is trained and judged on; and [`noise_levels`], the diffusion-forcing noise-level
 //! sampler of training (per-block, non-decreasing, mixed with full-sequence and clean-prefix
-//! samples).
+//! samples); and [`train`], the stages of `skyreels train` (tokenizer, VAE, text encoder + DiT)
+//! with what they share.
 
 pub mod noise_levels;
 pub mod world;
