@@ -125,6 +125,13 @@ fn dit_loss_falls_and_the_export_is_a_loadable_pipeline() -> anyhow::Result<()> 
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
     let (first, last) = (mean(&losses[..10]), mean(&losses[90..]));
     assert!(last < 0.8 * first, "loss did not fall: first steps {first:.3}, last steps {last:.3}");
+    // Every parameter of both models learns: a layer whose kernel has no backward pass would
+    // silently leave its inputs' weights with zero gradient (and zero Adam moments).
+    for (name, moment) in checkpoint_tensors(&dir.join("dit"))? {
+        if name.starts_with("adam.m.") {
+            assert!(moment.iter().any(|m| *m != 0.0), "{name} never received a gradient");
+        }
+    }
     let files = skyreels_core::checkpoint::resolve_pipeline(&dir.join("dit/export").to_string_lossy())?;
     assert!(files.transformer.exists() && files.tokenizer.exists());
     std::fs::remove_dir_all(&dir)?;

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::checkpoint::{open_model, Component, ModelFiles, WeightStore, Weights};
 use crate::error::{invalid_input, Error, Result};
-use crate::nn::{Linear, RmsNorm};
+use crate::nn::{softmax_last_dim, Linear, RmsNorm};
 
 /// Structure of a umT5 encoder (HF `UMT5Config` names).
 #[derive(Debug, Clone, PartialEq)]
@@ -174,7 +174,7 @@ impl EncoderLayer {
         // [L·L, heads] → [1, heads, L, L]
         let position_bias = self.relative_bias.index_select(buckets, 0)?.reshape((l, l, heads))?.permute((2, 0, 1))?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(&position_bias.unsqueeze(0)?)?.broadcast_add(mask_bias)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let weights = softmax_last_dim(&scores)?;
         let attended = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, l, ()))?;
         let x = (x + self.o.forward(&attended)?.to_dtype(DType::F32)?)?;
         let h = self.norm2.forward(&x)?;

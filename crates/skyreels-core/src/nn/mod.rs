@@ -10,7 +10,7 @@ mod norm;
 mod rope;
 mod sinusoid;
 
-pub use attention::{attention, AttentionMask};
+pub use attention::{attention, softmax_last_dim, AttentionMask};
 pub use conv3d::{Conv3d, SpatialPadding};
 pub use linear::Linear;
 pub use norm::{layer_norm, LayerNorm, RmsNorm};
