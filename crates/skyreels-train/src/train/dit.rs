@@ -18,7 +18,7 @@ use skyreels_core::text::PromptTokenizer;
 
 use super::data::{clip_video, gaussian};
 use super::export::{write_pipeline_index, write_text_encoder, write_transformer};
-use super::params::{save_tensors, FrozenWeights, ParamStore};
+use super::params::{save_tensors, ParamStore};
 use super::run::{Run, RunSettings};
 use crate::noise_levels::NoiseLevelSampler;
 use crate::world::{sample_clip, Rng, Split, WorldConfig};
@@ -330,8 +330,6 @@ fn export_pipeline(run: &Run, trainer: &Trainer<'_>, inputs: &DitInputs<'_>, out
     });
     std::fs::write(out.join("skyreels.json"), serde_json::to_string_pretty(&defaults)? + "\n")?;
     // Check the export loads through the same code as any released checkpoint.
-    let frozen = FrozenWeights(part(weights, DIT));
-    WanTransformer3d::from_weights(trainer.dit.clone(), &frozen, &Device::Cpu, DType::F32)?;
     WanTransformer3d::load(&out.join("transformer"), &Device::Cpu, DType::F32)?;
     UmT5Encoder::load(&out.join("text_encoder"), &Device::Cpu, DType::F32)?;
     Ok(())

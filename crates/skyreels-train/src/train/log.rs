@@ -77,11 +77,6 @@ impl LossLog {
         self.smoothed
     }
 
-    /// Every (step, loss) so far.
-    pub fn losses(&self) -> &[(u64, f64)] {
-        &self.losses
-    }
-
     /// Draws the loss curve to a PNG (written atomically).
     pub fn plot(&self, path: &Path) -> anyhow::Result<()> {
         let image = plot_losses(&self.losses);

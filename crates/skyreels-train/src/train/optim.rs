@@ -50,11 +50,6 @@ impl AdamW {
         Ok(Self { config, params, first, second, step: 0 })
     }
 
-    /// Steps taken so far.
-    pub fn steps(&self) -> u64 {
-        self.step
-    }
-
     /// Applies one update with learning rate `lr` from `grads` (parameters without a gradient
     /// are left alone, but still decay).
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> candle_core::Result<()> {
@@ -77,8 +72,9 @@ impl AdamW {
         Ok(())
     }
 
-    /// The moments and step count, for a checkpoint (`adam.m.<name>`, `adam.v.<name>`).
-    pub fn state(&self) -> (u64, Vec<(String, Tensor)>) {
+    /// The moments, for a checkpoint (`adam.m.<name>`, `adam.v.<name>`); the step count is
+    /// the run's own.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut tensors = Vec::new();
         for (name, m) in &self.first {
             tensors.push((format!("adam.m.{name}"), m.clone()));
@@ -86,7 +82,7 @@ impl AdamW {
         for (name, v) in &self.second {
             tensors.push((format!("adam.v.{name}"), v.clone()));
         }
-        (self.step, tensors)
+        tensors
     }
 
     /// Restores what [`state`](Self::state) saved.

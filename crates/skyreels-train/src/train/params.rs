@@ -63,29 +63,9 @@ impl ParamStore {
         Self { vars: RefCell::new(BTreeMap::new()), seed, device: device.clone() }
     }
 
-    /// A store holding the tensors of a safetensors file (f32), e.g. a checkpoint to resume.
-    pub fn load(path: &Path, device: &Device) -> anyhow::Result<Self> {
-        let tensors = candle_core::safetensors::load(path, device)?;
-        let store = Self::new(0, device);
-        for (name, tensor) in tensors {
-            store.vars.borrow_mut().insert(name, Var::from_tensor(&tensor.to_dtype(DType::F32)?)?);
-        }
-        Ok(store)
-    }
-
     /// Every parameter, in name order.
     pub fn vars(&self) -> Vec<(String, Var)> {
         self.vars.borrow().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
-
-    /// The parameter `name`, if it exists.
-    pub fn get(&self, name: &str) -> Option<Var> {
-        self.vars.borrow().get(name).cloned()
-    }
-
-    /// Number of scalar parameters.
-    pub fn count(&self) -> usize {
-        self.vars.borrow().values().map(|v| v.elem_count()).sum()
     }
 
     /// Current values as plain tensors (detached), by name.

@@ -145,19 +145,9 @@ impl Run {
         })
     }
 
-    /// Steps done so far.
-    pub fn step(&self) -> u64 {
-        self.step
-    }
-
     /// Whether every planned step is done.
     pub fn done(&self) -> bool {
         self.step >= self.settings.steps
-    }
-
-    /// The run directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Back-propagates `loss`, clips, updates the weights and the EMA, logs, and checkpoints
@@ -190,7 +180,7 @@ impl Run {
         let mut tensors: Vec<(String, Tensor)> =
             self.params.snapshot().into_iter().map(|(k, v)| (format!("param.{k}"), v)).collect();
         tensors.extend(self.ema.weights().iter().map(|(k, v)| (format!("ema.{k}"), v.clone())));
-        tensors.extend(self.optimizer.state().1);
+        tensors.extend(self.optimizer.state());
         save_tensors(&self.dir.join(&name), tensors)?;
         let info = CheckpointInfo {
             stage: self.stage.clone(),
@@ -220,11 +210,6 @@ impl Run {
     /// The EMA weights (what gets exported), by parameter name.
     pub fn ema_weights(&self) -> &std::collections::BTreeMap<String, Tensor> {
         self.ema.weights()
-    }
-
-    /// Losses logged so far (step, loss).
-    pub fn losses(&self) -> &[(u64, f64)] {
-        self.log.losses()
     }
 
     /// Ends the progress bar.
