@@ -9,6 +9,7 @@
 //! samples); and [`train`], the stages of `skyreels train` (tokenizer, VAE, text encoder + DiT)
 //! with what they share.
 
+pub mod eval;
 pub mod noise_levels;
 pub mod world;
 pub mod train;

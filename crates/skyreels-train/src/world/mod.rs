@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use attributes::{Action, CameraMotion, Colour, Pattern, Shape, ShotType, Size};
 pub use caption::{Caption, SubjectCaption};
 pub use raster::render_frame;
+pub(crate) use raster::inside;
 
 /// One thing on screen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -113,7 +113,7 @@ fn colour_at(clip: &ClipSpec, poses: &[Pose], p: [f32; 2]) -> [f32; 3] {
 }
 
 /// Whether a point in the subject's unit frame lies inside its shape.
-fn inside(shape: Shape, [x, y]: [f32; 2]) -> bool {
+pub(crate) fn inside(shape: Shape, [x, y]: [f32; 2]) -> bool {
     match shape {
         Shape::Circle => x * x + y * y <= 1.0,
         Shape::Square => x.abs() <= 0.8 && y.abs() <= 0.8,

@@ -1,0 +1,107 @@
+use super::judge::read_clip;
+use super::*;
+use crate::world::{render_frame, Background, CameraMotion, Shot, ShotType, Size, Subject};
+
+fn render(clip: &ClipSpec) -> Vec<RgbFrame> {
+    (0..clip.frames()).map(|i| render_frame(clip, i)).collect()
+}
+
+fn score(clips: &[ClipSpec], frames_of: impl Fn(&ClipSpec) -> Vec<RgbFrame>) -> Scores {
+    let mut scores = Scores::default();
+    for clip in clips {
+        let reading = read_clip(&frames_of(clip), clip.shots[0].shot_type, None);
+        scores.add(clip, &reading);
+    }
+    scores
+}
+
+#[test]
+fn ground_truth_renders_score_near_perfect() {
+    let clips = held_out_prompts(&WorldConfig::default(), 80);
+    let s = score(&clips, render);
+    for (name, tally, floor) in [
+        ("colour", s.colour, 98.0),
+        ("shape", s.shape, 95.0),
+        ("size", s.size, 95.0),
+        ("action", s.action, 90.0),
+        ("direction", s.direction, 95.0),
+        ("camera", s.camera, 95.0),
+    ] {
+        assert!(tally.total >= 10, "{name}: only {} judged", tally.total);
+        assert!(tally.percent() >= floor, "{name}: {:.1}% < {floor}% on ground truth ({s:?})", tally.percent());
+    }
+    assert!(s.identity > 0.8 && s.flicker < 1.0, "{s:?}");
+}
+
+/// Deterministic noise frames (a model that learned nothing draws something like this).
+fn noise(clip: &ClipSpec) -> Vec<RgbFrame> {
+    let mut rng = crate::world::Rng::new(clip.template as u64 + 7);
+    (0..clip.frames())
+        .map(|_| {
+            let data = (0..clip.width * clip.height * 3).map(|_| (rng.next_u64() >> 56) as u8).collect();
+            RgbFrame { width: clip.width, height: clip.height, data }
+        })
+        .collect()
+}
+
+#[test]
+fn noise_and_blank_frames_score_near_chance() {
+    let clips = held_out_prompts(&WorldConfig::default(), 20);
+    let grey = |clip: &ClipSpec| {
+        let frame = RgbFrame { width: clip.width, height: clip.height, data: vec![128; (clip.width * clip.height * 3) as usize] };
+        vec![frame; clip.frames()]
+    };
+    for s in [score(&clips, noise), score(&clips, grey)] {
+        // Chance: 1 in 7 subject colours, 1 in 5 shapes, 1 in 9 actions.
+        assert!(s.colour.percent() <= 30.0 && s.shape.percent() <= 30.0 && s.direction.percent() <= 30.0, "{s:?}");
+    }
+}
+
+fn single(action: crate::world::Action, camera: CameraMotion, pattern: Pattern) -> ClipSpec {
+    ClipSpec {
+        width: 64,
+        height: 64,
+        fps: 16,
+        subjects: vec![Subject { shape: Shape::Square, colour: Colour::Red, size: Size::Medium, action, start: [0.5, 0.5] }],
+        background: Background { pattern, primary: Colour::Blue, secondary: Colour::White },
+        shots: vec![Shot { shot_type: ShotType::Wide, camera, frames: 33 }],
+        template: 0,
+    }
+}
+
+#[test]
+fn camera_moves_read_in_the_camera_convention() {
+    for camera in CameraMotion::ALL.iter().copied() {
+        let clip = single(Action::Stay, camera, Pattern::Checkerboard);
+        let reading = read_clip(&render(&clip), ShotType::Wide, Some(Colour::Red));
+        assert_eq!(reading.camera, Some(camera), "{}", clip.prompt());
+        assert_eq!(reading.action, Some(Action::Stay), "camera motion must be undone: {}", clip.prompt());
+    }
+    // A flat backdrop shows no camera motion at all.
+    let flat = single(Action::Stay, CameraMotion::PanLeft, Pattern::Flat);
+    assert_eq!(read_clip(&render(&flat), ShotType::Wide, None).camera, None);
+}
+
+#[test]
+fn stability_meter_flags_fading_and_vanishing() {
+    let clip = single(Action::Stay, CameraMotion::Static, Pattern::Checkerboard);
+    let frames = render(&clip);
+    let run = |fade: bool| {
+        let mut meter = StabilityMeter::new(16, Colour::Red);
+        for i in 0..160 {
+            let mut frame = frames[i % frames.len()].clone();
+            if fade && i >= 80 {
+                let k = 1.0 - (i - 80) as f32 / 80.0;
+                frame.data.iter_mut().for_each(|v| *v = (*v as f32 * k) as u8);
+            }
+            meter.push(frame);
+        }
+        meter.finish()
+    };
+    let steady = run(false);
+    assert_eq!(steady.len(), 10);
+    assert!(is_stable(&steady), "{steady:?}");
+    let fading = run(true);
+    assert!(!is_stable(&fading), "{fading:?}");
+    assert!(fading[9].brightness < fading[0].brightness - 25.0);
+}
