@@ -4,6 +4,7 @@
 //! panics on bad input.
 
 mod bench;
+mod eval;
 mod generate;
 mod train;
 mod world;
@@ -41,6 +42,9 @@ enum Command {
     /// Train the built-in demo model from scratch: `tokenizer`, `vae`, then `dit`.
     #[command(subcommand)]
     Train(train::TrainCommand),
+    /// Judge the demo model on the film world: prompt adherence and long-video stability.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
     /// Time transformer forward passes of a released configuration with random weights.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Info { model_dir, json } => info(&model_dir, json),
         Command::Bench(command) => bench::run(&command),
         Command::Train(command) => train::run(&command),
+        Command::Eval(command) => eval::run(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

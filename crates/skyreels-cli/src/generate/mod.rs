@@ -29,8 +29,9 @@ use skyreels_core::{UmT5Encoder, WanTransformer3d, WanVae};
 pub use params::with_suffix;
 use params::{GenerateParams, Start};
 pub use progress::ProgressMode;
+pub use state::write_atomically;
 use progress::Reporter;
-use state::{write_atomically, ResumeInfo, ResumeState};
+use state::{ResumeInfo, ResumeState};
 use story::{load_story, Segment};
 
 /// Flags of `skyreels generate` (named after the reference CLI where it has one).

@@ -359,7 +359,7 @@ fn texture(frame: &RgbFrame, mask: &[bool]) -> f32 {
 }
 
 /// Everything the judge reads from one clip about its (first) subject and camera.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Reading {
     /// Backdrop colours.
     pub background: Vec<Colour>,

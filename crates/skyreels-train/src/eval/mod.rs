@@ -116,7 +116,7 @@ pub struct WindowStats {
 /// (memory stays that of one window, whatever the length).
 pub struct StabilityMeter {
     window: usize,
-    subject: Colour,
+    subject: Option<Colour>,
     background: Option<Vec<Colour>>,
     pending: Vec<RgbFrame>,
     first_mean: Option<[f64; 3]>,
@@ -125,8 +125,9 @@ pub struct StabilityMeter {
 }
 
 impl StabilityMeter {
-    /// A meter with windows of `window` frames following a subject of colour `subject`.
-    pub fn new(window: usize, subject: Colour) -> Self {
+    /// A meter with windows of `window` frames following a subject of colour `subject` (by
+    /// default the dominant subject colour of the first window).
+    pub fn new(window: usize, subject: Option<Colour>) -> Self {
         Self {
             window: window.max(1),
             subject,
@@ -146,6 +147,11 @@ impl StabilityMeter {
         }
     }
 
+    /// The subject colour followed (known once the first window is closed).
+    pub fn subject(&self) -> Option<Colour> {
+        self.subject
+    }
+
     /// Closes the last partial window and returns every window's figures.
     pub fn finish(mut self) -> Vec<WindowStats> {
         if !self.pending.is_empty() {
@@ -157,7 +163,12 @@ impl StabilityMeter {
     fn close_window(&mut self) {
         let frames = std::mem::take(&mut self.pending);
         let background = self.background.get_or_insert_with(|| background_colours(&frames)).clone();
-        let present = frames.iter().filter(|f| blobs(f, &background).iter().any(|b| b.colour == self.subject)).count();
+        let found: Vec<Vec<judge::Blob>> = frames.iter().map(|f| blobs(f, &background)).collect();
+        if self.subject.is_none() {
+            let first = &frames[0];
+            self.subject = judge::dominant_colour(&found, (first.width as usize, first.height as usize));
+        }
+        let present = found.iter().filter(|b| b.iter().any(|b| Some(b.colour) == self.subject)).count();
         let mean = mean_colour(&frames);
         let first = *self.first_mean.get_or_insert(mean);
         let drift = (0..3).map(|c| (mean[c] - first[c]).powi(2)).sum::<f64>().sqrt();

@@ -87,7 +87,7 @@ fn stability_meter_flags_fading_and_vanishing() {
     let clip = single(Action::Stay, CameraMotion::Static, Pattern::Checkerboard);
     let frames = render(&clip);
     let run = |fade: bool| {
-        let mut meter = StabilityMeter::new(16, Colour::Red);
+        let mut meter = StabilityMeter::new(16, None);
         for i in 0..160 {
             let mut frame = frames[i % frames.len()].clone();
             if fade && i >= 80 {
@@ -104,4 +104,7 @@ fn stability_meter_flags_fading_and_vanishing() {
     let fading = run(true);
     assert!(!is_stable(&fading), "{fading:?}");
     assert!(fading[9].brightness < fading[0].brightness - 25.0);
+    let mut meter = StabilityMeter::new(16, None);
+    frames.iter().for_each(|f| meter.push(f.clone()));
+    assert_eq!(meter.subject(), Some(Colour::Red));
 }

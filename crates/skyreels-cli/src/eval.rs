@@ -1,0 +1,312 @@
+//! `skyreels eval`: the automatic judge of the film world, run on videos the model generates.
+//!
+//! `adherence` generates one clip per held-out prompt (or renders it, with `--ground-truth`)
+//! and scores what the judge reads against the prompt; `stability` generates one long video
+//! (or reads one) and measures it window by window.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use skyreels_core::media::{open_video, RgbFrame};
+use skyreels_train::eval::judge::read_clip;
+use skyreels_train::eval::{held_out_prompts, is_stable, Scores, StabilityMeter, Tally, WindowStats};
+use skyreels_train::world::{render_frame, WorldConfig};
+
+use crate::generate::{self, GenerateArgs};
+
+/// `skyreels eval` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Prompt adherence (colour, shape, size, action, direction, camera) and temporal
+    /// consistency over held-out attribute combinations.
+    Adherence(AdherenceArgs),
+    /// Long-horizon stability of one long generation, window by window.
+    Stability(StabilityArgs),
+}
+
+/// Flags of `skyreels eval adherence`.
+#[derive(Args, Debug)]
+pub struct AdherenceArgs {
+    /// Model directory (default: the built-in demo model).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Prompts in the set.
+    #[arg(long, default_value_t = 40)]
+    pub prompts: usize,
+    /// Frames per clip (the film world's clip length).
+    #[arg(long, default_value_t = 33)]
+    pub frames: usize,
+    /// Sampling steps (default: the model's).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Seed of the first clip; clip `i` uses `seed + i`.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Judge renders of the prompts instead of generations: the judge's own ceiling.
+    #[arg(long)]
+    pub ground_truth: bool,
+    /// Folder for the generated clips (default: a folder in the system temp dir).
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+    /// Also write the scores and every reading as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// Flags of `skyreels eval stability`.
+#[derive(Args, Debug)]
+pub struct StabilityArgs {
+    /// Model directory (default: the built-in demo model).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Prompt of the long generation.
+    #[arg(long, default_value = "a large yellow star bounces on a gray and black checkerboard background, the camera is static")]
+    pub prompt: String,
+    /// Frames to generate (961 = 60 s at 16 fps).
+    #[arg(long, default_value_t = 961)]
+    pub frames: usize,
+    /// Window of the stability figures, in frames.
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+    /// Seed of the generation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Compare sync and async diffusion forcing with latent and pixel continuation (four
+    /// generations) instead of one generation with `--ar-step` and `--continuation`.
+    #[arg(long)]
+    pub compare: bool,
+    /// Asynchronous diffusion forcing step (0 = synchronous).
+    #[arg(long, default_value_t = 0)]
+    pub ar_step: usize,
+    /// `latent` or `pixel` continuation between windows.
+    #[arg(long, default_value = "latent")]
+    pub continuation: String,
+    /// Judge this existing video instead of generating one.
+    #[arg(long, conflicts_with = "compare")]
+    pub video: Option<PathBuf>,
+    /// Folder for the generated videos (default: a folder in the system temp dir).
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+    /// Also write every window's figures as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// Runs an eval subcommand.
+pub fn run(command: &EvalCommand) -> Result<(), String> {
+    match command {
+        EvalCommand::Adherence(args) => adherence(args),
+        EvalCommand::Stability(args) => stability(args),
+    }
+}
+
+/// Parses `skyreels generate` flags, so evaluation runs exactly what a user runs.
+#[derive(Parser)]
+struct GenerateFlags {
+    #[command(flatten)]
+    args: GenerateArgs,
+}
+
+fn generate_video(model: &Option<String>, flags: &[String], output: &Path) -> Result<(), String> {
+    let mut argv = vec!["generate".to_string()];
+    if let Some(model) = model {
+        argv.extend(["--model".to_string(), model.clone()]);
+    }
+    argv.extend(flags.iter().cloned());
+    argv.extend(["--overwrite", "--progress", "none", "-o"].map(String::from));
+    argv.push(output.to_string_lossy().into_owned());
+    let parsed = GenerateFlags::try_parse_from(&argv).map_err(|e| format!("eval built bad generate flags: {e}"))?;
+    generate::run(parsed.args)
+}
+
+fn read_frames(path: &Path) -> Result<Vec<RgbFrame>, String> {
+    let reader = open_video(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    reader.map(|f| f.map_err(|e| format!("cannot read {}: {e}", path.display()))).collect()
+}
+
+fn work_dir(work: &Option<PathBuf>, name: &str) -> Result<PathBuf, String> {
+    let dir = work.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("skyreels-eval-{name}-{}", std::process::id())));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn write_report(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<(), String> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+        crate::generate::write_atomically(path, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn adherence(args: &AdherenceArgs) -> Result<(), String> {
+    if args.prompts == 0 || args.frames < 9 {
+        return Err("--prompts must be positive and --frames at least 9".into());
+    }
+    let world = WorldConfig { frames: args.frames, ..WorldConfig::default() };
+    let clips = held_out_prompts(&world, args.prompts);
+    let work = if args.ground_truth { None } else { Some(work_dir(&args.work, "adherence")?) };
+    let mut scores = Scores::default();
+    let mut readings = Vec::new();
+    for (i, clip) in clips.iter().enumerate() {
+        let frames = match &work {
+            None => (0..clip.frames()).map(|k| render_frame(clip, k)).collect(),
+            Some(dir) => {
+                let output = dir.join(format!("clip-{i:03}"));
+                let mut flags = vec![
+                    "--prompt".to_string(),
+                    clip.prompt(),
+                    "--frames".into(),
+                    clip.frames().to_string(),
+                    "--seed".into(),
+                    (args.seed + i as u64).to_string(),
+                ];
+                if let Some(steps) = args.steps {
+                    flags.extend(["--steps".to_string(), steps.to_string()]);
+                }
+                generate_video(&args.model, &flags, &output)?;
+                read_frames(&output)?
+            }
+        };
+        let reading = read_clip(&frames, clip.shots[0].shot_type, None);
+        scores.add(clip, &reading);
+        eprintln!("[{}/{}] {}", i + 1, clips.len(), clip.prompt());
+        readings.push(serde_json::json!({ "prompt": clip.prompt(), "clip": clip, "reading": reading }));
+    }
+    print_scores(&scores, if args.ground_truth { "ground-truth renders" } else { "generated clips" });
+    write_report(&args.report, &serde_json::json!({ "scores": scores, "clips": readings }))
+}
+
+fn print_scores(s: &Scores, what: &str) {
+    println!("prompt adherence on {} held-out prompts ({what})", s.clips);
+    println!("| attribute | score | judged |");
+    println!("|---|---|---|");
+    let rows: [(&str, Tally); 6] = [
+        ("colour", s.colour),
+        ("shape", s.shape),
+        ("size", s.size),
+        ("action", s.action),
+        ("motion direction", s.direction),
+        ("camera motion", s.camera),
+    ];
+    for (name, tally) in rows {
+        println!("| {name} | {:.1}% | {}/{} |", tally.percent(), tally.hits, tally.total);
+    }
+    println!("| identity kept | {:.1}% of frames | |", 100.0 * s.identity);
+    println!("| flicker | {:.2} (mean abs. brightness change per frame, 0–255) | |", s.flicker);
+}
+
+/// One long-video configuration of the comparison.
+struct LongRun {
+    label: String,
+    flags: Vec<String>,
+}
+
+fn stability(args: &StabilityArgs) -> Result<(), String> {
+    if args.window == 0 {
+        return Err("--window must be positive".into());
+    }
+    if let Some(video) = &args.video {
+        let windows = measure(video, args.window)?;
+        print_windows(&windows);
+        println!("stable: {}", is_stable(&windows));
+        return write_report(&args.report, &serde_json::json!({ "video": video, "windows": windows }));
+    }
+    let runs: Vec<LongRun> = if args.compare {
+        [(0, "latent"), (0, "pixel"), (2, "latent"), (2, "pixel")]
+            .into_iter()
+            .map(|(ar, cont)| long_run(ar, cont))
+            .collect()
+    } else {
+        vec![long_run(args.ar_step, &args.continuation)]
+    };
+    let work = work_dir(&args.work, "stability")?;
+    let mut table = Vec::new();
+    for run in &runs {
+        let output = work.join(format!("long-{}.mp4", run.label.replace([' ', ','], "-")));
+        let mut flags = vec![
+            "--prompt".to_string(),
+            args.prompt.clone(),
+            "--frames".into(),
+            args.frames.to_string(),
+            "--seed".into(),
+            args.seed.to_string(),
+        ];
+        flags.extend(run.flags.iter().cloned());
+        let started = std::time::Instant::now();
+        generate_video(&args.model, &flags, &output)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let windows = measure(&output, args.window)?;
+        if !args.compare {
+            print_windows(&windows);
+        }
+        table.push(serde_json::json!({
+            "config": run.label, "video": output, "seconds": seconds,
+            "stable": is_stable(&windows), "summary": summary(&windows), "windows": windows,
+        }));
+    }
+    println!("{} frames of \"{}\", windows of {} frames", args.frames, args.prompt, args.window);
+    println!("| configuration | stable | subject seen (min) | brightness change (max) | colour drift (max) | backdrop match (min) | time |");
+    println!("|---|---|---|---|---|---|---|");
+    for row in &table {
+        let s = &row["summary"];
+        println!(
+            "| {} | {} | {:.0}% | {:.1} | {:.1} | {:.0}% | {:.0} s |",
+            row["config"].as_str().unwrap_or(""),
+            if row["stable"].as_bool().unwrap_or(false) { "yes" } else { "no" },
+            100.0 * s["min_subject_present"].as_f64().unwrap_or(0.0),
+            s["max_brightness_change"].as_f64().unwrap_or(0.0),
+            s["max_colour_drift"].as_f64().unwrap_or(0.0),
+            100.0 * s["min_background_match"].as_f64().unwrap_or(0.0),
+            row["seconds"].as_f64().unwrap_or(0.0),
+        );
+    }
+    write_report(&args.report, &serde_json::json!({ "prompt": args.prompt, "frames": args.frames, "runs": table }))
+}
+
+fn long_run(ar_step: usize, continuation: &str) -> LongRun {
+    let mode = if ar_step == 0 { "sync".to_string() } else { format!("async ar_step {ar_step}") };
+    LongRun {
+        label: format!("{mode}, {continuation} continuation"),
+        flags: vec!["--ar-step".into(), ar_step.to_string(), "--continuation".into(), continuation.into()],
+    }
+}
+
+/// Streams a video through the stability meter (one window in memory at a time).
+fn measure(path: &Path, window: usize) -> Result<Vec<WindowStats>, String> {
+    let reader = open_video(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut meter = StabilityMeter::new(window, None);
+    for frame in reader {
+        meter.push(frame.map_err(|e| format!("cannot read {}: {e}", path.display()))?);
+    }
+    Ok(meter.finish())
+}
+
+fn summary(windows: &[WindowStats]) -> serde_json::Value {
+    let first = windows.first();
+    let fold = |f: &dyn Fn(&WindowStats) -> f64, min: bool| {
+        windows.iter().map(f).fold(if min { f64::INFINITY } else { 0.0 }, |a, b| if min { a.min(b) } else { a.max(b) })
+    };
+    serde_json::json!({
+        "windows": windows.len(),
+        "min_subject_present": fold(&|w| w.subject_present, true),
+        "max_brightness_change": fold(&|w| (w.brightness - first.map_or(0.0, |f| f.brightness)).abs(), false),
+        "max_colour_drift": fold(&|w| w.colour_drift, false),
+        "min_background_match": fold(&|w| w.background_match, true),
+    })
+}
+
+fn print_windows(windows: &[WindowStats]) {
+    println!("| frames | subject seen | brightness | colour drift | backdrop match |");
+    println!("|---|---|---|---|---|");
+    for w in windows {
+        println!(
+            "| {}–{} | {:.0}% | {:.1} | {:.1} | {:.0}% |",
+            w.start,
+            w.start + w.frames - 1,
+            100.0 * w.subject_present,
+            w.brightness,
+            w.colour_drift,
+            100.0 * w.background_match
+        );
+    }
+}
