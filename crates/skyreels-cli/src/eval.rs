@@ -60,7 +60,7 @@ pub struct StabilityArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// Prompt of the long generation.
-    #[arg(long, default_value = "a large yellow star bounces on a gray and black checkerboard background, the camera is static")]
+    #[arg(long, default_value = "a large red circle bounces on a gray and black checkerboard background, the camera is static")]
     pub prompt: String,
     /// Frames to generate (961 = 60 s at 16 fps).
     #[arg(long, default_value_t = 961)]

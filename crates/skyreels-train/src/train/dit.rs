@@ -319,6 +319,8 @@ fn export_pipeline(run: &Run, trainer: &Trainer<'_>, inputs: &DitInputs<'_>, out
             "height": world.height,
             "width": world.width,
             "fps": world.fps,
+            // A 5-second clip unless --frames says otherwise.
+            "frames": 5 * world.fps as usize + 1,
             "base_frames": world.frames,
             "overlap_history": world.frames / 2 + 1,
             "steps": 20,
