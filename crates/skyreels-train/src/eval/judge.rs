@@ -48,22 +48,26 @@ fn pixel(frame: &RgbFrame, x: usize, y: usize) -> [u8; 3] {
     [frame.data[i], frame.data[i + 1], frame.data[i + 2]]
 }
 
+/// The pixels of a frame's 2-pixel border ring.
+pub fn border_pixels(frame: &RgbFrame) -> impl Iterator<Item = [u8; 3]> + '_ {
+    let (w, h) = (frame.width as usize, frame.height as usize);
+    (0..w * h)
+        .filter(move |i| {
+            let (x, y) = (i % w, i / w);
+            x < 2 || y < 2 || x + 2 >= w || y + 2 >= h
+        })
+        .map(move |i| pixel(frame, i % w, i / w))
+}
+
 /// The backdrop's colours: palette colours covering a fair share of the frame borders over the
 /// whole clip (a subject rarely sits on the border for long).
 pub fn background_colours(frames: &[RgbFrame]) -> Vec<Colour> {
     let mut counts = vec![0usize; Colour::ALL.len()];
     let mut total = 0usize;
-    for frame in frames {
-        let (w, h) = (frame.width as usize, frame.height as usize);
-        for y in 0..h {
-            for x in 0..w {
-                if x < 2 || y < 2 || x + 2 >= w || y + 2 >= h {
-                    total += 1;
-                    if let Some(c) = palette_colour(pixel(frame, x, y)) {
-                        counts[colour_index(c)] += 1;
-                    }
-                }
-            }
+    for rgb in frames.iter().flat_map(border_pixels) {
+        total += 1;
+        if let Some(c) = palette_colour(rgb) {
+            counts[colour_index(c)] += 1;
         }
     }
     Colour::ALL

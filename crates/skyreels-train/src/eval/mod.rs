@@ -213,17 +213,10 @@ fn mean_colour(frames: &[RgbFrame]) -> [f64; 3] {
 }
 
 fn border_match(frame: &RgbFrame, background: &[Colour]) -> f64 {
-    let (w, h) = (frame.width as usize, frame.height as usize);
     let (mut hits, mut total) = (0usize, 0usize);
-    for y in 0..h {
-        for x in 0..w {
-            if x < 2 || y < 2 || x + 2 >= w || y + 2 >= h {
-                total += 1;
-                let i = 3 * (y * w + x);
-                let rgb = [frame.data[i], frame.data[i + 1], frame.data[i + 2]];
-                hits += palette_colour(rgb).is_some_and(|c| background.contains(&c)) as usize;
-            }
-        }
+    for rgb in judge::border_pixels(frame) {
+        total += 1;
+        hits += palette_colour(rgb).is_some_and(|c| background.contains(&c)) as usize;
     }
     hits as f64 / total.max(1) as f64
 }
