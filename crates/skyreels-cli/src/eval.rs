@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use skyreels_core::media::{open_video, RgbFrame};
 use skyreels_train::eval::judge::read_clip;
 use skyreels_train::eval::{held_out_prompts, is_stable, Scores, StabilityMeter, Tally, WindowStats};
-use skyreels_train::world::{render_frame, WorldConfig};
+use skyreels_train::world::{render_frame, Colour, WorldConfig};
 
 use crate::generate::{self, GenerateArgs};
 
@@ -59,9 +59,10 @@ pub struct StabilityArgs {
     /// Model directory (default: the built-in demo model).
     #[arg(long)]
     pub model: Option<String>,
-    /// Prompt of the long generation.
-    #[arg(long, default_value = "a large red circle bounces on a gray and black checkerboard background, the camera is static")]
-    pub prompt: String,
+    /// Prompt of the long generation; its first colour word names the subject to follow (with
+    /// `--video` and no prompt, the dominant subject colour of the first window is followed).
+    #[arg(long)]
+    pub prompt: Option<String>,
     /// Frames to generate (961 = 60 s at 16 fps).
     #[arg(long, default_value_t = 961)]
     pub frames: usize,
@@ -205,8 +206,9 @@ fn stability(args: &StabilityArgs) -> Result<(), String> {
     if args.window == 0 {
         return Err("--window must be positive".into());
     }
+    let subject = args.prompt.as_deref().and_then(prompted_colour);
     if let Some(video) = &args.video {
-        let windows = measure(video, args.window)?;
+        let windows = measure(video, args.window, subject)?;
         print_windows(&windows);
         println!("stable: {}", is_stable(&windows));
         return write_report(&args.report, &serde_json::json!({ "video": video, "windows": windows }));
@@ -219,13 +221,15 @@ fn stability(args: &StabilityArgs) -> Result<(), String> {
     } else {
         vec![long_run(args.ar_step, &args.continuation)]
     };
+    let prompt = args.prompt.clone().unwrap_or_else(|| DEFAULT_LONG_PROMPT.to_string());
+    let subject = prompted_colour(&prompt);
     let work = work_dir(&args.work, "stability")?;
     let mut table = Vec::new();
     for run in &runs {
         let output = work.join(format!("long-{}.mp4", run.label.replace([' ', ','], "-")));
         let mut flags = vec![
             "--prompt".to_string(),
-            args.prompt.clone(),
+            prompt.clone(),
             "--frames".into(),
             args.frames.to_string(),
             "--seed".into(),
@@ -235,7 +239,7 @@ fn stability(args: &StabilityArgs) -> Result<(), String> {
         let started = std::time::Instant::now();
         generate_video(&args.model, &flags, &output)?;
         let seconds = started.elapsed().as_secs_f64();
-        let windows = measure(&output, args.window)?;
+        let windows = measure(&output, args.window, subject)?;
         if !args.compare {
             print_windows(&windows);
         }
@@ -244,7 +248,7 @@ fn stability(args: &StabilityArgs) -> Result<(), String> {
             "stable": is_stable(&windows), "summary": summary(&windows), "windows": windows,
         }));
     }
-    println!("{} frames of \"{}\", windows of {} frames", args.frames, args.prompt, args.window);
+    println!("{} frames of \"{prompt}\", windows of {} frames", args.frames, args.window);
     println!("| configuration | stable | subject seen (min) | brightness change (max) | colour drift (max) | backdrop match (min) | time |");
     println!("|---|---|---|---|---|---|---|");
     for row in &table {
@@ -260,7 +264,7 @@ fn stability(args: &StabilityArgs) -> Result<(), String> {
             row["seconds"].as_f64().unwrap_or(0.0),
         );
     }
-    write_report(&args.report, &serde_json::json!({ "prompt": args.prompt, "frames": args.frames, "runs": table }))
+    write_report(&args.report, &serde_json::json!({ "prompt": prompt, "frames": args.frames, "runs": table }))
 }
 
 fn long_run(ar_step: usize, continuation: &str) -> LongRun {
@@ -271,10 +275,22 @@ fn long_run(ar_step: usize, continuation: &str) -> LongRun {
     }
 }
 
+/// The long video generated when no `--prompt` is given: a training-split subject that stays in
+/// view, on a backdrop that shows any camera drift.
+const DEFAULT_LONG_PROMPT: &str =
+    "a large red circle bounces on a gray and black checkerboard background, the camera is static";
+
+/// The subject colour a prompt names: its first colour word ("a large red circle …" → red).
+fn prompted_colour(prompt: &str) -> Option<Colour> {
+    prompt
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .find_map(|word| Colour::ALL.iter().copied().find(|c| c.word().eq_ignore_ascii_case(word)))
+}
+
 /// Streams a video through the stability meter (one window in memory at a time).
-fn measure(path: &Path, window: usize) -> Result<Vec<WindowStats>, String> {
+fn measure(path: &Path, window: usize, subject: Option<Colour>) -> Result<Vec<WindowStats>, String> {
     let reader = open_video(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut meter = StabilityMeter::new(window, None);
+    let mut meter = StabilityMeter::new(window, subject);
     for frame in reader {
         meter.push(frame.map_err(|e| format!("cannot read {}: {e}", path.display()))?);
     }

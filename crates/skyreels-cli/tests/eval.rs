@@ -40,6 +40,10 @@ fn stability_of_an_existing_video_window_by_window() {
     assert!(stdout.contains("| 0–15 |") && stdout.contains("| 32–47 |"), "{stdout}");
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(json["windows"].as_array().map(Vec::len), Some(3));
+    // The clip (seed 4) has red subjects only: following the prompt's green finds none.
+    let out = skyreels(&["eval", "stability", "--video", clip.to_str().unwrap(), "--prompt", "a green square"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("| 0–15 | 0% |") && stdout.contains("stable: false"), "{stdout}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
