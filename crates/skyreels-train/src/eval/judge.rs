@@ -43,20 +43,13 @@ pub fn palette_colour(rgb: [u8; 3]) -> Option<Colour> {
     best
 }
 
-fn pixel(frame: &RgbFrame, x: usize, y: usize) -> [u8; 3] {
-    let i = 3 * (y * frame.width as usize + x);
-    [frame.data[i], frame.data[i + 1], frame.data[i + 2]]
-}
-
 /// The pixels of a frame's 2-pixel border ring.
 pub fn border_pixels(frame: &RgbFrame) -> impl Iterator<Item = [u8; 3]> + '_ {
     let (w, h) = (frame.width as usize, frame.height as usize);
-    (0..w * h)
-        .filter(move |i| {
-            let (x, y) = (i % w, i / w);
-            x < 2 || y < 2 || x + 2 >= w || y + 2 >= h
-        })
-        .map(move |i| pixel(frame, i % w, i / w))
+    frame.data.chunks_exact(3).enumerate().filter_map(move |(i, p)| {
+        let (x, y) = (i % w, i / w);
+        (x < 2 || y < 2 || x + 2 >= w || y + 2 >= h).then(|| [p[0], p[1], p[2]])
+    })
 }
 
 /// The backdrop's colours: palette colours covering a fair share of the frame borders over the
@@ -103,8 +96,10 @@ impl Blob {
 /// Every blob of a non-background palette colour in `frame`, at least [`MIN_AREA`] pixels.
 pub fn blobs(frame: &RgbFrame, background: &[Colour]) -> Vec<Blob> {
     let (w, h) = (frame.width as usize, frame.height as usize);
-    let labels: Vec<Option<Colour>> = (0..w * h)
-        .map(|i| palette_colour(pixel(frame, i % w, i / w)).filter(|c| !background.contains(c)))
+    let labels: Vec<Option<Colour>> = frame
+        .data
+        .chunks_exact(3)
+        .map(|p| palette_colour([p[0], p[1], p[2]]).filter(|c| !background.contains(c)))
         .collect();
     let mut seen = vec![false; w * h];
     let mut found = Vec::new();
@@ -172,11 +167,11 @@ fn unit_area(shape: Shape) -> f32 {
     areas[Shape::ALL.iter().position(|&s| s == shape).expect("every shape is listed")]
 }
 
-/// Overlap (intersection over union) of a blob with `shape` drawn at the blob's centroid, with
-/// the blob's area, turned by `angle` and scaled by `scale`.
-fn template_iou(blob: &Blob, shape: Shape, angle: f32, scale: f32) -> f32 {
+/// Overlap (intersection over union) of a blob (whose pixels are also given as the set `set`)
+/// with `shape` drawn at the blob's centroid, with the blob's area, turned by `angle` and scaled
+/// by `scale`.
+fn template_iou(blob: &Blob, set: &HashSet<(u16, u16)>, shape: Shape, angle: f32, scale: f32) -> f32 {
     let radius = (blob.area() as f32 / unit_area(shape)).sqrt() * scale;
-    let set: HashSet<(u16, u16)> = blob.pixels.iter().copied().collect();
     let [cx, cy] = blob.centroid;
     let reach = (radius * 1.3).ceil() as i32 + 1;
     let (sin, cos) = (-angle).sin_cos();
@@ -205,12 +200,13 @@ fn template_iou(blob: &Blob, shape: Shape, angle: f32, scale: f32) -> f32 {
 /// The shape whose template overlaps the blob best, trying small turns and scales (a square
 /// turned by 45° is a diamond, so turns stay within ±15°: shapes are judged upright).
 pub fn classify_shape(blob: &Blob) -> Shape {
+    let set: HashSet<(u16, u16)> = blob.pixels.iter().copied().collect();
     let mut best = (Shape::Circle, -1.0f32);
     for &shape in Shape::ALL {
         for step in -3..=3 {
             let angle = (step as f32 * 5.0).to_radians();
             for scale in [0.9, 1.0, 1.1] {
-                let iou = template_iou(blob, shape, angle, scale);
+                let iou = template_iou(blob, &set, shape, angle, scale);
                 if iou > best.1 {
                     best = (shape, iou);
                 }
@@ -308,7 +304,7 @@ fn transform_error(
             if !earlier_mask[sy * w + sx] {
                 continue;
             }
-            let (a, b) = (pixel(earlier, sx, sy), pixel(later, x, y));
+            let (a, b) = (earlier.pixel(sx as u32, sy as u32), later.pixel(x as u32, y as u32));
             sum += (0..3).map(|c| (a[c] as f64 - b[c] as f64).abs()).sum::<f64>();
             count += 1;
         }
@@ -316,9 +312,9 @@ fn transform_error(
     (count * 4 >= w * h).then(|| (sum / (3 * count) as f64) as f32)
 }
 
-/// The candidate transforms searched between two frames.
+/// The candidate transforms searched between two frames, besides no motion.
 fn candidates() -> Vec<Transform> {
-    let mut all = vec![Transform::IDENTITY];
+    let mut all = Vec::new();
     for dy in -MAX_SHIFT..=MAX_SHIFT {
         for dx in -MAX_SHIFT..=MAX_SHIFT {
             if (dx, dy) != (0, 0) {

@@ -17,7 +17,7 @@ use skyreels_core::models::{TransformerConfig, TransformerInput, UmT5Config, UmT
 use skyreels_core::text::PromptTokenizer;
 
 use super::data::{clip_video, gaussian};
-use super::export::{write_pipeline_index, write_text_encoder, write_transformer};
+use super::export::{write_json, write_pipeline_index, write_text_encoder, write_transformer};
 use super::params::{save_tensors, ParamStore};
 use super::run::{Run, RunSettings};
 use crate::noise_levels::NoiseLevelSampler;
@@ -330,7 +330,7 @@ fn export_pipeline(run: &Run, trainer: &Trainer<'_>, inputs: &DitInputs<'_>, out
             "negative_prompt": "",
         }
     });
-    std::fs::write(out.join("skyreels.json"), serde_json::to_string_pretty(&defaults)? + "\n")?;
+    write_json(&out.join("skyreels.json"), &defaults)?;
     // Check the export loads through the same code as any released checkpoint.
     WanTransformer3d::load(&out.join("transformer"), &Device::Cpu, DType::F32)?;
     UmT5Encoder::load(&out.join("text_encoder"), &Device::Cpu, DType::F32)?;

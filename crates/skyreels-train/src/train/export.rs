@@ -18,7 +18,8 @@ fn save_component(path: &Path, component: Component, weights: &BTreeMap<String, 
     save_tensors(path, renamed)
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+/// Writes `value` as pretty JSON to `path` atomically (a temporary file, then a rename).
+pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(value)? + "\n")?;
     std::fs::rename(&tmp, path)?;

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::export::write_json;
 use super::log::LossLog;
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig, Ema};
 use super::params::{save_tensors, ParamStore};
@@ -191,10 +192,7 @@ impl Run {
             settings: self.settings.clone(),
             stage_config: self.stage_config.clone(),
         };
-        let json = self.dir.join("checkpoint.json");
-        let tmp = self.dir.join("checkpoint.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&info)?)?;
-        std::fs::rename(&tmp, &json)?;
+        write_json(&self.dir.join("checkpoint.json"), &serde_json::to_value(&info)?)?;
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
             let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
