@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use skyreels_train::train::optim::AdamWConfig;
-use skyreels_train::train::run::RunSettings;
+use skyreels_train::train::run::{RunOptions, RunSettings};
 use skyreels_train::train::dit::{train_dit, DitInputs, DitStage};
 use skyreels_train::train::tokenizer::{build_vocabulary, write_tokenizer};
 use skyreels_train::train::vae::{train_vae, VaeStage};
@@ -79,12 +79,20 @@ pub struct RunArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Start from the weights of another run of the same stage (its directory), with a fresh
+    /// optimiser and schedule: a second phase, e.g. the VAE on long clips.
+    #[arg(long, value_name = "RUN")]
+    pub init_from: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
 }
 
 impl RunArgs {
+    fn options(&self) -> RunOptions {
+        RunOptions { resume: self.resume, init_from: self.init_from.clone(), quiet: self.quiet }
+    }
+
     fn settings(&self, steps: u64, lr: f64) -> Result<RunSettings, String> {
         let steps = self.steps.unwrap_or(steps);
         if steps == 0 || self.checkpoint_every == 0 {
@@ -138,7 +146,7 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
                 ..VaeStage::default()
             };
             let settings = args.run.settings(1500, 2e-3)?;
-            train_vae(&args.run.out, &stage, settings, args.run.resume, args.run.quiet).map_err(|e| format!("{e:#}"))?;
+            train_vae(&args.run.out, &stage, settings, &args.run.options()).map_err(|e| format!("{e:#}"))?;
             println!("VAE exported to {}", args.run.out.join("export").display());
             Ok(())
         }
@@ -162,7 +170,7 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
             };
             let settings = args.run.settings(3000, 1e-3)?;
             let inputs = DitInputs { vae: &args.vae, tokenizer: &args.tokenizer };
-            train_dit(&args.run.out, &inputs, &stage, settings, args.run.resume, args.run.quiet)
+            train_dit(&args.run.out, &inputs, &stage, settings, &args.run.options())
                 .map_err(|e| format!("{e:#}"))?;
             println!("model exported to {}", args.run.out.join("export").display());
             Ok(())

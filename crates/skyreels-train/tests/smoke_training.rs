@@ -6,7 +6,7 @@ use skyreels_core::models::WanVae;
 use skyreels_train::train::data::clip_video;
 use skyreels_train::train::optim::AdamWConfig;
 use skyreels_train::train::params::ParamStore;
-use skyreels_train::train::run::RunSettings;
+use skyreels_train::train::run::{RunOptions, RunSettings};
 use skyreels_train::train::vae::VaeStage;
 use skyreels_train::world::{sample_clip, Split, WorldConfig};
 
@@ -56,6 +56,10 @@ fn tiny_vae_stage() -> VaeStage {
     VaeStage { base_dim: 4, frames: 5, batch: 1, crop: 0, world: tiny_world(), ..VaeStage::default() }
 }
 
+fn fresh() -> RunOptions {
+    RunOptions { quiet: true, ..RunOptions::default() }
+}
+
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("skyreels-smoke-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -79,12 +83,12 @@ fn an_interrupted_run_resumes_to_the_same_weights() -> anyhow::Result<()> {
     use skyreels_train::train::vae::train_vae;
     let stage = tiny_vae_stage();
     let straight = temp_dir("straight");
-    train_vae(&straight, &stage, RunSettings { checkpoint_every: 2, ..settings(4, 1e-3) }, false, true)?;
+    train_vae(&straight, &stage, RunSettings { checkpoint_every: 2, ..settings(4, 1e-3) }, &fresh())?;
     let split = temp_dir("split");
-    train_vae(&split, &stage, RunSettings { checkpoint_every: 2, ..settings(2, 1e-3) }, false, true)?;
+    train_vae(&split, &stage, RunSettings { checkpoint_every: 2, ..settings(2, 1e-3) }, &fresh())?;
     // Restarting without --resume must refuse rather than overwrite the run.
-    assert!(train_vae(&split, &stage, settings(4, 1e-3), false, true).is_err());
-    train_vae(&split, &stage, RunSettings { checkpoint_every: 2, ..settings(4, 1e-3) }, true, true)?;
+    assert!(train_vae(&split, &stage, settings(4, 1e-3), &fresh()).is_err());
+    train_vae(&split, &stage, RunSettings { checkpoint_every: 2, ..settings(4, 1e-3) }, &RunOptions { resume: true, quiet: true, ..RunOptions::default() })?;
     assert_eq!(checkpoint_tensors(&straight)?, checkpoint_tensors(&split)?);
     let csv = std::fs::read_to_string(split.join("loss.csv"))?;
     assert_eq!(csv.lines().count(), 5, "header + one row per step:\n{csv}");
@@ -95,12 +99,42 @@ fn an_interrupted_run_resumes_to_the_same_weights() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_second_phase_starts_from_the_first_runs_weights_with_other_clips() -> anyhow::Result<()> {
+    use skyreels_train::train::vae::train_vae;
+    let first = temp_dir("phase-one");
+    train_vae(&first, &tiny_vae_stage(), settings(3, 1e-2), &fresh())?;
+    // A second phase on longer clips, at a learning rate too small to move the weights: it must
+    // hold the first phase's weights, which a fresh initialisation does not.
+    let longer = VaeStage { frames: 9, ..tiny_vae_stage() };
+    let second = temp_dir("phase-two");
+    let from_first = RunOptions { init_from: Some(first.clone()), ..fresh() };
+    train_vae(&second, &longer, settings(1, 1e-12), &from_first)?;
+    let scratch = temp_dir("phase-scratch");
+    train_vae(&scratch, &longer, settings(1, 1e-12), &fresh())?;
+    let weights = |dir: &std::path::Path| -> anyhow::Result<Vec<f32>> {
+        Ok(checkpoint_tensors(dir)?.into_iter().filter(|(k, _)| k.starts_with("param.")).flat_map(|(_, v)| v).collect())
+    };
+    let gap = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let (one, two, none) = (weights(&first)?, weights(&second)?, weights(&scratch)?);
+    assert!(gap(&one, &two) < 1e-6, "the second phase moved away from the first: {}", gap(&one, &two));
+    assert!(gap(&one, &none) > 1e-3, "the first phase's training changed nothing");
+    // Another structure is refused with a message, not a panic.
+    let wider = VaeStage { base_dim: 8, ..longer };
+    let error = train_vae(&temp_dir("phase-wider"), &wider, settings(1, 1e-3), &from_first).unwrap_err();
+    assert!(format!("{error:#}").contains("structure") || format!("{error:#}").contains("differ"), "{error:#}");
+    for dir in [first, second, scratch, temp_dir("phase-wider")] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
+}
+
+#[test]
 fn dit_loss_falls_and_the_export_is_a_loadable_pipeline() -> anyhow::Result<()> {
     use skyreels_train::train::dit::{train_dit, DitInputs, DitStage};
     use skyreels_train::train::tokenizer::{build_vocabulary, write_tokenizer};
     use skyreels_train::train::vae::train_vae;
     let dir = temp_dir("dit");
-    train_vae(&dir.join("vae"), &tiny_vae_stage(), settings(2, 1e-3), false, true)?;
+    train_vae(&dir.join("vae"), &tiny_vae_stage(), settings(2, 1e-3), &fresh())?;
     let tokenizer = dir.join("tokenizer.json");
     write_tokenizer(&tokenizer, &build_vocabulary(&tiny_world(), 200, 1)?)?;
     let stage = DitStage {
@@ -119,7 +153,7 @@ fn dit_loss_falls_and_the_export_is_a_loadable_pipeline() -> anyhow::Result<()> 
     };
     let vae = dir.join("vae/export");
     let inputs = DitInputs { vae: &vae, tokenizer: &tokenizer };
-    train_dit(&dir.join("dit"), &inputs, &stage, settings(100, 3e-3), false, true)?;
+    train_dit(&dir.join("dit"), &inputs, &stage, settings(100, 3e-3), &fresh())?;
     let csv = std::fs::read_to_string(dir.join("dit/loss.csv"))?;
     let losses: Vec<f64> = csv.lines().skip(1).map(|l| l.split(',').nth(1).unwrap().parse().unwrap()).collect();
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;

@@ -19,7 +19,7 @@ use skyreels_core::text::PromptTokenizer;
 use super::data::{clip_video, gaussian};
 use super::export::{write_json, write_pipeline_index, write_text_encoder, write_transformer};
 use super::params::{save_tensors, ParamStore};
-use super::run::{Run, RunSettings};
+use super::run::{Run, RunOptions, RunSettings};
 use crate::noise_levels::NoiseLevelSampler;
 use crate::world::{sample_clip, Rng, Split, WorldConfig};
 
@@ -261,15 +261,14 @@ pub struct DitInputs<'a> {
     pub tokenizer: &'a Path,
 }
 
-/// Trains (or resumes) the text encoder and DiT in `dir`, then exports the whole pipeline to
+/// Trains (resumes, or continues from another run with `options.init_from`) the text encoder and DiT in `dir`, then exports the whole pipeline to
 /// `dir/export`.
 pub fn train_dit(
     dir: &Path,
     inputs: &DitInputs<'_>,
     stage: &DitStage,
     settings: RunSettings,
-    resume: bool,
-    quiet: bool,
+    options: &RunOptions,
 ) -> anyhow::Result<()> {
     if stage.dim % stage.heads != 0 || stage.text_dim % stage.text_heads != 0 || stage.batch == 0 || stage.clips == 0 {
         bail!("the widths must divide by the head counts, and --batch and --clips must be positive");
@@ -279,12 +278,12 @@ pub fn train_dit(
     let tokenizer = PromptTokenizer::load(inputs.tokenizer)?;
     let text = stage.text_config(tokenizer.vocab_size());
     let dit = stage.transformer_config(vae.config().z_dim);
-    let mut run = Run::start(dir, "dit", serde_json::to_value(stage)?, settings, resume, quiet, |params| {
+    let mut run = Run::start(dir, "dit", serde_json::to_value(stage)?, settings, options, |params| {
         UmT5Encoder::from_weights(text.clone(), &Prefixed { store: params, prefix: TEXT }, &device, DType::F32)?;
         WanTransformer3d::from_weights(dit.clone(), &Prefixed { store: params, prefix: DIT }, &device, DType::F32)?;
         Ok(())
     })?;
-    let trainer = Trainer { stage, data: dataset(dir, stage, &vae, quiet)?, tokenizer, text, dit };
+    let trainer = Trainer { stage, data: dataset(dir, stage, &vae, options.quiet)?, tokenizer, text, dit };
     while !run.done() {
         let loss = trainer.loss(&run.params, &mut run.rng)?;
         run.apply(&loss, &[])?;

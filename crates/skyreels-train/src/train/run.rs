@@ -62,6 +62,36 @@ struct CheckpointInfo {
     stage_config: serde_json::Value,
 }
 
+/// How a run begins and reports, beyond its settings.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue the run in the directory from its last checkpoint.
+    pub resume: bool,
+    /// Start from the weights (and EMA) of another run of the same stage, with a fresh optimiser,
+    /// schedule and step count: a second phase on other data, e.g. longer clips.
+    pub init_from: Option<PathBuf>,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+/// Reads the latest checkpoint of the `stage` run in `dir`.
+fn read_checkpoint(dir: &Path, stage: &str) -> anyhow::Result<(CheckpointInfo, std::collections::BTreeMap<String, Tensor>)> {
+    let info_path = dir.join("checkpoint.json");
+    let bytes = std::fs::read(&info_path).with_context(|| format!("cannot read {}", info_path.display()))?;
+    let info: CheckpointInfo =
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not a training checkpoint", info_path.display()))?;
+    if info.stage != stage {
+        bail!("{} holds a `{}` run, not `{stage}`", dir.display(), info.stage);
+    }
+    let tensors = candle_core::safetensors::load(dir.join(&info.tensors), &Device::Cpu)?.into_iter().collect();
+    Ok((info, tensors))
+}
+
+/// The tensors named `prefix…`, with the prefix removed.
+fn with_prefix(tensors: &std::collections::BTreeMap<String, Tensor>, prefix: &str) -> std::collections::BTreeMap<String, Tensor> {
+    tensors.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone()))).collect()
+}
+
 /// A training run in progress.
 pub struct Run {
     dir: PathBuf,
@@ -81,17 +111,18 @@ pub struct Run {
 }
 
 impl Run {
-    /// Starts a run in `dir`, or continues the one there with `resume`. `build` creates every
-    /// parameter by building the stage's models once against the store.
+    /// Starts a run in `dir`, continues the one there (`options.resume`), or starts from another
+    /// run's weights (`options.init_from`). `build` creates every parameter by building the
+    /// stage's models once against the store.
     pub fn start(
         dir: &Path,
         stage: &str,
         stage_config: serde_json::Value,
         settings: RunSettings,
-        resume: bool,
-        quiet: bool,
+        options: &RunOptions,
         build: impl Fn(&ParamStore) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
+        let (resume, quiet) = (options.resume, options.quiet);
         let info_path = dir.join("checkpoint.json");
         if !resume && info_path.exists() {
             bail!("{} already holds a training run; pass --resume to continue it or choose another --out", dir.display());
@@ -106,27 +137,25 @@ impl Run {
         let mut rng = Rng::new(settings.seed ^ 0xD1CE_5EED);
         let mut step = 0;
         if resume && info_path.exists() {
-            let info: CheckpointInfo = serde_json::from_slice(&std::fs::read(&info_path)?)
-                .with_context(|| format!("{} is not a training checkpoint", info_path.display()))?;
-            if info.stage != stage {
-                bail!("{} holds a `{}` run, not `{stage}`", dir.display(), info.stage);
-            }
+            let (info, tensors) = read_checkpoint(dir, stage)?;
             if info.stage_config != stage_config || info.settings.seed != settings.seed {
                 bail!("the run in {} was started with other settings; resume it with the same ones", dir.display());
             }
-            let tensors: std::collections::BTreeMap<String, Tensor> =
-                candle_core::safetensors::load(dir.join(&info.tensors), &device)?.into_iter().collect();
-            let pick = |prefix: &str| -> std::collections::BTreeMap<String, Tensor> {
-                tensors
-                    .iter()
-                    .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
-                    .collect()
-            };
-            params.assign(&pick("param."))?;
+            params.assign(&with_prefix(&tensors, "param."))?;
             optimizer.restore(info.step, &tensors)?;
-            ema.restore(info.ema_updates, pick("ema."));
+            ema.restore(info.ema_updates, with_prefix(&tensors, "ema."));
             rng = Rng::from_state(info.rng_state);
             step = info.step;
+        } else if let Some(source) = &options.init_from {
+            let (info, tensors) = read_checkpoint(source, stage)?;
+            let weights = with_prefix(&tensors, "param.");
+            if weights.len() != vars.len() {
+                bail!("{} holds {} parameters, this {stage} has {}: the models differ", source.display(), weights.len(), vars.len());
+            }
+            params
+                .assign(&weights)
+                .with_context(|| format!("the {stage} in {} has another structure", source.display()))?;
+            ema.restore(info.ema_updates, with_prefix(&tensors, "ema."));
         }
         let log = LossLog::open(dir, step)?;
         let bar = progress_bar(settings.steps, step, quiet);

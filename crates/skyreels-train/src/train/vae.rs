@@ -15,7 +15,7 @@ use skyreels_core::models::vae::{VaeConfig, WanVae};
 use super::data::{gaussian, video_batch};
 use super::export::write_vae;
 use super::params::FrozenWeights;
-use super::run::{Run, RunSettings};
+use super::run::{Run, RunOptions, RunSettings};
 use crate::world::{Rng, WorldConfig};
 
 /// What the VAE stage trains, beyond the shared [`RunSettings`].
@@ -103,8 +103,8 @@ fn random_crop(video: &Tensor, side: usize, rng: &mut Rng) -> anyhow::Result<Ten
     Ok(video.narrow(3, top, side)?.narrow(4, left, side)?.contiguous()?)
 }
 
-/// Trains (or resumes) the VAE in `dir`, then exports it to `dir/export`.
-pub fn train_vae(dir: &Path, stage: &VaeStage, settings: RunSettings, resume: bool, quiet: bool) -> anyhow::Result<()> {
+/// Trains (resumes, or continues from another run with `options.init_from`) the VAE in `dir`, then exports it to `dir/export`.
+pub fn train_vae(dir: &Path, stage: &VaeStage, settings: RunSettings, options: &RunOptions) -> anyhow::Result<()> {
     if stage.crop % 8 != 0 {
         anyhow::bail!("--crop must be a multiple of 8, got {}", stage.crop);
     }
@@ -113,7 +113,7 @@ pub fn train_vae(dir: &Path, stage: &VaeStage, settings: RunSettings, resume: bo
     }
     let config = stage.vae_config();
     let device = Device::Cpu;
-    let mut run = Run::start(dir, "vae", serde_json::to_value(stage)?, settings, resume, quiet, |params| {
+    let mut run = Run::start(dir, "vae", serde_json::to_value(stage)?, settings, options, |params| {
         WanVae::from_weights(config.clone(), params, &device)?;
         Ok(())
     })?;
