@@ -122,8 +122,8 @@ pub struct VaeArgs {
     /// Clips per step.
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
-    /// Frames per training clip (1 + 4k). 9 is the fewest that reach the steady state of the
-    /// causal caches (a third chunk whose cache holds frames of two earlier chunks).
+    /// Frames per training clip (1 + 4k). The VAE stays faithful only over as many frames as it
+    /// was trained on, so follow a short-clip run with a long-clip phase (`--init-from`).
     #[arg(long, default_value_t = 9)]
     pub frames: usize,
     /// Side of the random square crop trained on (multiple of 8; 0 = whole frame).
