@@ -146,14 +146,8 @@ struct Dataset {
 fn dataset(dir: &Path, stage: &DitStage, vae: &WanVae, quiet: bool) -> anyhow::Result<Dataset> {
     let tensors_path = dir.join("dataset.safetensors");
     let prompts_path = dir.join("dataset.json");
-    if tensors_path.exists() && prompts_path.exists() {
-        let prompts: Vec<String> = serde_json::from_slice(&std::fs::read(&prompts_path)?)?;
-        let mut tensors = candle_core::safetensors::load(&tensors_path, &Device::Cpu)?;
-        if let Some(latents) = tensors.remove("latents") {
-            if prompts.len() == stage.clips && latents.dim(0)? == stage.clips {
-                return Ok(Dataset { latents, prompts });
-            }
-        }
+    if let Some(cached) = cached_dataset(&tensors_path, &prompts_path, stage.clips) {
+        return Ok(cached);
     }
     let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(stage.clips as u64) };
     bar.set_message("encoding the training clips");
@@ -169,8 +163,16 @@ fn dataset(dir: &Path, stage: &DitStage, vae: &WanVae, quiet: bool) -> anyhow::R
     bar.finish_and_clear();
     let latents = Tensor::cat(&latents, 0)?;
     save_tensors(&tensors_path, [("latents".to_string(), latents.clone())])?;
-    std::fs::write(&prompts_path, serde_json::to_vec(&prompts)?)?;
+    write_json(&prompts_path, &serde_json::to_value(&prompts)?)?;
     Ok(Dataset { latents, prompts })
+}
+
+/// The encoded training set from an earlier run, if both files are there, readable and of
+/// `clips` clips; anything else (say, files cut short by a crash) means encoding again.
+fn cached_dataset(tensors_path: &Path, prompts_path: &Path, clips: usize) -> Option<Dataset> {
+    let prompts: Vec<String> = serde_json::from_slice(&std::fs::read(prompts_path).ok()?).ok()?;
+    let latents = candle_core::safetensors::load(tensors_path, &Device::Cpu).ok()?.remove("latents")?;
+    (prompts.len() == clips && latents.dim(0).ok()? == clips).then_some(Dataset { latents, prompts })
 }
 
 /// Token ids and masks `[B, text_len]` for a batch of prompts.
@@ -334,4 +336,25 @@ fn export_pipeline(run: &Run, trainer: &Trainer<'_>, inputs: &DitInputs<'_>, out
     WanTransformer3d::load(&out.join("transformer"), &Device::Cpu, DType::F32)?;
     UmT5Encoder::load(&out.join("text_encoder"), &Device::Cpu, DType::F32)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_training_set_is_used_only_when_whole() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("skyreels-dataset-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let (tensors, prompts) = (dir.join("dataset.safetensors"), dir.join("dataset.json"));
+        assert!(cached_dataset(&tensors, &prompts, 2).is_none(), "no files");
+        save_tensors(&tensors, [("latents".to_string(), Tensor::zeros((2, 4, 3, 2, 2), DType::F32, &Device::Cpu)?)])?;
+        write_json(&prompts, &serde_json::json!(["a red circle", "a blue square"]))?;
+        assert_eq!(cached_dataset(&tensors, &prompts, 2).map(|d| d.prompts.len()), Some(2));
+        assert!(cached_dataset(&tensors, &prompts, 3).is_none(), "another clip count");
+        std::fs::write(&prompts, "[\"a red ci")?;
+        assert!(cached_dataset(&tensors, &prompts, 2).is_none(), "prompts cut short");
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
 }
