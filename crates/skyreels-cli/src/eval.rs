@@ -206,9 +206,8 @@ fn stability(args: &StabilityArgs) -> Result<(), String> {
     if args.window == 0 {
         return Err("--window must be positive".into());
     }
-    let subject = args.prompt.as_deref().and_then(prompted_colour);
     if let Some(video) = &args.video {
-        let windows = measure(video, args.window, subject)?;
+        let windows = measure(video, args.window, args.prompt.as_deref().and_then(prompted_colour))?;
         print_windows(&windows);
         println!("stable: {}", is_stable(&windows));
         return write_report(&args.report, &serde_json::json!({ "video": video, "windows": windows }));

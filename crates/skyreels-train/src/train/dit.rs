@@ -263,8 +263,8 @@ pub struct DitInputs<'a> {
     pub tokenizer: &'a Path,
 }
 
-/// Trains (resumes, or continues from another run with `options.init_from`) the text encoder and DiT in `dir`, then exports the whole pipeline to
-/// `dir/export`.
+/// Trains the text encoder and DiT in `dir` (fresh, resumed, or from another run's weights with
+/// `options.init_from`), then exports the whole pipeline to `dir/export`.
 pub fn train_dit(
     dir: &Path,
     inputs: &DitInputs<'_>,

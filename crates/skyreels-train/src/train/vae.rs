@@ -103,7 +103,8 @@ fn random_crop(video: &Tensor, side: usize, rng: &mut Rng) -> anyhow::Result<Ten
     Ok(video.narrow(3, top, side)?.narrow(4, left, side)?.contiguous()?)
 }
 
-/// Trains (resumes, or continues from another run with `options.init_from`) the VAE in `dir`, then exports it to `dir/export`.
+/// Trains the VAE in `dir` (fresh, resumed, or from another run's weights with
+/// `options.init_from`), then exports it to `dir/export`.
 pub fn train_vae(dir: &Path, stage: &VaeStage, settings: RunSettings, options: &RunOptions) -> anyhow::Result<()> {
     if stage.crop % 8 != 0 {
         anyhow::bail!("--crop must be a multiple of 8, got {}", stage.crop);
