@@ -7,12 +7,15 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+use candle_core::Device;
 use skyreels_core::media::{open_video, RgbFrame};
+use skyreels_core::models::WanVae;
+use skyreels_core::pipelines::continuation::{from_rgb_frames, to_rgb_frames};
 use skyreels_train::eval::judge::read_clip;
 use skyreels_train::eval::{held_out_prompts, is_stable, Scores, StabilityMeter, Tally, WindowStats};
 use skyreels_train::world::{render_frame, Colour, WorldConfig};
 
-use crate::generate::{self, GenerateArgs};
+use crate::generate::{self, demo_model_dir, GenerateArgs};
 
 /// `skyreels eval` subcommands.
 #[derive(Subcommand, Debug)]
@@ -45,6 +48,10 @@ pub struct AdherenceArgs {
     /// Judge renders of the prompts instead of generations: the judge's own ceiling.
     #[arg(long)]
     pub ground_truth: bool,
+    /// With `--ground-truth`: pass each render through the model's VAE (encode, then decode)
+    /// before judging it. This is the ceiling of any transformer trained on that VAE's latents.
+    #[arg(long, requires = "ground_truth")]
+    pub through_vae: bool,
     /// Folder for the generated clips (default: a folder in the system temp dir).
     #[arg(long)]
     pub work: Option<PathBuf>,
@@ -146,11 +153,18 @@ fn adherence(args: &AdherenceArgs) -> Result<(), String> {
     let world = WorldConfig { frames: args.frames, ..WorldConfig::default() };
     let clips = held_out_prompts(&world, args.prompts);
     let work = if args.ground_truth { None } else { Some(work_dir(&args.work, "adherence")?) };
+    let vae = if args.through_vae { Some(load_vae(&args.model)?) } else { None };
     let mut scores = Scores::default();
     let mut readings = Vec::new();
     for (i, clip) in clips.iter().enumerate() {
         let frames = match &work {
-            None => (0..clip.frames()).map(|k| render_frame(clip, k)).collect(),
+            None => {
+                let rendered: Vec<RgbFrame> = (0..clip.frames()).map(|k| render_frame(clip, k)).collect();
+                match &vae {
+                    Some(vae) => round_trip(vae, &rendered)?,
+                    None => rendered,
+                }
+            }
             Some(dir) => {
                 let output = dir.join(format!("clip-{i:03}"));
                 let mut flags = vec![
@@ -173,8 +187,29 @@ fn adherence(args: &AdherenceArgs) -> Result<(), String> {
         eprintln!("[{}/{}] {}", i + 1, clips.len(), clip.prompt());
         readings.push(serde_json::json!({ "prompt": clip.prompt(), "clip": clip, "reading": reading }));
     }
-    print_scores(&scores, if args.ground_truth { "ground-truth renders" } else { "generated clips" });
+    let what = match (args.ground_truth, args.through_vae) {
+        (true, true) => "ground-truth renders through the model's VAE",
+        (true, false) => "ground-truth renders",
+        _ => "generated clips",
+    };
+    print_scores(&scores, what);
     write_report(&args.report, &serde_json::json!({ "scores": scores, "clips": readings }))
+}
+
+/// The VAE of `model` (default: the built-in demo model).
+fn load_vae(model: &Option<String>) -> Result<WanVae, String> {
+    let dir = model.as_ref().map_or_else(demo_model_dir, PathBuf::from);
+    WanVae::load(&dir, &Device::Cpu).map_err(|e| format!("cannot load the VAE of {}: {e}", dir.display()))
+}
+
+/// `frames` encoded and decoded again by `vae`.
+fn round_trip(vae: &WanVae, frames: &[RgbFrame]) -> Result<Vec<RgbFrame>, String> {
+    let step = || -> skyreels_core::Result<Vec<RgbFrame>> {
+        let video = from_rgb_frames(frames, &Device::Cpu)?;
+        let decoded = vae.decode_stream().push(&vae.encode(&video)?)?;
+        to_rgb_frames(&decoded)
+    };
+    step().map_err(|e| format!("the VAE round trip failed: {e}"))
 }
 
 fn print_scores(s: &Scores, what: &str) {

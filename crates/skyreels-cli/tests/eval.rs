@@ -18,6 +18,18 @@ fn ground_truth_renders_score_full_marks() {
 }
 
 #[test]
+fn renders_through_a_vae_are_judged_as_that_vae_decodes_them() {
+    // The fixture pipeline's VAE has random weights: what it decodes keeps none of the colours.
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../skyreels-core/tests/fixtures/models/df_pipeline");
+    let out = skyreels(&["eval", "adherence", "--ground-truth", "--through-vae", "--model", model, "--prompts", "3"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("through the model's VAE") && stdout.contains("| colour | 0.0% | 0/3 |"), "{stdout}");
+    let out = skyreels(&["eval", "adherence", "--through-vae", "--model", model]);
+    assert!(!out.status.success(), "--through-vae needs --ground-truth");
+}
+
+#[test]
 fn stability_of_an_existing_video_window_by_window() {
     let dir = std::env::temp_dir().join(format!("skyreels-eval-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -26,7 +26,7 @@ use skyreels_core::pipelines::{
 use skyreels_core::text::PromptTokenizer;
 use skyreels_core::{UmT5Encoder, WanTransformer3d, WanVae};
 
-pub use params::with_suffix;
+pub use params::{demo_model_dir, with_suffix};
 use params::{GenerateParams, Start};
 pub use progress::ProgressMode;
 pub use state::write_atomically;
