@@ -87,6 +87,7 @@ fn check(case: Case, seed: u64, taps_too: bool) {
     assert_eq!(conv.output_shape(x.dims()).unwrap(), shape);
     let what = format!("{:?} k{:?} s{:?} {:?}", case.input, case.kernel, case.stride, case.padding);
     common::assert_close(&format!("implicit gemm {what}"), &conv.forward(&x).unwrap(), &expected);
+    common::assert_close(&format!("unfolded {what}"), &conv.forward_unfolded(&x).unwrap(), &expected);
     if taps_too {
         common::assert_close(&format!("conv2d taps {what}"), &conv.forward_taps(&x).unwrap(), &expected);
     }

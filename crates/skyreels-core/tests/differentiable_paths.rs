@@ -86,3 +86,39 @@ fn conv3d_is_the_same_with_trainable_weights_and_differentiable() {
     };
     check_gradient(&weight, 23, conv);
 }
+
+/// All gradients of `sum(conv(x) · weights)`: input, weight, bias.
+fn conv_gradients(conv: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor, x: &Tensor, w: &Tensor, b: &Tensor) -> [Tensor; 3] {
+    let vars = [x, w, b].map(|t| Var::from_tensor(t).unwrap());
+    let y = conv(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
+    let weights = randn(y.dims(), 99);
+    let grads = (y * weights).unwrap().sum_all().unwrap().backward().unwrap();
+    vars.map(|v| grads.get(v.as_tensor()).unwrap().clone())
+}
+
+#[test]
+fn the_unfolded_conv3d_backward_matches_the_conv2d_taps_one() {
+    // Odd sizes, strides in every axis, uneven padding: the cases of the VAE and more.
+    let cases: [([usize; 5], [usize; 3], [usize; 3], SpatialPadding); 4] = [
+        ([2, 3, 6, 7, 9], [3, 3, 2], [1, 2, 2], SpatialPadding { top: 1, bottom: 1, left: 0, right: 1 }),
+        ([1, 4, 5, 6, 5], [3, 3, 3], [1, 1, 1], SpatialPadding::uniform(1)),
+        ([2, 5, 7, 4, 3], [3, 1, 1], [2, 1, 1], SpatialPadding::default()),
+        ([1, 2, 1, 8, 6], [1, 3, 3], [1, 2, 2], SpatialPadding { top: 0, bottom: 1, left: 0, right: 1 }),
+    ];
+    for (i, (input, kernel, stride, padding)) in cases.into_iter().enumerate() {
+        let seed = 10 * i as u64;
+        let x = randn(&input, seed);
+        let w = randn(&[4, input[1], kernel[0], kernel[1], kernel[2]], seed + 1);
+        let b = randn(&[4], seed + 2);
+        let build = |w: &Tensor, b: &Tensor| Conv3d::new(w.clone(), Some(b.clone()), stride, padding).unwrap();
+        let unfolded = conv_gradients(|x, w, b| build(w, b).forward(x).unwrap(), &x, &w, &b);
+        let taps = conv_gradients(|x, w, b| build(w, b).forward_taps(x).unwrap(), &x, &w, &b);
+        for (what, (u, t)) in ["input", "weight", "bias"].iter().zip(unfolded.iter().zip(&taps)) {
+            assert!(rel_l2(u, t) < 1e-5, "case {i}: {what} gradient differs by {}", rel_l2(u, t));
+        }
+    }
+    let x = randn(&[1, 3, 5, 6, 7], 3);
+    let w = randn(&[2, 3, 3, 3, 3], 4);
+    let conv = Conv3d::new(w, None, [1, 1, 1], SpatialPadding::uniform(1)).unwrap();
+    check_gradient(&x, 77, |x| conv.forward(x).unwrap().sqr().unwrap().sum_all().unwrap());
+}

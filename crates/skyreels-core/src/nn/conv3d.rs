@@ -8,9 +8,11 @@
 //!   GEMM with positions as the long axis. Columns are computed over the padded width and the
 //!   few extra ones are dropped, which keeps every view a plain strided matrix, also for
 //!   strides > 1. Bands keep the buffer at 16 MiB at any resolution.
-//! - **Any other device, or when gradients flow (training)**: a sum of candle `conv2d` calls,
-//!   one per temporal tap, which candle can differentiate. This is also the place where a cuDNN
-//!   N-d convolution can be slotted in later without touching the models.
+//! - **CPU, f32, when gradients flow (training)**: a differentiable im2col ([`super::unfold`])
+//!   times the weight matrix, so that the backward pass is GEMMs plus a scatter-add.
+//! - **Any other device**: a sum of candle `conv2d` calls, one per temporal tap, which candle
+//!   can also differentiate. This is the place where a cuDNN N-d convolution can be slotted in
+//!   later without touching the models.
 //!
 //! Temporal padding is never done here: causal models pad (or feed cached frames) themselves.
 
@@ -18,6 +20,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, IndexOp, Storage, Tensor};
 
+use super::unfold::Unfold3d;
 use crate::error::{invalid_input, Result};
 
 /// Zero padding of the two spatial axes (top, bottom, left, right), like `ZeroPad2d`.
@@ -143,8 +146,30 @@ impl Conv3d {
                 let y = self.forward_cpu(&x.to_dtype(DType::F32)?, packed, out_shape)?;
                 Ok(y.to_dtype(x.dtype())?)
             }
+            (_, Device::Cpu) if x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 => {
+                self.forward_unfolded(x)
+            }
             _ => self.forward_taps(x),
         }
+    }
+
+    /// The differentiable CPU execution (f32): `weight[O, K] · unfold(x)[K, B·N]`.
+    pub fn forward_unfolded(&self, x: &Tensor) -> Result<Tensor> {
+        let [b, o, to, ho, wo] = self.output_shape(x.dims())?;
+        let unfold = Unfold3d {
+            input: x.dims5()?.into(),
+            kernel: self.kernel(),
+            stride: self.stride,
+            padding: self.padding,
+            output: [to, ho, wo],
+        };
+        let cols = x.contiguous()?.apply_op1(unfold)?;
+        let mut y = self.weight.reshape((o, ()))?.matmul(&cols)?; // [O, B·N]
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(&bias.reshape((o, 1))?)?;
+        }
+        let y = y.reshape((o, b, to, ho, wo))?;
+        Ok(if b == 1 { y.reshape((b, o, to, ho, wo))? } else { y.transpose(0, 1)?.contiguous()? })
     }
 
     /// The device-independent execution: one candle `conv2d` per temporal tap.

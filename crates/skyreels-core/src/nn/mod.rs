@@ -9,6 +9,7 @@ mod linear;
 mod norm;
 mod rope;
 mod sinusoid;
+mod unfold;
 
 pub use attention::{attention, softmax_last_dim, AttentionMask};
 pub use conv3d::{Conv3d, SpatialPadding};
