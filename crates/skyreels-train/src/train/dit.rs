@@ -141,20 +141,25 @@ struct Dataset {
     prompts: Vec<String>,
 }
 
+/// World seed of the first training clip; clip `i` uses this + `i`.
+const FIRST_CLIP_SEED: u64 = 0x0D17_0000;
+
 /// Encodes `stage.clips` training clips with the VAE, caching the result in `dir` (it is a pure
 /// function of the world, the clip count and the VAE, so a resumed run reuses it).
 fn dataset(dir: &Path, stage: &DitStage, vae: &WanVae, quiet: bool) -> anyhow::Result<Dataset> {
     let tensors_path = dir.join("dataset.safetensors");
     let prompts_path = dir.join("dataset.json");
     if let Some(cached) = cached_dataset(&tensors_path, &prompts_path, stage.clips) {
-        return Ok(cached);
+        if encodes_like(&cached, stage, vae)? {
+            return Ok(cached);
+        }
     }
     let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(stage.clips as u64) };
     bar.set_message("encoding the training clips");
     let mut latents = Vec::with_capacity(stage.clips);
     let mut prompts = Vec::with_capacity(stage.clips);
     for i in 0..stage.clips {
-        let clip = sample_clip(0x0D17_0000 + i as u64, &stage.world, Split::Train);
+        let clip = sample_clip(FIRST_CLIP_SEED + i as u64, &stage.world, Split::Train);
         let video = clip_video(&clip, 0, clip.frames(), &Device::Cpu)?;
         latents.push(vae.encode_latents(&video)?);
         prompts.push(clip.prompt());
@@ -165,6 +170,20 @@ fn dataset(dir: &Path, stage: &DitStage, vae: &WanVae, quiet: bool) -> anyhow::R
     save_tensors(&tensors_path, [("latents".to_string(), latents.clone())])?;
     write_json(&prompts_path, &serde_json::to_value(&prompts)?)?;
     Ok(Dataset { latents, prompts })
+}
+
+/// Whether `cached` came from this VAE and world: its first clip, encoded again, must match (a
+/// resumed run given another `--vae` would otherwise train on the old VAE's latents).
+fn encodes_like(cached: &Dataset, stage: &DitStage, vae: &WanVae) -> anyhow::Result<bool> {
+    let clip = sample_clip(FIRST_CLIP_SEED, &stage.world, Split::Train);
+    let fresh = vae.encode_latents(&clip_video(&clip, 0, clip.frames(), &Device::Cpu)?)?;
+    let stored = cached.latents.narrow(0, 0, 1)?;
+    if fresh.dims() != stored.dims() || cached.prompts[0] != clip.prompt() {
+        return Ok(false);
+    }
+    let difference = (fresh - &stored)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let scale = stored.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+    Ok(difference <= 1e-4 * scale)
 }
 
 /// The encoded training set from an earlier run, if both files are there, readable and of
@@ -354,6 +373,26 @@ mod tests {
         assert!(cached_dataset(&tensors, &prompts, 3).is_none(), "another clip count");
         std::fs::write(&prompts, "[\"a red ci")?;
         assert!(cached_dataset(&tensors, &prompts, 2).is_none(), "prompts cut short");
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_cached_training_set_from_another_vae_is_encoded_again() -> anyhow::Result<()> {
+        use skyreels_core::checkpoint::RandomWeights;
+        let dir = std::env::temp_dir().join(format!("skyreels-dataset-vae-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let world = WorldConfig { width: 16, height: 16, frames: 5, ..WorldConfig::default() };
+        let stage = DitStage { clips: 2, world, ..DitStage::default() };
+        let config = super::super::vae::VaeStage { base_dim: 4, ..Default::default() }.vae_config();
+        let first = WanVae::from_weights(config.clone(), &RandomWeights::new(1), &Device::Cpu)?;
+        let second = WanVae::from_weights(config, &RandomWeights::new(2), &Device::Cpu)?;
+        let encoded = dataset(&dir, &stage, &first, true)?;
+        assert!(encodes_like(&encoded, &stage, &first)?);
+        assert!(!encodes_like(&encoded, &stage, &second)?);
+        let again = dataset(&dir, &stage, &second, true)?;
+        let changed = (&again.latents - &encoded.latents)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(changed > 0.0, "the second VAE's latents replace the first's");
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
