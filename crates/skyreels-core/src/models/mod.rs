@@ -8,4 +8,4 @@ pub mod vae;
 pub use transformer::{TransformerInput, WanTransformer3d};
 pub use transformer_config::{TransformerConfig, TransformerKind};
 pub use umt5::{UmT5Config, UmT5Encoder};
-pub use vae::{DecodeStream, VaeConfig, WanVae};
+pub use vae::{DecodeStream, EncodeStream, VaeConfig, WanVae};

@@ -162,6 +162,12 @@ impl Caches {
         self.flag_cursor = 0;
     }
 
+    fn detach(&mut self) {
+        for slot in self.slots.iter_mut().flatten() {
+            *slot = slot.detach();
+        }
+    }
+
     fn next_slot(&mut self) -> &mut Option<Tensor> {
         if self.cursor == self.slots.len() {
             self.slots.push(None);
@@ -663,29 +669,14 @@ impl WanVae {
         self.encode_moments_traced(video, None)
     }
 
-    fn encode_moments_traced(&self, video: &Tensor, mut trace: Option<&mut VaeTrace>) -> Result<Tensor> {
-        let (_, channels, frames, h, w) =
-            video.dims5().map_err(|_| invalid_input!("a video must be [B, 3, F, H, W], got {:?}", video.dims()))?;
-        let tf = self.config.temporal_factor();
-        let sf = self.config.spatial_factor();
-        if channels != 3 || frames == 0 || (frames - 1) % tf != 0 || h % sf != 0 || w % sf != 0 || h == 0 || w == 0 {
-            return Err(invalid_input!(
-                "the VAE encodes [B, 3, 1 + {tf}k, H, W] videos with H and W multiples of {sf}; got {:?}",
-                video.dims()
-            ));
-        }
-        let video = video.to_dtype(DType::F32)?;
-        let mut caches = Caches::default();
-        let mut latents = Vec::new();
-        let mut start = 0;
-        while start < frames {
-            let len = if start == 0 { 1 } else { tf };
-            caches.rewind();
-            let h = self.encoder.forward(&video.narrow(2, start, len)?, &mut caches, &mut trace)?;
-            latents.push(self.quant_conv.forward(&h, &mut None)?);
-            start += len;
-        }
-        Ok(Tensor::cat(&latents, 2)?)
+    fn encode_moments_traced(&self, video: &Tensor, trace: Option<&mut VaeTrace>) -> Result<Tensor> {
+        self.encode_stream().push_traced(video, trace)
+    }
+
+    /// A streaming encoder: push frames (`1 + 4k` first, then `4k` at a time), get the moments
+    /// of their latent frames back, with the causal caches carried between pushes.
+    pub fn encode_stream(&self) -> EncodeStream<'_> {
+        EncodeStream { vae: self, caches: Caches::default(), frames: 0 }
     }
 
     /// A video in [−1, 1] straight to the transformer's latent space: [`encode`](Self::encode)
@@ -775,6 +766,63 @@ impl DecodeStream<'_> {
     /// Latent frames decoded so far.
     pub fn latent_frames(&self) -> usize {
         self.latent_frames
+    }
+
+    /// Cuts the gradient path through the carried caches, as [`EncodeStream::detach`].
+    pub fn detach(&mut self) {
+        self.caches.detach();
+    }
+}
+
+/// Encoder state between pushes of frames (see [`WanVae::encode_stream`]).
+pub struct EncodeStream<'a> {
+    vae: &'a WanVae,
+    caches: Caches,
+    frames: usize,
+}
+
+impl EncodeStream<'_> {
+    /// Encodes the next frames `[B, 3, F, H, W]` in [−1, 1] (`F = 1 + 4k` for the first push,
+    /// `4k` afterwards; H, W multiples of 8) to the full moments of their latent frames
+    /// `[B, 2·z, ·, H/8, W/8]`: latent means, then log variances.
+    pub fn push(&mut self, video: &Tensor) -> Result<Tensor> {
+        self.push_traced(video, None)
+    }
+
+    fn push_traced(&mut self, video: &Tensor, mut trace: Option<&mut VaeTrace>) -> Result<Tensor> {
+        let (_, channels, frames, h, w) =
+            video.dims5().map_err(|_| invalid_input!("a video must be [B, 3, F, H, W], got {:?}", video.dims()))?;
+        let tf = self.vae.config.temporal_factor();
+        let sf = self.vae.config.spatial_factor();
+        let first = usize::from(self.frames == 0);
+        if channels != 3 || frames < first || (frames - first) % tf != 0 || h % sf != 0 || w % sf != 0 || h == 0 || w == 0 {
+            let expected = if first == 1 { format!("1 + {tf}k") } else { format!("{tf}k") };
+            return Err(invalid_input!(
+                "the VAE encodes [B, 3, {expected}, H, W] videos here, with H and W multiples of {sf}; got {:?}",
+                video.dims()
+            ));
+        }
+        let video = video.to_dtype(DType::F32)?;
+        let mut latents = Vec::new();
+        let mut start = 0;
+        while start < frames {
+            let len = if self.frames + start == 0 { 1 } else { tf };
+            self.caches.rewind();
+            let h = self.vae.encoder.forward(&video.narrow(2, start, len)?, &mut self.caches, &mut trace)?;
+            latents.push(self.vae.quant_conv.forward(&h, &mut None)?);
+            start += len;
+        }
+        self.frames += frames;
+        if latents.is_empty() {
+            return Err(invalid_input!("no frames to encode: the video is {:?}", video.dims()));
+        }
+        Ok(Tensor::cat(&latents, 2)?)
+    }
+
+    /// Cuts the gradient path through the carried caches: training backpropagates through the
+    /// pushes after this one only (truncated backpropagation through time).
+    pub fn detach(&mut self) {
+        self.caches.detach();
     }
 }
 
