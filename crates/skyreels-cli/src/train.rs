@@ -132,6 +132,11 @@ pub struct VaeArgs {
     /// Channels of the VAE's first stage.
     #[arg(long, default_value_t = 8)]
     pub base_dim: usize,
+    /// Most chunks (1 frame, then 4) to run through the VAE's causal caches without gradient
+    /// before the trained frames; each step draws 0 to this many. Trains late chunks at the
+    /// cost of short clips.
+    #[arg(long, default_value_t = 0)]
+    pub warm_up_chunks: usize,
 }
 
 /// Runs one stage.
@@ -143,6 +148,7 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
                 frames: args.frames,
                 crop: args.crop,
                 base_dim: args.base_dim,
+                warm_up_chunks: args.warm_up_chunks,
                 ..VaeStage::default()
             };
             let settings = args.run.settings(1500, 2e-3)?;

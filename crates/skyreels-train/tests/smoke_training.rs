@@ -99,6 +99,25 @@ fn an_interrupted_run_resumes_to_the_same_weights() -> anyhow::Result<()> {
 }
 
 #[test]
+fn warmed_up_caches_train_late_chunks_and_too_long_a_warm_up_is_refused() -> anyhow::Result<()> {
+    use skyreels_train::train::vae::train_vae;
+    // Clips of 9 frames: a 2-chunk warm-up (5 frames) then 4 trained frames fits exactly.
+    let stage = VaeStage { warm_up_chunks: 2, ..tiny_vae_stage() };
+    let dir = temp_dir("warm-up");
+    train_vae(&dir, &stage, settings(3, 1e-3), &fresh())?;
+    let csv = std::fs::read_to_string(dir.join("loss.csv"))?;
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(dir.join("export/config.json").is_file());
+    let too_long = VaeStage { warm_up_chunks: 3, ..tiny_vae_stage() };
+    let error = train_vae(&temp_dir("warm-up-long"), &too_long, settings(1, 1e-3), &fresh()).unwrap_err();
+    assert!(format!("{error:#}").contains("--warm-up-chunks 3 with --frames 5 needs clips of 13 frames"), "{error:#}");
+    for dir in [dir, temp_dir("warm-up-long")] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
+}
+
+#[test]
 fn a_second_phase_starts_from_the_first_runs_weights_with_other_clips() -> anyhow::Result<()> {
     use skyreels_train::train::vae::train_vae;
     let first = temp_dir("phase-one");

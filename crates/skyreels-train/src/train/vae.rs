@@ -40,6 +40,11 @@ pub struct VaeStage {
     pub crop: usize,
     /// Weight of the KL term against the reconstruction (L1 + L2) loss.
     pub kl_weight: f64,
+    /// Most chunks (1 frame, then 4 at a time) the causal caches are run through before the
+    /// trained frames, without gradient: each step draws 0 to this many, so that late chunks,
+    /// which see caches shaped by many earlier ones, are trained at the cost of short clips.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warm_up_chunks: usize,
     /// The world clips are drawn from.
     pub world: WorldConfig,
 }
@@ -56,9 +61,15 @@ impl Default for VaeStage {
             batch: 2,
             crop: 32,
             kl_weight: 1e-4,
+            warm_up_chunks: 0,
             world: WorldConfig::default(),
         }
     }
+}
+
+// Runs from before the field existed serialise the same, so they still resume.
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl VaeStage {
@@ -74,21 +85,50 @@ impl VaeStage {
             latents_std: vec![1.0; self.z_dim],
         }
     }
+
+    /// Frames to run through the caches before the trained ones, for `chunks` warm-up chunks.
+    fn warm_up_frames(chunks: usize) -> usize {
+        if chunks == 0 {
+            0
+        } else {
+            1 + 4 * (chunks - 1)
+        }
+    }
+
+    /// Trained frames after `warm_up` frames: the clip length, less the lone first frame when
+    /// the warm-up has already taken it.
+    fn trained_frames(&self, warm_up: usize) -> usize {
+        if warm_up == 0 {
+            self.frames
+        } else {
+            self.frames - 1
+        }
+    }
 }
 
-/// One step's loss: reconstruction of a sampled latent plus the weighted KL divergence.
-fn vae_loss(vae: &WanVae, video: &Tensor, z_dim: usize, kl_weight: f64, rng: &mut Rng) -> anyhow::Result<(Tensor, f64, f64)> {
-    let moments = vae.encode_moments(video)?;
+/// One step's loss: reconstruction of a sampled latent plus the weighted KL divergence, over
+/// the frames after the first `warm_up` (which only fill the causal caches, without gradient).
+fn vae_loss(vae: &WanVae, video: &Tensor, warm_up: usize, stage: &VaeStage, rng: &mut Rng) -> anyhow::Result<(Tensor, f64, f64)> {
+    let z_dim = stage.z_dim;
+    let mut encoder = vae.encode_stream();
+    let mut decoder = vae.decode_stream();
+    if warm_up > 0 {
+        let moments = encoder.push(&video.narrow(2, 0, warm_up)?)?;
+        decoder.push_unclamped(&moments.narrow(1, 0, z_dim)?)?;
+        encoder.detach();
+        decoder.detach();
+    }
+    let video = video.narrow(2, warm_up, video.dim(2)? - warm_up)?;
+    let moments = encoder.push(&video)?;
     let mean = moments.narrow(1, 0, z_dim)?;
     let logvar = moments.narrow(1, z_dim, z_dim)?.clamp(-30f32, 20f32)?;
     let std = (&logvar * 0.5)?.exp()?;
     let z = (&mean + std.mul(&gaussian(rng, mean.dims())?)?)?;
-    let mut decoder = vae.decode_stream();
     let decoded = decoder.push_unclamped(&z)?;
     let diff = (decoded - video)?;
     let recon = (diff.abs()?.mean_all()? + diff.sqr()?.mean_all()?)?;
     let kl = ((mean.sqr()? + logvar.exp()?)? - &logvar)?.affine(0.5, -0.5)?.mean_all()?;
-    let loss = (&recon + (&kl * kl_weight)?)?;
+    let loss = (&recon + (&kl * stage.kl_weight)?)?;
     Ok((loss, recon.to_scalar::<f32>()? as f64, kl.to_scalar::<f32>()? as f64))
 }
 
@@ -112,6 +152,18 @@ pub fn train_vae(dir: &Path, stage: &VaeStage, settings: RunSettings, options: &
     if stage.frames == 0 || (stage.frames - 1) % 4 != 0 || stage.frames > stage.world.frames {
         anyhow::bail!("--frames must be 1 + 4k and at most the clip length {}, got {}", stage.world.frames, stage.frames);
     }
+    if stage.warm_up_chunks > 0 && stage.frames == 1 {
+        anyhow::bail!("--warm-up-chunks needs --frames of at least 5: after the warm-up, frames come 4 at a time");
+    }
+    let longest = VaeStage::warm_up_frames(stage.warm_up_chunks) + stage.trained_frames(stage.warm_up_chunks);
+    if longest > stage.world.frames {
+        anyhow::bail!(
+            "--warm-up-chunks {} with --frames {} needs clips of {longest} frames; the world's are {}",
+            stage.warm_up_chunks,
+            stage.frames,
+            stage.world.frames
+        );
+    }
     let config = stage.vae_config();
     let device = Device::Cpu;
     let mut run = Run::start(dir, "vae", serde_json::to_value(stage)?, settings, options, |params| {
@@ -119,10 +171,12 @@ pub fn train_vae(dir: &Path, stage: &VaeStage, settings: RunSettings, options: &
         Ok(())
     })?;
     while !run.done() {
-        let video = video_batch(&mut run.rng, &stage.world, stage.batch, stage.frames)?;
+        let chunks = if stage.warm_up_chunks == 0 { 0 } else { run.rng.below(stage.warm_up_chunks + 1) };
+        let warm_up = VaeStage::warm_up_frames(chunks);
+        let video = video_batch(&mut run.rng, &stage.world, stage.batch, warm_up + stage.trained_frames(warm_up))?;
         let video = random_crop(&video, stage.crop, &mut run.rng)?;
         let vae = WanVae::from_weights(config.clone(), &run.params, &device)?;
-        let (loss, recon, kl) = vae_loss(&vae, &video, stage.z_dim, stage.kl_weight, &mut run.rng)?;
+        let (loss, recon, kl) = vae_loss(&vae, &video, warm_up, stage, &mut run.rng)?;
         run.apply(&loss, &[("recon", recon), ("kl", kl)])?;
     }
     run.finish();
