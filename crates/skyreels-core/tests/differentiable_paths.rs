@@ -99,7 +99,8 @@ fn conv_gradients(conv: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor, x: &Tensor
 #[test]
 fn the_unfolded_conv3d_backward_matches_the_conv2d_taps_one() {
     // Odd sizes, strides in every axis, uneven padding: the cases of the VAE and more.
-    let cases: [([usize; 5], [usize; 3], [usize; 3], SpatialPadding); 4] = [
+    type Case = ([usize; 5], [usize; 3], [usize; 3], SpatialPadding); // input, kernel, stride, padding
+    let cases: [Case; 4] = [
         ([2, 3, 6, 7, 9], [3, 3, 2], [1, 2, 2], SpatialPadding { top: 1, bottom: 1, left: 0, right: 1 }),
         ([1, 4, 5, 6, 5], [3, 3, 3], [1, 1, 1], SpatialPadding::uniform(1)),
         ([2, 5, 7, 4, 3], [3, 1, 1], [2, 1, 1], SpatialPadding::default()),
