@@ -51,7 +51,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    keep_candle_from_spinning();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -70,17 +69,6 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Runs candle's element-wise ops inline instead of on its barrier pool, unless the user set
-/// `CANDLE_NUM_THREADS`. The pool's workers spin between ops, and spinning beside rayon's
-/// threads (which the GEMMs and convolutions use) halves a training step on a 2-core machine
-/// (measured in the README's performance section).
-fn keep_candle_from_spinning() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // Sound: nothing else runs yet, and candle reads the variable on its first op.
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
 
