@@ -206,8 +206,7 @@ fn load_vae(model: &Option<String>) -> Result<WanVae, String> {
 fn round_trip(vae: &WanVae, frames: &[RgbFrame]) -> Result<Vec<RgbFrame>, String> {
     let step = || -> skyreels_core::Result<Vec<RgbFrame>> {
         let video = from_rgb_frames(frames, &Device::Cpu)?;
-        let decoded = vae.decode_stream().push(&vae.encode(&video)?)?;
-        to_rgb_frames(&decoded)
+        to_rgb_frames(&vae.decode(&vae.encode(&video)?)?)
     };
     step().map_err(|e| format!("the VAE round trip failed: {e}"))
 }

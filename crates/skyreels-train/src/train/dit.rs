@@ -6,7 +6,6 @@
 //! `v = ε − x₀`, MSE over the frames that are not clean conditioning. A fraction of prompts is
 //! replaced by the empty prompt so classifier-free guidance has an unconditional model.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -19,7 +18,7 @@ use skyreels_core::text::PromptTokenizer;
 use super::data::{clip_video, gaussian};
 use super::export::{write_json, write_pipeline_index, write_text_encoder, write_transformer};
 use super::params::{save_tensors, ParamStore};
-use super::run::{Run, RunOptions, RunSettings};
+use super::run::{with_prefix, Run, RunOptions, RunSettings};
 use crate::noise_levels::NoiseLevelSampler;
 use crate::world::{sample_clip, Rng, Split, WorldConfig};
 
@@ -313,17 +312,12 @@ pub fn train_dit(
     export_pipeline(&run, &trainer, inputs, &dir.join("export"))
 }
 
-/// The EMA weights of the models whose names start with `prefix`, prefix removed.
-fn part(weights: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<String, Tensor> {
-    weights.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone()))).collect()
-}
-
 /// Writes a complete diffusers-layout pipeline: the trained text encoder and DiT, the VAE and
 /// tokenizer they were trained with, the scheduler and the demo's generation defaults.
 fn export_pipeline(run: &Run, trainer: &Trainer<'_>, inputs: &DitInputs<'_>, out: &Path) -> anyhow::Result<()> {
     let weights = run.ema_weights();
-    write_text_encoder(&out.join("text_encoder"), &trainer.text, &part(weights, TEXT))?;
-    write_transformer(&out.join("transformer"), &trainer.dit, &part(weights, DIT))?;
+    write_text_encoder(&out.join("text_encoder"), &trainer.text, &with_prefix(weights, TEXT))?;
+    write_transformer(&out.join("transformer"), &trainer.dit, &with_prefix(weights, DIT))?;
     std::fs::create_dir_all(out.join("tokenizer"))?;
     std::fs::copy(inputs.tokenizer, out.join("tokenizer/tokenizer.json"))?;
     std::fs::create_dir_all(out.join("vae"))?;

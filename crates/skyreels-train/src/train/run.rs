@@ -2,6 +2,7 @@
 //! and crash-safe checkpoints with `--resume`. The stages ([`super::vae`], [`super::dit`]) only
 //! say how to compute a loss.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -75,7 +76,7 @@ pub struct RunOptions {
 }
 
 /// Reads the latest checkpoint of the `stage` run in `dir`.
-fn read_checkpoint(dir: &Path, stage: &str) -> anyhow::Result<(CheckpointInfo, std::collections::BTreeMap<String, Tensor>)> {
+fn read_checkpoint(dir: &Path, stage: &str) -> anyhow::Result<(CheckpointInfo, BTreeMap<String, Tensor>)> {
     let info_path = dir.join("checkpoint.json");
     let bytes = std::fs::read(&info_path).with_context(|| format!("cannot read {}", info_path.display()))?;
     let info: CheckpointInfo =
@@ -88,7 +89,7 @@ fn read_checkpoint(dir: &Path, stage: &str) -> anyhow::Result<(CheckpointInfo, s
 }
 
 /// The tensors named `prefix…`, with the prefix removed.
-fn with_prefix(tensors: &std::collections::BTreeMap<String, Tensor>, prefix: &str) -> std::collections::BTreeMap<String, Tensor> {
+pub(crate) fn with_prefix(tensors: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<String, Tensor> {
     tensors.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone()))).collect()
 }
 
@@ -235,7 +236,7 @@ impl Run {
     }
 
     /// The EMA weights (what gets exported), by parameter name.
-    pub fn ema_weights(&self) -> &std::collections::BTreeMap<String, Tensor> {
+    pub fn ema_weights(&self) -> &BTreeMap<String, Tensor> {
         self.ema.weights()
     }
 
