@@ -188,3 +188,24 @@ fn bad_shapes_are_errors() {
     let weight = Tensor::zeros((4, 3, 1, 1, 1), DType::F32, &Device::Cpu).unwrap();
     assert!(Conv3d::new(weight, None, [1, 0, 1], SpatialPadding::default()).is_err());
 }
+
+#[test]
+fn last_temporal_tap_equals_the_full_kernel_after_zero_frames() {
+    let (o, c, kt, kh, kw) = (5, 3, 3, 3, 2);
+    let x = Tensor::from_vec(values(2 * c * 6 * 7, 11), vec![2, c, 1, 6, 7], &Device::Cpu).unwrap();
+    let weight = candle_core::Var::from_vec(values(o * c * kt * kh * kw, 12), vec![o, c, kt, kh, kw], &Device::Cpu)
+        .unwrap();
+    let bias = Tensor::from_vec(values(o, 13), o, &Device::Cpu).unwrap();
+    let padding = SpatialPadding { top: 1, bottom: 1, left: 0, right: 1 };
+    let conv = Conv3d::new(weight.as_tensor().clone(), Some(bias), [1, 1, 1], padding).unwrap();
+    let full = conv.forward(&x.pad_with_zeros(2, kt - 1, 0).unwrap()).unwrap();
+    let tap = conv.last_temporal_tap().unwrap().forward(&x).unwrap();
+    common::assert_close("last tap", &tap, &full);
+    let grad_full = full.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let grad_tap = tap.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let g_full = grad_full.get(weight.as_tensor()).unwrap();
+    let g_tap = grad_tap.get(weight.as_tensor()).unwrap();
+    common::assert_close("weight gradient", g_tap, g_full);
+    let past = g_full.narrow(2, 0, kt - 1).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(past, 0.0, "taps over zero frames get no gradient");
+}

@@ -113,6 +113,14 @@ impl Conv3d {
         &self.weight
     }
 
+    /// The convolution restricted to its last temporal tap: equal to this one on an input whose
+    /// other taps only meet zero frames (a causal convolution's lone first frame), at `1/kt` of
+    /// the cost, with the same gradients for that tap (the others get none, as they would).
+    pub fn last_temporal_tap(&self) -> Result<Conv3d> {
+        let kt = self.kernel()[0];
+        Conv3d::new(self.weight.narrow(2, kt - 1, 1)?, self.bias.clone(), self.stride, self.padding)
+    }
+
     /// Output shape for an input shape, or a clear error when the input does not fit.
     pub fn output_shape(&self, input: &[usize]) -> Result<[usize; 5]> {
         let [b, c, t, h, w] = match input {

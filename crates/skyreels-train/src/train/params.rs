@@ -53,9 +53,50 @@ fn initial_values(name: &str, shape: &[usize], rng: &mut Rng) -> Vec<f32> {
         // model predicting zero flow instead of noise.
         return vec![0.0; n];
     }
+    if shape.len() >= 4 && !name.contains("patch_embedding") {
+        return vae_conv_weight(name, shape, rng);
+    }
     // PyTorch's default for Linear and Conv: U(−1/√fan_in, 1/√fan_in).
     let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
     (0..n).map(|_| bound * (2.0 * rng.unit() - 1.0)).collect()
+}
+
+/// A VAE convolution's initial weight: the network starts as a per-frame image autoencoder that
+/// repeats each latent frame in time, and learns motion from there.
+///
+/// - He normal, N(0, 2/fan_in), on the current frame's kernel slice. PyTorch's default has a
+///   third of that variance, and through the VAE's deep SiLU stacks it leaves the decoder painting
+///   a flat colour for hundreds of steps (measured: one batch overfits to 0.11 L1+L2 in 180 steps
+///   with He init, and stalls at 0.52 for 120 steps without).
+/// - Zero on the slices that see past frames. The first frame only ever meets them through zero
+///   padding, so image-only training (`--frames 1`) is unaffected, and the video phase then starts
+///   from the image autoencoder instead of from random temporal mixing (measured in PyTorch on
+///   9-frame clips after the same image phase: 0.42 L1+L2 after 50 steps instead of 0.64).
+/// - Temporal resampling convolutions (`time_conv`) as identities on the current frame: the
+///   encoder's strided one then subsamples frames and the decoder's doubling one repeats them.
+fn vae_conv_weight(name: &str, shape: &[usize], rng: &mut Rng) -> Vec<f32> {
+    let (out_channels, in_channels) = (shape[0], shape[1]);
+    let taps = if shape.len() == 5 { shape[2] } else { 1 };
+    let per_slice: usize = shape[shape.len() - 2..].iter().product();
+    let mut values = vec![0.0f32; shape.iter().product()];
+    let current = taps - 1;
+    let at = |o: usize, i: usize, k: usize| ((o * in_channels + i) * taps + k) * per_slice;
+    if taps > 1 && name.ends_with("time_conv.weight") {
+        for o in 0..out_channels {
+            values[at(o, o % in_channels, current)] = 1.0;
+        }
+        return values;
+    }
+    let std = (2.0 / (in_channels * per_slice).max(1) as f32).sqrt();
+    for o in 0..out_channels {
+        for i in 0..in_channels {
+            let start = at(o, i, current);
+            for v in &mut values[start..start + per_slice] {
+                *v = std * rng.normal();
+            }
+        }
+    }
+    values
 }
 
 /// A 64-bit FNV-1a hash, so each parameter's initial values depend on its name only.

@@ -131,6 +131,12 @@ pub(crate) fn inside(shape: Shape, [x, y]: [f32; 2]) -> bool {
     }
 }
 
+/// Checkerboard cell and stripe width, in frame widths: 16 pixels at 64×64. More than twice the judge's
+/// largest searched camera shift, so a pan cannot be mistaken for its alias a period away, and
+/// coarse enough for the VAE's 8× spatial compression (at 6–8 pixels the textures took most of
+/// its reconstruction loss and capacity, and subjects lost their colours).
+const TEXTURE_PERIOD: f32 = 0.25;
+
 fn background_at(b: &Background, [x, y]: [f32; 2]) -> [f32; 3] {
     let (p, s) = (b.primary.rgb().map(f32::from), b.secondary.rgb().map(f32::from));
     let mix = |k: f32| [0, 1, 2].map(|c| p[c] + (s[c] - p[c]) * k);
@@ -138,7 +144,7 @@ fn background_at(b: &Background, [x, y]: [f32; 2]) -> [f32; 3] {
         Pattern::Flat => p,
         // Diagonal, so both pans and tilts change what is seen.
         Pattern::Gradient => mix(((x + y) / 2.0).clamp(0.0, 1.0)),
-        Pattern::Checkerboard => mix((((x / 0.125).floor() + (y / 0.125).floor()) as i64).rem_euclid(2) as f32),
-        Pattern::Stripes => mix((((x + y) / 0.1).floor() as i64).rem_euclid(2) as f32),
+        Pattern::Checkerboard => mix((((x / TEXTURE_PERIOD).floor() + (y / TEXTURE_PERIOD).floor()) as i64).rem_euclid(2) as f32),
+        Pattern::Stripes => mix((((x + y) / TEXTURE_PERIOD).floor() as i64).rem_euclid(2) as f32),
     }
 }
