@@ -221,15 +221,15 @@ impl CausalConv3d {
         let kept = have.min(CACHE_FRAMES.max(self.context));
         *cache = Some(joined.narrow(2, have - kept, kept)?);
         let past_in_join = have - x.dim(2)?;
-        let input =
-            joined.narrow(2, past_in_join.saturating_sub(self.context), x.dim(2)? + past_in_join.min(self.context))?;
-        let missing = self.context.saturating_sub(past_in_join);
         if past_in_join == 0 && x.dim(2)? == 1 && self.conv.weight().track_op() {
             // Training on a lone first frame (the image phase, and every clip's first chunk):
             // all taps but the current frame's meet zero padding, so skip them. Inference keeps
             // its packed kernel, which a per-call slice would have to repack.
             return self.conv.last_temporal_tap()?.forward(x);
         }
+        let input =
+            joined.narrow(2, past_in_join.saturating_sub(self.context), x.dim(2)? + past_in_join.min(self.context))?;
+        let missing = self.context.saturating_sub(past_in_join);
         self.conv.forward(&input.pad_with_zeros(2, missing, 0)?)
     }
 }
