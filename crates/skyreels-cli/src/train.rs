@@ -56,6 +56,10 @@ pub struct DitArgs {
     /// DiT blocks.
     #[arg(long, default_value_t = 4)]
     pub layers: usize,
+    /// Extra loss weight on latent cells showing a subject (a cell weighs 1 + this × the share
+    /// of it a subject covers); 0 is plain flow matching.
+    #[arg(long, default_value_t = 0.0)]
+    pub subject_weight: f32,
 }
 
 /// Flags every stage shares.
@@ -176,8 +180,12 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
                 dim: args.dim,
                 layers: args.layers,
                 ffn_dim: 3 * args.dim,
+                subject_weight: args.subject_weight,
                 ..DitStage::default()
             };
+            if !(args.subject_weight.is_finite() && args.subject_weight >= 0.0) {
+                return Err("--subject-weight must be a finite number ≥ 0".into());
+            }
             let settings = args.run.settings(3000, 1e-3)?;
             let inputs = DitInputs { vae: &args.vae, tokenizer: &args.tokenizer };
             train_dit(&args.run.out, &inputs, &stage, settings, &args.run.options())

@@ -466,6 +466,9 @@ fn classify_camera(total: Transform, frame_side: usize) -> CameraMotion {
 /// Overlap of two blobs after aligning their centroids and areas: 1 for the same outline in
 /// the same orientation, lower once one of them has turned.
 fn aligned_iou(a: &Blob, b: &Blob) -> f32 {
+    // Scale the larger blob down onto the smaller one: scaling up would leave holes between
+    // the moved pixels and cap the overlap at the area ratio.
+    let (a, b) = if b.area() < a.area() { (b, a) } else { (a, b) };
     let set: HashSet<(i32, i32)> = a.pixels.iter().map(|&(x, y)| (x as i32, y as i32)).collect();
     let scale = (a.area() as f32 / b.area() as f32).sqrt();
     let moved: HashSet<(i32, i32)> = b

@@ -15,7 +15,7 @@ use skyreels_core::checkpoint::Weights;
 use skyreels_core::models::{TransformerConfig, TransformerInput, UmT5Config, UmT5Encoder, WanTransformer3d, WanVae};
 use skyreels_core::text::PromptTokenizer;
 
-use super::data::{clip_video, gaussian};
+use super::data::{clip_video, gaussian, latent_subject_coverage};
 use super::export::{write_json, write_pipeline_index, write_text_encoder, write_transformer};
 use super::params::{save_tensors, ParamStore};
 use super::run::{with_prefix, Run, RunOptions, RunSettings};
@@ -53,6 +53,11 @@ pub struct DitStage {
     pub noise: NoiseLevelSampler,
     /// Probability of training on the empty prompt.
     pub uncond_probability: f32,
+    /// Extra loss weight on latent cells that show a subject: a cell's weight is
+    /// `1 + subject_weight × coverage`. The subjects are a few cells of each frame, so with
+    /// plain MSE the backdrop dominates the loss.
+    #[serde(default)]
+    pub subject_weight: f32,
     /// The world clips come from.
     pub world: WorldConfig,
 }
@@ -74,6 +79,7 @@ impl Default for DitStage {
             causal_block: 1,
             noise: NoiseLevelSampler::default(),
             uncond_probability: 0.1,
+            subject_weight: 0.0,
             world: WorldConfig::default(),
         }
     }
@@ -134,9 +140,11 @@ impl Weights for Prefixed<'_> {
 const TEXT: &str = "text_encoder.";
 const DIT: &str = "transformer.";
 
-/// The training set: normalised latents `[N, z, T, h, w]` and the prompt of each clip.
+/// The training set: normalised latents `[N, z, T, h, w]`, the share of each latent cell that
+/// shows a subject `[N, 1, T, h, w]` and the prompt of each clip.
 struct Dataset {
     latents: Tensor,
+    coverage: Tensor,
     prompts: Vec<String>,
 }
 
@@ -156,19 +164,26 @@ fn dataset(dir: &Path, stage: &DitStage, vae: &WanVae, quiet: bool) -> anyhow::R
     let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(stage.clips as u64) };
     bar.set_message("encoding the training clips");
     let mut latents = Vec::with_capacity(stage.clips);
+    let mut coverage = Vec::with_capacity(stage.clips);
     let mut prompts = Vec::with_capacity(stage.clips);
+    let (t, s) = (vae.config().temporal_factor(), vae.config().spatial_factor());
     for i in 0..stage.clips {
         let clip = sample_clip(FIRST_CLIP_SEED + i as u64, &stage.world, Split::Train);
         let video = clip_video(&clip, 0, clip.frames(), &Device::Cpu)?;
         latents.push(vae.encode_latents(&video)?);
+        coverage.push(latent_subject_coverage(&clip, t, s)?);
         prompts.push(clip.prompt());
         bar.inc(1);
     }
     bar.finish_and_clear();
     let latents = Tensor::cat(&latents, 0)?;
-    save_tensors(&tensors_path, [("latents".to_string(), latents.clone())])?;
+    let coverage = Tensor::cat(&coverage, 0)?;
+    save_tensors(
+        &tensors_path,
+        [("latents".to_string(), latents.clone()), ("subject_coverage".to_string(), coverage.clone())],
+    )?;
     write_json(&prompts_path, &serde_json::to_value(&prompts)?)?;
-    Ok(Dataset { latents, prompts })
+    Ok(Dataset { latents, coverage, prompts })
 }
 
 /// Whether `cached` came from this VAE and world: its first clip, encoded again, must match (a
@@ -189,8 +204,10 @@ fn encodes_like(cached: &Dataset, stage: &DitStage, vae: &WanVae) -> anyhow::Res
 /// `clips` clips; anything else (say, files cut short by a crash) means encoding again.
 fn cached_dataset(tensors_path: &Path, prompts_path: &Path, clips: usize) -> Option<Dataset> {
     let prompts: Vec<String> = serde_json::from_slice(&std::fs::read(prompts_path).ok()?).ok()?;
-    let latents = candle_core::safetensors::load(tensors_path, &Device::Cpu).ok()?.remove("latents")?;
-    (prompts.len() == clips && latents.dim(0).ok()? == clips).then_some(Dataset { latents, prompts })
+    let mut tensors = candle_core::safetensors::load(tensors_path, &Device::Cpu).ok()?;
+    let (latents, coverage) = (tensors.remove("latents")?, tensors.remove("subject_coverage")?);
+    let whole = prompts.len() == clips && latents.dim(0).ok()? == clips && coverage.dim(0).ok()? == clips;
+    whole.then_some(Dataset { latents, coverage, prompts })
 }
 
 /// Token ids and masks `[B, text_len]` for a batch of prompts.
@@ -235,7 +252,8 @@ impl Trainer<'_> {
             timesteps.extend(levels.timesteps.iter().copied());
             weights.extend((0..frames).map(|f| if f < levels.prefix { 0f32 } else { 1.0 }));
         }
-        let x0 = self.data.latents.index_select(&Tensor::new(picks.as_slice(), &device)?, 0)?;
+        let picks = Tensor::new(picks.as_slice(), &device)?;
+        let x0 = self.data.latents.index_select(&picks, 0)?;
         let noise = gaussian(rng, x0.dims())?;
         let per_frame = |v: Vec<f32>| Tensor::from_vec(v, (s.batch, 1, frames, 1, 1), &device);
         let sigma = per_frame(sigmas)?;
@@ -265,10 +283,12 @@ impl Trainer<'_> {
             image_context: None,
             fps_index: Some(&fps),
         })?;
-        let weight = per_frame(weights)?;
+        // Weights per latent cell, shared by its channels; the mean is over the weights, so the
+        // loss keeps its scale whatever the subject weight.
+        let coverage = self.data.coverage.index_select(&picks, 0)?;
+        let weight = per_frame(weights)?.broadcast_mul(&((coverage * f64::from(s.subject_weight))? + 1.0)?)?;
         let squared = (prediction - target)?.sqr()?.broadcast_mul(&weight)?;
-        let elements_per_frame = (x0.elem_count() / (s.batch * frames)) as f64;
-        let denominator = (weight.sum_all()?.to_scalar::<f32>()? as f64 * elements_per_frame).max(1.0);
+        let denominator = (weight.sum_all()?.to_scalar::<f32>()? as f64 * x0.dim(1)? as f64).max(1.0);
         Ok((squared.sum_all()? / denominator)?)
     }
 }
@@ -361,7 +381,13 @@ mod tests {
         std::fs::create_dir_all(&dir)?;
         let (tensors, prompts) = (dir.join("dataset.safetensors"), dir.join("dataset.json"));
         assert!(cached_dataset(&tensors, &prompts, 2).is_none(), "no files");
-        save_tensors(&tensors, [("latents".to_string(), Tensor::zeros((2, 4, 3, 2, 2), DType::F32, &Device::Cpu)?)])?;
+        save_tensors(
+            &tensors,
+            [
+                ("latents".to_string(), Tensor::zeros((2, 4, 3, 2, 2), DType::F32, &Device::Cpu)?),
+                ("subject_coverage".to_string(), Tensor::zeros((2, 1, 3, 2, 2), DType::F32, &Device::Cpu)?),
+            ],
+        )?;
         write_json(&prompts, &serde_json::json!(["a red circle", "a blue square"]))?;
         assert_eq!(cached_dataset(&tensors, &prompts, 2).map(|d| d.prompts.len()), Some(2));
         assert!(cached_dataset(&tensors, &prompts, 3).is_none(), "another clip count");

@@ -85,13 +85,14 @@ impl Colour {
 }
 
 attribute!(
-    /// Subject sizes (radius in world units: 0.07, 0.11, 0.16).
+    /// Subject sizes (radius in world units: 0.10, 0.14, 0.19). Even a small subject in a wide
+    /// shot spans more than one 8×8 latent cell, so the VAE can keep its outline.
     Size {
-        /// Radius 0.07.
+        /// Radius 0.10.
         Small => "small",
-        /// Radius 0.11; not named in prompts.
+        /// Radius 0.14; not named in prompts.
         Medium => "medium",
-        /// Radius 0.16.
+        /// Radius 0.19.
         Large => "large",
     }
 );
@@ -100,9 +101,9 @@ impl Size {
     /// Radius in world units (the wide shot shows a 1×1 world square).
     pub fn radius(self) -> f32 {
         match self {
-            Size::Small => 0.07,
-            Size::Medium => 0.11,
-            Size::Large => 0.16,
+            Size::Small => 0.10,
+            Size::Medium => 0.14,
+            Size::Large => 0.19,
         }
     }
 }
@@ -156,9 +157,9 @@ attribute!(
     ShotType {
         /// The whole 1×1 world square.
         Wide => "wide shot",
-        /// 1.5× magnified.
+        /// 1.4× magnified.
         Medium => "medium shot",
-        /// 2.2× magnified.
+        /// 1.9× magnified.
         CloseUp => "close-up",
     }
 );
@@ -168,8 +169,8 @@ impl ShotType {
     pub fn zoom(self) -> f32 {
         match self {
             ShotType::Wide => 1.0,
-            ShotType::Medium => 1.5,
-            ShotType::CloseUp => 2.2,
+            ShotType::Medium => 1.4,
+            ShotType::CloseUp => 1.9,
         }
     }
 }

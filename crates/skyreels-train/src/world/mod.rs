@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use attributes::{Action, CameraMotion, Colour, Pattern, Shape, ShotType, Size};
 pub use caption::{Caption, SubjectCaption};
-pub use raster::render_frame;
+pub use raster::{render_frame, subject_coverage};
 pub(crate) use raster::inside;
 
 /// One thing on screen.

@@ -22,31 +22,51 @@ struct Camera {
 
 /// Renders frame `index` (0-based) of `clip`.
 pub fn render_frame(clip: &ClipSpec, index: usize) -> RgbFrame {
+    let data = supersample(clip, index, |subject, p| match subject {
+        Some(s) => s.colour.rgb().map(f32::from),
+        None => background_at(&clip.background, p),
+    });
+    RgbFrame { width: clip.width, height: clip.height, data: data.into_iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect() }
+}
+
+/// The share (0–1) of each pixel of frame `index` that shows a subject, row-major: where the
+/// small things the prompt names are, which the DiT's loss can weight up.
+pub fn subject_coverage(clip: &ClipSpec, index: usize) -> Vec<f32> {
+    supersample(clip, index, |subject, _| [f32::from(u8::from(subject.is_some()))])
+}
+
+/// Averages `sample` (given the frontmost subject at a world point, if any, and the point) over
+/// each pixel's supersamples; `N` values per pixel, row-major.
+fn supersample<const N: usize>(
+    clip: &ClipSpec,
+    index: usize,
+    sample: impl Fn(Option<&Subject>, [f32; 2]) -> [f32; N],
+) -> Vec<f32> {
     let camera = camera_at(clip, index);
     let t = index as f32 / (clip.frames().max(2) - 1) as f32;
     let poses: Vec<Pose> = clip.subjects.iter().map(|s| pose_at(s, t)).collect();
     let (w, h) = (clip.width as usize, clip.height as usize);
     let scale = 1.0 / (w.min(h) as f32 * camera.zoom);
-    let mut data = Vec::with_capacity(w * h * 3);
+    let n = (SUPERSAMPLE * SUPERSAMPLE) as f32;
+    let mut data = Vec::with_capacity(w * h * N);
     for py in 0..h {
         for px in 0..w {
-            let mut sum = [0f32; 3];
+            let mut sum = [0f32; N];
             for sy in 0..SUPERSAMPLE {
                 for sx in 0..SUPERSAMPLE {
                     let ox = px as f32 + (sx as f32 + 0.5) / SUPERSAMPLE as f32 - w as f32 / 2.0;
                     let oy = py as f32 + (sy as f32 + 0.5) / SUPERSAMPLE as f32 - h as f32 / 2.0;
                     let world = [camera.centre[0] + ox * scale, camera.centre[1] + oy * scale];
-                    let rgb = colour_at(clip, &poses, world);
-                    for c in 0..3 {
-                        sum[c] += rgb[c];
+                    let value = sample(subject_at(clip, &poses, world), world);
+                    for (acc, v) in sum.iter_mut().zip(value) {
+                        *acc += v;
                     }
                 }
             }
-            let n = (SUPERSAMPLE * SUPERSAMPLE) as f32;
-            data.extend(sum.iter().map(|v| (v / n).round().clamp(0.0, 255.0) as u8));
+            data.extend(sum.iter().map(|v| v / n));
         }
     }
-    RgbFrame { width: clip.width, height: clip.height, data }
+    data
 }
 
 /// The camera for frame `index`: the current shot's framing moved by its motion so far.
@@ -99,17 +119,14 @@ fn pose_at(s: &Subject, t: f32) -> Pose {
     Pose { centre, radius: s.size.radius() * growth, angle }
 }
 
-/// The colour seen at a world point: the frontmost subject covering it, else the background.
-fn colour_at(clip: &ClipSpec, poses: &[Pose], p: [f32; 2]) -> [f32; 3] {
-    for (subject, pose) in clip.subjects.iter().zip(poses).rev() {
+/// The frontmost subject covering a world point, if any.
+fn subject_at<'a>(clip: &'a ClipSpec, poses: &[Pose], p: [f32; 2]) -> Option<&'a Subject> {
+    clip.subjects.iter().zip(poses).rev().find_map(|(subject, pose)| {
         let (dx, dy) = ((p[0] - pose.centre[0]) / pose.radius, (p[1] - pose.centre[1]) / pose.radius);
         let (sin, cos) = (-pose.angle).sin_cos();
         let local = [dx * cos - dy * sin, dx * sin + dy * cos];
-        if inside(subject.shape, local) {
-            return subject.colour.rgb().map(f32::from);
-        }
-    }
-    background_at(&clip.background, p)
+        inside(subject.shape, local).then_some(subject)
+    })
 }
 
 /// Whether a point in the subject's unit frame lies inside its shape.

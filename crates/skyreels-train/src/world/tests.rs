@@ -99,8 +99,12 @@ fn every_shape_is_a_distinct_blob_of_about_its_size() {
         let (_, area) = blob(&render_frame(&c, 0), Colour::Red.rgb());
         areas.push(area);
     }
-    // Radius 0.11 of 64 px ≈ 7 px: circle ≈ π·7² ≈ 154 px; every shape between a star and a square.
-    assert!(areas.iter().all(|&a| (40..260).contains(&a)), "{areas:?}");
+    // Every shape lies between a star (about a quarter of the circle's area) and a square
+    // (4/π of it), relative to the circle of the medium radius on 64 px.
+    let r = Size::Medium.radius() * 64.0;
+    let circle = std::f32::consts::PI * r * r;
+    let range = (0.25 * circle) as usize..(1.7 * circle) as usize;
+    assert!(areas.iter().all(|a| range.contains(a)), "{areas:?} outside {range:?}");
     let distinct: std::collections::BTreeSet<usize> = areas.iter().copied().collect();
     assert_eq!(distinct.len(), areas.len(), "{areas:?}");
 }
