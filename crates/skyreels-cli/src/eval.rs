@@ -42,6 +42,9 @@ pub struct AdherenceArgs {
     /// Sampling steps (default: the model's).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Classifier-free guidance scale (default: the model's).
+    #[arg(long)]
+    pub guidance: Option<f64>,
     /// Seed of the first clip; clip `i` uses `seed + i`.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -177,6 +180,9 @@ fn adherence(args: &AdherenceArgs) -> Result<(), String> {
                 ];
                 if let Some(steps) = args.steps {
                     flags.extend(["--steps".to_string(), steps.to_string()]);
+                }
+                if let Some(guidance) = args.guidance {
+                    flags.extend(["--guidance".to_string(), guidance.to_string()]);
                 }
                 generate_video(&args.model, &flags, &output)?;
                 read_frames(&output)?
