@@ -33,6 +33,77 @@ fn ground_truth_renders_score_near_perfect() {
     assert!(s.identity > 0.8 && s.flicker < 1.0, "{s:?}");
 }
 
+/// Two passes of a 3×3 box blur, about what a small VAE does to edges and corners.
+fn blurred(clip: &ClipSpec) -> Vec<RgbFrame> {
+    render(clip).into_iter().map(|f| box_blur(box_blur(f))).collect()
+}
+
+fn box_blur(f: RgbFrame) -> RgbFrame {
+    {
+        {
+            let (w, h) = (f.width as i64, f.height as i64);
+            let mut data = Vec::with_capacity(f.data.len());
+            for y in 0..h {
+                for x in 0..w {
+                    for c in 0..3 {
+                        let (mut sum, mut n) = (0u32, 0u32);
+                        for (dx, dy) in (-1..=1).flat_map(|dy| (-1..=1).map(move |dx| (dx, dy))) {
+                            let (sx, sy) = (x + dx, y + dy);
+                            if (0..w).contains(&sx) && (0..h).contains(&sy) {
+                                sum += u32::from(f.data[((sy * w + sx) * 3 + c) as usize]);
+                                n += 1;
+                            }
+                        }
+                        data.push((sum / n) as u8);
+                    }
+                }
+            }
+            RgbFrame { data, ..f }
+        }
+    }
+}
+
+/// A blob of the pixels of a square of half-side `half` (turned 45° for a diamond) whose corners
+/// are rounded with radius `rounding`, centred at (32.3, 31.6).
+fn rounded_square(half: f32, rounding: f32, diamond: bool) -> super::judge::Blob {
+    let (cx, cy) = (32.3f32, 31.6f32);
+    let mut pixels = Vec::new();
+    for y in 0..64u16 {
+        for x in 0..64u16 {
+            let (mut dx, mut dy) = (f32::from(x) + 0.5 - cx, f32::from(y) + 0.5 - cy);
+            if diamond {
+                (dx, dy) = ((dx + dy) / 2f32.sqrt(), (dy - dx) / 2f32.sqrt());
+            }
+            let core = half - rounding;
+            let (ox, oy) = ((dx.abs() - core).max(0.0), (dy.abs() - core).max(0.0));
+            if ox.hypot(oy) <= rounding {
+                pixels.push((x, y));
+            }
+        }
+    }
+    super::judge::Blob { colour: Colour::Red, pixels, centroid: [cx, cy] }
+}
+
+#[test]
+fn rounded_corners_do_not_make_a_circle() {
+    use super::judge::classify_shape;
+    for half in [5.0, 8.0, 14.0] {
+        // Half the half-side rounded off: what a small VAE leaves of a square's corners.
+        assert_eq!(classify_shape(&rounded_square(half, half / 2.0, false)), Shape::Square, "half-side {half}");
+        assert_eq!(classify_shape(&rounded_square(half, half / 2.0, true)), Shape::Diamond, "half-side {half}");
+        // Fully rounded, it is a circle.
+        assert_eq!(classify_shape(&rounded_square(half, half, false)), Shape::Circle, "half-side {half}");
+    }
+}
+
+#[test]
+fn shapes_survive_blur() {
+    let clips = held_out_prompts(&WorldConfig::default(), 80);
+    let s = score(&clips, blurred);
+    eprintln!("blurred ground truth: {s:?}");
+    assert!(s.shape.percent() >= 90.0 && s.colour.percent() >= 95.0, "{s:?}");
+}
+
 /// Deterministic noise frames (a model that learned nothing draws something like this).
 fn noise(clip: &ClipSpec) -> Vec<RgbFrame> {
     let mut rng = crate::world::Rng::new(clip.template as u64 + 7);
