@@ -187,6 +187,18 @@ fn dit_loss_falls_and_the_export_is_a_loadable_pipeline() -> anyhow::Result<()> 
     }
     let files = skyreels_core::checkpoint::resolve_pipeline(&dir.join("dit/export").to_string_lossy())?;
     assert!(files.transformer.exists() && files.tokenizer.exists());
+
+    // --subject-weight reaches the loss: the same first step, with and without it.
+    let first_loss = |weight: f32| -> anyhow::Result<f64> {
+        let out = dir.join(format!("dit-weight-{weight}"));
+        train_dit(&out, &inputs, &DitStage { subject_weight: weight, ..stage.clone() }, settings(1, 3e-3), &fresh())?;
+        let csv = std::fs::read_to_string(out.join("loss.csv"))?;
+        std::fs::remove_dir_all(&out)?;
+        Ok(csv.lines().nth(1).and_then(|l| l.split(',').nth(1)).expect("one step logged").parse()?)
+    };
+    let (plain, again, weighted) = (first_loss(0.0)?, first_loss(0.0)?, first_loss(50.0)?);
+    assert_eq!(plain, again, "a run is a function of its seed");
+    assert!((weighted - plain).abs() > 1e-3 * plain, "the weight changed nothing: {plain} vs {weighted}");
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -168,8 +168,9 @@ fn unit_area(shape: Shape) -> f32 {
 }
 
 /// Below this share of its upright reference harmonic, an outline counts as round. Blur rounds
-/// corners first, which weakens the harmonics without moving them; measured on VAE round trips,
-/// rounded squares keep 0.25–0.8 of the reference, circles stay within ±0.2 or so.
+/// corners first, which weakens the harmonics without moving them. On 80 VAE round trips of the
+/// film world, most squares kept 0.25–0.8 of the reference, and all but one circle stayed under
+/// 0.2; on crisp renders every shape scores near 1.
 const ROUND_LIMIT: f64 = 0.2;
 
 /// The angular harmonic that shows a non-round shape when upright: a triangle's three corners,
