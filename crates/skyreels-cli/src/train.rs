@@ -183,9 +183,6 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
                 subject_weight: args.subject_weight,
                 ..DitStage::default()
             };
-            if !(args.subject_weight.is_finite() && args.subject_weight >= 0.0) {
-                return Err("--subject-weight must be a finite number ≥ 0".into());
-            }
             let settings = args.run.settings(3000, 1e-3)?;
             let inputs = DitInputs { vae: &args.vae, tokenizer: &args.tokenizer };
             train_dit(&args.run.out, &inputs, &stage, settings, &args.run.options())

@@ -143,28 +143,27 @@ pub fn blobs(frame: &RgbFrame, background: &[Colour]) -> Vec<Blob> {
     found
 }
 
-/// The area of each shape in its unit frame (radius 1), measured on a fine grid with the very
-/// test the renderer uses.
+/// Half the side of the square `[−1.2, 1.2]²` that holds every shape's unit frame (radius 1).
+const UNIT_REACH: f32 = 1.2;
+
+/// The points of an `n × n` grid over the unit frame that lie inside `shape`, by the very test
+/// the renderer uses.
+fn unit_grid_points(shape: Shape, n: usize) -> impl Iterator<Item = [f32; 2]> {
+    let coordinate = move |k: usize| -UNIT_REACH + 2.0 * UNIT_REACH * (k as f32 + 0.5) / n as f32;
+    (0..n * n).map(move |k| [coordinate(k / n), coordinate(k % n)]).filter(move |&p| inside(shape, p))
+}
+
+/// A per-shape value computed once (from the unit grid) and looked up by shape.
+fn per_shape<T: Copy>(table: &'static OnceLock<Vec<T>>, shape: Shape, compute: impl Fn(Shape) -> T) -> T {
+    let values = table.get_or_init(|| Shape::ALL.iter().map(|&s| compute(s)).collect());
+    values[Shape::ALL.iter().position(|&s| s == shape).expect("every shape is listed")]
+}
+
+/// The area of each shape in its unit frame (radius 1).
 fn unit_area(shape: Shape) -> f32 {
     static AREAS: OnceLock<Vec<f32>> = OnceLock::new();
-    let areas = AREAS.get_or_init(|| {
-        let n = 400;
-        Shape::ALL
-            .iter()
-            .map(|&s| {
-                let mut count = 0usize;
-                for i in 0..n {
-                    for j in 0..n {
-                        let x = -1.2 + 2.4 * (i as f32 + 0.5) / n as f32;
-                        let y = -1.2 + 2.4 * (j as f32 + 0.5) / n as f32;
-                        count += inside(s, [x, y]) as usize;
-                    }
-                }
-                count as f32 * (2.4 * 2.4) / (n * n) as f32
-            })
-            .collect()
-    });
-    areas[Shape::ALL.iter().position(|&s| s == shape).expect("every shape is listed")]
+    let n = 400;
+    per_shape(&AREAS, shape, |s| unit_grid_points(s, n).count() as f32 * (2.0 * UNIT_REACH).powi(2) / (n * n) as f32)
 }
 
 /// Below this share of its upright reference harmonic, an outline counts as round. Blur rounds
@@ -184,12 +183,11 @@ fn fold(shape: Shape) -> Option<i32> {
     }
 }
 
-/// The `k`-th angular harmonic of a filled outline about its centroid, `Σ rᵏ·e^{ikθ} / Σ rᵏ`
-/// over its points (`rᵏ` weights the rim, where the corners are), as (re, im).
-fn harmonic(points: &[[f32; 2]], k: i32) -> [f64; 2] {
-    let n = points.len().max(1) as f64;
-    let cx = points.iter().map(|p| f64::from(p[0])).sum::<f64>() / n;
-    let cy = points.iter().map(|p| f64::from(p[1])).sum::<f64>() / n;
+/// The `k`-th angular harmonic of a filled outline about its centroid `centre`,
+/// `Σ rᵏ·e^{ikθ} / Σ rᵏ` over its points (`rᵏ` weights the rim, where the corners are), as
+/// (re, im).
+fn harmonic(points: &[[f32; 2]], centre: [f32; 2], k: i32) -> [f64; 2] {
+    let (cx, cy) = (f64::from(centre[0]), f64::from(centre[1]));
     let (mut re, mut im, mut total) = (0.0, 0.0, 0.0);
     for p in points {
         let (dx, dy) = (f64::from(p[0]) - cx, f64::from(p[1]) - cy);
@@ -206,23 +204,16 @@ fn harmonic(points: &[[f32; 2]], k: i32) -> [f64; 2] {
     }
 }
 
-/// Each shape's harmonic when drawn upright, measured on a fine grid with the renderer's test.
+/// Each shape's harmonic when drawn upright.
 fn reference_harmonic(shape: Shape) -> [f64; 2] {
     static REFERENCES: OnceLock<Vec<[f64; 2]>> = OnceLock::new();
-    let references = REFERENCES.get_or_init(|| {
-        let n = 300;
-        Shape::ALL
-            .iter()
-            .map(|&s| {
-                let points: Vec<[f32; 2]> = (0..n * n)
-                    .map(|i| [-1.2 + 2.4 * ((i % n) as f32 + 0.5) / n as f32, -1.2 + 2.4 * ((i / n) as f32 + 0.5) / n as f32])
-                    .filter(|&p| inside(s, p))
-                    .collect();
-                fold(s).map_or([0.0, 0.0], |k| harmonic(&points, k))
-            })
-            .collect()
-    });
-    references[Shape::ALL.iter().position(|&s| s == shape).expect("every shape is listed")]
+    per_shape(&REFERENCES, shape, |s| {
+        let Some(k) = fold(s) else { return [0.0, 0.0] };
+        let points: Vec<[f32; 2]> = unit_grid_points(s, 300).collect();
+        let n = points.len() as f32;
+        let centre = [points.iter().map(|p| p[0]).sum::<f32>() / n, points.iter().map(|p| p[1]).sum::<f32>() / n];
+        harmonic(&points, centre, k)
+    })
 }
 
 /// The shape of a blob, from the angular harmonics of its outline: each non-round shape scores
@@ -235,7 +226,7 @@ pub fn classify_shape(blob: &Blob) -> Shape {
     let mut best = (Shape::Circle, ROUND_LIMIT);
     for &shape in Shape::ALL {
         let Some(k) = fold(shape) else { continue };
-        let ([re, im], [r_re, r_im]) = (harmonic(&points, k), reference_harmonic(shape));
+        let ([re, im], [r_re, r_im]) = (harmonic(&points, blob.centroid, k), reference_harmonic(shape));
         let score = (re * r_re + im * r_im) / (r_re * r_re + r_im * r_im);
         if score > best.1 {
             best = (shape, score);

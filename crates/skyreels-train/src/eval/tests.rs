@@ -39,28 +39,24 @@ fn blurred(clip: &ClipSpec) -> Vec<RgbFrame> {
 }
 
 fn box_blur(f: RgbFrame) -> RgbFrame {
-    {
-        {
-            let (w, h) = (f.width as i64, f.height as i64);
-            let mut data = Vec::with_capacity(f.data.len());
-            for y in 0..h {
-                for x in 0..w {
-                    for c in 0..3 {
-                        let (mut sum, mut n) = (0u32, 0u32);
-                        for (dx, dy) in (-1..=1).flat_map(|dy| (-1..=1).map(move |dx| (dx, dy))) {
-                            let (sx, sy) = (x + dx, y + dy);
-                            if (0..w).contains(&sx) && (0..h).contains(&sy) {
-                                sum += u32::from(f.data[((sy * w + sx) * 3 + c) as usize]);
-                                n += 1;
-                            }
-                        }
-                        data.push((sum / n) as u8);
+    let (w, h) = (f.width as i64, f.height as i64);
+    let mut data = Vec::with_capacity(f.data.len());
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                let (mut sum, mut n) = (0u32, 0u32);
+                for (dx, dy) in (-1..=1).flat_map(|dy| (-1..=1).map(move |dx| (dx, dy))) {
+                    let (sx, sy) = (x + dx, y + dy);
+                    if (0..w).contains(&sx) && (0..h).contains(&sy) {
+                        sum += u32::from(f.data[((sy * w + sx) * 3 + c) as usize]);
+                        n += 1;
                     }
                 }
+                data.push((sum / n) as u8);
             }
-            RgbFrame { data, ..f }
         }
     }
+    RgbFrame { data, ..f }
 }
 
 /// A blob of the pixels of a square of half-side `half` (turned 45° for a diamond) whose corners

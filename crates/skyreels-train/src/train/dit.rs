@@ -313,6 +313,9 @@ pub fn train_dit(
     if stage.dim % stage.heads != 0 || stage.text_dim % stage.text_heads != 0 || stage.batch == 0 || stage.clips == 0 {
         bail!("the widths must divide by the head counts, and --batch and --clips must be positive");
     }
+    if !(stage.subject_weight.is_finite() && stage.subject_weight >= 0.0) {
+        bail!("--subject-weight must be a finite number ≥ 0");
+    }
     let device = Device::Cpu;
     let vae = WanVae::load(inputs.vae, &device).with_context(|| format!("cannot load the VAE {}", inputs.vae.display()))?;
     let tokenizer = PromptTokenizer::load(inputs.tokenizer)?;
