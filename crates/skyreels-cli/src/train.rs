@@ -60,6 +60,14 @@ pub struct DitArgs {
     /// of it a subject covers); 0 is plain flow matching.
     #[arg(long, default_value_t = 0.0)]
     pub subject_weight: f32,
+    /// Tapers the subject weight with the noise level σ: the weight is scaled by (1 − σ)^this,
+    /// so it acts where the model is nearly sure where the subjects are; 0 keeps it constant.
+    #[arg(long, default_value_t = 0.0)]
+    pub subject_weight_power: f32,
+    /// Spatial patch size of the DiT: 2 as in Wan, or 1 for one token per latent cell (finer
+    /// placement, about 4× the tokens).
+    #[arg(long, default_value_t = 2)]
+    pub patch: usize,
 }
 
 /// Flags every stage shares.
@@ -141,6 +149,13 @@ pub struct VaeArgs {
     /// cost of short clips.
     #[arg(long, default_value_t = 0)]
     pub warm_up_chunks: usize,
+    /// Weight of the edge loss (L1 between the decoded and true frames' pixel differences).
+    #[arg(long, default_value_t = 0.0)]
+    pub edge_weight: f64,
+    /// Train only the decoder of the --init-from VAE: its encoder, and the latents a DiT was
+    /// trained on, stay unchanged.
+    #[arg(long)]
+    pub decoder_only: bool,
 }
 
 /// Runs one stage.
@@ -153,6 +168,8 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
                 crop: args.crop,
                 base_dim: args.base_dim,
                 warm_up_chunks: args.warm_up_chunks,
+                edge_weight: args.edge_weight,
+                decoder_only: args.decoder_only,
                 ..VaeStage::default()
             };
             // A first (image) phase learns space from scratch; a continuation (`--init-from`)
@@ -181,6 +198,8 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
                 layers: args.layers,
                 ffn_dim: 3 * args.dim,
                 subject_weight: args.subject_weight,
+                subject_weight_power: args.subject_weight_power,
+                patch: args.patch,
                 ..DitStage::default()
             };
             let settings = args.run.settings(3000, 1e-3)?;

@@ -148,6 +148,43 @@ fn a_second_phase_starts_from_the_first_runs_weights_with_other_clips() -> anyho
 }
 
 #[test]
+fn decoder_only_fine_tuning_exports_the_same_encoder_and_a_new_decoder() -> anyhow::Result<()> {
+    use skyreels_train::train::vae::train_vae;
+    let first = temp_dir("dec-one");
+    train_vae(&first, &tiny_vae_stage(), settings(3, 1e-2), &fresh())?;
+    let tuned = temp_dir("dec-two");
+    let stage = VaeStage { decoder_only: true, edge_weight: 1.0, ..tiny_vae_stage() };
+    train_vae(&tuned, &stage, settings(3, 1e-2), &RunOptions { init_from: Some(first.clone()), ..fresh() })?;
+    let exported = |dir: &std::path::Path| -> anyhow::Result<Vec<(String, Vec<f32>)>> {
+        let file = dir.join("export/diffusion_pytorch_model.safetensors");
+        let mut tensors: Vec<_> = candle_core::safetensors::load(file, &Device::Cpu)?
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.flatten_all()?.to_vec1::<f32>()?)))
+            .collect::<anyhow::Result<_>>()?;
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(tensors)
+    };
+    let (before, after) = (exported(&first)?, exported(&tuned)?);
+    assert_eq!(before.len(), after.len());
+    let mut decoder_moved = false;
+    for ((name, a), (_, b)) in before.iter().zip(&after) {
+        if name.starts_with("encoder.") || name.starts_with("quant_conv.") {
+            assert_eq!(a, b, "the frozen encoder tensor {name} changed");
+        } else {
+            decoder_moved |= a != b;
+        }
+    }
+    assert!(decoder_moved, "the decoder did not train");
+    // Without a trained VAE to start from there is nothing to keep: refused.
+    let error = train_vae(&temp_dir("dec-none"), &stage, settings(1, 1e-3), &fresh()).unwrap_err();
+    assert!(format!("{error:#}").contains("--init-from"), "{error:#}");
+    for dir in [first, tuned, temp_dir("dec-none")] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
+}
+
+#[test]
 fn dit_loss_falls_and_the_export_is_a_loadable_pipeline() -> anyhow::Result<()> {
     use skyreels_train::train::dit::{train_dit, DitInputs, DitStage};
     use skyreels_train::train::tokenizer::{build_vocabulary, write_tokenizer};

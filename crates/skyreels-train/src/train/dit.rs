@@ -58,6 +58,16 @@ pub struct DitStage {
     /// plain MSE the backdrop dominates the loss.
     #[serde(default)]
     pub subject_weight: f32,
+    /// Tapers the subject weight with the noise level: at noise level σ a cell weighs
+    /// `1 + subject_weight × (1 − σ)^power × coverage`. A data-dependent weight tilts the learned
+    /// mean towards the subject wherever the model is unsure whether a cell shows one, which
+    /// over-paints at high noise; near σ = 0 the model is sure and the weight only sharpens it.
+    /// 0 keeps the weight constant.
+    #[serde(default)]
+    pub subject_weight_power: f32,
+    /// Spatial patch size of the DiT (Wan uses 2; 1 gives one token per latent cell).
+    #[serde(default = "default_patch")]
+    pub patch: usize,
     /// The world clips come from.
     pub world: WorldConfig,
 }
@@ -80,9 +90,15 @@ impl Default for DitStage {
             noise: NoiseLevelSampler::default(),
             uncond_probability: 0.1,
             subject_weight: 0.0,
+            subject_weight_power: 0.0,
+            patch: default_patch(),
             world: WorldConfig::default(),
         }
     }
+}
+
+fn default_patch() -> usize {
+    2
 }
 
 impl DitStage {
@@ -104,7 +120,7 @@ impl DitStage {
     /// The DiT's structure (a DF model with the 16/24 fps embedding, like DF-1.3B).
     pub fn transformer_config(&self, z_dim: usize) -> TransformerConfig {
         TransformerConfig {
-            patch_size: [1, 2, 2],
+            patch_size: [1, self.patch, self.patch],
             num_heads: self.heads,
             head_dim: self.dim / self.heads,
             in_channels: z_dim,
@@ -243,6 +259,7 @@ impl Trainer<'_> {
         let mut sigmas = Vec::with_capacity(s.batch * frames);
         let mut timesteps = Vec::with_capacity(s.batch * frames);
         let mut weights = Vec::with_capacity(s.batch * frames);
+        let mut subject_weights = Vec::with_capacity(s.batch * frames);
         for _ in 0..s.batch {
             let i = rng.below(self.data.prompts.len());
             picks.push(i as u32);
@@ -251,6 +268,7 @@ impl Trainer<'_> {
             sigmas.extend(levels.sigmas.iter().copied());
             timesteps.extend(levels.timesteps.iter().copied());
             weights.extend((0..frames).map(|f| if f < levels.prefix { 0f32 } else { 1.0 }));
+            subject_weights.extend(levels.sigmas.iter().map(|sigma| s.subject_weight * (1.0 - sigma).powf(s.subject_weight_power)));
         }
         let picks = Tensor::new(picks.as_slice(), &device)?;
         let x0 = self.data.latents.index_select(&picks, 0)?;
@@ -286,7 +304,7 @@ impl Trainer<'_> {
         // Weights per latent cell, shared by its channels; the mean is over the weights, so the
         // loss keeps its scale whatever the subject weight.
         let coverage = self.data.coverage.index_select(&picks, 0)?;
-        let weight = per_frame(weights)?.broadcast_mul(&((coverage * f64::from(s.subject_weight))? + 1.0)?)?;
+        let weight = per_frame(weights)?.broadcast_mul(&(coverage.broadcast_mul(&per_frame(subject_weights)?)? + 1.0)?)?;
         let squared = (prediction - target)?.sqr()?.broadcast_mul(&weight)?;
         let denominator = (weight.sum_all()?.to_scalar::<f32>()? as f64 * x0.dim(1)? as f64).max(1.0);
         Ok((squared.sum_all()? / denominator)?)
@@ -315,6 +333,12 @@ pub fn train_dit(
     }
     if !(stage.subject_weight.is_finite() && stage.subject_weight >= 0.0) {
         bail!("--subject-weight must be a finite number ≥ 0");
+    }
+    if !(stage.subject_weight_power.is_finite() && stage.subject_weight_power >= 0.0) {
+        bail!("--subject-weight-power must be a finite number ≥ 0");
+    }
+    if stage.patch == 0 {
+        bail!("--patch must be at least 1");
     }
     let device = Device::Cpu;
     let vae = WanVae::load(inputs.vae, &device).with_context(|| format!("cannot load the VAE {}", inputs.vae.display()))?;

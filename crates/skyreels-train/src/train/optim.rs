@@ -50,8 +50,8 @@ impl AdamW {
         Ok(Self { config, params, first, second, step: 0 })
     }
 
-    /// Applies one update with learning rate `lr` from `grads` (parameters without a gradient
-    /// are left alone, but still decay).
+    /// Applies one update with learning rate `lr` from `grads`; parameters without a gradient
+    /// (frozen ones) are left exactly as they are, without weight decay.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> candle_core::Result<()> {
         self.step += 1;
         let c = self.config;
@@ -123,7 +123,7 @@ pub fn clip_grad_norm(grads: &mut GradStore, params: &[(String, Var)], max_norm:
     Ok(norm)
 }
 
-/// Exponential moving average of the weights: `ema ← d·ema + (1 − d)·w`, with the usual
+/// Exponential moving average of the weights: `ema ← ema + (1 − d)·(w − ema)`, with the usual
 /// warm-up `d = min(decay, (1 + n)/(10 + n))` so early averages are not dominated by the
 /// random initialisation.
 pub struct Ema {
@@ -146,7 +146,9 @@ impl Ema {
         let d = self.decay.min((1.0 + n) / (10.0 + n));
         for (name, var) in params {
             if let Some(s) = self.shadow.get_mut(name) {
-                *s = ((&*s * d)? + (var.as_tensor().detach() * (1.0 - d))?)?;
+                // Written as a step towards `w` so a weight equal to its average (a frozen one
+                // started at it) keeps it bit for bit.
+                *s = (&*s + ((var.as_tensor().detach() - &*s)? * (1.0 - d))?)?;
             }
         }
         Ok(())
