@@ -60,10 +60,14 @@ pub struct DitArgs {
     /// of it a subject covers); 0 is plain flow matching.
     #[arg(long, default_value_t = 0.0)]
     pub subject_weight: f32,
-    /// Tapers the subject weight with the noise level σ: the weight is scaled by (1 − σ)^this,
-    /// so it acts where the model is nearly sure where the subjects are; 0 keeps it constant.
+    /// Scales the subject weight by σ^this at noise level σ: the weight then acts where
+    /// samples decide whether to draw a subject (0: the same at every noise level).
     #[arg(long, default_value_t = 0.0)]
-    pub subject_weight_power: f32,
+    pub subject_weight_noise_power: f32,
+    /// Scales the subject weight by (1 − σ)^this: the weight then acts where the model
+    /// already knows where the subjects are (0: the same at every noise level).
+    #[arg(long, default_value_t = 0.0)]
+    pub subject_weight_clean_power: f32,
     /// Spatial patch size of the DiT: 2 as in Wan, or 1 for one token per latent cell (finer
     /// placement, about 4× the tokens).
     #[arg(long, default_value_t = 2)]
@@ -198,7 +202,8 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
                 layers: args.layers,
                 ffn_dim: 3 * args.dim,
                 subject_weight: args.subject_weight,
-                subject_weight_power: args.subject_weight_power,
+                subject_weight_noise_power: args.subject_weight_noise_power,
+                subject_weight_clean_power: args.subject_weight_clean_power,
                 patch: args.patch,
                 ..DitStage::default()
             };

@@ -58,13 +58,17 @@ pub struct DitStage {
     /// plain MSE the backdrop dominates the loss.
     #[serde(default)]
     pub subject_weight: f32,
-    /// Tapers the subject weight with the noise level: at noise level σ a cell weighs
-    /// `1 + subject_weight × (1 − σ)^power × coverage`. A data-dependent weight tilts the learned
-    /// mean towards the subject wherever the model is unsure whether a cell shows one, which
-    /// over-paints at high noise; near σ = 0 the model is sure and the weight only sharpens it.
-    /// 0 keeps the weight constant.
+    /// Shapes the subject weight over the noise level σ: a cell weighs
+    /// `1 + subject_weight × σ^noise_power × (1 − σ)^clean_power × coverage`. A weight that
+    /// depends on the data tilts the learned mean towards the subject wherever the model is
+    /// unsure whether a cell shows one. At high noise that tilt is what makes a sample commit to
+    /// a subject at all; near σ = 0 it only makes the outline grow by the cell the model is
+    /// unsure about. 0 and 0 keep the weight constant.
     #[serde(default)]
-    pub subject_weight_power: f32,
+    pub subject_weight_noise_power: f32,
+    /// See [`DitStage::subject_weight_noise_power`].
+    #[serde(default)]
+    pub subject_weight_clean_power: f32,
     /// Spatial patch size of the DiT (Wan uses 2; 1 gives one token per latent cell).
     #[serde(default = "default_patch")]
     pub patch: usize,
@@ -90,7 +94,8 @@ impl Default for DitStage {
             noise: NoiseLevelSampler::default(),
             uncond_probability: 0.1,
             subject_weight: 0.0,
-            subject_weight_power: 0.0,
+            subject_weight_noise_power: 0.0,
+            subject_weight_clean_power: 0.0,
             patch: default_patch(),
             world: WorldConfig::default(),
         }
@@ -115,6 +120,13 @@ impl DitStage {
             max_distance: 128,
             eps: 1e-6,
         }
+    }
+
+    /// The subject weight at noise level `sigma` (see [`DitStage::subject_weight_noise_power`]).
+    pub fn subject_weight_at(&self, sigma: f32) -> f32 {
+        self.subject_weight
+            * sigma.powf(self.subject_weight_noise_power)
+            * (1.0 - sigma).powf(self.subject_weight_clean_power)
     }
 
     /// The DiT's structure (a DF model with the 16/24 fps embedding, like DF-1.3B).
@@ -268,7 +280,7 @@ impl Trainer<'_> {
             sigmas.extend(levels.sigmas.iter().copied());
             timesteps.extend(levels.timesteps.iter().copied());
             weights.extend((0..frames).map(|f| if f < levels.prefix { 0f32 } else { 1.0 }));
-            subject_weights.extend(levels.sigmas.iter().map(|sigma| s.subject_weight * (1.0 - sigma).powf(s.subject_weight_power)));
+            subject_weights.extend(levels.sigmas.iter().map(|&sigma| s.subject_weight_at(sigma)));
         }
         let picks = Tensor::new(picks.as_slice(), &device)?;
         let x0 = self.data.latents.index_select(&picks, 0)?;
@@ -334,8 +346,10 @@ pub fn train_dit(
     if !(stage.subject_weight.is_finite() && stage.subject_weight >= 0.0) {
         bail!("--subject-weight must be a finite number ≥ 0");
     }
-    if !(stage.subject_weight_power.is_finite() && stage.subject_weight_power >= 0.0) {
-        bail!("--subject-weight-power must be a finite number ≥ 0");
+    for power in [stage.subject_weight_noise_power, stage.subject_weight_clean_power] {
+        if !(power.is_finite() && power >= 0.0) {
+            bail!("the subject weight's powers must be finite numbers ≥ 0");
+        }
     }
     if stage.patch == 0 {
         bail!("--patch must be at least 1");
