@@ -85,14 +85,14 @@ impl Colour {
 }
 
 attribute!(
-    /// Subject sizes (radius in world units: 0.10, 0.14, 0.19). Even a small subject in a wide
-    /// shot spans more than one 8×8 latent cell, so the VAE can keep its outline.
+    /// Subject sizes (radius in world units: 0.13, 0.175, 0.235). A small subject in a wide shot
+    /// is 17 pixels across at 64×64, two 8×8 latent cells, so the VAE can keep its corners.
     Size {
-        /// Radius 0.10.
+        /// Radius 0.13.
         Small => "small",
-        /// Radius 0.14; not named in prompts.
+        /// Radius 0.175; not named in prompts.
         Medium => "medium",
-        /// Radius 0.19.
+        /// Radius 0.235.
         Large => "large",
     }
 );
@@ -101,9 +101,9 @@ impl Size {
     /// Radius in world units (the wide shot shows a 1×1 world square).
     pub fn radius(self) -> f32 {
         match self {
-            Size::Small => 0.10,
-            Size::Medium => 0.14,
-            Size::Large => 0.19,
+            Size::Small => 0.13,
+            Size::Medium => 0.175,
+            Size::Large => 0.235,
         }
     }
 }
@@ -157,9 +157,9 @@ attribute!(
     ShotType {
         /// The whole 1×1 world square.
         Wide => "wide shot",
-        /// 1.4× magnified.
+        /// 1.3× magnified.
         Medium => "medium shot",
-        /// 1.9× magnified.
+        /// 1.6× magnified.
         CloseUp => "close-up",
     }
 );
@@ -169,8 +169,8 @@ impl ShotType {
     pub fn zoom(self) -> f32 {
         match self {
             ShotType::Wide => 1.0,
-            ShotType::Medium => 1.4,
-            ShotType::CloseUp => 1.9,
+            ShotType::Medium => 1.3,
+            ShotType::CloseUp => 1.6,
         }
     }
 }
