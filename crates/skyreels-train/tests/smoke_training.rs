@@ -226,16 +226,22 @@ fn dit_loss_falls_and_the_export_is_a_loadable_pipeline() -> anyhow::Result<()> 
     assert!(files.transformer.exists() && files.tokenizer.exists());
 
     // --subject-weight reaches the loss: the same first step, with and without it.
-    let first_loss = |weight: f32| -> anyhow::Result<f64> {
-        let out = dir.join(format!("dit-weight-{weight}"));
-        train_dit(&out, &inputs, &DitStage { subject_weight: weight, ..stage.clone() }, settings(1, 3e-3), &fresh())?;
+    let first_loss_of = |name: &str, variant: DitStage| -> anyhow::Result<f64> {
+        let out = dir.join(format!("dit-{name}"));
+        train_dit(&out, &inputs, &variant, settings(1, 3e-3), &fresh())?;
         let csv = std::fs::read_to_string(out.join("loss.csv"))?;
         std::fs::remove_dir_all(&out)?;
         Ok(csv.lines().nth(1).and_then(|l| l.split(',').nth(1)).expect("one step logged").parse()?)
     };
+    let first_loss = |weight: f32| first_loss_of(&format!("weight-{weight}"), DitStage { subject_weight: weight, ..stage.clone() });
     let (plain, again, weighted) = (first_loss(0.0)?, first_loss(0.0)?, first_loss(50.0)?);
     assert_eq!(plain, again, "a run is a function of its seed");
     assert!((weighted - plain).abs() > 1e-3 * plain, "the weight changed nothing: {plain} vs {weighted}");
+    // Its noise power reaches the loss too, and one-cell patches train.
+    let tapered = first_loss_of("tapered", DitStage { subject_weight: 50.0, subject_weight_noise_power: 4.0, ..stage.clone() })?;
+    assert!((tapered - weighted).abs() > 1e-4 * weighted, "the power changed nothing: {weighted} vs {tapered}");
+    let fine = first_loss_of("patch-1", DitStage { patch: 1, ..stage.clone() })?;
+    assert!(fine.is_finite() && fine != plain, "patch 1: {fine}");
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

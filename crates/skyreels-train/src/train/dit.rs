@@ -457,4 +457,24 @@ mod tests {
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
+
+    #[test]
+    fn the_subject_weight_follows_its_noise_and_clean_powers() {
+        let stage = |noise, clean| DitStage { subject_weight: 8.0, subject_weight_noise_power: noise, subject_weight_clean_power: clean, ..DitStage::default() };
+        assert_eq!(stage(0.0, 0.0).subject_weight_at(0.9), 8.0, "constant by default");
+        assert!((stage(2.0, 0.0).subject_weight_at(0.5) - 2.0).abs() < 1e-6);
+        assert!((stage(0.0, 1.0).subject_weight_at(0.75) - 2.0).abs() < 1e-6);
+        assert_eq!(stage(2.0, 0.0).subject_weight_at(0.0), 0.0, "noise-only weight vanishes on clean frames");
+        assert_eq!(stage(0.0, 2.0).subject_weight_at(1.0), 0.0, "clean-only weight vanishes on pure noise");
+    }
+
+    #[test]
+    fn the_patch_size_reaches_the_transformer() {
+        assert_eq!(DitStage::default().transformer_config(16).patch_size, [1, 2, 2]);
+        assert_eq!(DitStage { patch: 1, ..DitStage::default() }.transformer_config(16).patch_size, [1, 1, 1]);
+        // Runs saved before the field existed keep Wan's 2×2 patches.
+        let mut old = serde_json::to_value(DitStage::default()).unwrap();
+        old.as_object_mut().unwrap().remove("patch");
+        assert_eq!(serde_json::from_value::<DitStage>(old).unwrap().patch, 2);
+    }
 }
