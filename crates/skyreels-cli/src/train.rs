@@ -69,7 +69,7 @@ pub struct DitArgs {
     #[arg(long, default_value_t = 0.0)]
     pub subject_weight_clean_power: f32,
     /// Spatial patch size of the DiT: 2 as in Wan, or 1 for one token per latent cell (finer
-    /// placement, about 4× the tokens).
+    /// placement; 4× the tokens, measured 7.5× the step time).
     #[arg(long, default_value_t = 2)]
     pub patch: usize,
 }

@@ -165,15 +165,8 @@ fn edge_loss(decoded: &Tensor, truth: &Tensor) -> anyhow::Result<Tensor> {
         let n = x.dim(axis)?;
         x.narrow(axis, 1, n - 1)? - x.narrow(axis, 0, n - 1)?
     };
-    let mut total = None;
-    for axis in [3, 4] {
-        let term = (differences(decoded, axis)? - differences(truth, axis)?)?.abs()?.mean_all()?;
-        total = Some(match total {
-            None => term,
-            Some(t) => (t + term)?,
-        });
-    }
-    Ok(total.expect("two axes"))
+    let along = |axis| (differences(decoded, axis)? - differences(truth, axis)?)?.abs()?.mean_all();
+    Ok((along(3)? + along(4)?)?)
 }
 
 /// A random `side × side` window (aligned to 8 pixels) of every frame; `0` keeps the frame.
@@ -208,7 +201,8 @@ pub fn train_vae(dir: &Path, stage: &VaeStage, settings: RunSettings, options: &
             stage.world.frames
         );
     }
-    if stage.decoder_only && options.init_from.is_none() && !options.resume {
+    let resuming = options.resume && dir.join("checkpoint.json").exists();
+    if stage.decoder_only && options.init_from.is_none() && !resuming {
         anyhow::bail!("--decoder-only fine-tunes a trained VAE: give the run to start from with --init-from");
     }
     if !(stage.edge_weight.is_finite() && stage.edge_weight >= 0.0) {
@@ -220,7 +214,7 @@ pub fn train_vae(dir: &Path, stage: &VaeStage, settings: RunSettings, options: &
         WanVae::from_weights(config.clone(), params, &device)?;
         Ok(())
     })?;
-    if stage.decoder_only && !options.resume {
+    if stage.decoder_only && !resuming {
         // The export is the EMA; start the frozen encoder at the EMA's values, so it exports
         // exactly the encoder the source run exported.
         let encoder = run.ema_weights().iter().filter(|(k, _)| is_encoder_parameter(k));
