@@ -66,16 +66,20 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// Every tensor of the run's last checkpoint (parameters, EMA, optimiser moments).
-fn checkpoint_tensors(dir: &std::path::Path) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
-    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("checkpoint.json"))?)?;
-    let file = dir.join(info["tensors"].as_str().expect("tensors file"));
+/// Every tensor of a safetensors file, flattened, in name order.
+fn tensors_by_name(file: &std::path::Path) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
     let mut tensors: Vec<_> = candle_core::safetensors::load(file, &Device::Cpu)?
         .into_iter()
         .map(|(k, v)| Ok((k, v.flatten_all()?.to_vec1::<f32>()?)))
         .collect::<anyhow::Result<_>>()?;
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(tensors)
+}
+
+/// Every tensor of the run's last checkpoint (parameters, EMA, optimiser moments).
+fn checkpoint_tensors(dir: &std::path::Path) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("checkpoint.json"))?)?;
+    tensors_by_name(&dir.join(info["tensors"].as_str().expect("tensors file")))
 }
 
 #[test]
@@ -155,15 +159,7 @@ fn decoder_only_fine_tuning_exports_the_same_encoder_and_a_new_decoder() -> anyh
     let tuned = temp_dir("dec-two");
     let stage = VaeStage { decoder_only: true, edge_weight: 1.0, ..tiny_vae_stage() };
     train_vae(&tuned, &stage, settings(3, 1e-2), &RunOptions { init_from: Some(first.clone()), ..fresh() })?;
-    let exported = |dir: &std::path::Path| -> anyhow::Result<Vec<(String, Vec<f32>)>> {
-        let file = dir.join("export/diffusion_pytorch_model.safetensors");
-        let mut tensors: Vec<_> = candle_core::safetensors::load(file, &Device::Cpu)?
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.flatten_all()?.to_vec1::<f32>()?)))
-            .collect::<anyhow::Result<_>>()?;
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(tensors)
-    };
+    let exported = |dir: &std::path::Path| tensors_by_name(&dir.join("export/diffusion_pytorch_model.safetensors"));
     let (before, after) = (exported(&first)?, exported(&tuned)?);
     assert_eq!(before.len(), after.len());
     let mut decoder_moved = false;
