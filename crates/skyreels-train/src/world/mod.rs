@@ -289,16 +289,20 @@ fn draw_background(rng: &mut Rng) -> Background {
 }
 
 fn draw_subject(rng: &mut Rng, colours: &[Colour], index: usize, count: usize) -> Subject {
-    // Subjects start in their own vertical band so they rarely overlap at the start.
-    let band = (index as f32 + 0.5) / count as f32;
-    let start = [0.3 + 0.4 * rng.unit(), (band + 0.1 * (rng.unit() - 0.5)).clamp(0.2, 0.8)];
-    Subject {
-        shape: rng.pick(Shape::ALL),
-        colour: rng.pick(colours),
-        size: rng.pick(Size::ALL),
-        action: rng.pick(Action::ALL),
-        start,
-    }
+    let (shape, colour, size, action) =
+        (rng.pick(Shape::ALL), rng.pick(colours), rng.pick(Size::ALL), rng.pick(Action::ALL));
+    Subject { shape, colour, size, action, start: layout_start(action, index, count) }
+}
+
+/// Where subject `index` of `count` starts. The layout is fixed by the caption, not drawn: each
+/// subject's path is centred in its own horizontal band (one subject: the frame's centre), so a
+/// prompt names one video up to the initial noise. A tiny model can learn that mapping; with
+/// positions drawn at random it has to pick one itself, and the demo-sized DiTs never learned to
+/// commit and drew only the backdrop (README, "The sixth round").
+fn layout_start(action: Action, index: usize, count: usize) -> [f32; 2] {
+    let anchor = [0.5, (index as f32 + 0.5) / count as f32];
+    let [dx, dy] = raster::travel(action);
+    [anchor[0] - dx / 2.0, anchor[1] - dy / 2.0]
 }
 
 #[cfg(test)]

@@ -103,13 +103,10 @@ struct Pose {
 }
 
 fn pose_at(s: &Subject, t: f32) -> Pose {
-    let [x, y] = s.start;
-    let (mut centre, mut growth, mut angle) = ([x, y], 1.0, 0.0);
+    let [dx, dy] = travel(s.action);
+    let (mut centre, mut growth, mut angle) = ([s.start[0] + dx * t, s.start[1] + dy * t], 1.0, 0.0);
     match s.action {
-        Action::MoveLeft => centre[0] -= TRAVEL * t,
-        Action::MoveRight => centre[0] += TRAVEL * t,
-        Action::MoveUp => centre[1] -= TRAVEL * t,
-        Action::MoveDown => centre[1] += TRAVEL * t,
+        Action::MoveLeft | Action::MoveRight | Action::MoveUp | Action::MoveDown => {}
         Action::Bounce => centre[1] -= 0.15 * (std::f32::consts::PI * 3.0 * t).sin().abs(),
         Action::Spin => angle = std::f32::consts::TAU * t,
         Action::Grow => growth = 1.0 + 0.6 * t,
@@ -117,6 +114,17 @@ fn pose_at(s: &Subject, t: f32) -> Pose {
         Action::Stay => {}
     }
     Pose { centre, radius: s.size.radius() * growth, angle }
+}
+
+/// How far an action carries a subject's centre over the whole clip, in world units.
+pub(crate) fn travel(action: Action) -> [f32; 2] {
+    match action {
+        Action::MoveLeft => [-TRAVEL, 0.0],
+        Action::MoveRight => [TRAVEL, 0.0],
+        Action::MoveUp => [0.0, -TRAVEL],
+        Action::MoveDown => [0.0, TRAVEL],
+        _ => [0.0, 0.0],
+    }
 }
 
 /// The frontmost subject covering a world point, if any.
