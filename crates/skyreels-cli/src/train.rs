@@ -56,6 +56,10 @@ pub struct DitArgs {
     /// DiT blocks.
     #[arg(long, default_value_t = 4)]
     pub layers: usize,
+    /// DiT attention heads (head size = width / heads). Fewer, larger heads give the rotary
+    /// embedding more frequencies per spatial axis (head size 32: 5; 64: 10).
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
     /// Extra loss weight on latent cells showing a subject (a cell weighs 1 + this × the share
     /// of it a subject covers); 0 is plain flow matching.
     #[arg(long, default_value_t = 0.0)]
@@ -200,6 +204,7 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
                 batch: args.batch,
                 dim: args.dim,
                 layers: args.layers,
+                heads: args.heads,
                 ffn_dim: 3 * args.dim,
                 subject_weight: args.subject_weight,
                 subject_weight_noise_power: args.subject_weight_noise_power,

@@ -340,8 +340,8 @@ pub fn train_dit(
     settings: RunSettings,
     options: &RunOptions,
 ) -> anyhow::Result<()> {
-    if stage.dim % stage.heads != 0 || stage.text_dim % stage.text_heads != 0 || stage.batch == 0 || stage.clips == 0 {
-        bail!("the widths must divide by the head counts, and --batch and --clips must be positive");
+    if stage.heads == 0 || stage.text_heads == 0 || stage.dim % stage.heads != 0 || stage.text_dim % stage.text_heads != 0 || stage.batch == 0 || stage.clips == 0 {
+        bail!("the head counts must be positive and divide the widths, and --batch and --clips must be positive");
     }
     if !(stage.subject_weight.is_finite() && stage.subject_weight >= 0.0) {
         bail!("--subject-weight must be a finite number ≥ 0");
@@ -466,6 +466,12 @@ mod tests {
         assert!((stage(0.0, 1.0).subject_weight_at(0.75) - 2.0).abs() < 1e-6);
         assert_eq!(stage(2.0, 0.0).subject_weight_at(0.0), 0.0, "noise-only weight vanishes on clean frames");
         assert_eq!(stage(0.0, 2.0).subject_weight_at(1.0), 0.0, "clean-only weight vanishes on pure noise");
+    }
+
+    #[test]
+    fn the_head_count_sets_the_transformer_head_size() {
+        let config = DitStage { heads: 2, ..DitStage::default() }.transformer_config(16);
+        assert_eq!((config.num_heads, config.head_dim), (2, 64));
     }
 
     #[test]
