@@ -350,24 +350,30 @@ fn candidates() -> Vec<Transform> {
 
 /// The camera's effect on the picture between two frames: the best candidate transform of the
 /// backdrop, preferring no motion unless another fits clearly better (a flat backdrop fits
-/// every candidate equally).
+/// every candidate equally). Among shifts that fit about as well as the best, the shortest
+/// wins: diagonal stripes and gradients show only the motion across them (the aperture
+/// problem), so a pan, a tilt and half of each fit alike, and the half-and-half (the normal
+/// flow) is the least wrong guess when the subject's motion is measured against it.
 fn frame_motion(earlier: &RgbFrame, earlier_mask: &[bool], later: &RgbFrame, later_mask: &[bool]) -> Transform {
     let Some(still) = transform_error(earlier, earlier_mask, later, later_mask, Transform::IDENTITY) else {
         return Transform::IDENTITY;
     };
-    let mut best = (Transform::IDENTITY, still);
-    for t in candidates() {
-        if let Some(e) = transform_error(earlier, earlier_mask, later, later_mask, t) {
-            if e < best.1 {
-                best = (t, e);
-            }
-        }
+    let fits: Vec<(Transform, f32)> = candidates()
+        .into_iter()
+        .filter_map(|t| transform_error(earlier, earlier_mask, later, later_mask, t).map(|e| (t, e)))
+        .collect();
+    let Some(best) = fits.iter().map(|(_, e)| *e).min_by(f32::total_cmp) else {
+        return Transform::IDENTITY;
+    };
+    if best >= 0.8 * still - 0.5 {
+        return Transform::IDENTITY;
     }
-    if best.1 < 0.8 * still - 0.5 {
-        best.0
-    } else {
-        Transform::IDENTITY
-    }
+    let length = |t: &Transform| t.shift[0].hypot(t.shift[1]) + (t.zoom.ln().abs() * 100.0);
+    let tolerance = 0.5 + 0.05 * best;
+    fits.iter()
+        .filter(|(_, e)| *e <= best + tolerance)
+        .min_by(|a, b| length(&a.0).total_cmp(&length(&b.0)).then(a.1.total_cmp(&b.1)))
+        .map_or(Transform::IDENTITY, |(t, _)| *t)
 }
 
 /// How much a frame's backdrop changes under a 3-pixel shift: near zero for a flat backdrop,

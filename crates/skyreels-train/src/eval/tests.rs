@@ -150,6 +150,23 @@ fn camera_moves_read_in_the_camera_convention() {
 }
 
 #[test]
+fn moves_keep_their_direction_under_any_camera_on_diagonal_backdrops() {
+    // Stripes and gradients show only the motion across them: a tilt fits as well as a pan, so
+    // the judge must not undo the wrong one and turn a move up into a move left.
+    let moves = [Action::MoveLeft, Action::MoveRight, Action::MoveUp, Action::MoveDown];
+    for pattern in [Pattern::Stripes, Pattern::Gradient] {
+        for camera in CameraMotion::ALL.iter().copied() {
+            for action in moves {
+                let mut clip = single(action, camera, pattern);
+                clip.subjects[0].size = Size::Small;
+                let reading = read_clip(&render(&clip), ShotType::Wide, Some(Colour::Red));
+                assert_eq!(reading.action, Some(action), "{}", clip.prompt());
+            }
+        }
+    }
+}
+
+#[test]
 fn stability_meter_flags_fading_and_vanishing() {
     let clip = single(Action::Stay, CameraMotion::Static, Pattern::Checkerboard);
     let frames = render(&clip);
