@@ -365,13 +365,15 @@ fn frame_motion(earlier: &RgbFrame, earlier_mask: &[bool], later: &RgbFrame, lat
     let Some(best) = fits.iter().map(|(_, e)| *e).min_by(f32::total_cmp) else {
         return Transform::IDENTITY;
     };
-    if best >= 0.8 * still - 0.5 {
+    let clearly_better = 0.8 * still - 0.5;
+    if best >= clearly_better {
         return Transform::IDENTITY;
     }
     let length = |t: &Transform| t.shift[0].hypot(t.shift[1]) + (t.zoom.ln().abs() * 100.0);
-    let tolerance = 0.5 + 0.05 * best;
+    // A near-tie must also beat standing still by the same margin as the best.
+    let accepted = best + 0.5 + 0.05 * best;
     fits.iter()
-        .filter(|(_, e)| *e <= best + tolerance)
+        .filter(|(_, e)| *e <= accepted && *e < clearly_better)
         .min_by(|a, b| length(&a.0).total_cmp(&length(&b.0)).then(a.1.total_cmp(&b.1)))
         .map_or(Transform::IDENTITY, |(t, _)| *t)
 }
