@@ -245,11 +245,11 @@ fn dit_loss_falls_and_the_export_is_a_loadable_pipeline() -> anyhow::Result<()> 
 #[test]
 fn a_zero_head_count_is_refused_before_any_work() {
     use skyreels_train::train::dit::{train_dit, DitInputs, DitStage};
-    let dir = std::env::temp_dir().join(format!("skyreels-zero-heads-{}", std::process::id()));
+    let dir = temp_dir("zero-heads");
     let missing = std::path::Path::new("/nonexistent");
     let inputs = DitInputs { vae: missing, tokenizer: missing };
     for stage in [DitStage { heads: 0, ..DitStage::default() }, DitStage { heads: 3, ..DitStage::default() }] {
-        let error = train_dit(&dir, &inputs, &stage, settings(1, 1e-3), &RunOptions::default()).unwrap_err();
+        let error = train_dit(&dir, &inputs, &stage, settings(1, 1e-3), &fresh()).unwrap_err();
         assert!(error.to_string().contains("head counts"), "{error:#}");
     }
     assert!(!dir.exists(), "nothing is written for a refused configuration");
