@@ -99,8 +99,9 @@ pub struct RunArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// Start from the weights of another run of the same stage (its directory), with a fresh
-    /// optimiser and schedule: a second phase, e.g. the VAE on long clips.
+    /// Start from the weights of another run of the same stage (its directory) or of an exported
+    /// model folder (e.g. models/skyreels-demo, or a VAE run's export), with a fresh optimiser
+    /// and schedule: a second phase, e.g. the VAE on long clips, or fine-tuning the demo model.
     #[arg(long, value_name = "RUN")]
     pub init_from: Option<PathBuf>,
     /// No progress bar.

@@ -141,6 +141,13 @@ fn a_second_phase_starts_from_the_first_runs_weights_with_other_clips() -> anyho
     let (one, two, none) = (weights(&first)?, weights(&second)?, weights(&scratch)?);
     assert!(gap(&one, &two) < 1e-6, "the second phase moved away from the first: {}", gap(&one, &two));
     assert!(gap(&one, &none) > 1e-3, "the first phase's training changed nothing");
+    // Its exported VAE folder, which holds the EMA, starts a second phase at that EMA.
+    let from_folder = temp_dir("phase-from-folder");
+    train_vae(&from_folder, &longer, settings(1, 1e-12), &RunOptions { init_from: Some(first.join("export")), ..fresh() })?;
+    let first_ema: Vec<f32> =
+        checkpoint_tensors(&first)?.into_iter().filter(|(k, _)| k.starts_with("ema.")).flat_map(|(_, v)| v).collect();
+    assert!(gap(&first_ema, &weights(&from_folder)?) < 1e-6, "the export folder did not start the run");
+    let _ = std::fs::remove_dir_all(&from_folder);
     // Another structure is refused with a message, not a panic.
     let wider = VaeStage { base_dim: 8, ..longer };
     let error = train_vae(&temp_dir("phase-wider"), &wider, settings(1, 1e-3), &from_first).unwrap_err();
@@ -220,6 +227,26 @@ fn dit_loss_falls_and_the_export_is_a_loadable_pipeline() -> anyhow::Result<()> 
     }
     let files = skyreels_core::checkpoint::resolve_pipeline(&dir.join("dit/export").to_string_lossy())?;
     assert!(files.transformer.exists() && files.tokenizer.exists());
+
+    // An exported model folder (such as the shipped demo model) starts a fine-tune: at a
+    // learning rate too small to move anything, the fine-tune exports the same weights.
+    let tuned = dir.join("dit-tuned");
+    let from_export = RunOptions { init_from: Some(dir.join("dit/export")), ..fresh() };
+    train_dit(&tuned, &inputs, &stage, settings(1, 1e-12), &from_export)?;
+    for file in ["transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"] {
+        let (before, after) = (tensors_by_name(&dir.join("dit/export").join(file))?, tensors_by_name(&tuned.join("export").join(file))?);
+        assert_eq!(before.len(), after.len(), "{file}");
+        for ((name, a), (_, b)) in before.iter().zip(&after) {
+            let gap = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(gap < 1e-6, "{file}: {name} moved by {gap}");
+        }
+    }
+    let unrelated = temp_dir("not-a-model");
+    std::fs::create_dir_all(&unrelated)?;
+    let error = train_dit(&dir.join("dit-nowhere"), &inputs, &stage, settings(1, 1e-3), &RunOptions { init_from: Some(unrelated.clone()), ..fresh() })
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("neither"), "{error:#}");
+    std::fs::remove_dir_all(&unrelated)?;
 
     // --subject-weight reaches the loss: the same first step, with and without it.
     let first_loss_of = |name: &str, variant: DitStage| -> anyhow::Result<f64> {

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use skyreels_core::checkpoint::{Component, WeightStore};
 use serde::{Deserialize, Serialize};
 
 use super::export::write_json;
@@ -88,6 +89,56 @@ fn read_checkpoint(dir: &Path, stage: &str) -> anyhow::Result<(CheckpointInfo, B
     Ok((info, tensors))
 }
 
+/// Where an `--init-from` run starts: weights, their EMA, and how many updates that EMA holds.
+struct StartingWeights {
+    weights: BTreeMap<String, Tensor>,
+    ema: BTreeMap<String, Tensor>,
+    ema_updates: u64,
+}
+
+/// EMA updates credited to an exported model's weights: enough that the average keeps its full
+/// decay from the first step, as it had when the model was exported.
+const EXPORTED_EMA_UPDATES: u64 = 10_000;
+
+/// The models a stage trains, as (parameter prefix, folder of an exported model, component).
+fn exported_components(stage: &str) -> &'static [(&'static str, &'static str, Component)] {
+    match stage {
+        "dit" => &[("transformer.", "transformer", Component::Transformer), ("text_encoder.", "text_encoder", Component::TextEncoder)],
+        "vae" => &[("", "vae", Component::Vae)],
+        _ => &[],
+    }
+}
+
+/// The starting weights in `source`: another run's directory (its weights and EMA), or an
+/// exported model folder — a pipeline such as the shipped demo model, or for the VAE a VAE
+/// folder — whose weights (the EMA its run exported) start both.
+fn starting_weights(source: &Path, stage: &str) -> anyhow::Result<StartingWeights> {
+    if source.join("checkpoint.json").exists() {
+        let (info, tensors) = read_checkpoint(source, stage)?;
+        let weights = with_prefix(&tensors, "param.");
+        return Ok(StartingWeights { weights, ema: with_prefix(&tensors, "ema."), ema_updates: info.ema_updates });
+    }
+    let components = exported_components(stage);
+    let folder_of = |sub: &str| {
+        let nested = source.join(sub);
+        if nested.is_dir() || components.len() > 1 { nested } else { source.to_path_buf() }
+    };
+    if components.is_empty() || !folder_of(components[0].1).join("config.json").exists() {
+        bail!("{} is neither a `{stage}` training run (no checkpoint.json) nor an exported model folder", source.display());
+    }
+    let mut weights = BTreeMap::new();
+    for &(prefix, sub, component) in components {
+        let folder = folder_of(sub);
+        let store = WeightStore::open(&folder, component)
+            .with_context(|| format!("cannot read the {sub} weights in {}", folder.display()))?;
+        for (name, info) in store.iter() {
+            let tensor = store.tensor(name, &info.shape, DType::F32, &Device::Cpu)?;
+            weights.insert(format!("{prefix}{name}"), tensor);
+        }
+    }
+    Ok(StartingWeights { ema: weights.clone(), weights, ema_updates: EXPORTED_EMA_UPDATES })
+}
+
 /// The tensors named `prefix…`, with the prefix removed.
 pub(crate) fn with_prefix(tensors: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<String, Tensor> {
     tensors.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone()))).collect()
@@ -148,15 +199,19 @@ impl Run {
             rng = Rng::from_state(info.rng_state);
             step = info.step;
         } else if let Some(source) = &options.init_from {
-            let (info, tensors) = read_checkpoint(source, stage)?;
-            let weights = with_prefix(&tensors, "param.");
-            if weights.len() != vars.len() {
-                bail!("{} holds {} parameters, this {stage} has {}: the models differ", source.display(), weights.len(), vars.len());
+            let start = starting_weights(source, stage)?;
+            if start.weights.len() != vars.len() {
+                bail!(
+                    "{} holds {} parameters, this {stage} has {}: the models differ",
+                    source.display(),
+                    start.weights.len(),
+                    vars.len()
+                );
             }
             params
-                .assign(&weights)
+                .assign(&start.weights)
                 .with_context(|| format!("the {stage} in {} has another structure", source.display()))?;
-            ema.restore(info.ema_updates, with_prefix(&tensors, "ema."));
+            ema.restore(start.ema_updates, start.ema);
         }
         let log = LossLog::open(dir, step)?;
         let bar = progress_bar(settings.steps, step, quiet);
