@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Time of the README's main command on the shipped demo model: a 5-second clip (81 frames,
-# 64x64, 16 fps) from a prompt, whole process (model loading included), best and worst of N runs.
+# 64x64, 16 fps) from a prompt, whole process (model loading included), one row per run.
 # Usage: tools/bench_demo.sh [runs]
 set -euo pipefail
 cd "$(dirname "$0")/.."

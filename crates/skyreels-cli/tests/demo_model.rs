@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use skyreels_core::media::{open_video, RgbFrame};
 
@@ -19,10 +19,9 @@ fn skyreels(args: &[&str]) -> Command {
     cmd
 }
 
-fn run_ok(args: &[&str]) -> Output {
+fn run_ok(args: &[&str]) {
     let out = skyreels(args).output().expect("the binary runs");
     assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    out
 }
 
 fn frames_of(path: &Path) -> Vec<RgbFrame> {
