@@ -8,6 +8,7 @@ use skyreels_train::train::run::{RunOptions, RunSettings};
 use skyreels_train::train::dit::{train_dit, DitInputs, DitStage};
 use skyreels_train::train::tokenizer::{build_vocabulary, write_tokenizer};
 use skyreels_train::train::vae::{train_vae, VaeStage};
+use skyreels_train::noise_levels::NoiseLevelSampler;
 use skyreels_train::world::WorldConfig;
 
 /// The training stages.
@@ -76,6 +77,14 @@ pub struct DitArgs {
     /// placement; 4× the tokens, measured 7.5× the step time).
     #[arg(long, default_value_t = 2)]
     pub patch: usize,
+    /// Share of samples whose latent frames all get one noise level (full-sequence samples, what
+    /// a text-to-video window sees at inference); the rest get diffusion-forcing levels.
+    #[arg(long, default_value_t = 0.3)]
+    pub sync_probability: f32,
+    /// Share of samples that start with clean latent frames (what an image, an extended clip or
+    /// the previous window gives at inference).
+    #[arg(long, default_value_t = 0.3)]
+    pub prefix_probability: f32,
 }
 
 /// Flags every stage shares.
@@ -211,6 +220,11 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
                 subject_weight_noise_power: args.subject_weight_noise_power,
                 subject_weight_clean_power: args.subject_weight_clean_power,
                 patch: args.patch,
+                noise: NoiseLevelSampler {
+                    sync_probability: args.sync_probability,
+                    prefix_probability: args.prefix_probability,
+                    ..NoiseLevelSampler::default()
+                },
                 ..DitStage::default()
             };
             let settings = args.run.settings(3000, 1e-3)?;

@@ -281,3 +281,21 @@ fn a_zero_head_count_is_refused_before_any_work() {
     }
     assert!(!dir.exists(), "nothing is written for a refused configuration");
 }
+
+#[test]
+fn noise_level_shares_outside_zero_to_one_are_refused_before_any_work() {
+    use skyreels_train::noise_levels::NoiseLevelSampler;
+    use skyreels_train::train::dit::{train_dit, DitInputs, DitStage};
+    let dir = temp_dir("bad-shares");
+    let missing = std::path::Path::new("/nonexistent");
+    let inputs = DitInputs { vae: missing, tokenizer: missing };
+    let with = |sync_probability, prefix_probability| DitStage {
+        noise: NoiseLevelSampler { sync_probability, prefix_probability, ..NoiseLevelSampler::default() },
+        ..DitStage::default()
+    };
+    for (stage, flag) in [(with(1.5, 0.3), "--sync-probability"), (with(0.3, -0.1), "--prefix-probability"), (with(f32::NAN, 0.3), "--sync-probability")] {
+        let error = train_dit(&dir, &inputs, &stage, settings(1, 1e-3), &fresh()).unwrap_err();
+        assert!(error.to_string().contains(flag), "{error:#}");
+    }
+    assert!(!dir.exists(), "nothing is written for a refused configuration");
+}

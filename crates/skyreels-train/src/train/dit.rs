@@ -354,6 +354,11 @@ pub fn train_dit(
     if stage.patch == 0 {
         bail!("--patch must be at least 1");
     }
+    for (name, p) in [("--sync-probability", stage.noise.sync_probability), ("--prefix-probability", stage.noise.prefix_probability)] {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("{name} must be between 0 and 1, not {p}");
+        }
+    }
     let device = Device::Cpu;
     let vae = WanVae::load(inputs.vae, &device).with_context(|| format!("cannot load the VAE {}", inputs.vae.display()))?;
     let tokenizer = PromptTokenizer::load(inputs.tokenizer)?;
