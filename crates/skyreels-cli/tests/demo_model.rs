@@ -110,10 +110,8 @@ fn image_to_video_and_extension_start_from_the_given_frames() {
     let image = image.join("frame_000000.png");
 
     let i2v = dir.path().join("i2v.gif");
-    run_ok(&["generate", "--image", image.to_str().unwrap(), "-p", prompt, "--frames", "33", "--steps", "10"]
-        .into_iter()
-        .chain(["-o", i2v.to_str().unwrap(), "--quiet"])
-        .collect::<Vec<_>>());
+    let (image, i2v_path) = (image.to_str().unwrap(), i2v.to_str().unwrap());
+    run_ok(&["generate", "--image", image, "-p", prompt, "--frames", "33", "--steps", "10", "-o", i2v_path, "--quiet"]);
     let generated = frames_of(&i2v);
     assert_eq!(generated.len(), 33);
     let gap = mean_abs_difference(&generated[0], &source[0]);
@@ -121,8 +119,8 @@ fn image_to_video_and_extension_start_from_the_given_frames() {
 
     let longer = dir.path().join("longer.gif");
     // --frames counts the model's 17-frame overlap: 49 adds 32 frames to the 33.
-    let args = ["generate", "--extend", clip.to_str().unwrap(), "-p", prompt, "--frames", "49", "--steps", "10"];
-    run_ok(&args.into_iter().chain(["-o", longer.to_str().unwrap(), "--quiet"]).collect::<Vec<_>>());
+    let (clip_path, longer_path) = (clip.to_str().unwrap(), longer.to_str().unwrap());
+    run_ok(&["generate", "--extend", clip_path, "-p", prompt, "--frames", "49", "--steps", "10", "-o", longer_path, "--quiet"]);
     let extended = frames_of(&longer);
     assert_eq!(extended.len(), 65);
     for (i, (a, b)) in source.iter().zip(&extended).enumerate() {
