@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds the release `skyreels` binary with CUDA (and cuDNN) on a machine without a GPU, using
+# the toolchain tools/cuda/setup.sh installed in .cuda/. The result, stripped, is
+# .cuda/dist/skyreels: copy it (with the fixture folder for `skyreels check`) to a GPU machine
+# and run it there with the driver's libcuda and the CUDA 13 / cuDNN 9 libraries on
+# LD_LIBRARY_PATH (tools/gpu/check.sh sets that up).
+#
+#   CUDA_COMPUTE_CAP  target architecture, default 90 (H100/H200); 80 = A100, 89 = L40/4090
+#   FEATURES          cargo features, default "cuda,cudnn" (add flash-attn only where its
+#                     CUTLASS checkout is available offline)
+# Idempotent: cargo rebuilds only what changed; a repeat run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+if [[ ! -f .cuda/env.sh ]]; then
+  echo "build: no CUDA toolchain in .cuda/; run tools/cuda/setup.sh first" >&2
+  exit 1
+fi
+# shellcheck source=/dev/null
+source .cuda/env.sh
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+FEATURES="${FEATURES:-cuda,cudnn}"
+TARGET_DIR="$PWD/target/cuda"
+echo "build: skyreels with features [$FEATURES] for compute capability $CUDA_COMPUTE_CAP (nvcc in $CUDA_ROOT)"
+# The release profile keeps line tables for CPU profiling; the GPU binary travels, so it is
+# built without them and stripped.
+CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
+  cargo build --release --locked -p skyreels-cli --features "$FEATURES" --target-dir "$TARGET_DIR"
+mkdir -p .cuda/dist
+cp "$TARGET_DIR/release/skyreels" .cuda/dist/skyreels.tmp
+mv .cuda/dist/skyreels.tmp .cuda/dist/skyreels
+BYTES=$(stat -c %s .cuda/dist/skyreels)
+LIMIT=$((64 * 1024 * 1024))
+echo "build: .cuda/dist/skyreels is $((BYTES / 1024 / 1024)) MiB ($BYTES bytes); it needs at run time:"
+objdump -p .cuda/dist/skyreels | awk '/NEEDED/ {print "  " $2}'
+if (( BYTES > LIMIT )); then
+  echo "build: the binary is larger than 64 MiB and cannot travel to a GPU machine" >&2
+  exit 1
+fi
