@@ -4,6 +4,8 @@
 //! panics on bad input.
 
 mod bench;
+mod check;
+mod device;
 mod eval;
 mod generate;
 mod train;
@@ -48,6 +50,9 @@ enum Command {
     /// Time transformer forward passes of a released configuration with random weights.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Replay the PyTorch parity fixtures on a device and print each component's error; fails
+    /// when one exceeds its bound (run it to trust a new GPU, driver or build).
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
         Command::Bench(command) => bench::run(&command),
         Command::Train(command) => train::run(&command),
         Command::Eval(command) => eval::run(&command),
+        Command::Check(args) => check::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

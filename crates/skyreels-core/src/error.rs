@@ -55,6 +55,12 @@ pub enum Error {
     /// A diffusion-forcing schedule cannot be built from the requested settings.
     #[error("invalid diffusion-forcing schedule: {0}")]
     InvalidSchedule(String),
+    /// `--device` names no device kind this engine knows.
+    #[error("unknown device `{0}`: use auto, cpu, cuda, cuda:N, metal or metal:N")]
+    UnknownDevice(String),
+    /// The device exists in principle but cannot be used here (not built in, not present).
+    #[error("{0}")]
+    DeviceUnavailable(String),
     /// An error raised inside candle (device, dtype or kernel failure).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

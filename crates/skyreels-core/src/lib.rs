@@ -15,6 +15,8 @@
 //! | [`planner`] | the diffusion-forcing [`generate_timestep_matrix`] |
 //! | [`checkpoint`] | safetensors shards, both naming schemes, configs |
 //! | [`media`] | images in; MP4 (H.264), GIF and PNG-folder video out and back in, crash-safe |
+//! | [`check`] | replays the PyTorch parity fixtures on any device and precision (`skyreels check`) |
+//! | [`device`] | `--device` and `--dtype` choices, device descriptions, GPU memory metering |
 //! | [`nn`] | shared layers: linear, norms, attention, 3D RoPE |
 //!
 //! ## Running the transformer
@@ -56,7 +58,9 @@
 //! # assert_eq!(per_frame.len(), 25);
 //! ```
 
+pub mod check;
 pub mod checkpoint;
+pub mod device;
 pub mod error;
 pub mod media;
 pub mod models;

@@ -90,6 +90,8 @@ fn check(case: Case, seed: u64, taps_too: bool) {
     common::assert_close(&format!("unfolded {what}"), &conv.forward_unfolded(&x).unwrap(), &expected);
     if taps_too {
         common::assert_close(&format!("conv2d taps {what}"), &conv.forward_taps(&x).unwrap(), &expected);
+        let unfolded = conv.forward_temporal_unfold(&x).unwrap();
+        common::assert_close(&format!("temporal unfold {what}"), &unfolded, &expected);
     }
 }
 
@@ -173,6 +175,17 @@ fn wide_layer_uses_the_threaded_path() {
     check(case, 8, true);
 }
 
+/// The VAE's cached causal decode hands the GPU path exactly `kt` frames: the unfold is a free
+/// reshape there, and must still be the same convolution.
+#[test]
+fn temporal_unfold_with_exactly_one_window_of_frames() {
+    for (input, stride) in [([2, 4, 3, 6, 5], [1, 1, 1]), ([1, 3, 3, 8, 8], [1, 2, 2])] {
+        let padding = SpatialPadding::uniform(1);
+        let case = Case { input, out_channels: 5, kernel: [3, 3, 3], stride, padding };
+        check(case, 9, true);
+    }
+}
+
 #[test]
 fn bad_shapes_are_errors() {
     let weight = Tensor::zeros((4, 3, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
@@ -193,8 +206,8 @@ fn bad_shapes_are_errors() {
 fn last_temporal_tap_equals_the_full_kernel_after_zero_frames() {
     let (o, c, kt, kh, kw) = (5, 3, 3, 3, 2);
     let x = Tensor::from_vec(values(2 * c * 6 * 7, 11), vec![2, c, 1, 6, 7], &Device::Cpu).unwrap();
-    let weight = candle_core::Var::from_vec(values(o * c * kt * kh * kw, 12), vec![o, c, kt, kh, kw], &Device::Cpu)
-        .unwrap();
+    let weight =
+        candle_core::Var::from_vec(values(o * c * kt * kh * kw, 12), vec![o, c, kt, kh, kw], &Device::Cpu).unwrap();
     let bias = Tensor::from_vec(values(o, 13), o, &Device::Cpu).unwrap();
     let padding = SpatialPadding { top: 1, bottom: 1, left: 0, right: 1 };
     let conv = Conv3d::new(weight.as_tensor().clone(), Some(bias), [1, 1, 1], padding).unwrap();

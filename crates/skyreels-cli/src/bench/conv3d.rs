@@ -36,8 +36,11 @@ pub fn run(args: &Conv3dArgs) -> Result<(), String> {
     println!("| execution | input | best ms | mean ms | GFLOP/s | threads |");
     println!("|---|---|---|---|---|---|");
     type Forward<'a> = (&'a str, Box<dyn Fn() -> skyreels_core::Result<Tensor> + 'a>);
-    let runs: [Forward; 2] =
-        [("implicit GEMM", Box::new(|| conv.forward(&x))), ("conv2d taps", Box::new(|| conv.forward_taps(&x)))];
+    let runs: [Forward; 3] = [
+        ("implicit GEMM", Box::new(|| conv.forward(&x))),
+        ("conv2d taps", Box::new(|| conv.forward_taps(&x))),
+        ("temporal unfold (GPU path)", Box::new(|| conv.forward_temporal_unfold(&x))),
+    ];
     for (name, forward) in runs {
         let (best, mean) = super::time_runs(args.repeat, || forward().map(drop).map_err(e))?;
         println!(

@@ -4,6 +4,7 @@
 mod conv3d;
 mod transformer;
 mod vae;
+mod window;
 
 pub(crate) use vae::peak_rss_mib;
 
@@ -16,6 +17,9 @@ pub enum BenchCommand {
     Conv3d(conv3d::Conv3dArgs),
     /// Streaming Wan2.1 VAE decode (random weights): time and peak memory for N latent frames.
     VaeDecode(vae::VaeDecodeArgs),
+    /// One diffusion-forcing window end to end with random weights (default: the 540P window of
+    /// DF-1.3B, 97 frames, 30 steps with guidance): s/step, decode time, peak memory.
+    Window(window::WindowArgs),
 }
 
 /// Runs one benchmark.
@@ -24,6 +28,7 @@ pub fn run(command: &BenchCommand) -> Result<(), String> {
         BenchCommand::Transformer(args) => transformer::run(args),
         BenchCommand::Conv3d(args) => conv3d::run(args),
         BenchCommand::VaeDecode(args) => vae::run(args),
+        BenchCommand::Window(args) => window::run(args),
     }
 }
 

@@ -1,8 +1,9 @@
 //! `skyreels bench transformer`: times transformer forward passes of a released configuration
 //! with random weights and prints a table (no checkpoint needed).
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use skyreels_core::checkpoint::RandomWeights;
+use skyreels_core::device::{DeviceChoice, DeviceMemoryMeter, Precision};
 use skyreels_core::{TransformerConfig, TransformerInput, WanTransformer3d};
 
 /// What to measure.
@@ -26,9 +27,13 @@ pub struct TransformerArgs {
     /// Timed repetitions after one warm-up pass.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Weight storage: f32 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Precision: auto (bf16 on a GPU, f32 on the CPU), f32 or bf16 (on the CPU: bf16-held
+    /// weights computed in f32).
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse_precision)]
+    dtype: Precision,
+    /// Where to compute: auto, cpu, cuda, cuda:N, metal.
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
+    device: DeviceChoice,
 }
 
 pub fn run(args: &TransformerArgs) -> Result<(), String> {
@@ -37,12 +42,8 @@ pub fn run(args: &TransformerArgs) -> Result<(), String> {
     })?;
     let full_layers = config.num_layers;
     config.num_layers = args.layers.unwrap_or(full_layers).min(full_layers);
-    let dtype = match args.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        other => return Err(format!("unknown dtype `{other}`: use f32 or bf16")),
-    };
-    let device = Device::Cpu;
+    let (device, info) = crate::device::open(args.device)?;
+    let dtype = args.dtype.resolve(&device, DType::F32);
     let e = |e: skyreels_core::Error| e.to_string();
     let c = |e: candle_core::Error| e.to_string();
     let model = WanTransformer3d::from_weights(config.clone(), &RandomWeights::new(0), &device, dtype).map_err(e)?;
@@ -63,23 +64,30 @@ pub fn run(args: &TransformerArgs) -> Result<(), String> {
         image_context: image.as_ref(),
         fps_index: Some(&fps),
     };
-    let (best, mean) = super::time_runs(args.repeat, || model.forward(&input).map(drop).map_err(e))?;
+    let mut memory = DeviceMemoryMeter::new();
+    let (best, mean) = super::time_runs(args.repeat, || {
+        model.forward(&input).map_err(e)?;
+        memory.sample(&device);
+        device.synchronize().map_err(c)
+    })?;
     let tokens = args.frames * (args.height / config.patch_size[1]) * (args.width / config.patch_size[2]);
     let flops = forward_flops(&config, tokens, 512);
     let threads = super::threads();
-    println!("| preset | layers | dtype | tokens | best s | mean s | GFLOP/s | full-depth estimate s | threads |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("device: {info}");
+    println!("| preset | layers | dtype | tokens | best s | mean s | GFLOP/s | full-depth estimate s | peak device MiB | threads |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {}/{} | {} | {} | {:.3} | {:.3} | {:.1} | {:.1} | {} |",
+        "| {} | {}/{} | {} | {} | {:.3} | {:.3} | {:.1} | {:.1} | {} | {} |",
         args.preset,
         config.num_layers,
         full_layers,
-        args.dtype,
+        if dtype == DType::BF16 { "bf16" } else { "f32" },
         tokens,
         best,
         mean,
         flops / best / 1e9,
         best * full_layers as f64 / config.num_layers.max(1) as f64,
+        memory.peak_mib().map_or("n/a".into(), |m| m.to_string()),
         threads
     );
     Ok(())

@@ -2,8 +2,9 @@
 //! VAE (random weights) over N latent frames; each chunk of frames is dropped once made, as
 //! a video writer would consume it.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use skyreels_core::checkpoint::RandomWeights;
+use skyreels_core::device::{DeviceChoice, DeviceMemoryMeter};
 use skyreels_core::{VaeConfig, WanVae};
 
 /// What to decode.
@@ -18,6 +19,9 @@ pub struct VaeDecodeArgs {
     /// Latent width (pixels / 8).
     #[arg(long, default_value_t = 8)]
     width: usize,
+    /// Where to compute: auto, cpu, cuda, cuda:N, metal.
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
+    device: DeviceChoice,
 }
 
 pub fn run(args: &VaeDecodeArgs) -> Result<(), String> {
@@ -26,7 +30,8 @@ pub fn run(args: &VaeDecodeArgs) -> Result<(), String> {
     if args.latent_frames == 0 || args.height == 0 || args.width == 0 {
         return Err("--latent-frames, --height and --width must be positive".into());
     }
-    let device = Device::Cpu;
+    let (device, info) = crate::device::open(args.device)?;
+    let mut memory = DeviceMemoryMeter::new();
     let vae = WanVae::from_weights(VaeConfig::wan21(), &RandomWeights::new(0), &device).map_err(e)?;
     let rss_loaded = peak_rss_mib();
     let start = std::time::Instant::now();
@@ -35,18 +40,22 @@ pub fn run(args: &VaeDecodeArgs) -> Result<(), String> {
     for _ in 0..args.latent_frames {
         let z = Tensor::randn(0f32, 1.0, (1, 16, 1, args.height, args.width), &device).map_err(c)?;
         frames += stream.push(&z).map_err(e)?.dim(2).map_err(c)?;
+        memory.sample(&device);
     }
+    device.synchronize().map_err(c)?;
     let seconds = start.elapsed().as_secs_f64();
-    println!("| latent frames | video frames | size | decode s | frames/s | peak RSS MiB (after load) | peak RSS MiB | threads |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("device: {info}");
+    println!("| latent frames | video frames | size | decode s | frames/s | peak RSS MiB (after load) | peak RSS MiB | peak device MiB | threads |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {frames} | {}×{} | {seconds:.1} | {:.2} | {} | {} | {} |",
+        "| {} | {frames} | {}×{} | {seconds:.1} | {:.2} | {} | {} | {} | {} |",
         args.latent_frames,
         8 * args.width,
         8 * args.height,
         frames as f64 / seconds,
         rss_loaded.map_or("n/a".into(), |m| m.to_string()),
         peak_rss_mib().map_or("n/a".into(), |m| m.to_string()),
+        memory.peak_mib().map_or("n/a".into(), |m| m.to_string()),
         super::threads()
     );
     Ok(())

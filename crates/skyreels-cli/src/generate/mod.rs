@@ -18,6 +18,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use serde_json::json;
 use skyreels_core::checkpoint::{resolve_pipeline, PipelineFiles};
+use skyreels_core::device::{DeviceChoice, DeviceInfo, DeviceMemoryMeter};
 use skyreels_core::media::{create_writer, fit_to, load_image, open_video, resume_writer, RgbFrame, VideoWriter};
 use skyreels_core::pipelines::{
     encode_prompt, from_rgb_frames, to_rgb_frames, DfVideo, SeededNoise, TextConditioning, WindowDecoder,
@@ -29,8 +30,8 @@ use skyreels_core::{UmT5Encoder, WanTransformer3d, WanVae};
 pub use params::{demo_model_dir, with_suffix};
 use params::{GenerateParams, Start};
 pub use progress::ProgressMode;
-pub use state::write_atomically;
 use progress::Reporter;
+pub use state::write_atomically;
 use state::{ResumeInfo, ResumeState};
 use story::{load_story, Segment};
 
@@ -125,9 +126,17 @@ pub struct GenerateArgs {
     /// weights were not trained for it).
     #[arg(long)]
     pub causal_attention: bool,
-    /// Transformer weight precision: auto (f32 up to 2B parameters on CPU, else bf16), f32, bf16.
+    /// Transformer precision: auto (bf16 on a GPU; on the CPU f32 up to 2B parameters, else
+    /// bf16-held weights computed in f32), f32, bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
+    /// Where to compute: auto (a GPU when this binary has GPU support and one is present, else
+    /// the CPU), cpu, cuda, cuda:N, metal. Also applies when resuming.
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
+    pub device: DeviceChoice,
+    /// Where the text encoder runs (default: --device). `cpu` keeps umT5-XXL's 11 GB off the GPU.
+    #[arg(long, value_parser = crate::device::parse_device)]
+    pub text_encoder_device: Option<DeviceChoice>,
     /// Tokens per prompt.
     #[arg(long, hide = true)]
     pub text_length: Option<usize>,
@@ -142,8 +151,9 @@ pub struct GenerateArgs {
 /// Runs `skyreels generate`.
 pub fn run(args: GenerateArgs) -> Result<(), String> {
     let mut reporter = Reporter::new(args.progress, args.quiet);
+    let devices = Devices::open(&args)?;
     if let Some(output) = &args.resume {
-        return resume(output, &mut reporter);
+        return resume(output, &devices, &mut reporter);
     }
     let segments = match (&args.story, &args.prompt) {
         (Some(story), _) => load_story(story)?,
@@ -167,7 +177,7 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
         _ => None,
     };
 
-    let engine = Engine::load(&files, &params, &reporter)?;
+    let engine = Engine::load(&files, &params, &devices, &reporter)?;
     let image_latent = start_frame.map(|f| engine.encode_frames(&[f])).transpose()?;
     let end_latent = end_frame.map(|f| engine.encode_frames(&[f])).transpose()?;
 
@@ -198,6 +208,7 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
             end_latent,
             rows_done: 0,
             seconds_before: 0.0,
+            memory: DeviceMemoryMeter::new(),
         };
         run.save(&checkpoint, 0.0)?;
         Ok::<_, String>(run)
@@ -215,7 +226,7 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
 }
 
 /// Continues the run whose output is `output`.
-fn resume(output: &Path, reporter: &mut Reporter) -> Result<(), String> {
+fn resume(output: &Path, devices: &Devices, reporter: &mut Reporter) -> Result<(), String> {
     let state_path = params::with_suffix(output, ".resume");
     if !state_path.exists() {
         let done = params::with_suffix(output, ".json");
@@ -225,12 +236,12 @@ fn resume(output: &Path, reporter: &mut Reporter) -> Result<(), String> {
             format!("there is no interrupted run to resume: {} does not exist", state_path.display())
         });
     }
-    let saved = ResumeState::load(&state_path, &Device::Cpu)?;
+    let saved = ResumeState::load(&state_path, &devices.compute)?;
     // The output may have been moved with its state since; everything follows the given path.
     let params = GenerateParams { output: output.to_path_buf(), ..saved.info.params.clone() };
     let total_rows = params.check_windows()?;
     let files = resolve_pipeline(&params.model).map_err(|e| e.to_string())?;
-    let engine = Engine::load(&files, &params, reporter)?;
+    let engine = Engine::load(&files, &params, devices, reporter)?;
     let writer =
         resume_writer(output, params.width as u32, params.height as u32, params.sampler.fps as f64, &saved.info.writer)
             .map_err(|e| e.to_string())?;
@@ -253,6 +264,7 @@ fn resume(output: &Path, reporter: &mut Reporter) -> Result<(), String> {
         end_latent: saved.end_latent,
         rows_done: saved.info.rows_done,
         seconds_before: saved.info.seconds,
+        memory: DeviceMemoryMeter::new(),
     };
     run.generate(writer, total_rows, reporter)
 }
@@ -368,9 +380,28 @@ fn copy_extension(
     decoder.start_from_frames(&frames).map_err(|e| e.to_string())
 }
 
+/// The devices of a run, opened (and so checked) before any work.
+struct Devices {
+    compute: Device,
+    info: DeviceInfo,
+    text_encoder: Device,
+}
+
+impl Devices {
+    fn open(args: &GenerateArgs) -> Result<Self, String> {
+        let (compute, info) = crate::device::open(args.device)?;
+        let text_encoder = match args.text_encoder_device {
+            Some(choice) if choice != args.device => crate::device::open(choice)?.0,
+            _ => compute.clone(),
+        };
+        Ok(Self { compute, info, text_encoder })
+    }
+}
+
 /// The loaded models and encoded prompts.
 struct Engine {
     device: Device,
+    device_info: DeviceInfo,
     transformer: WanTransformer3d,
     vae: WanVae,
     /// One conditioning per story segment.
@@ -378,22 +409,28 @@ struct Engine {
 }
 
 impl Engine {
-    fn load(files: &PipelineFiles, params: &GenerateParams, reporter: &Reporter) -> Result<Self, String> {
-        let device = Device::Cpu;
+    fn load(
+        files: &PipelineFiles,
+        params: &GenerateParams,
+        devices: &Devices,
+        reporter: &Reporter,
+    ) -> Result<Self, String> {
+        let device = devices.compute.clone();
         fn err(what: &'static str) -> impl Fn(skyreels_core::Error) -> String {
             move |e| format!("{what}: {e}")
         }
         reporter.stage("encoding prompts");
         let texts = {
             let tokenizer = PromptTokenizer::load(&files.tokenizer).map_err(err("tokenizer"))?;
-            let encoder = UmT5Encoder::load(&files.text_encoder, &device, text_encoder_dtype(files))
+            let text_device = &devices.text_encoder;
+            let encoder = UmT5Encoder::load(&files.text_encoder, text_device, text_encoder_dtype(files, text_device))
                 .map_err(err("text encoder"))?;
             let encode = |prompt: &str| {
                 let encoded = encode_prompt(&tokenizer, &encoder, prompt, params.text_length).map_err(err("prompt"))?;
                 if let Some(w) = encoded.truncation_warning {
                     reporter.notice(&w);
                 }
-                Ok::<_, String>(encoded.states)
+                encoded.states.to_device(&device).map_err(|e| format!("prompt: {e}"))
             };
             let negative = encode(&params.negative_prompt)?;
             // A story may come back to a prompt: encode each distinct one once (tensors share storage).
@@ -414,14 +451,14 @@ impl Engine {
             // The text encoder (11 GB for umT5-XXL in bf16) is dropped here, before the DiT loads.
         };
         reporter.stage("loading the transformer and the VAE");
-        let dtype = transformer_dtype(files, &params.dtype)?;
+        let dtype = transformer_dtype(files, &params.dtype, &device)?;
         let mut transformer = WanTransformer3d::load(&files.transformer, &device, dtype).map_err(err("transformer"))?;
         let vae = WanVae::load(&files.vae, &device).map_err(err("VAE"))?;
         check_compatible(&transformer, &vae, &texts[0])?;
         if params.causal_attention {
             transformer.set_causal_block_size(params.sampler.causal_block_size).map_err(|e| e.to_string())?;
         }
-        Ok(Self { device, transformer, vae, texts })
+        Ok(Self { device, device_info: devices.info.clone(), transformer, vae, texts })
     }
 
     /// Normalised latents of one or more frames (`4k + 1` of them).
@@ -431,20 +468,22 @@ impl Engine {
     }
 }
 
-fn text_encoder_dtype(files: &PipelineFiles) -> DType {
+fn text_encoder_dtype(files: &PipelineFiles, device: &Device) -> DType {
     // umT5-XXL (5.7B parameters) does not fit 24 GB in f32; small encoders stay exact in f32.
+    // On a GPU the weights are held in bf16 (activations stay f32: it runs once per prompt).
     let bytes = dir_size(&files.text_encoder);
-    if bytes > 4 << 30 {
+    if bytes > 4 << 30 || !device.is_cpu() {
         DType::BF16
     } else {
         DType::F32
     }
 }
 
-fn transformer_dtype(files: &PipelineFiles, flag: &str) -> Result<DType, String> {
+fn transformer_dtype(files: &PipelineFiles, flag: &str, device: &Device) -> Result<DType, String> {
     Ok(match flag {
         "f32" => DType::F32,
         "bf16" => DType::BF16,
+        _ if !device.is_cpu() => DType::BF16,
         _ => {
             let params = skyreels_core::checkpoint::WeightStore::open(
                 &files.transformer,
@@ -501,6 +540,7 @@ struct Run<'a> {
     end_latent: Option<Tensor>,
     rows_done: usize,
     seconds_before: f64,
+    memory: DeviceMemoryMeter,
 }
 
 impl Run<'_> {
@@ -520,6 +560,7 @@ impl Run<'_> {
             let text = &self.engine.texts[p.segment_for_window(next.index)];
             let before = writer.frames_written();
             let mut rows_this_window = 0;
+            let (memory, device) = (&mut self.memory, &self.engine.device);
             let (spec, latents) = self
                 .video
                 .generate_window(
@@ -532,6 +573,7 @@ impl Run<'_> {
                     &mut self.noise,
                     &mut |row, rows| {
                         rows_this_window += 1;
+                        memory.sample(device);
                         reporter.row(next.index, row, rows);
                     },
                 )
@@ -548,16 +590,27 @@ impl Run<'_> {
             let checkpoint = writer.commit().map_err(|e| e.to_string())?;
             let seconds = self.seconds_before + started.elapsed().as_secs_f64();
             self.save(&checkpoint, seconds)?;
-            write_sidecar(p, writer.frames_written(), seconds, false)?;
+            self.memory.sample(&self.engine.device);
+            write_sidecar(p, self.run_record(writer.frames_written(), seconds, false))?;
             reporter.window_done(spec.index, writer.frames_written() - before, writer.frames_written());
         }
         let frames = writer.frames_written();
         writer.finish().map_err(|e| e.to_string())?;
         let seconds = self.seconds_before + started.elapsed().as_secs_f64();
-        write_sidecar(p, frames, seconds, true)?;
+        write_sidecar(p, self.run_record(frames, seconds, true))?;
         let _ = std::fs::remove_file(p.state_path());
         reporter.done(&p.output.display().to_string(), frames, seconds);
         Ok(())
+    }
+
+    fn run_record(&self, frames: u64, seconds: f64, complete: bool) -> RunRecord<'_> {
+        RunRecord {
+            frames,
+            seconds,
+            complete,
+            device: &self.engine.device_info,
+            peak_device_mib: self.memory.peak_mib(),
+        }
     }
 
     /// Saves the resume state after a commit; `seconds` is the generation time so far.
@@ -583,14 +636,27 @@ impl Run<'_> {
     }
 }
 
-/// Writes `<output>.json`: every setting, the seed, the model and the timing.
-fn write_sidecar(params: &GenerateParams, frames: u64, seconds: f64, complete: bool) -> Result<(), String> {
+/// What the sidecar says about a run besides its settings.
+struct RunRecord<'a> {
+    frames: u64,
+    seconds: f64,
+    complete: bool,
+    device: &'a DeviceInfo,
+    /// Peak GPU memory in use (device-wide, sampled after every step); `None` on the CPU.
+    peak_device_mib: Option<u64>,
+}
+
+/// Writes `<output>.json`: every setting, the seed, the model, the device and the timing.
+fn write_sidecar(params: &GenerateParams, run: RunRecord<'_>) -> Result<(), String> {
+    let RunRecord { frames, seconds, complete, device, peak_device_mib } = run;
     let value = json!({
         "generator": format!("skyreels-rs {}", env!("CARGO_PKG_VERSION")),
         "complete": complete,
         "frames": frames,
         "seconds": seconds,
         "frames_per_second_generated": frames as f64 / seconds.max(1e-9),
+        "device": device,
+        "peak_device_memory_mib": peak_device_mib,
         "peak_rss_mib": crate::bench::peak_rss_mib(),
         "reproduce": "skyreels generate with the settings below (same seed and model give the same video)",
         "settings": params,

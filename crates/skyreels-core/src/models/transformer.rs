@@ -130,6 +130,19 @@ impl WanTransformer3d {
         &self.device
     }
 
+    /// The dtype activations are computed in: f32 on the CPU and the weights' dtype on a GPU,
+    /// unless set otherwise.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute_dtype
+    }
+
+    /// Computes in `dtype` (f32, bf16 or f16) from now on, whatever the device. Norms, softmax,
+    /// modulation and accumulation stay f32 as on a GPU, so bf16 on the CPU reproduces the GPU's
+    /// bf16 arithmetic; `skyreels check` uses it to derive and test the bf16 bounds anywhere.
+    pub fn set_compute_dtype(&mut self, dtype: DType) {
+        self.compute_dtype = dtype;
+    }
+
     /// Sets how many latent frames form one causal block of self-attention (1 = full attention).
     pub fn set_causal_block_size(&mut self, frames: usize) -> Result<()> {
         if frames == 0 {

@@ -10,9 +10,13 @@
 //!   strides > 1. Bands keep the buffer at 16 MiB at any resolution.
 //! - **CPU, f32, when gradients flow (training)**: a differentiable im2col ([`super::unfold`])
 //!   times the weight matrix, so that the backward pass is GEMMs plus a scatter-add.
-//! - **Any other device**: a sum of candle `conv2d` calls, one per temporal tap, which candle
-//!   can also differentiate. This is the place where a cuDNN N-d convolution can be slotted in
-//!   later without touching the models.
+//! - **Any other device (GPU)**: a temporal unfold into one candle `conv2d` (cuDNN with the
+//!   `cudnn` feature, im2col + cuBLAS otherwise). The `kt` input frames each output frame reads
+//!   are stacked into the channel axis and the weight is viewed as `[O, I·kt, kh, kw]`; in the
+//!   VAE's cached causal decode the input holds exactly `kt` frames, so the unfold is a free
+//!   reshape. candle differentiates both ops, so training on a GPU takes the same path.
+//! - A sum of candle `conv2d` calls, one per temporal tap ([`Conv3d::forward_taps`]), kept as a
+//!   second device-independent formulation for comparison in benchmarks.
 //!
 //! Temporal padding is never done here: causal models pad (or feed cached frames) themselves.
 
@@ -157,7 +161,7 @@ impl Conv3d {
             (_, Device::Cpu) if x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 => {
                 self.forward_unfolded(x)
             }
-            _ => self.forward_taps(x),
+            _ => self.forward_temporal_unfold(x),
         }
     }
 
@@ -180,7 +184,47 @@ impl Conv3d {
         Ok(if b == 1 { y.reshape((b, o, to, ho, wo))? } else { y.transpose(0, 1)?.contiguous()? })
     }
 
-    /// The device-independent execution: one candle `conv2d` per temporal tap.
+    /// The GPU execution: the `kt` frames each output frame reads, stacked into channels, through
+    /// one candle `conv2d` with the weight viewed as `[O, I·kt, kh, kw]` (channel `i·kt + dt`).
+    pub fn forward_temporal_unfold(&self, x: &Tensor) -> Result<Tensor> {
+        let [b, o, to, _, _] = self.output_shape(x.dims())?;
+        let [kt, kh, kw] = self.kernel();
+        let (_, c, t, h, w) = x.dims5()?;
+        let p = self.padding;
+        let (sh, sw) = (self.stride[1], self.stride[2]);
+        if sh != sw {
+            return Err(invalid_input!("the GPU Conv3d needs equal spatial strides, got {sh} and {sw}"));
+        }
+        // [B, C, To·kt, H, W] with frame `o·st + dt` at position `o·kt + dt`; when the input is
+        // exactly one kernel's worth of frames, that is the input itself.
+        let windows = if to == 1 && t == kt {
+            x.clone()
+        } else {
+            let frames: Vec<u32> =
+                (0..to).flat_map(|o| (0..kt).map(move |dt| (o * self.stride[0] + dt) as u32)).collect();
+            x.index_select(&Tensor::new(frames.as_slice(), x.device())?, 2)?
+        };
+        let stacked = if to == 1 {
+            windows.reshape((b, c * kt, h, w))?
+        } else {
+            windows.reshape((b, c, to, kt, h, w))?.permute((0, 2, 1, 3, 4, 5))?.reshape((b * to, c * kt, h, w))?
+        };
+        let stacked = stacked.pad_with_zeros(2, p.top, p.bottom)?.pad_with_zeros(3, p.left, p.right)?.contiguous()?;
+        let weight = self.weight.reshape((o, self.in_channels() * kt, kh, kw))?.to_dtype(x.dtype())?;
+        let y = stacked.conv2d(&weight, 0, sh, 1, 1)?;
+        let (_, _, ho, wo) = y.dims4()?;
+        let mut y = if to == 1 {
+            y.reshape((b, o, 1, ho, wo))?
+        } else {
+            y.reshape((b, to, o, ho, wo))?.permute((0, 2, 1, 3, 4))?
+        };
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(&bias.to_dtype(y.dtype())?.reshape((1, o, 1, 1, 1))?)?;
+        }
+        Ok(y.contiguous()?)
+    }
+
+    /// A device-independent execution: one candle `conv2d` per temporal tap, summed.
     pub fn forward_taps(&self, x: &Tensor) -> Result<Tensor> {
         let [_, _, to, _, _] = self.output_shape(x.dims())?;
         let [kt, _, _] = self.kernel();

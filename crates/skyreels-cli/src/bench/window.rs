@@ -1,0 +1,120 @@
+//! `skyreels bench window`: one diffusion-forcing window end to end with random weights (a
+//! released transformer configuration and the full Wan2.1 VAE): seconds per denoising step,
+//! decode time and peak memory, with no checkpoint needed. At its defaults this is the
+//! reference CLI's 540P window (97 frames at 544×960, 30 steps with guidance).
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use skyreels_core::checkpoint::RandomWeights;
+use skyreels_core::device::{DeviceChoice, DeviceMemoryMeter, Precision};
+use skyreels_core::pipelines::{
+    to_rgb_frames, Continuation, DfSettings, DfVideo, SeededNoise, TextConditioning, WindowDecoder, WindowPlan,
+};
+use skyreels_core::{SigmaGrid, TransformerConfig, VaeConfig, WanTransformer3d, WanVae};
+
+/// What to generate.
+#[derive(clap::Args)]
+pub struct WindowArgs {
+    /// Released transformer configuration: df-1.3b, df-14b.
+    #[arg(long, default_value = "df-1.3b")]
+    preset: String,
+    /// Keep only this many transformer blocks (a smoke run on a CPU).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Video frames of the window (4k + 1).
+    #[arg(long, default_value_t = 97)]
+    frames: usize,
+    /// Height in pixels (multiple of 16).
+    #[arg(long, default_value_t = 544)]
+    height: usize,
+    /// Width in pixels (multiple of 16).
+    #[arg(long, default_value_t = 960)]
+    width: usize,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Guidance scale (1 = one transformer pass per step, else two).
+    #[arg(long, default_value_t = 6.0)]
+    guidance: f64,
+    /// The transformer's precision: auto (bf16 on a GPU, f32 on the CPU), f32, bf16.
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse_precision)]
+    dtype: Precision,
+    /// Where to compute: auto, cpu, cuda, cuda:N, metal.
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
+    device: DeviceChoice,
+}
+
+pub fn run(args: &WindowArgs) -> Result<(), String> {
+    let c = |e: candle_core::Error| e.to_string();
+    let e = |e: skyreels_core::Error| e.to_string();
+    let mut config = TransformerConfig::preset(&args.preset)
+        .filter(|c| c.image_dim.is_none())
+        .ok_or_else(|| format!("unknown preset `{}`: use df-1.3b or df-14b", args.preset))?;
+    if args.frames % 4 != 1 || args.height % 16 != 0 || args.width % 16 != 0 || args.steps == 0 {
+        return Err("--frames must be 4k + 1, --height and --width multiples of 16, --steps positive".into());
+    }
+    config.num_layers = args.layers.unwrap_or(config.num_layers).min(config.num_layers);
+    let (device, info) = crate::device::open(args.device)?;
+    let dtype = args.dtype.resolve(&device, DType::F32);
+    let mut memory = DeviceMemoryMeter::new();
+    let load_start = Instant::now();
+    let model = WanTransformer3d::from_weights(config.clone(), &RandomWeights::new(0), &device, dtype).map_err(e)?;
+    let vae = WanVae::from_weights(VaeConfig::wan21(), &RandomWeights::new(1), &device).map_err(e)?;
+    let load_seconds = load_start.elapsed().as_secs_f64();
+    memory.sample(&device);
+    let context = || Tensor::randn(0f32, 0.1, (1, 512, config.text_dim), &device).map_err(c);
+    let text = TextConditioning { positive: context()?, negative: context()? };
+    let latent_frames = (args.frames - 1) / 4 + 1;
+    let settings = DfSettings {
+        steps: args.steps,
+        shift: 8.0,
+        sigma_grid: SigmaGrid::SkyReels,
+        guidance_scale: args.guidance,
+        ar_step: 0,
+        causal_block_size: 1,
+        addnoise_condition: 0,
+        fps: 24,
+    };
+    let plan = WindowPlan { window: latent_frames, overlap: 0, total: Some(latent_frames) };
+    let mut video = DfVideo::new(plan, None).map_err(e)?;
+    let mut noise = SeededNoise::new(0);
+    let size = (args.height / 8, args.width / 8);
+    let denoise_start = Instant::now();
+    let (spec, latents) = video
+        .generate_window(&model, size, None, None, &text, &settings, &mut noise, &mut |_, _| memory.sample(&device))
+        .map_err(e)?;
+    device.synchronize().map_err(c)?;
+    let denoise_seconds = denoise_start.elapsed().as_secs_f64();
+    let decode_start = Instant::now();
+    let mut decoder = WindowDecoder::new(&vae, Continuation::Latent, 17);
+    let mut frames = 0;
+    decoder
+        .decode_window(&spec, &latents, &mut |chunk| {
+            frames += to_rgb_frames(chunk)?.len();
+            memory.sample(&device);
+            Ok(())
+        })
+        .map_err(e)?;
+    let decode_seconds = decode_start.elapsed().as_secs_f64();
+    let rows = args.steps as f64;
+    println!("device: {info}");
+    println!(
+        "| preset | layers | dtype | frames | size | steps | guidance | load s | s/step | denoise s | VAE decode s | peak device MiB | peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {frames} | {}×{} | {} | {} | {load_seconds:.1} | {:.3} | {denoise_seconds:.1} | {decode_seconds:.1} | {} | {} |",
+        args.preset,
+        config.num_layers,
+        if dtype == DType::BF16 { "bf16" } else { "f32" },
+        args.width,
+        args.height,
+        args.steps,
+        args.guidance,
+        denoise_seconds / rows,
+        memory.peak_mib().map_or("n/a".into(), |m| m.to_string()),
+        super::peak_rss_mib().map_or("n/a".into(), |m| m.to_string()),
+    );
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! The `--device` and `--dtype` flags shared by the commands that compute.
+
+use candle_core::Device;
+use skyreels_core::device::{DeviceChoice, DeviceInfo, Precision};
+
+/// Parses `--device` (auto, cpu, cuda, cuda:N, metal, metal:N) for clap.
+pub fn parse_device(text: &str) -> Result<DeviceChoice, String> {
+    text.parse().map_err(|e: skyreels_core::Error| e.to_string())
+}
+
+/// Parses `--dtype` (auto, f32, bf16) for clap.
+pub fn parse_precision(text: &str) -> Result<Precision, String> {
+    text.parse().map_err(|e: skyreels_core::Error| e.to_string())
+}
+
+/// Opens the chosen device, or the one sentence saying why it cannot be used.
+pub fn open(choice: DeviceChoice) -> Result<(Device, DeviceInfo), String> {
+    let device = choice.open().map_err(|e| e.to_string())?;
+    let info = DeviceInfo::of(&device);
+    Ok((device, info))
+}
