@@ -50,7 +50,7 @@ pub fn run(args: &CheckArgs) -> Result<(), String> {
             println!("{}", serde_json::to_string(m).unwrap_or_default());
         } else {
             let verdict = if m.passed() { "ok" } else { "FAIL" };
-            println!("| {} | {} | {:.2e} | {:.0e} | {verdict} |", m.component, m.case, m.rel_l2, m.tolerance);
+            println!("| {} | {} | {:.2e} | {:.1e} | {verdict} |", m.component, m.case, m.rel_l2, m.tolerance);
         }
     };
     let results = run_all(&settings, &mut |m| print(m)).map_err(|e| e.to_string())?;
@@ -63,7 +63,7 @@ pub fn run(args: &CheckArgs) -> Result<(), String> {
     }
     let worst = failed.iter().max_by(|a, b| (a.rel_l2 / a.tolerance).total_cmp(&(b.rel_l2 / b.tolerance)));
     let worst = worst.map_or(String::new(), |m| {
-        format!(" (worst: {} {}, {:.2e} against {:.0e})", m.component, m.case, m.rel_l2, m.tolerance)
+        format!(" (worst: {} {}, {:.2e} against {:.1e})", m.component, m.case, m.rel_l2, m.tolerance)
     });
     Err(format!("{} of {} measurements exceed their bounds{worst}", failed.len(), results.len()))
 }
