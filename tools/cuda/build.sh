@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the release `skyreels` binary with CUDA (and cuDNN) on a machine without a GPU, using
 # the toolchain tools/cuda/setup.sh installed in .cuda/. The result, stripped, is
-# .cuda/dist/skyreels: copy it (with the fixture folder for `skyreels check`) to a GPU machine
-# and run it there with the driver's libcuda and the CUDA 13 / cuDNN 9 libraries on
-# LD_LIBRARY_PATH (tools/gpu/check.sh sets that up).
+# .cuda/dist/skyreels, plus an xz-compressed copy .cuda/carry/skyreels.xz (its PTX and cubins
+# compress about 8x) for copying: run it on a GPU machine with the driver's libcuda and the
+# CUDA 13 / cuDNN 9 libraries on LD_LIBRARY_PATH (tools/gpu/check.sh sets that up).
 #
 #   CUDA_COMPUTE_CAP  target architecture, default 90 (H100/H200); 80 = A100, 89 = L40/4090
 #   FEATURES          cargo features, default "cuda,cudnn" (add flash-attn only where its
@@ -36,3 +36,7 @@ if (( BYTES > LIMIT )); then
   echo "build: the binary is larger than 64 MiB and cannot travel to a GPU machine" >&2
   exit 1
 fi
+mkdir -p .cuda/carry
+xz -T0 -6 -c .cuda/dist/skyreels > .cuda/carry/skyreels.xz.tmp
+mv .cuda/carry/skyreels.xz.tmp .cuda/carry/skyreels.xz
+echo "build: .cuda/carry/skyreels.xz is $(( $(stat -c %s .cuda/carry/skyreels.xz) / 1024 / 1024 )) MiB (what travels)"

@@ -11,12 +11,17 @@
 #      (10 steps with guidance; s/step, VAE decode time, peak GPU memory);
 #   5. writes summary.md with every table.
 # Each step has its own time limit and a failed step does not stop the others.
-#   SKYREELS_BIN  the binary (default .cuda/dist/skyreels)
+#   SKYREELS_BIN  the binary (default .cuda/dist/skyreels, else unpacked from .cuda/carry/skyreels.xz)
 #   DEVICE        the --device to test (default cuda)
 #   QUICK=1       tiny sizes: a dry run of this script itself, e.g. on a CPU with DEVICE=cpu
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN="${SKYREELS_BIN:-.cuda/dist/skyreels}"
+if [[ ! -x "$BIN" && -z "${SKYREELS_BIN:-}" && -f .cuda/carry/skyreels.xz ]]; then
+  BIN=/tmp/skyreels-cuda
+  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+    .cuda/carry/skyreels.xz "$BIN" && chmod +x "$BIN"
+fi
 DEVICE="${DEVICE:-cuda}"
 QUICK="${QUICK:-0}"
 OUT="${OUT:-gpu-check}"
@@ -76,9 +81,9 @@ step bench_transformer 180 "$BIN" bench transformer --device "$DEVICE" --dtype b
 # diffusers on the same shapes, in a throwaway environment on top of the machine's torch.
 if [[ -n "$PY" ]] && "$PY" -c 'import torch' 2>/dev/null; then
   REF_PY="$PY"
-  if ! "$PY" -c 'import diffusers' 2>/dev/null && ls .cuda/wheels/diffusers-*.whl >/dev/null 2>&1; then
+  if ! "$PY" -c 'import diffusers' 2>/dev/null && ls .cuda/carry/wheels/diffusers-*.whl >/dev/null 2>&1; then
     "$PY" -m venv --system-site-packages /tmp/skyreels-ref >/dev/null 2>&1 &&
-      /tmp/skyreels-ref/bin/python -m pip install --quiet --no-index --no-deps .cuda/wheels/*.whl &&
+      /tmp/skyreels-ref/bin/python -m pip install --quiet --no-index --no-deps .cuda/carry/wheels/*.whl &&
       REF_PY=/tmp/skyreels-ref/bin/python
   fi
   TORCH_DEVICE="$DEVICE"

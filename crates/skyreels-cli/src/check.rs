@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use candle_core::DType;
 use skyreels_core::check::{run_all, CheckSettings, Component, Measurement};
 use skyreels_core::device::{DeviceChoice, Precision};
+use skyreels_core::nn::WeightFormat;
 
 /// Flags of `skyreels check`.
 #[derive(clap::Args, Debug)]
@@ -17,6 +18,9 @@ pub struct CheckArgs {
     /// f32 on the CPU), f32 or bf16 (bf16 on the CPU reproduces the GPU's bf16 arithmetic).
     #[arg(long, default_value = "auto", value_parser = crate::device::parse_precision)]
     dtype: Precision,
+    /// How the transformer's block matrices are held: native or fp8 (FP8 has its own bounds).
+    #[arg(long, default_value = "native", value_parser = crate::device::parse_weights)]
+    weights: WeightFormat,
     /// The fixture folder of the repository.
     #[arg(long, default_value = "crates/skyreels-core/tests/fixtures")]
     fixtures: PathBuf,
@@ -37,14 +41,14 @@ pub fn run(args: &CheckArgs) -> Result<(), String> {
     let dtype = args.dtype.resolve(&device, DType::F32);
     let dtype_name = if dtype == DType::BF16 { "bf16" } else { "f32" };
     if args.json {
-        let header = serde_json::json!({ "device": info, "dtype": dtype_name });
+        let header = serde_json::json!({ "device": info, "dtype": dtype_name, "weights": args.weights });
         println!("{header}");
     } else {
-        println!("device: {info}\ndtype: {dtype_name}\n");
+        println!("device: {info}\ndtype: {dtype_name}\nweights: {}\n", args.weights);
         println!("| component | case | relative L2 | bound | |");
         println!("|---|---|---|---|---|");
     }
-    let settings = CheckSettings { fixtures: args.fixtures.clone(), device, dtype, only };
+    let settings = CheckSettings { fixtures: args.fixtures.clone(), device, dtype, weights: args.weights, only };
     let print = |m: &Measurement| {
         if args.json {
             println!("{}", serde_json::to_string(m).unwrap_or_default());

@@ -2,6 +2,7 @@
 
 use candle_core::Device;
 use skyreels_core::device::{DeviceChoice, DeviceInfo, Precision};
+use skyreels_core::nn::WeightFormat;
 
 /// Parses `--device` (auto, cpu, cuda, cuda:N, metal, metal:N) for clap.
 pub fn parse_device(text: &str) -> Result<DeviceChoice, String> {
@@ -10,6 +11,11 @@ pub fn parse_device(text: &str) -> Result<DeviceChoice, String> {
 
 /// Parses `--dtype` (auto, f32, bf16) for clap.
 pub fn parse_precision(text: &str) -> Result<Precision, String> {
+    text.parse().map_err(|e: skyreels_core::Error| e.to_string())
+}
+
+/// Parses `--weights` (native, fp8) for clap.
+pub fn parse_weights(text: &str) -> Result<WeightFormat, String> {
     text.parse().map_err(|e: skyreels_core::Error| e.to_string())
 }
 

@@ -157,3 +157,50 @@ fn the_sidecar_records_the_device() {
     assert!(sidecar["device"]["name"].as_str().is_some_and(|n| !n.is_empty()));
     assert!(sidecar["peak_device_memory_mib"].is_null(), "the CPU has no device memory: {sidecar}");
 }
+
+/// FP8 block weights make a video of the same size as native ones, not the same bytes, and are
+/// recorded in the sidecar (and so kept by `--resume`); an unknown format is refused.
+#[test]
+fn fp8_weights_generate_and_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures().join("models/df_pipeline");
+    let run = |name: &str, weights: &str| {
+        let out = dir.path().join(name);
+        let args = [
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--frames",
+            "5",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--steps",
+            "2",
+            "--quiet",
+            "--seed",
+            "3",
+            "--text-length",
+            "16",
+            "--weights",
+            weights,
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        (skyreels(&args), out)
+    };
+    let (native, native_out) = run("native.gif", "native");
+    let (fp8, fp8_out) = run("fp8.gif", "fp8");
+    assert!(native.status.success() && fp8.status.success(), "{}", stderr(&fp8));
+    let (a, b) = (std::fs::read(&native_out).unwrap(), std::fs::read(&fp8_out).unwrap());
+    assert_ne!(a, b, "fp8 weights must change the computation");
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{}.json", fp8_out.display())).unwrap()).unwrap();
+    assert_eq!(sidecar["settings"]["weights"], "fp8");
+    let (bad, bad_out) = run("bad.gif", "int3");
+    assert_refused(&bad, "not one of native, fp8");
+    assert!(!bad_out.exists());
+}

@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{invalid_input, Error, Result};
 use crate::models::TransformerInput;
+use crate::nn::WeightFormat;
 use crate::pipelines::{DfSettings, DfVideo, NoiseSource, TextConditioning, WindowPlan};
 use crate::{SigmaGrid, UmT5Encoder, WanTransformer3d, WanVae};
 
@@ -88,6 +89,8 @@ pub struct CheckSettings {
     pub device: Device,
     /// The DiT's compute dtype (f32 or bf16); umT5 holds its weights in it.
     pub dtype: DType,
+    /// How the transformer's block matrices are held (FP8 has bounds of its own).
+    pub weights: WeightFormat,
     /// Run only this component's fixtures (all when `None`).
     pub only: Option<Component>,
 }
@@ -104,21 +107,33 @@ pub struct CheckSettings {
 ///   and accumulation in f32, as on a GPU): about four times the largest error the CPU's bf16
 ///   path measures over all fixtures, rounded up. Measured on the tiny fixture models
 ///   (2026-12, AMD EPYC): transformer 7.2e-3, umT5 3.7e-3, DF pipeline 1.5e-2.
-pub fn tolerance(component: Component, device: &Device, dtype: DType) -> f64 {
+///
+/// - **FP8 weights** (e4m3, one scale per row; 3 mantissa bits, so each weight is rounded by
+///   up to 2⁻⁴): likewise four times the largest error measured on the CPU, in f32 compute
+///   (transformer 1.75e-2, DF pipeline 9.7e-3), added to the compute dtype's bound.
+pub fn tolerance(component: Component, device: &Device, dtype: DType, weights: WeightFormat) -> f64 {
     let reduced = matches!(dtype, DType::BF16 | DType::F16);
-    match component {
+    let compute = match component {
         Component::Transformer if reduced => BF16_TRANSFORMER,
         Component::TextEncoder if reduced => BF16_TEXT_ENCODER,
         Component::DfPipeline if reduced => BF16_PIPELINE,
         Component::Vae if !device.is_cpu() => BF16_TRANSFORMER / 8.0,
         Component::DfPipeline => 1e-4,
         _ => 1e-5,
-    }
+    };
+    let storage = match (weights, component) {
+        (WeightFormat::Fp8, Component::Transformer) => FP8_TRANSFORMER,
+        (WeightFormat::Fp8, Component::DfPipeline) => FP8_PIPELINE,
+        _ => 0.0,
+    };
+    compute + storage
 }
 
 const BF16_TRANSFORMER: f64 = 3e-2;
 const BF16_TEXT_ENCODER: f64 = 1.5e-2;
 const BF16_PIPELINE: f64 = 6e-2;
+const FP8_TRANSFORMER: f64 = 7e-2;
+const FP8_PIPELINE: f64 = 4e-2;
 
 /// The transformer fixtures: (model folder, causal block size, case).
 pub const TRANSFORMER_CASES: &[(&str, usize, &str)] = &[
@@ -172,7 +187,7 @@ pub fn run_all(settings: &CheckSettings, report: &mut dyn FnMut(&Measurement)) -
     }
     for name in DF_RUNS.iter().filter(|_| wanted(Component::DfPipeline)) {
         let run = DfRun::load(&settings.fixtures, name)?;
-        let ours = run.generate(&settings.fixtures, &settings.device, settings.dtype)?;
+        let ours = run.generate(&settings.fixtures, &settings.device, (settings.dtype, settings.weights))?;
         record(measure(settings, Component::DfPipeline, name.to_string(), &ours, &run.tensors["output_latents"])?);
     }
     Ok(all)
@@ -189,7 +204,7 @@ fn measure(
         component,
         case,
         rel_l2: rel_l2(ours, reference)?,
-        tolerance: tolerance(component, &settings.device, settings.dtype),
+        tolerance: tolerance(component, &settings.device, settings.dtype, settings.weights),
     })
 }
 
@@ -222,9 +237,14 @@ fn tensor<'a>(tensors: &'a HashMap<String, Tensor>, file: &str, key: &str) -> Re
     tensors.get(key).ok_or_else(|| invalid_input!("fixture {file} has no tensor `{key}`"))
 }
 
-/// Loads a fixture transformer on `device`, computing in `dtype`.
-pub fn load_transformer(fixtures: &Path, folder: &str, device: &Device, dtype: DType) -> Result<WanTransformer3d> {
-    let mut model = WanTransformer3d::load(&fixtures.join("models").join(folder), device, dtype)?;
+/// Loads a fixture transformer on `device`, computing in `dtype`, its block matrices in `weights`.
+pub fn load_transformer(
+    fixtures: &Path,
+    folder: &str,
+    device: &Device,
+    (dtype, weights): (DType, WeightFormat),
+) -> Result<WanTransformer3d> {
+    let mut model = WanTransformer3d::load_as(&fixtures.join("models").join(folder), device, dtype, weights)?;
     model.set_compute_dtype(dtype);
     Ok(model)
 }
@@ -233,7 +253,8 @@ fn check_transformer(settings: &CheckSettings, record: &mut dyn FnMut(Measuremen
     let mut loaded: Option<(&str, WanTransformer3d)> = None;
     for &(folder, block, case) in TRANSFORMER_CASES {
         if loaded.as_ref().is_none_or(|(name, _)| *name != folder) {
-            loaded = Some((folder, load_transformer(&settings.fixtures, folder, &settings.device, settings.dtype)?));
+            let held = (settings.dtype, settings.weights);
+            loaded = Some((folder, load_transformer(&settings.fixtures, folder, &settings.device, held)?));
         }
         let Some((_, model)) = loaded.as_mut() else { continue };
         model.set_causal_block_size(block)?;
@@ -366,12 +387,13 @@ impl DfRun {
         Ok(TextConditioning { positive, negative })
     }
 
-    /// Runs our pipeline with the run's settings and its noise replayed; returns all latents
-    /// `[1, C, F, h, w]` (f32, on `device`).
-    pub fn generate(&self, fixtures: &Path, device: &Device, dtype: DType) -> Result<Tensor> {
+    /// Runs our pipeline with the run's settings and its noise replayed, the transformer held
+    /// as `held` (compute dtype, block matrix format); returns all latents `[1, C, F, h, w]`
+    /// (f32, on `device`).
+    pub fn generate(&self, fixtures: &Path, device: &Device, held: (DType, WeightFormat)) -> Result<Tensor> {
         let latent = |frames: u64| ((frames - 1) / 4 + 1) as usize;
         let block = self.settings["causal_block_size"].as_u64().unwrap_or(1) as usize;
-        let mut model = load_transformer(fixtures, "df_pipeline", device, dtype)?;
+        let mut model = load_transformer(fixtures, "df_pipeline", device, held)?;
         if !self.settings["causal_block_size"].is_null() {
             // diffusers turns the block-causal mask on whenever a block size is passed.
             model.set_causal_block_size(block)?;

@@ -61,6 +61,9 @@ pub enum Error {
     /// The device exists in principle but cannot be used here (not built in, not present).
     #[error("{0}")]
     DeviceUnavailable(String),
+    /// A model and its working set do not fit the device's free memory.
+    #[error("{0}")]
+    WontFit(String),
     /// An error raised inside candle (device, dtype or kernel failure).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -17,6 +17,7 @@
 //! | [`media`] | images in; MP4 (H.264), GIF and PNG-folder video out and back in, crash-safe |
 //! | [`check`] | replays the PyTorch parity fixtures on any device and precision (`skyreels check`) |
 //! | [`device`] | `--device` and `--dtype` choices, device descriptions, GPU memory metering |
+//! | [`memory`] | will a model fit the device: footprints and the one-sentence refusal |
 //! | [`nn`] | shared layers: linear, norms, attention, 3D RoPE |
 //!
 //! ## Running the transformer
@@ -63,6 +64,7 @@ pub mod checkpoint;
 pub mod device;
 pub mod error;
 pub mod media;
+pub mod memory;
 pub mod models;
 pub mod nn;
 pub mod pipelines;

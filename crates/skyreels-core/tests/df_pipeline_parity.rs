@@ -10,6 +10,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, rel_l2};
 use skyreels_core::check::DfRun;
+use skyreels_core::nn::WeightFormat;
 use skyreels_core::pipelines::{encode_prompt, Continuation, WindowDecoder};
 use skyreels_core::text::PromptTokenizer;
 use skyreels_core::{UmT5Encoder, WanVae};
@@ -24,7 +25,7 @@ fn run_fixture(name: &str) -> DfRun {
 
 /// Our pipeline with the run's settings and its noise replayed, in f32 on the CPU.
 fn generate(run: &DfRun) -> Tensor {
-    run.generate(&fixture(""), &Device::Cpu, DType::F32).unwrap()
+    run.generate(&fixture(""), &Device::Cpu, (DType::F32, WeightFormat::Native)).unwrap()
 }
 
 fn check(name: &str) {

@@ -7,9 +7,11 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 use skyreels_core::check::{run_all, tolerance, CheckSettings, Component, Measurement};
+use skyreels_core::nn::WeightFormat;
 
 fn settings(fixtures: &Path, dtype: DType, only: Option<Component>) -> CheckSettings {
-    CheckSettings { fixtures: fixtures.to_path_buf(), device: Device::Cpu, dtype, only }
+    let weights = WeightFormat::Native;
+    CheckSettings { fixtures: fixtures.to_path_buf(), device: Device::Cpu, dtype, weights, only }
 }
 
 fn failures(results: &[Measurement]) -> Vec<String> {
@@ -36,12 +38,30 @@ fn bf16_stays_within_its_bounds_with_margin() {
     for only in [Component::Transformer, Component::TextEncoder, Component::DfPipeline] {
         let results = run_all(&settings(&fixtures, DType::BF16, Some(only)), &mut |_| {}).unwrap();
         let worst = results.iter().map(|m| m.rel_l2).fold(0.0, f64::max);
-        let bound = tolerance(only, &Device::Cpu, DType::BF16);
+        let bound = tolerance(only, &Device::Cpu, DType::BF16, WeightFormat::Native);
         if std::env::var_os("SKYREELS_SHOW_ERRORS").is_some() {
             eprintln!("{only}: worst bf16 error {worst:.2e} (bound {bound:.0e})");
         }
         assert!(worst > 1e-4, "{only}: bf16 error {worst:.2e} is f32-sized: bf16 was not used");
         assert!(worst * 2.0 <= bound, "{only}: worst bf16 error {worst:.2e} leaves no margin to {bound:.0e}");
+    }
+}
+
+/// FP8 block weights (f32 compute) are really FP8 (errors far above f32's) and within their
+/// documented bounds with a margin of two.
+#[test]
+fn fp8_weights_stay_within_their_bounds_with_margin() {
+    let fixtures = common::fixture("");
+    for only in [Component::Transformer, Component::DfPipeline] {
+        let settings = CheckSettings { weights: WeightFormat::Fp8, ..settings(&fixtures, DType::F32, Some(only)) };
+        let results = run_all(&settings, &mut |_| {}).unwrap();
+        let worst = results.iter().map(|m| m.rel_l2).fold(0.0, f64::max);
+        let bound = tolerance(only, &Device::Cpu, DType::F32, WeightFormat::Fp8);
+        if std::env::var_os("SKYREELS_SHOW_ERRORS").is_some() {
+            eprintln!("{only}: worst fp8 error {worst:.2e} (bound {bound:.0e})");
+        }
+        assert!(worst > 1e-3, "{only}: fp8 error {worst:.2e} is f32-sized: fp8 was not used");
+        assert!(worst * 2.0 <= bound, "{only}: worst fp8 error {worst:.2e} leaves no margin to {bound:.0e}");
     }
 }
 

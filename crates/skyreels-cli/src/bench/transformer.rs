@@ -4,6 +4,7 @@
 use candle_core::{DType, Tensor};
 use skyreels_core::checkpoint::RandomWeights;
 use skyreels_core::device::{DeviceChoice, DeviceMemoryMeter, Precision};
+use skyreels_core::nn::WeightFormat;
 use skyreels_core::{TransformerConfig, TransformerInput, WanTransformer3d};
 
 /// What to measure.
@@ -34,6 +35,9 @@ pub struct TransformerArgs {
     /// Where to compute: auto, cpu, cuda, cuda:N, metal.
     #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
     device: DeviceChoice,
+    /// How the blocks' matrices are held: native or fp8.
+    #[arg(long, default_value = "native", value_parser = crate::device::parse_weights)]
+    weights: WeightFormat,
 }
 
 pub fn run(args: &TransformerArgs) -> Result<(), String> {
@@ -46,7 +50,8 @@ pub fn run(args: &TransformerArgs) -> Result<(), String> {
     let dtype = args.dtype.resolve(&device, DType::F32);
     let e = |e: skyreels_core::Error| e.to_string();
     let c = |e: candle_core::Error| e.to_string();
-    let model = WanTransformer3d::from_weights(config.clone(), &RandomWeights::new(0), &device, dtype).map_err(e)?;
+    let model = WanTransformer3d::from_weights_as(config.clone(), &RandomWeights::new(0), &device, dtype, args.weights)
+        .map_err(e)?;
     let latents =
         Tensor::randn(0f32, 1.0, (1, config.in_channels, args.frames, args.height, args.width), &device).map_err(c)?;
     let t: Vec<i64> = (0..args.frames).map(|i| 999 - (i as i64 * 997 / args.frames.max(1) as i64)).collect();

@@ -8,6 +8,7 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 use skyreels_core::checkpoint::RandomWeights;
 use skyreels_core::device::{DeviceChoice, DeviceMemoryMeter, Precision};
+use skyreels_core::nn::WeightFormat;
 use skyreels_core::pipelines::{
     to_rgb_frames, Continuation, DfSettings, DfVideo, SeededNoise, TextConditioning, WindowDecoder, WindowPlan,
 };
@@ -43,6 +44,9 @@ pub struct WindowArgs {
     /// Where to compute: auto, cpu, cuda, cuda:N, metal.
     #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
     device: DeviceChoice,
+    /// How the blocks' matrices are held: native or fp8.
+    #[arg(long, default_value = "native", value_parser = crate::device::parse_weights)]
+    weights: WeightFormat,
 }
 
 pub fn run(args: &WindowArgs) -> Result<(), String> {
@@ -59,7 +63,8 @@ pub fn run(args: &WindowArgs) -> Result<(), String> {
     let dtype = args.dtype.resolve(&device, DType::F32);
     let mut memory = DeviceMemoryMeter::new();
     let load_start = Instant::now();
-    let model = WanTransformer3d::from_weights(config.clone(), &RandomWeights::new(0), &device, dtype).map_err(e)?;
+    let model = WanTransformer3d::from_weights_as(config.clone(), &RandomWeights::new(0), &device, dtype, args.weights)
+        .map_err(e)?;
     let vae = WanVae::from_weights(VaeConfig::wan21(), &RandomWeights::new(1), &device).map_err(e)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
     memory.sample(&device);

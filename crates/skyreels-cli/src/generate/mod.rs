@@ -20,6 +20,7 @@ use serde_json::json;
 use skyreels_core::checkpoint::{resolve_pipeline, PipelineFiles};
 use skyreels_core::device::{DeviceChoice, DeviceInfo, DeviceMemoryMeter};
 use skyreels_core::media::{create_writer, fit_to, load_image, open_video, resume_writer, RgbFrame, VideoWriter};
+use skyreels_core::nn::WeightFormat;
 use skyreels_core::pipelines::{
     encode_prompt, from_rgb_frames, to_rgb_frames, DfVideo, SeededNoise, TextConditioning, WindowDecoder,
     WindowDecoderState,
@@ -74,7 +75,7 @@ pub struct GenerateArgs {
         "prompt", "story", "output", "model", "negative_prompt", "image", "end_image", "extend", "frames",
         "seed", "overwrite", "continuation", "causal_attention", "base_frames", "overlap_history", "height",
         "width", "fps", "steps", "shift", "guidance", "ar_step", "causal_block_size", "addnoise_condition",
-        "sigma_grid", "dtype", "text_length",
+        "sigma_grid", "dtype", "weights", "text_length",
     ])]
     pub resume: Option<PathBuf>,
     /// Video frames (4k+1; counts the overlap when extending); 0 or `inf` runs until interrupted.
@@ -130,6 +131,10 @@ pub struct GenerateArgs {
     /// bf16-held weights computed in f32), f32, bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
+    /// How the transformer's attention and FFN matrices are held: native (the --dtype) or fp8
+    /// (e4m3 with a scale per row: half of bf16's memory, widened one layer at a time).
+    #[arg(long, default_value = "native", value_parser = crate::device::parse_weights)]
+    pub weights: WeightFormat,
     /// Where to compute: auto (a GPU when this binary has GPU support and one is present, else
     /// the CPU), cpu, cuda, cuda:N, metal. Also applies when resuming.
     #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
@@ -452,7 +457,9 @@ impl Engine {
         };
         reporter.stage("loading the transformer and the VAE");
         let dtype = transformer_dtype(files, &params.dtype, &device)?;
-        let mut transformer = WanTransformer3d::load(&files.transformer, &device, dtype).map_err(err("transformer"))?;
+        ensure_models_fit(files, params, (dtype, &device))?;
+        let mut transformer = WanTransformer3d::load_as(&files.transformer, &device, dtype, params.weights)
+            .map_err(err("transformer"))?;
         let vae = WanVae::load(&files.vae, &device).map_err(err("VAE"))?;
         check_compatible(&transformer, &vae, &texts[0])?;
         if params.causal_attention {
@@ -498,6 +505,33 @@ fn transformer_dtype(files: &PipelineFiles, flag: &str, device: &Device) -> Resu
             }
         }
     })
+}
+
+/// Refuses before loading when the transformer, the VAE and the larger of their working sets
+/// cannot fit the GPU's free memory (nothing to check on the CPU).
+fn ensure_models_fit(
+    files: &PipelineFiles,
+    params: &GenerateParams,
+    (dtype, device): (DType, &Device),
+) -> Result<(), String> {
+    use skyreels_core::checkpoint::{Component, WeightStore};
+    use skyreels_core::memory::{ensure_fits, transformer_footprint, vae_decode_footprint};
+    if device.is_cpu() {
+        return Ok(());
+    }
+    let store =
+        WeightStore::open(&files.transformer, Component::Transformer).map_err(|e| format!("transformer: {e}"))?;
+    let config = skyreels_core::TransformerConfig::load(&files.transformer, &store).map_err(|e| e.to_string())?;
+    let tokens = params.window_plan().window * (params.height / 16) * (params.width / 16);
+    let held = (dtype, params.weights, dtype);
+    let dit = transformer_footprint(&config, store.parameter_count() as u64, tokens as u64, held);
+    let vae = vae_decode_footprint(params.height, params.width);
+    let needed = dit.weights + vae.weights + dit.working.max(vae.working);
+    let hint = match params.weights {
+        WeightFormat::Native => "pass --weights fp8 (halves the transformer's weights), or a smaller --height/--width",
+        WeightFormat::Fp8 => "use a smaller --height/--width or --base-frames, or a GPU with more memory",
+    };
+    ensure_fits(device, "the transformer and the VAE", needed, hint).map_err(|e| e.to_string())
 }
 
 fn dir_size(path: &Path) -> u64 {

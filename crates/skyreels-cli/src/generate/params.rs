@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use skyreels_core::nn::WeightFormat;
 use skyreels_core::pipelines::{Continuation, DfSettings, WindowPlan, WindowSpec};
 use skyreels_core::SigmaGrid;
 
@@ -60,6 +61,9 @@ pub struct GenerateParams {
     pub text_length: usize,
     /// Transformer weight dtype: `auto`, `f32` or `bf16`.
     pub dtype: String,
+    /// How the transformer's block matrices are held (states written before FP8 existed are native).
+    #[serde(default)]
+    pub weights: WeightFormat,
     /// The output file or folder.
     pub output: PathBuf,
 }
@@ -269,6 +273,7 @@ impl GenerateParams {
             seed: args.seed.unwrap_or_else(random_seed),
             text_length,
             dtype: args.dtype.clone(),
+            weights: args.weights,
             output,
         };
         Ok((params, notices))

@@ -14,7 +14,9 @@ use candle_core::{DType, Device, Tensor};
 use crate::checkpoint::{Component, WeightStore, Weights};
 use crate::error::{invalid_input, Result};
 use crate::models::transformer_config::TransformerConfig;
-use crate::nn::{attention, layer_norm, timestep_sinusoid, AttentionMask, LayerNorm, Linear, RmsNorm, Rope3d};
+use crate::nn::{
+    attention, layer_norm, timestep_sinusoid, AttentionMask, LayerNorm, Linear, RmsNorm, Rope3d, WeightFormat,
+};
 
 /// Inputs of one transformer forward pass.
 #[derive(Debug, Clone, Copy)]
@@ -67,8 +69,14 @@ impl WanTransformer3d {
     /// `transformer/` folder) is accepted too. `weight_dtype` is how weights are held in memory
     /// (f32 or bf16); on CPU the arithmetic is f32 regardless, on GPUs it uses `weight_dtype`.
     pub fn load(dir: &Path, device: &Device, weight_dtype: DType) -> Result<Self> {
+        Self::load_as(dir, device, weight_dtype, WeightFormat::Native)
+    }
+
+    /// [`load`](Self::load) with the blocks' matrices (attention and FFN, 97% of the weights)
+    /// held in `format`; embeddings, head, norms and biases stay in `weight_dtype`.
+    pub fn load_as(dir: &Path, device: &Device, weight_dtype: DType, format: WeightFormat) -> Result<Self> {
         let (_, store, config) = open_checkpoint(dir)?;
-        Self::from_weights(config, &store, device, weight_dtype)
+        Self::from_weights_as(config, &store, device, weight_dtype, format)
     }
 
     /// Builds the model from any weight source (an opened checkpoint, random weights) and a config,
@@ -78,6 +86,17 @@ impl WanTransformer3d {
         store: &dyn Weights,
         device: &Device,
         weight_dtype: DType,
+    ) -> Result<Self> {
+        Self::from_weights_as(config, store, device, weight_dtype, WeightFormat::Native)
+    }
+
+    /// [`from_weights`](Self::from_weights) with the blocks' matrices held in `format`.
+    pub fn from_weights_as(
+        config: TransformerConfig,
+        store: &dyn Weights,
+        device: &Device,
+        weight_dtype: DType,
+        format: WeightFormat,
     ) -> Result<Self> {
         let c = &config;
         let dim = c.dim();
@@ -97,7 +116,7 @@ impl WanTransformer3d {
         let fps_embedding =
             if c.inject_sample_info { Some(FpsEmbedding::load(store, dim, weight_dtype, device)?) } else { None };
         let blocks = (0..c.num_layers)
-            .map(|i| WanBlock::load(store, &format!("blocks.{i}"), c, weight_dtype, device))
+            .map(|i| WanBlock::load(store, &format!("blocks.{i}"), c, (weight_dtype, format), device))
             .collect::<Result<Vec<_>>>()?;
         let head = Head {
             modulation: store.tensor("head.modulation", &[1, 2, dim], DType::F32, device)?,
@@ -429,6 +448,9 @@ fn merge_heads(x: &Tensor) -> Result<Tensor> {
     Ok(x.transpose(1, 2)?.reshape((b, l, h * d))?)
 }
 
+/// How a block's weights are held: the load dtype, and the format of its matrices.
+type Held = (DType, WeightFormat);
+
 /// What every block needs besides its own input.
 struct BlockContext<'a> {
     text: &'a Tensor,
@@ -451,8 +473,9 @@ struct WanBlock {
 }
 
 impl WanBlock {
-    fn load(store: &dyn Weights, p: &str, c: &TransformerConfig, dtype: DType, device: &Device) -> Result<Self> {
+    fn load(store: &dyn Weights, p: &str, c: &TransformerConfig, held: Held, device: &Device) -> Result<Self> {
         let dim = c.dim();
+        let (dtype, format) = held;
         let cross_norm = if c.cross_attn_norm {
             Some(LayerNorm::load(store, &format!("{p}.norm3"), dim, c.eps, device)?)
         } else {
@@ -460,12 +483,12 @@ impl WanBlock {
         };
         Ok(Self {
             modulation: store.tensor(&format!("{p}.modulation"), &[1, 6, dim], DType::F32, device)?,
-            self_attn: SelfAttention::load(store, &format!("{p}.self_attn"), c, dtype, device)?,
+            self_attn: SelfAttention::load(store, &format!("{p}.self_attn"), c, held, device)?,
             cross_norm,
-            cross_attn: CrossAttention::load(store, &format!("{p}.cross_attn"), c, dtype, device)?,
+            cross_attn: CrossAttention::load(store, &format!("{p}.cross_attn"), c, held, device)?,
             ffn: (
-                Linear::load(store, &format!("{p}.ffn.0"), dim, c.ffn_dim, dtype, device)?,
-                Linear::load(store, &format!("{p}.ffn.2"), c.ffn_dim, dim, dtype, device)?,
+                Linear::load_as(store, &format!("{p}.ffn.0"), [dim, c.ffn_dim], dtype, format, device)?,
+                Linear::load_as(store, &format!("{p}.ffn.2"), [c.ffn_dim, dim], dtype, format, device)?,
             ),
             eps: c.eps,
         })
@@ -512,9 +535,15 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn load(store: &dyn Weights, p: &str, c: &TransformerConfig, dtype: DType, device: &Device) -> Result<Self> {
+    fn load(
+        store: &dyn Weights,
+        p: &str,
+        c: &TransformerConfig,
+        (dtype, format): Held,
+        device: &Device,
+    ) -> Result<Self> {
         let dim = c.dim();
-        let ld = |n: &str| Linear::load(store, &format!("{p}.{n}"), dim, dim, dtype, device);
+        let ld = |n: &str| Linear::load_as(store, &format!("{p}.{n}"), [dim, dim], dtype, format, device);
         Ok(Self {
             q: ld("q")?,
             k: ld("k")?,
@@ -554,9 +583,15 @@ struct CrossAttention {
 }
 
 impl CrossAttention {
-    fn load(store: &dyn Weights, p: &str, c: &TransformerConfig, dtype: DType, device: &Device) -> Result<Self> {
+    fn load(
+        store: &dyn Weights,
+        p: &str,
+        c: &TransformerConfig,
+        (dtype, format): Held,
+        device: &Device,
+    ) -> Result<Self> {
         let dim = c.dim();
-        let ld = |n: &str| Linear::load(store, &format!("{p}.{n}"), dim, dim, dtype, device);
+        let ld = |n: &str| Linear::load_as(store, &format!("{p}.{n}"), [dim, dim], dtype, format, device);
         let image = match c.image_dim {
             Some(_) => Some((
                 ld("k_img")?,
