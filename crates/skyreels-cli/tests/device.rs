@@ -35,7 +35,7 @@ fn check_passes_on_the_shipped_fixtures() {
     for component in ["| transformer |", "| text encoder |", "| vae |", "| df pipeline |"] {
         assert!(stdout.contains(component), "{component} missing from\n{stdout}");
     }
-    assert!(stdout.contains("all 31 measurements within their bounds"), "{stdout}");
+    assert!(stdout.contains("all 32 measurements within their bounds"), "{stdout}");
     assert!(!stdout.contains("FAIL"));
 }
 

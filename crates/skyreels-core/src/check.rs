@@ -134,6 +134,8 @@ const BF16_TEXT_ENCODER: f64 = 1.5e-2;
 const BF16_PIPELINE: f64 = 6e-2;
 const FP8_TRANSFORMER: f64 = 7e-2;
 const FP8_PIPELINE: f64 = 4e-2;
+/// Q8_0 GGUF weights: four times the 9.6e-4 measured on the fixture transformer, rounded up.
+const Q8_0: f64 = 4e-3;
 
 /// The transformer fixtures: (model folder, causal block size, case).
 pub const TRANSFORMER_CASES: &[(&str, usize, &str)] = &[
@@ -178,6 +180,7 @@ pub fn run_all(settings: &CheckSettings, report: &mut dyn FnMut(&Measurement)) -
     let wanted = |c: Component| settings.only.is_none_or(|only| only == c);
     if wanted(Component::Transformer) {
         check_transformer(settings, &mut record)?;
+        check_gguf_transformer(settings, &mut record)?;
     }
     if wanted(Component::TextEncoder) {
         check_text_encoder(settings, &mut record)?;
@@ -275,6 +278,29 @@ fn check_transformer(settings: &CheckSettings, record: &mut dyn FnMut(Measuremen
             tensor(&t, &file, "output")?,
         )?);
     }
+    Ok(())
+}
+
+/// The Q8_0 GGUF twin of `df_fps_original` (matrices dequantised per layer on the device),
+/// against the f32 reference output: its bound adds Q8_0's rounding to the compute dtype's.
+fn check_gguf_transformer(settings: &CheckSettings, record: &mut dyn FnMut(Measurement)) -> Result<()> {
+    let file = "transformer_df_f5_fps24.safetensors";
+    let t = load_fixture(&settings.fixtures, file)?;
+    let dir = settings.fixtures.join("models/df_fps_original");
+    let gguf = settings.fixtures.join("gguf/df_fps_q8_0.gguf");
+    let mut model = WanTransformer3d::load_gguf(&gguf, &dir, &settings.device, settings.dtype)?;
+    model.set_compute_dtype(settings.dtype);
+    let out = model.forward(&TransformerInput {
+        latents: tensor(&t, file, "hidden_states")?,
+        timesteps: tensor(&t, file, "timestep")?,
+        context: tensor(&t, file, "encoder_hidden_states")?,
+        image_context: None,
+        fps_index: t.get("fps"),
+    })?;
+    let mut m =
+        measure(settings, Component::Transformer, "gguf q8_0 df_f5_fps24".into(), &out, tensor(&t, file, "output")?)?;
+    m.tolerance = tolerance(Component::Transformer, &settings.device, settings.dtype, WeightFormat::Native) + Q8_0;
+    record(m);
     Ok(())
 }
 

@@ -27,7 +27,8 @@ fn every_component_passes_in_f32_on_the_cpu() {
         assert!(results.iter().filter(|m| m.component == component).count() >= 5, "{component}: too few cases");
     }
     assert!(failures(&results).is_empty(), "{:?}", failures(&results));
-    assert!(results.iter().all(|m| m.tolerance <= 1e-4));
+    let exact = results.iter().filter(|m| !m.case.starts_with("gguf"));
+    assert!(exact.clone().count() == 31 && exact.into_iter().all(|m| m.tolerance <= 1e-4));
 }
 
 /// bf16 really computes in bf16 (errors far above f32's) and stays within the bf16 bounds,

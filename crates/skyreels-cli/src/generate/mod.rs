@@ -458,8 +458,11 @@ impl Engine {
         reporter.stage("loading the transformer and the VAE");
         let dtype = transformer_dtype(files, &params.dtype, &device)?;
         ensure_models_fit(files, params, (dtype, &device))?;
-        let mut transformer = WanTransformer3d::load_as(&files.transformer, &device, dtype, params.weights)
-            .map_err(err("transformer"))?;
+        let mut transformer = match &files.transformer_gguf {
+            Some(gguf) => WanTransformer3d::load_gguf(gguf, &files.transformer, &device, dtype),
+            None => WanTransformer3d::load_as(&files.transformer, &device, dtype, params.weights),
+        }
+        .map_err(err("transformer"))?;
         let vae = WanVae::load(&files.vae, &device).map_err(err("VAE"))?;
         check_compatible(&transformer, &vae, &texts[0])?;
         if params.causal_attention {
@@ -491,20 +494,19 @@ fn transformer_dtype(files: &PipelineFiles, flag: &str, device: &Device) -> Resu
         "f32" => DType::F32,
         "bf16" => DType::BF16,
         _ if !device.is_cpu() => DType::BF16,
-        _ => {
-            let params = skyreels_core::checkpoint::WeightStore::open(
-                &files.transformer,
-                skyreels_core::checkpoint::Component::Transformer,
-            )
-            .map(|s| s.parameter_count())
-            .map_err(|e| format!("transformer: {e}"))?;
-            if params > 2_000_000_000 {
-                DType::BF16
-            } else {
-                DType::F32
-            }
-        }
+        _ if transformer_parameters(files)? > 2_000_000_000 => DType::BF16,
+        _ => DType::F32,
     })
+}
+
+/// Scalar parameters of the transformer, read from the file headers.
+fn transformer_parameters(files: &PipelineFiles) -> Result<u64, String> {
+    use skyreels_core::checkpoint::{Component, GgufFile, WeightStore};
+    let count = match &files.transformer_gguf {
+        Some(gguf) => GgufFile::open(gguf).map(|g| g.parameter_count()),
+        None => WeightStore::open(&files.transformer, Component::Transformer).map(|s| s.parameter_count()),
+    };
+    count.map(|n| n as u64).map_err(|e| format!("transformer: {e}"))
 }
 
 /// Refuses before loading when the transformer, the VAE and the larger of their working sets

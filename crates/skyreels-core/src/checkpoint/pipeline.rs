@@ -36,6 +36,9 @@ pub struct PipelineFiles {
     pub layout: PipelineLayout,
     /// Transformer directory (config.json + safetensors).
     pub transformer: PathBuf,
+    /// A quantised transformer: the one `*.gguf` file of the transformer directory when it holds
+    /// no safetensors (its config still comes from the directory's `config.json`).
+    pub transformer_gguf: Option<PathBuf>,
     /// VAE directory or `.pth` file.
     pub vae: PathBuf,
     /// Text-encoder directory or `.pth` file.
@@ -135,7 +138,10 @@ fn find_in_hub_cache(id: &str) -> Result<PathBuf> {
 
 fn resolve_dir(root: &Path, id: &str) -> Result<PipelineFiles> {
     let diffusers = root.join("model_index.json").is_file() || root.join("transformer").is_dir();
-    let files = if diffusers { diffusers_files(root, id) } else { original_files(root, id) };
+    let mut files = if diffusers { diffusers_files(root, id) } else { original_files(root, id) };
+    if !has_extension(&files.transformer, "safetensors") {
+        files.transformer_gguf = single_gguf(&files.transformer);
+    }
     let missing: Vec<String> = required(&files).into_iter().filter(|(_, ok)| !ok).map(|(what, _)| what).collect();
     if missing.is_empty() {
         return Ok(files);
@@ -150,6 +156,7 @@ fn diffusers_files(root: &Path, id: &str) -> PipelineFiles {
         id: id.to_string(),
         layout: PipelineLayout::Diffusers,
         transformer: root.join("transformer"),
+        transformer_gguf: None,
         vae: root.join("vae"),
         text_encoder: root.join("text_encoder"),
         tokenizer: root.join("tokenizer/tokenizer.json"),
@@ -162,20 +169,33 @@ fn original_files(root: &Path, id: &str) -> PipelineFiles {
         id: id.to_string(),
         layout: PipelineLayout::Original,
         transformer: root.to_path_buf(),
+        transformer_gguf: None,
         vae: root.join("Wan2.1_VAE.pth"),
         text_encoder: root.join("models_t5_umt5-xxl-enc-bf16.pth"),
         tokenizer: root.join("google/umt5-xxl/tokenizer.json"),
     }
 }
 
+/// Whether `dir` holds a file ending in `.{extension}`.
+fn has_extension(dir: &Path, extension: &str) -> bool {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == extension)))
+        .unwrap_or(false)
+}
+
+/// The `*.gguf` file of `dir`, when there is exactly one.
+fn single_gguf(dir: &Path) -> Option<PathBuf> {
+    let mut found =
+        std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "gguf"));
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
 /// Every file the layout needs, with whether it is present (named relative to the root).
 fn required(f: &PipelineFiles) -> Vec<(String, bool)> {
     let rel = |p: &Path| p.strip_prefix(&f.root).unwrap_or(p).display().to_string();
-    let has_safetensors = |dir: &Path| {
-        std::fs::read_dir(dir)
-            .map(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "safetensors")))
-            .unwrap_or(false)
-    };
+    let has_safetensors =
+        |dir: &Path| has_extension(dir, "safetensors") || (dir == f.transformer && f.transformer_gguf.is_some());
     let mut out = Vec::new();
     let mut need_dir = |dir: &Path, label: &str| {
         let config = dir.join("config.json");
@@ -232,5 +252,25 @@ mod tests {
         {
             assert!(err.contains(part), "{err} should name {part}");
         }
+    }
+
+    /// A transformer folder with one GGUF file and no safetensors is a quantised transformer;
+    /// two GGUF files are ambiguous and count as no weights.
+    #[test]
+    fn a_lone_gguf_file_stands_in_for_the_transformer_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("google/umt5-xxl")).unwrap();
+        for file in
+            ["config.json", "Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/tokenizer.json"]
+        {
+            std::fs::write(root.join(file), "{}").unwrap();
+        }
+        std::fs::write(root.join("SkyReels-V2-DF-1.3B-Q8_0.gguf"), "").unwrap();
+        let files = resolve_pipeline(root.to_str().unwrap()).unwrap();
+        assert_eq!(files.transformer_gguf, Some(root.join("SkyReels-V2-DF-1.3B-Q8_0.gguf")));
+        std::fs::write(root.join("SkyReels-V2-DF-1.3B-Q4_K.gguf"), "").unwrap();
+        let err = resolve_pipeline(root.to_str().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("*.safetensors"), "{err}");
     }
 }

@@ -79,6 +79,16 @@ impl WanTransformer3d {
         Self::from_weights_as(config, &store, device, weight_dtype, format)
     }
 
+    /// Loads a quantised transformer from a GGUF file (city96's layout: original Wan names), with
+    /// the configuration of `config_dir` (its `config.json`, completed from the file's shapes).
+    /// Quantised matrices stay quantised on `device` and are dequantised to the compute dtype
+    /// one layer at a time; plain tensors are held in `weight_dtype`.
+    pub fn load_gguf(file: &Path, config_dir: &Path, device: &Device, weight_dtype: DType) -> Result<Self> {
+        let gguf = crate::checkpoint::GgufFile::open(file)?;
+        let config = TransformerConfig::load(&transformer_dir(config_dir), &gguf)?;
+        Self::from_weights(config, &gguf, device, weight_dtype)
+    }
+
     /// Builds the model from any weight source (an opened checkpoint, random weights) and a config,
     /// checking every tensor's shape.
     pub fn from_weights(

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::checkpoint::WeightStore;
+use crate::checkpoint::TensorShapes;
 use crate::error::{Error, Result};
 
 /// Hyper-parameters of a [`crate::models::WanTransformer3d`].
@@ -128,7 +128,7 @@ impl TransformerConfig {
     }
 
     /// Reads `dir/config.json` (either format) and completes it from the weight shapes in `store`.
-    pub fn load(dir: &Path, store: &WeightStore) -> Result<Self> {
+    pub fn load(dir: &Path, store: &dyn TensorShapes) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         let json: Value = serde_json::from_str(&text).map_err(|e| bad(&path, format!("not valid JSON ({e})")))?;
@@ -181,21 +181,24 @@ impl TransformerConfig {
         })
     }
 
-    fn from_original(json: &Value, path: &Path, store: &WeightStore) -> Result<Self> {
+    fn from_original(json: &Value, path: &Path, store: &dyn TensorShapes) -> Result<Self> {
         let dim = req_usize(json, "dim", path)?;
         let num_heads = req_usize(json, "num_heads", path)?;
         if num_heads == 0 || dim % num_heads != 0 {
             return Err(bad(path, format!("`dim` {dim} is not divisible by `num_heads` {num_heads}")));
         }
-        let patch = store.shape("patch_embedding.weight")?;
+        let patch = store.tensor_shape("patch_embedding.weight")?;
         if patch.len() != 5 {
             return Err(bad(path, format!("patch_embedding.weight has shape {patch:?}, expected 5 dims")));
         }
-        let text_dim = store.shape("text_embedding.0.weight")?.get(1).copied().unwrap_or(0);
+        let text_dim = store.tensor_shape("text_embedding.0.weight")?.get(1).copied().unwrap_or(0);
         let is_i2v =
-            json.get("model_type").and_then(Value::as_str) == Some("i2v") || store.contains("img_emb.proj.0.weight");
-        let image_dim = if is_i2v { Some(store.shape("img_emb.proj.0.weight")?[0]) } else { None };
-        let image_pos_embed_len = store.info("img_emb.emb_pos").and_then(|t| t.shape.get(1).copied());
+            json.get("model_type").and_then(Value::as_str) == Some("i2v") || store.has_tensor("img_emb.proj.0.weight");
+        let image_dim = if is_i2v { store.tensor_shape("img_emb.proj.0.weight")?.first().copied() } else { None };
+        let image_pos_embed_len = match store.has_tensor("img_emb.emb_pos") {
+            true => store.tensor_shape("img_emb.emb_pos")?.get(1).copied(),
+            false => None,
+        };
         Ok(Self {
             patch_size: [patch[2], patch[3], patch[4]],
             num_heads,

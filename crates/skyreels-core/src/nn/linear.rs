@@ -1,5 +1,8 @@
 //! `y = x·Wᵀ + b` over the last dimension, with weights held in a storage format of their own.
 
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +49,12 @@ const E4M3_MAX: f64 = 448.0;
 #[derive(Debug, Clone)]
 enum Matrix {
     Dense(Tensor),
-    Fp8 { values: Tensor, row_scales: Tensor },
+    Fp8 {
+        values: Tensor,
+        row_scales: Tensor,
+    },
+    /// ggml blocks from a GGUF file (Q8_0, Q4_K, …), dequantised per use.
+    Quantized(Arc<QTensor>),
 }
 
 /// A dense layer. Weights may be held in bf16 or FP8 to save memory and are cast to the
@@ -76,7 +84,8 @@ impl Linear {
     }
 
     /// [`load`](Self::load) with the weight held in `format` (the bias stays in `dtype`). FP8
-    /// weights are quantised on the CPU, so the device never holds them at full precision.
+    /// weights are quantised on the CPU, so the device never holds them at full precision; a
+    /// weight the store holds quantised (GGUF) stays in its blocks whatever `format` says.
     pub fn load_as(
         store: &dyn Weights,
         prefix: &str,
@@ -86,10 +95,13 @@ impl Linear {
         device: &Device,
     ) -> Result<Self> {
         let name = format!("{prefix}.weight");
-        let weight = match format {
-            WeightFormat::Native => Matrix::Dense(store.tensor(&name, &[out_dim, in_dim], dtype, device)?),
-            WeightFormat::Fp8 => {
-                let full = store.tensor(&name, &[out_dim, in_dim], DType::F32, &Device::Cpu)?;
+        let shape = [out_dim, in_dim];
+        let weight = match (format, store.quantized(&name, &shape, device)) {
+            // Already quantised (GGUF): kept as stored, whatever the format asked for.
+            (_, Some(blocks)) => Matrix::Quantized(Arc::new(blocks?)),
+            (WeightFormat::Native, None) => Matrix::Dense(store.tensor(&name, &shape, dtype, device)?),
+            (WeightFormat::Fp8, None) => {
+                let full = store.tensor(&name, &shape, DType::F32, &Device::Cpu)?;
                 let (values, row_scales) = quantize_fp8(&full)?;
                 Matrix::Fp8 { values: values.to_device(device)?, row_scales: row_scales.to_device(device)? }
             }
@@ -103,6 +115,7 @@ impl Linear {
         match &self.weight {
             Matrix::Dense(w) => w.dims()[0],
             Matrix::Fp8 { values, .. } => values.dims()[0],
+            Matrix::Quantized(blocks) => blocks.shape().dims()[0],
         }
     }
 
@@ -113,6 +126,7 @@ impl Linear {
             Matrix::Fp8 { values, row_scales } => {
                 values.to_dtype(dtype)?.broadcast_mul(&row_scales.to_dtype(dtype)?)?
             }
+            Matrix::Quantized(blocks) => blocks.dequantize(&blocks.device())?.to_dtype(dtype)?,
         })
     }
 
