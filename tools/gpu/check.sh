@@ -8,7 +8,8 @@
 #   3. times `skyreels bench transformer` at the real DF-1.3B size (30 blocks, the 540P window of
 #      25 latent frames, bf16) and diffusers on the same shapes on the same GPU;
 #   4. runs `skyreels bench window`: one 97-frame 544x960 window with random DF-1.3B weights
-#      (10 steps with guidance; s/step, VAE decode time, peak GPU memory);
+#      (10 steps with guidance; s/step, VAE decode time, peak GPU memory), then with
+#      --offload model and --offload blocks (2 steps each) for their peak memory;
 #   5. writes summary.md with every table.
 # Each step has its own time limit and a failed step does not stop the others.
 #   SKYREELS_BIN  the binary (default .cuda/dist/skyreels, else unpacked from .cuda/carry/skyreels.xz)
@@ -66,10 +67,12 @@ step() {
 
 if [[ "$QUICK" == 1 ]]; then
   TRANSFORMER=(--layers 1 --frames 2 --height 8 --width 8 --repeat 1)
-  WINDOW=(--layers 1 --frames 5 --height 32 --width 32 --steps 2)
+  WINDOW=(--layers 1 --frames 5 --height 32 --width 32)
+  STEPS=2
 else
   TRANSFORMER=(--layers 30 --frames 25 --height 68 --width 120 --repeat 3)
-  WINDOW=(--frames 97 --height 544 --width 960 --steps 10)
+  WINDOW=(--frames 97 --height 544 --width 960)
+  STEPS=10
 fi
 
 step gpu 30 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || echo "no nvidia-smi"'
@@ -94,8 +97,10 @@ else
   echo "## bench_diffusers: skipped (no python3 with torch here)" >>"$SUMMARY"
 fi
 
-step bench_window 240 "$BIN" bench window --device "$DEVICE" "${WINDOW[@]}"
-echo "## offload modes: not measured (--offload is not implemented yet)" >>"$SUMMARY"
+step bench_window 240 "$BIN" bench window --device "$DEVICE" "${WINDOW[@]}" --steps "$STEPS"
+# Peak memory of each --offload mode (two steps are enough for the peak).
+step bench_window_model 120 "$BIN" bench window --device "$DEVICE" "${WINDOW[@]}" --steps 2 --offload model
+step bench_window_blocks 120 "$BIN" bench window --device "$DEVICE" "${WINDOW[@]}" --steps 2 --offload blocks
 echo
 echo "==== summary ($SUMMARY)"
 cat "$SUMMARY"

@@ -1,7 +1,7 @@
 //! The `--device` and `--dtype` flags shared by the commands that compute.
 
 use candle_core::Device;
-use skyreels_core::device::{DeviceChoice, DeviceInfo, Precision};
+use skyreels_core::device::{DeviceChoice, DeviceInfo, Offload, Precision};
 use skyreels_core::nn::WeightFormat;
 
 /// Parses `--device` (auto, cpu, cuda, cuda:N, metal, metal:N) for clap.
@@ -16,6 +16,11 @@ pub fn parse_precision(text: &str) -> Result<Precision, String> {
 
 /// Parses `--weights` (native, fp8) for clap.
 pub fn parse_weights(text: &str) -> Result<WeightFormat, String> {
+    text.parse().map_err(|e: skyreels_core::Error| e.to_string())
+}
+
+/// Parses `--offload` (none, model, blocks) for clap.
+pub fn parse_offload(text: &str) -> Result<Offload, String> {
     text.parse().map_err(|e: skyreels_core::Error| e.to_string())
 }
 

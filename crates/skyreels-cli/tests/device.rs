@@ -117,6 +117,16 @@ fn devices_that_cannot_be_used_are_refused_before_any_work() {
     ];
     assert_refused(&skyreels(&text_on_gpu), "CUDA");
     assert!(!out.exists());
+    // Offloading needs a GPU to offload from; an unknown mode is named.
+    let offload = |mode: &str| {
+        let args = ["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "-o", out.to_str().unwrap()];
+        let mut args = args.to_vec();
+        args.extend(["--device", "cpu", "--offload", mode]);
+        skyreels(&args)
+    };
+    assert_refused(&offload("blocks"), "computes on the CPU");
+    assert_refused(&offload("disk"), "not one of none, model, blocks");
+    assert!(!out.exists());
 }
 
 /// The sidecar records where the video was made.

@@ -270,6 +270,44 @@ pub fn device_memory_in_use(device: &Device) -> Option<u64> {
     }
 }
 
+/// What is kept off the GPU to save its memory (`--offload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Offload {
+    /// Everything stays on the GPU.
+    #[default]
+    None,
+    /// The transformer is parked in host memory while the VAE decodes each window, so the
+    /// decoder's caches and the transformer's weights are never on the GPU together.
+    Model,
+    /// The transformer's blocks live in host memory and are copied to the GPU one at a time
+    /// just before they run: the GPU holds one block's weights instead of all of them.
+    Blocks,
+}
+
+impl FromStr for Offload {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Self::None),
+            "model" => Ok(Self::Model),
+            "blocks" => Ok(Self::Blocks),
+            _ => Err(Error::InvalidInput(format!("offload mode `{text}` is not one of none, model, blocks"))),
+        }
+    }
+}
+
+impl fmt::Display for Offload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Model => "model",
+            Self::Blocks => "blocks",
+        })
+    }
+}
+
 /// A user's precision choice for a model (`--dtype`, `--vae-dtype`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]

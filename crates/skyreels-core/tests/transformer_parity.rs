@@ -127,3 +127,38 @@ fn unusual_diffusers_config_matches_reference() {
 fn flf2v_image_branch_matches_reference() {
     check_case(&load_model("flf2v_diffusers", 1), "flf2v_scalar", "flf2v_diffusers");
 }
+
+/// `--offload blocks` (blocks kept in host memory, each copied to the compute device as it
+/// runs) and `--offload model` (the whole model moved out and back) change where weights live,
+/// never the result: bit-equal outputs, also for GGUF blocks, whose copies are re-made from
+/// their raw ggml bytes.
+#[test]
+fn offloaded_blocks_and_moved_models_compute_the_same_bits() {
+    let t = load("transformer_df_f5_fps24.safetensors");
+    let input = TransformerInput {
+        latents: &t["hidden_states"],
+        timesteps: &t["timestep"],
+        context: &t["encoder_hidden_states"],
+        image_context: None,
+        fps_index: t.get("fps"),
+    };
+    let host = Device::Cpu;
+    let same = |a: &Tensor, b: &Tensor| {
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0);
+    };
+    let reference = load_model("df_fps_original", 1).forward(&input).unwrap();
+    let mut model = load_model("df_fps_original", 1);
+    model.keep_blocks_on(Some(&host)).unwrap();
+    same(&model.forward(&input).unwrap(), &reference);
+    model.move_to(&host).unwrap();
+    model.keep_blocks_on(None).unwrap();
+    same(&model.forward(&input).unwrap(), &reference);
+
+    let gguf = fixture("gguf/df_fps_q8_0.gguf");
+    let dir = fixture("models/df_fps_original");
+    let quantised = WanTransformer3d::load_gguf(&gguf, &dir, &host, DType::F32).unwrap().forward(&input).unwrap();
+    let mut streamed = WanTransformer3d::load_gguf(&gguf, &dir, &host, DType::F32).unwrap();
+    streamed.keep_blocks_on(Some(&host)).unwrap();
+    same(&streamed.forward(&input).unwrap(), &quantised);
+}

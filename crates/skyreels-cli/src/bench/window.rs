@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use skyreels_core::checkpoint::RandomWeights;
-use skyreels_core::device::{DeviceChoice, DeviceMemoryMeter, Precision};
+use skyreels_core::device::{DeviceChoice, DeviceMemoryMeter, Offload, Precision};
 use skyreels_core::nn::WeightFormat;
 use skyreels_core::pipelines::{
     to_rgb_frames, Continuation, DfSettings, DfVideo, SeededNoise, TextConditioning, WindowDecoder, WindowPlan,
@@ -44,6 +44,10 @@ pub struct WindowArgs {
     /// Where to compute: auto, cpu, cuda, cuda:N, metal.
     #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
     device: DeviceChoice,
+    /// Keep the transformer off the GPU: none, model (parked while the VAE decodes), blocks
+    /// (streamed one block at a time).
+    #[arg(long, default_value = "none", value_parser = crate::device::parse_offload)]
+    offload: Offload,
     /// How the blocks' matrices are held: native or fp8.
     #[arg(long, default_value = "native", value_parser = crate::device::parse_weights)]
     weights: WeightFormat,
@@ -63,8 +67,16 @@ pub fn run(args: &WindowArgs) -> Result<(), String> {
     let dtype = args.dtype.resolve(&device, DType::F32);
     let mut memory = DeviceMemoryMeter::new();
     let load_start = Instant::now();
-    let model = WanTransformer3d::from_weights_as(config.clone(), &RandomWeights::new(0), &device, dtype, args.weights)
-        .map_err(e)?;
+    let streamed = args.offload == Offload::Blocks;
+    let load_on = if streamed { candle_core::Device::Cpu } else { device.clone() };
+    let mut model =
+        WanTransformer3d::from_weights_as(config.clone(), &RandomWeights::new(0), &load_on, dtype, args.weights)
+            .map_err(e)?;
+    if streamed {
+        model.keep_blocks_on(Some(&candle_core::Device::Cpu)).map_err(e)?;
+        model.move_to(&device).map_err(e)?;
+        model.set_compute_dtype(dtype);
+    }
     let vae = WanVae::from_weights(VaeConfig::wan21(), &RandomWeights::new(1), &device).map_err(e)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
     memory.sample(&device);
@@ -92,6 +104,9 @@ pub fn run(args: &WindowArgs) -> Result<(), String> {
     device.synchronize().map_err(c)?;
     let denoise_seconds = denoise_start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
+    if args.offload == Offload::Model {
+        model.move_to(&candle_core::Device::Cpu).map_err(e)?;
+    }
     let mut decoder = WindowDecoder::new(&vae, Continuation::Latent, 17);
     let mut frames = 0;
     decoder
@@ -105,14 +120,16 @@ pub fn run(args: &WindowArgs) -> Result<(), String> {
     let rows = args.steps as f64;
     println!("device: {info}");
     println!(
-        "| preset | layers | dtype | frames | size | steps | guidance | load s | s/step | denoise s | VAE decode s | peak device MiB | peak RSS MiB |"
+        "| preset | layers | dtype | weights | offload | frames | size | steps | guidance | load s | s/step | denoise s | VAE decode s | peak device MiB | peak RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {} | {frames} | {}×{} | {} | {} | {load_seconds:.1} | {:.3} | {denoise_seconds:.1} | {decode_seconds:.1} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {frames} | {}×{} | {} | {} | {load_seconds:.1} | {:.3} | {denoise_seconds:.1} | {decode_seconds:.1} | {} | {} |",
         args.preset,
         config.num_layers,
         if dtype == DType::BF16 { "bf16" } else { "f32" },
+        args.weights,
+        args.offload,
         args.width,
         args.height,
         args.steps,

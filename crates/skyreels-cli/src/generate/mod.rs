@@ -10,6 +10,7 @@ mod progress;
 mod state;
 mod story;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,7 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use serde_json::json;
 use skyreels_core::checkpoint::{resolve_pipeline, PipelineFiles};
-use skyreels_core::device::{DeviceChoice, DeviceInfo, DeviceMemoryMeter};
+use skyreels_core::device::{DeviceChoice, DeviceInfo, DeviceMemoryMeter, Offload};
 use skyreels_core::media::{create_writer, fit_to, load_image, open_video, resume_writer, RgbFrame, VideoWriter};
 use skyreels_core::nn::WeightFormat;
 use skyreels_core::pipelines::{
@@ -139,6 +140,11 @@ pub struct GenerateArgs {
     /// the CPU), cpu, cuda, cuda:N, metal. Also applies when resuming.
     #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
     pub device: DeviceChoice,
+    /// Keep the transformer off the GPU to save memory: none; model (parked in host memory
+    /// while the VAE decodes); blocks (in host memory, each block copied to the GPU as it runs).
+    /// Same output, slower. Also applies when resuming.
+    #[arg(long, default_value = "none", value_parser = crate::device::parse_offload)]
+    pub offload: Offload,
     /// Where the text encoder runs (default: --device). `cpu` keeps umT5-XXL's 11 GB off the GPU.
     #[arg(long, value_parser = crate::device::parse_device)]
     pub text_encoder_device: Option<DeviceChoice>,
@@ -390,6 +396,7 @@ struct Devices {
     compute: Device,
     info: DeviceInfo,
     text_encoder: Device,
+    offload: Offload,
 }
 
 impl Devices {
@@ -399,7 +406,13 @@ impl Devices {
             Some(choice) if choice != args.device => crate::device::open(choice)?.0,
             _ => compute.clone(),
         };
-        Ok(Self { compute, info, text_encoder })
+        if args.offload != Offload::None && compute.is_cpu() {
+            return Err(format!(
+                "--offload {} moves the transformer between host and GPU memory, but this run computes on the CPU",
+                args.offload
+            ));
+        }
+        Ok(Self { compute, info, text_encoder, offload: args.offload })
     }
 }
 
@@ -407,7 +420,9 @@ impl Devices {
 struct Engine {
     device: Device,
     device_info: DeviceInfo,
-    transformer: WanTransformer3d,
+    offload: Offload,
+    /// Mutable only to be parked in host memory around decodes (`--offload model`).
+    transformer: RefCell<WanTransformer3d>,
     vae: WanVae,
     /// One conditioning per story segment.
     texts: Vec<TextConditioning>,
@@ -457,18 +472,43 @@ impl Engine {
         };
         reporter.stage("loading the transformer and the VAE");
         let dtype = transformer_dtype(files, &params.dtype, &device)?;
-        ensure_models_fit(files, params, (dtype, &device))?;
+        ensure_models_fit(files, params, (dtype, &device), devices.offload)?;
+        // Streamed blocks are loaded into host memory: the GPU never holds them all.
+        let load_on = if devices.offload == Offload::Blocks { Device::Cpu } else { device.clone() };
         let mut transformer = match &files.transformer_gguf {
-            Some(gguf) => WanTransformer3d::load_gguf(gguf, &files.transformer, &device, dtype),
-            None => WanTransformer3d::load_as(&files.transformer, &device, dtype, params.weights),
+            Some(gguf) => WanTransformer3d::load_gguf(gguf, &files.transformer, &load_on, dtype),
+            None => WanTransformer3d::load_as(&files.transformer, &load_on, dtype, params.weights),
         }
         .map_err(err("transformer"))?;
+        if devices.offload == Offload::Blocks {
+            transformer.keep_blocks_on(Some(&Device::Cpu)).map_err(err("transformer"))?;
+            transformer.move_to(&device).map_err(err("transformer"))?;
+            // Loaded on the host, it would otherwise keep the CPU's f32 arithmetic.
+            transformer.set_compute_dtype(dtype);
+        }
         let vae = WanVae::load(&files.vae, &device).map_err(err("VAE"))?;
         check_compatible(&transformer, &vae, &texts[0])?;
         if params.causal_attention {
             transformer.set_causal_block_size(params.sampler.causal_block_size).map_err(|e| e.to_string())?;
         }
-        Ok(Self { device, device_info: devices.info.clone(), transformer, vae, texts })
+        Ok(Self {
+            device,
+            device_info: devices.info.clone(),
+            offload: devices.offload,
+            transformer: RefCell::new(transformer),
+            vae,
+            texts,
+        })
+    }
+
+    /// With `--offload model`, moves the transformer to host memory (`parked`) or back to the
+    /// GPU around a decode; otherwise does nothing.
+    fn park_transformer(&self, parked: bool) -> Result<(), String> {
+        if self.offload != Offload::Model {
+            return Ok(());
+        }
+        let target = if parked { Device::Cpu } else { self.device.clone() };
+        self.transformer.borrow_mut().move_to(&target).map_err(|e| format!("transformer: {e}"))
     }
 
     /// Normalised latents of one or more frames (`4k + 1` of them).
@@ -509,12 +549,14 @@ fn transformer_parameters(files: &PipelineFiles) -> Result<u64, String> {
     count.map(|n| n as u64).map_err(|e| format!("transformer: {e}"))
 }
 
-/// Refuses before loading when the transformer, the VAE and the larger of their working sets
-/// cannot fit the GPU's free memory (nothing to check on the CPU).
+/// Refuses before loading when what the GPU must hold at once — per `offload`: the
+/// transformer's weights (all, or two blocks), the VAE, and the larger of their working sets —
+/// exceeds its free memory (nothing to check on the CPU).
 fn ensure_models_fit(
     files: &PipelineFiles,
     params: &GenerateParams,
     (dtype, device): (DType, &Device),
+    offload: Offload,
 ) -> Result<(), String> {
     use skyreels_core::checkpoint::{Component, WeightStore};
     use skyreels_core::memory::{ensure_fits, transformer_footprint, vae_decode_footprint};
@@ -528,10 +570,17 @@ fn ensure_models_fit(
     let held = (dtype, params.weights, dtype);
     let dit = transformer_footprint(&config, store.parameter_count() as u64, tokens as u64, held);
     let vae = vae_decode_footprint(params.height, params.width);
-    let needed = dit.weights + vae.weights + dit.working.max(vae.working);
-    let hint = match params.weights {
-        WeightFormat::Native => "pass --weights fp8 (halves the transformer's weights), or a smaller --height/--width",
-        WeightFormat::Fp8 => "use a smaller --height/--width or --base-frames, or a GPU with more memory",
+    let block_weights = dit.weights / config.num_layers.max(1) as u64;
+    let needed = match offload {
+        Offload::None => dit.weights + vae.weights + dit.working.max(vae.working),
+        Offload::Model => (dit.weights + dit.working).max(vae.working) + vae.weights,
+        // Two blocks: the one running and the copy of the next being made.
+        Offload::Blocks => 2 * block_weights + vae.weights + dit.working.max(vae.working),
+    };
+    let hint = match (offload, params.weights) {
+        (Offload::None, _) => "pass --offload blocks (or --offload model, or --weights fp8)",
+        (_, WeightFormat::Native) => "pass --weights fp8 as well, or a smaller --height/--width",
+        _ => "use a smaller --height/--width or --base-frames, or a GPU with more memory",
     };
     ensure_fits(device, "the transformer and the VAE", needed, hint).map_err(|e| e.to_string())
 }
@@ -600,7 +649,7 @@ impl Run<'_> {
             let (spec, latents) = self
                 .video
                 .generate_window(
-                    &self.engine.transformer,
+                    &self.engine.transformer.borrow(),
                     latent_size,
                     self.image_latent.as_ref(),
                     self.end_latent.as_ref(),
@@ -615,9 +664,11 @@ impl Run<'_> {
                 )
                 .map_err(|e| e.to_string())?;
             self.rows_done += rows_this_window;
+            self.engine.park_transformer(true)?;
             self.decoder
                 .decode_window(&spec, &latents, &mut |frames| writer.append(&to_rgb_frames(frames)?))
                 .map_err(|e| e.to_string())?;
+            self.engine.park_transformer(false)?;
             if !spec.is_last {
                 if let Some(history) = self.decoder.pixel_history_latents().map_err(|e| e.to_string())? {
                     self.video.set_history(history).map_err(|e| e.to_string())?;

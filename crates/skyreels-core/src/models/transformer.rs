@@ -57,6 +57,9 @@ pub struct WanTransformer3d {
     image_embedding: Option<ImageEmbedding>,
     fps_embedding: Option<FpsEmbedding>,
     blocks: Vec<WanBlock>,
+    /// Where the blocks are kept between uses when they are streamed to the compute device one
+    /// block at a time (`--offload blocks`); `None` when they live on the compute device.
+    block_home: Option<Device>,
     head: Head,
     rope: Rope3d,
     device: Device,
@@ -141,6 +144,7 @@ impl WanTransformer3d {
             image_embedding,
             fps_embedding,
             blocks,
+            block_home: None,
             head,
             rope: Rope3d::new(c.head_dim, c.rope_max_seq_len)?,
             compute_dtype: if device.is_cpu() { DType::F32 } else { weight_dtype },
@@ -170,6 +174,44 @@ impl WanTransformer3d {
     /// bf16 arithmetic; `skyreels check` uses it to derive and test the bf16 bounds anywhere.
     pub fn set_compute_dtype(&mut self, dtype: DType) {
         self.compute_dtype = dtype;
+    }
+
+    /// Keeps the blocks (97% of the weights) in `home` — host memory — and copies each to the
+    /// compute device just before it runs, so the device holds one block's weights at a time
+    /// (`--offload blocks`). `None` brings them back to the compute device for good.
+    pub fn keep_blocks_on(&mut self, home: Option<&Device>) -> Result<()> {
+        let target = home.unwrap_or(&self.device).clone();
+        for block in &mut self.blocks {
+            *block = block.to_device(&target)?;
+        }
+        self.block_home = home.cloned();
+        Ok(())
+    }
+
+    /// Moves the whole model to `device` (`--offload model` parks it in host memory while the
+    /// VAE decodes); blocks kept elsewhere by [`keep_blocks_on`](Self::keep_blocks_on) stay there.
+    pub fn move_to(&mut self, device: &Device) -> Result<()> {
+        let pair = |(a, b): &(Linear, Linear)| -> Result<(Linear, Linear)> {
+            Ok((a.to_device(device)?, b.to_device(device)?))
+        };
+        self.patch_embedding = self.patch_embedding.to_device(device)?;
+        self.time_embedding = pair(&self.time_embedding)?;
+        self.time_projection = self.time_projection.to_device(device)?;
+        self.text_embedding = pair(&self.text_embedding)?;
+        if let Some(image) = &self.image_embedding {
+            self.image_embedding = Some(image.to_device(device)?);
+        }
+        if let Some(fps) = &self.fps_embedding {
+            self.fps_embedding = Some(fps.to_device(device)?);
+        }
+        self.head = self.head.to_device(device)?;
+        if self.block_home.is_none() {
+            for block in &mut self.blocks {
+                *block = block.to_device(device)?;
+            }
+        }
+        self.device = device.clone();
+        Ok(())
     }
 
     /// Sets how many latent frames form one causal block of self-attention (1 = full attention).
@@ -227,8 +269,17 @@ impl WanTransformer3d {
             sin: &sin,
             mask,
         };
+        let streamed = self.block_home.is_some();
         let mut x = tokens;
         for (i, block) in self.blocks.iter().enumerate() {
+            // A streamed block's device copy lives only while it runs.
+            let resident;
+            let block = if streamed {
+                resident = block.to_device(&self.device)?;
+                &resident
+            } else {
+                block
+            };
             x = block.forward(&x, &ctx, &mut |name, t| trace(&format!("blocks.{i}.{name}"), t))?;
             trace(&format!("blocks.{i}.out"), &x)?;
         }
@@ -504,6 +555,17 @@ impl WanBlock {
         })
     }
 
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            modulation: self.modulation.to_device(device)?,
+            self_attn: self.self_attn.to_device(device)?,
+            cross_norm: self.cross_norm.as_ref().map(|n| n.to_device(device)).transpose()?,
+            cross_attn: self.cross_attn.to_device(device)?,
+            ffn: (self.ffn.0.to_device(device)?, self.ffn.1.to_device(device)?),
+            eps: self.eps,
+        })
+    }
+
     fn forward(&self, x: &Tensor, ctx: &BlockContext<'_>, trace: &mut Trace<'_>) -> Result<Tensor> {
         let dtype = x.dtype();
         // [B, Ft, 6, D] → six [B, Ft, 1, D] tensors: shift/scale/gate for attention, then for the FFN.
@@ -565,6 +627,18 @@ impl SelfAttention {
         })
     }
 
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            q: self.q.to_device(device)?,
+            k: self.k.to_device(device)?,
+            v: self.v.to_device(device)?,
+            o: self.o.to_device(device)?,
+            norm_q: self.norm_q.to_device(device)?,
+            norm_k: self.norm_k.to_device(device)?,
+            heads: self.heads,
+        })
+    }
+
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: AttentionMask) -> Result<Tensor> {
         let dtype = x.dtype();
         let q = split_heads(&self.norm_q.forward(&self.q.forward(x)?)?, self.heads)?;
@@ -622,6 +696,23 @@ impl CrossAttention {
         })
     }
 
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        let image = match &self.image {
+            Some((k, v, norm)) => Some((k.to_device(device)?, v.to_device(device)?, norm.to_device(device)?)),
+            None => None,
+        };
+        Ok(Self {
+            q: self.q.to_device(device)?,
+            k: self.k.to_device(device)?,
+            v: self.v.to_device(device)?,
+            o: self.o.to_device(device)?,
+            norm_q: self.norm_q.to_device(device)?,
+            norm_k: self.norm_k.to_device(device)?,
+            image,
+            heads: self.heads,
+        })
+    }
+
     fn forward(&self, x: &Tensor, text: &Tensor, image: Option<&Tensor>) -> Result<Tensor> {
         let dtype = x.dtype();
         let q = split_heads(&self.norm_q.forward(&self.q.forward(x)?)?.to_dtype(dtype)?, self.heads)?;
@@ -648,6 +739,10 @@ struct Head {
 }
 
 impl Head {
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self { modulation: self.modulation.to_device(device)?, proj: self.proj.to_device(device)?, eps: self.eps })
+    }
+
     /// `temb [B, Ft, D]` supplies the per-frame shift/scale (the time embedding, not `e0`).
     fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
         let e = temb.to_dtype(DType::F32)?.unsqueeze(2)?.broadcast_add(&self.modulation.unsqueeze(0)?)?;
@@ -691,6 +786,16 @@ impl ImageEmbedding {
         })
     }
 
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            pos_embed: self.pos_embed.as_ref().map(|p| p.to_device(device)).transpose()?,
+            norm_in: self.norm_in.to_device(device)?,
+            fc1: self.fc1.to_device(device)?,
+            fc2: self.fc2.to_device(device)?,
+            norm_out: self.norm_out.to_device(device)?,
+        })
+    }
+
     fn forward(&self, image: &Tensor) -> Result<Tensor> {
         let dtype = image.dtype();
         let image = match &self.pos_embed {
@@ -721,6 +826,14 @@ impl FpsEmbedding {
             table: store.tensor("fps_embedding.weight", &[2, dim], dtype, device)?,
             fc1: Linear::load(store, "fps_projection.0", dim, dim, dtype, device)?,
             fc2: Linear::load(store, "fps_projection.2", dim, 6 * dim, dtype, device)?,
+        })
+    }
+
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            table: self.table.to_device(device)?,
+            fc1: self.fc1.to_device(device)?,
+            fc2: self.fc2.to_device(device)?,
         })
     }
 

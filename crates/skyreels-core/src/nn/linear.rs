@@ -110,6 +110,29 @@ impl Linear {
         Ok(Self { weight, bias: Some(bias) })
     }
 
+    /// The same layer with its tensors on `device` (a copy; quantised blocks are copied as
+    /// stored).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let weight = match &self.weight {
+            Matrix::Dense(w) => Matrix::Dense(w.to_device(device)?),
+            Matrix::Fp8 { values, row_scales } => {
+                Matrix::Fp8 { values: values.to_device(device)?, row_scales: row_scales.to_device(device)? }
+            }
+            Matrix::Quantized(blocks) => {
+                let dims = blocks.shape().dims().to_vec();
+                let moved = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    blocks.dtype(),
+                    &blocks.data()?,
+                    dims,
+                    device,
+                )?;
+                Matrix::Quantized(Arc::new(moved))
+            }
+        };
+        let bias = self.bias.as_ref().map(|b| b.to_device(device)).transpose()?;
+        Ok(Self { weight, bias })
+    }
+
     /// Output features.
     pub fn out_dim(&self) -> usize {
         match &self.weight {

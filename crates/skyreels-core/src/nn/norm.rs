@@ -63,6 +63,12 @@ impl LayerNorm {
         Ok(Self { weight: Some(weight), bias: Some(bias), eps })
     }
 
+    /// The same norm with its parameters on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let moved = |t: &Option<Tensor>| t.as_ref().map(|t| t.to_device(device)).transpose();
+        Ok(Self { weight: moved(&self.weight)?, bias: moved(&self.bias)?, eps: self.eps })
+    }
+
     /// Normalises `x` over the last dimension; the result is f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = layer_norm(x, self.eps)?;
@@ -88,6 +94,11 @@ impl RmsNorm {
     pub fn load(store: &dyn Weights, prefix: &str, dim: usize, eps: f64, device: &Device) -> Result<Self> {
         let weight = store.tensor(&format!("{prefix}.weight"), &[dim], DType::F32, device)?;
         Ok(Self { weight, eps })
+    }
+
+    /// The same norm with its weight on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self { weight: self.weight.to_device(device)?, eps: self.eps })
     }
 
     /// Normalises `x`; the result is f32 (the reference keeps it f32 until attention).
