@@ -17,6 +17,17 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `skyreels generate` of a 5-frame 32×32 clip from the tiny fixture pipeline into `out`, with
+/// `extra` flags.
+fn tiny_generate(out: &Path, extra: &[&str]) -> Output {
+    let model = fixtures().join("models/df_pipeline");
+    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "--frames", "5"];
+    args.extend(["--height", "32", "--width", "32", "--steps", "2", "--text-length", "16", "--quiet"]);
+    args.extend(["-o", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    skyreels(&args)
+}
+
 /// A non-zero status and exactly one `error:` line mentioning `mentions`.
 fn assert_refused(out: &Output, mentions: &str) {
     let err = stderr(out);
@@ -81,13 +92,7 @@ fn check_refuses_a_folder_that_is_not_the_fixtures_and_an_unknown_component() {
 fn devices_that_cannot_be_used_are_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("video.mp4");
-    let model = fixtures().join("models/df_pipeline");
-    let generate = |device: &str| {
-        let args = ["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "--frames", "5", "--height", "32"];
-        let mut args: Vec<&str> = args.to_vec();
-        args.extend(["--width", "32", "--steps", "1", "--quiet", "-o", out.to_str().unwrap(), "--device", device]);
-        skyreels(&args)
-    };
+    let generate = |device: &str| tiny_generate(&out, &["--device", device]);
     let gpu_missing = if cfg!(feature = "cuda") { "there is no CUDA device" } else { "built without CUDA support" };
     for (device, mentions) in [("tpu", "unknown device `tpu`"), ("cuda:x", "unknown device"), ("cuda", gpu_missing)] {
         assert_refused(&generate(device), mentions);
@@ -102,28 +107,11 @@ fn devices_that_cannot_be_used_are_refused_before_any_work() {
     if !cfg!(feature = "metal") {
         assert_refused(&generate("metal"), "built without Metal support");
     }
-    let text_on_gpu = [
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        "x",
-        "-o",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--text-encoder-device",
-        "cuda:3",
-    ];
-    assert_refused(&skyreels(&text_on_gpu), "CUDA");
+    let text_on_gpu = tiny_generate(&out, &["--device", "cpu", "--text-encoder-device", "cuda:3"]);
+    assert_refused(&text_on_gpu, "CUDA");
     assert!(!out.exists());
     // Offloading needs a GPU to offload from; an unknown mode is named.
-    let offload = |mode: &str| {
-        let args = ["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "-o", out.to_str().unwrap()];
-        let mut args = args.to_vec();
-        args.extend(["--device", "cpu", "--offload", mode]);
-        skyreels(&args)
-    };
+    let offload = |mode: &str| tiny_generate(&out, &["--device", "cpu", "--offload", mode]);
     assert_refused(&offload("blocks"), "computes on the CPU");
     assert_refused(&offload("disk"), "not one of none, model, blocks");
     assert!(!out.exists());
@@ -134,32 +122,7 @@ fn devices_that_cannot_be_used_are_refused_before_any_work() {
 fn the_sidecar_records_the_device() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("v.gif");
-    let model = fixtures().join("models/df_pipeline");
-    let args = [
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        "x",
-        "--frames",
-        "5",
-        "--height",
-        "32",
-        "--width",
-        "32",
-        "--steps",
-        "1",
-        "--quiet",
-        "--device",
-        "cpu",
-        "--text-encoder-device",
-        "cpu",
-        "--text-length",
-        "16",
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    let run = skyreels(&args);
+    let run = tiny_generate(&out, &["--device", "cpu", "--text-encoder-device", "cpu"]);
     assert!(run.status.success(), "{}", stderr(&run));
     let sidecar: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(format!("{}.json", out.display())).unwrap()).unwrap();
@@ -173,34 +136,9 @@ fn the_sidecar_records_the_device() {
 #[test]
 fn fp8_weights_generate_and_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    let model = fixtures().join("models/df_pipeline");
     let run = |name: &str, weights: &str| {
         let out = dir.path().join(name);
-        let args = [
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            "x",
-            "--frames",
-            "5",
-            "--height",
-            "32",
-            "--width",
-            "32",
-            "--steps",
-            "2",
-            "--quiet",
-            "--seed",
-            "3",
-            "--text-length",
-            "16",
-            "--weights",
-            weights,
-            "-o",
-            out.to_str().unwrap(),
-        ];
-        (skyreels(&args), out)
+        (tiny_generate(&out, &["--seed", "3", "--weights", weights]), out)
     };
     let (native, native_out) = run("native.gif", "native");
     let (fp8, fp8_out) = run("fp8.gif", "fp8");

@@ -240,6 +240,17 @@ fn tensor<'a>(tensors: &'a HashMap<String, Tensor>, file: &str, key: &str) -> Re
     tensors.get(key).ok_or_else(|| invalid_input!("fixture {file} has no tensor `{key}`"))
 }
 
+/// The inputs a `transformer_*.safetensors` fixture recorded.
+fn recorded_input<'t>(t: &'t HashMap<String, Tensor>, file: &str) -> Result<TransformerInput<'t>> {
+    Ok(TransformerInput {
+        latents: tensor(t, file, "hidden_states")?,
+        timesteps: tensor(t, file, "timestep")?,
+        context: tensor(t, file, "encoder_hidden_states")?,
+        image_context: t.get("encoder_hidden_states_image"),
+        fps_index: t.get("fps"),
+    })
+}
+
 /// Loads a fixture transformer on `device`, computing in `dtype`, its block matrices in `weights`.
 pub fn load_transformer(
     fixtures: &Path,
@@ -263,13 +274,7 @@ fn check_transformer(settings: &CheckSettings, record: &mut dyn FnMut(Measuremen
         model.set_causal_block_size(block)?;
         let file = format!("transformer_{case}.safetensors");
         let t = load_fixture(&settings.fixtures, &file)?;
-        let out = model.forward(&TransformerInput {
-            latents: tensor(&t, &file, "hidden_states")?,
-            timesteps: tensor(&t, &file, "timestep")?,
-            context: tensor(&t, &file, "encoder_hidden_states")?,
-            image_context: t.get("encoder_hidden_states_image"),
-            fps_index: t.get("fps"),
-        })?;
+        let out = model.forward(&recorded_input(&t, &file)?)?;
         record(measure(
             settings,
             Component::Transformer,
@@ -290,13 +295,7 @@ fn check_gguf_transformer(settings: &CheckSettings, record: &mut dyn FnMut(Measu
     let gguf = settings.fixtures.join("gguf/df_fps_q8_0.gguf");
     let mut model = WanTransformer3d::load_gguf(&gguf, &dir, &settings.device, settings.dtype)?;
     model.set_compute_dtype(settings.dtype);
-    let out = model.forward(&TransformerInput {
-        latents: tensor(&t, file, "hidden_states")?,
-        timesteps: tensor(&t, file, "timestep")?,
-        context: tensor(&t, file, "encoder_hidden_states")?,
-        image_context: None,
-        fps_index: t.get("fps"),
-    })?;
+    let out = model.forward(&recorded_input(&t, file)?)?;
     let mut m =
         measure(settings, Component::Transformer, "gguf q8_0 df_f5_fps24".into(), &out, tensor(&t, file, "output")?)?;
     m.tolerance = tolerance(Component::Transformer, &settings.device, settings.dtype, WeightFormat::Native) + Q8_0;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close, fixture, load, rel_l2};
 use skyreels_core::checkpoint::{Component, GgufFile, WeightStore, Weights};
-use skyreels_core::{TransformerConfig, TransformerInput, WanTransformer3d};
+use skyreels_core::{TransformerConfig, WanTransformer3d};
 
 fn gguf(name: &str) -> GgufFile {
     GgufFile::open(&fixture(&format!("gguf/{name}"))).unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -66,13 +66,7 @@ fn a_quantised_transformer_matches_its_dequantised_twin() {
     let twin = WanTransformer3d::from_weights(config, &twin, &Device::Cpu, DType::F32).unwrap();
 
     let t = load("transformer_df_f5_fps24.safetensors");
-    let input = TransformerInput {
-        latents: &t["hidden_states"],
-        timesteps: &t["timestep"],
-        context: &t["encoder_hidden_states"],
-        image_context: None,
-        fps_index: t.get("fps"),
-    };
+    let input = common::transformer_input(&t);
     let ours = model.forward(&input).unwrap();
     assert_close("GGUF model vs its dequantised twin", &ours, &twin.forward(&input).unwrap());
     let err = rel_l2(&ours, &t["output"]);

@@ -6,18 +6,12 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close, fixture, load, rel_l2};
-use skyreels_core::{TransformerInput, WanTransformer3d};
+use skyreels_core::WanTransformer3d;
 
 /// Runs one fixture case through a model, comparing every recorded intermediate and the output.
 fn check_case(model: &WanTransformer3d, case: &str, label: &str) {
     let t = load(&format!("transformer_{case}.safetensors"));
-    let input = TransformerInput {
-        latents: &t["hidden_states"],
-        timesteps: &t["timestep"],
-        context: &t["encoder_hidden_states"],
-        image_context: t.get("encoder_hidden_states_image"),
-        fps_index: t.get("fps"),
-    };
+    let input = common::transformer_input(&t);
     let mut seen: HashMap<String, Tensor> = HashMap::new();
     let out = model
         .forward_traced(&input, &mut |name, tensor| {
@@ -84,13 +78,7 @@ fn i2v_model_matches_reference() {
 #[test]
 fn causal_mask_changes_the_output() {
     let t = load("transformer_df_f6_causal3.safetensors");
-    let input = TransformerInput {
-        latents: &t["hidden_states"],
-        timesteps: &t["timestep"],
-        context: &t["encoder_hidden_states"],
-        image_context: None,
-        fps_index: t.get("fps"),
-    };
+    let input = common::transformer_input(&t);
     let full = load_model("df_fps_diffusers", 1).forward(&input).unwrap();
     let causal = load_model("df_fps_diffusers", 3).forward(&input).unwrap();
     assert!(rel_l2(&full, &causal) > 1e-3);
@@ -103,13 +91,7 @@ fn bf16_weights_stay_close_to_f32_reference() {
     let t = load("transformer_df_f5_fps24.safetensors");
     let model = WanTransformer3d::load(&fixture("models/df_fps_original"), &Device::Cpu, DType::BF16).unwrap();
     let out = model
-        .forward(&TransformerInput {
-            latents: &t["hidden_states"],
-            timesteps: &t["timestep"],
-            context: &t["encoder_hidden_states"],
-            image_context: None,
-            fps_index: t.get("fps"),
-        })
+        .forward(&common::transformer_input(&t))
         .unwrap();
     assert_eq!(out.dtype(), DType::F32);
     let err = rel_l2(&out, &t["output"]);
@@ -135,13 +117,7 @@ fn flf2v_image_branch_matches_reference() {
 #[test]
 fn offloaded_blocks_and_moved_models_compute_the_same_bits() {
     let t = load("transformer_df_f5_fps24.safetensors");
-    let input = TransformerInput {
-        latents: &t["hidden_states"],
-        timesteps: &t["timestep"],
-        context: &t["encoder_hidden_states"],
-        image_context: None,
-        fps_index: t.get("fps"),
-    };
+    let input = common::transformer_input(&t);
     let host = Device::Cpu;
     let same = |a: &Tensor, b: &Tensor| {
         let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

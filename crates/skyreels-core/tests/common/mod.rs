@@ -19,6 +19,17 @@ pub fn load(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(name), &Device::Cpu).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
 
+/// The inputs a `transformer_*.safetensors` fixture recorded.
+pub fn transformer_input(t: &HashMap<String, Tensor>) -> skyreels_core::TransformerInput<'_> {
+    skyreels_core::TransformerInput {
+        latents: &t["hidden_states"],
+        timesteps: &t["timestep"],
+        context: &t["encoder_hidden_states"],
+        image_context: t.get("encoder_hidden_states_image"),
+        fps_index: t.get("fps"),
+    }
+}
+
 /// `‖a − b‖ / ‖b‖` in f64 (absolute error when the reference is all zeros).
 pub fn rel_l2(actual: &Tensor, reference: &Tensor) -> f64 {
     assert_eq!(
