@@ -117,7 +117,9 @@ pub fn denoise_window(
     let mut frame_latents: Vec<Tensor> =
         (0..frames).map(|j| latents.narrow(2, j, 1)).collect::<candle_core::Result<_>>()?;
     let mut solvers: Vec<FlowUniPc> = (0..frames).map(|_| FlowUniPc::in_place(schedule.clone())).collect();
-    let fps = Tensor::new(&[fps_index(settings.fps)], device)?;
+    // Timesteps and the fps index are small host values the transformer reads on the host (for
+    // its sinusoids and checks): kept on the CPU they cost no device round trip per step.
+    let fps = Tensor::new(&[fps_index(settings.fps)], &Device::Cpu)?;
     let rows = plan.rows();
     for row in 0..rows {
         let interval = plan.valid_interval[row].clone();
@@ -132,7 +134,7 @@ pub fn denoise_window(
             timesteps.push(0);
         }
         let x = Tensor::cat(&inputs, 2)?;
-        let t = Tensor::from_vec(timesteps, (1, inputs.len()), device)?;
+        let t = Tensor::from_vec(timesteps, (1, inputs.len()), &Device::Cpu)?;
         let velocity = guided_velocity(model, &x, &t, &fps, text, settings)?;
         for j in interval.clone() {
             if plan.update_mask[row][j] {
