@@ -9,7 +9,8 @@
 #      25 latent frames, bf16) and diffusers on the same shapes on the same GPU;
 #   4. runs `skyreels bench window`: one 97-frame 544x960 window with random DF-1.3B weights
 #      (10 steps with guidance; s/step, VAE decode time, peak GPU memory), then with
-#      --offload model and --offload blocks (2 steps each) for their peak memory;
+#      --offload model and --offload blocks (2 steps each) for their peak memory, and the VAE
+#      decode alone in f32 and bf16 (17 frames at 544x960);
 #   5. writes summary.md with every table.
 # Each step has its own time limit and a failed step does not stop the others.
 #   SKYREELS_BIN  the binary (default .cuda/dist/skyreels, else unpacked from .cuda/carry/skyreels.xz)
@@ -66,12 +67,14 @@ step() {
 }
 
 if [[ "$QUICK" == 1 ]]; then
+  VAE=(--latent-frames 2 --height 4 --width 4)
   TRANSFORMER=(--layers 1 --frames 2 --height 8 --width 8 --repeat 1)
   WINDOW=(--layers 1 --frames 5 --height 32 --width 32)
   STEPS=2
 else
   TRANSFORMER=(--layers 30 --frames 25 --height 68 --width 120 --repeat 3)
   WINDOW=(--frames 97 --height 544 --width 960)
+  VAE=(--latent-frames 5 --height 68 --width 120)
   STEPS=10
 fi
 
@@ -98,6 +101,9 @@ else
 fi
 
 step bench_window 240 "$BIN" bench window --device "$DEVICE" "${WINDOW[@]}" --steps "$STEPS"
+# The VAE's decode in f32 and in bf16 at 540P: the measurement --vae-dtype's default waits for.
+step vae_f32 120 "$BIN" bench vae-decode --device "$DEVICE" "${VAE[@]}" --vae-dtype f32
+step vae_bf16 120 "$BIN" bench vae-decode --device "$DEVICE" "${VAE[@]}" --vae-dtype bf16
 # Peak memory of each --offload mode (two steps are enough for the peak).
 step bench_window_model 120 "$BIN" bench window --device "$DEVICE" "${WINDOW[@]}" --steps 2 --offload model
 step bench_window_blocks 120 "$BIN" bench window --device "$DEVICE" "${WINDOW[@]}" --steps 2 --offload blocks

@@ -18,6 +18,9 @@ pub struct CheckArgs {
     /// f32 on the CPU), f32 or bf16 (bf16 on the CPU reproduces the GPU's bf16 arithmetic).
     #[arg(long, default_value = "auto", value_parser = crate::device::parse_precision)]
     dtype: Precision,
+    /// The VAE's precision: f32 or bf16.
+    #[arg(long, default_value = "f32", value_parser = crate::device::parse_vae_dtype)]
+    vae_dtype: DType,
     /// How the transformer's block matrices are held: native or fp8 (FP8 has its own bounds).
     #[arg(long, default_value = "native", value_parser = crate::device::parse_weights)]
     weights: WeightFormat,
@@ -44,11 +47,19 @@ pub fn run(args: &CheckArgs) -> Result<(), String> {
         let header = serde_json::json!({ "device": info, "dtype": dtype_name, "weights": args.weights });
         println!("{header}");
     } else {
-        println!("device: {info}\ndtype: {dtype_name}\nweights: {}\n", args.weights);
+        let vae = if args.vae_dtype == DType::BF16 { "bf16" } else { "f32" };
+        println!("device: {info}\ndtype: {dtype_name}\nweights: {}\nvae dtype: {vae}\n", args.weights);
         println!("| component | case | relative L2 | bound | |");
         println!("|---|---|---|---|---|");
     }
-    let settings = CheckSettings { fixtures: args.fixtures.clone(), device, dtype, weights: args.weights, only };
+    let settings = CheckSettings {
+        fixtures: args.fixtures.clone(),
+        device,
+        dtype,
+        weights: args.weights,
+        vae_dtype: args.vae_dtype,
+        only,
+    };
     let print = |m: &Measurement| {
         if args.json {
             println!("{}", serde_json::to_string(m).unwrap_or_default());

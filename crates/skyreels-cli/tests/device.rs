@@ -131,10 +131,10 @@ fn the_sidecar_records_the_device() {
     assert!(sidecar["peak_device_memory_mib"].is_null(), "the CPU has no device memory: {sidecar}");
 }
 
-/// FP8 block weights make a video of the same size as native ones, not the same bytes, and are
-/// recorded in the sidecar (and so kept by `--resume`); an unknown format is refused.
+/// FP8 block weights and a bf16 VAE each change the video's bytes and are recorded in the
+/// sidecar (and so kept by `--resume`); unknown values are refused.
 #[test]
-fn fp8_weights_generate_and_are_recorded() {
+fn fp8_weights_and_a_bf16_vae_generate_and_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let run = |name: &str, weights: &str| {
         let out = dir.path().join(name);
@@ -151,4 +151,13 @@ fn fp8_weights_generate_and_are_recorded() {
     let (bad, bad_out) = run("bad.gif", "int3");
     assert_refused(&bad, "not one of native, fp8");
     assert!(!bad_out.exists());
+    // A bf16 VAE decodes the same latents to nearby, not equal, frames; it is recorded too.
+    let bf16_out = dir.path().join("bf16-vae.gif");
+    let bf16 = tiny_generate(&bf16_out, &["--seed", "3", "--vae-dtype", "bf16"]);
+    assert!(bf16.status.success(), "{}", stderr(&bf16));
+    assert_ne!(std::fs::read(&bf16_out).unwrap(), a);
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{}.json", bf16_out.display())).unwrap()).unwrap();
+    assert_eq!(sidecar["settings"]["vae_dtype"], "bf16");
+    assert_refused(&tiny_generate(&bad_out, &["--vae-dtype", "f16"]), "not one of f32, bf16");
 }

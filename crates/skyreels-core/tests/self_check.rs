@@ -11,7 +11,7 @@ use skyreels_core::nn::WeightFormat;
 
 fn settings(fixtures: &Path, dtype: DType, only: Option<Component>) -> CheckSettings {
     let weights = WeightFormat::Native;
-    CheckSettings { fixtures: fixtures.to_path_buf(), device: Device::Cpu, dtype, weights, only }
+    CheckSettings { fixtures: fixtures.to_path_buf(), device: Device::Cpu, dtype, weights, vae_dtype: DType::F32, only }
 }
 
 fn failures(results: &[Measurement]) -> Vec<String> {
@@ -37,7 +37,7 @@ fn assert_within_half_the_bound(settings: CheckSettings, label: &str, floor: f64
     let only = settings.only.expect("one component");
     let results = run_all(&settings, &mut |_| {}).unwrap();
     let worst = results.iter().map(|m| m.rel_l2).fold(0.0, f64::max);
-    let bound = tolerance(only, &settings.device, settings.dtype, settings.weights);
+    let bound = tolerance(only, &settings);
     if std::env::var_os("SKYREELS_SHOW_ERRORS").is_some() {
         eprintln!("{only}: worst {label} error {worst:.2e} (bound {bound:.0e})");
     }
@@ -53,6 +53,8 @@ fn bf16_stays_within_its_bounds_with_margin() {
     for only in [Component::Transformer, Component::TextEncoder, Component::DfPipeline] {
         assert_within_half_the_bound(settings(&fixtures, DType::BF16, Some(only)), "bf16", 1e-4);
     }
+    let vae = CheckSettings { vae_dtype: DType::BF16, ..settings(&fixtures, DType::F32, Some(Component::Vae)) };
+    assert_within_half_the_bound(vae, "bf16", 1e-4);
 }
 
 /// FP8 block weights (f32 compute) stay within their documented bounds with a margin of two.

@@ -19,6 +19,9 @@ pub struct VaeDecodeArgs {
     /// Latent width (pixels / 8).
     #[arg(long, default_value_t = 8)]
     width: usize,
+    /// The VAE's precision: f32 or bf16.
+    #[arg(long, default_value = "f32", value_parser = crate::device::parse_vae_dtype)]
+    vae_dtype: candle_core::DType,
     /// Where to compute: auto, cpu, cuda, cuda:N, metal.
     #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
     device: DeviceChoice,
@@ -32,7 +35,8 @@ pub fn run(args: &VaeDecodeArgs) -> Result<(), String> {
     }
     let (device, info) = crate::device::open(args.device)?;
     let mut memory = DeviceMemoryMeter::new();
-    let vae = WanVae::from_weights(VaeConfig::wan21(), &RandomWeights::new(0), &device).map_err(e)?;
+    let vae =
+        WanVae::from_weights_as(VaeConfig::wan21(), &RandomWeights::new(0), &device, args.vae_dtype).map_err(e)?;
     let rss_loaded = peak_rss_mib();
     let start = std::time::Instant::now();
     let mut stream = vae.decode_stream();
@@ -44,7 +48,7 @@ pub fn run(args: &VaeDecodeArgs) -> Result<(), String> {
     }
     device.synchronize().map_err(c)?;
     let seconds = start.elapsed().as_secs_f64();
-    println!("device: {info}");
+    println!("device: {info}; VAE in {}", if args.vae_dtype == candle_core::DType::BF16 { "bf16" } else { "f32" });
     println!("| latent frames | video frames | size | decode s | frames/s | peak RSS MiB (after load) | peak RSS MiB | peak device MiB | threads |");
     println!("|---|---|---|---|---|---|---|---|---|");
     println!(

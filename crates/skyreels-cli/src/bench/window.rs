@@ -41,6 +41,9 @@ pub struct WindowArgs {
     /// The transformer's precision: auto (bf16 on a GPU, f32 on the CPU), f32, bf16.
     #[arg(long, default_value = "auto", value_parser = crate::device::parse_precision)]
     dtype: Precision,
+    /// The VAE's precision: f32 or bf16.
+    #[arg(long, default_value = "f32", value_parser = crate::device::parse_vae_dtype)]
+    vae_dtype: candle_core::DType,
     /// Where to compute: auto, cpu, cuda, cuda:N, metal.
     #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
     device: DeviceChoice,
@@ -77,7 +80,8 @@ pub fn run(args: &WindowArgs) -> Result<(), String> {
         model.move_to(&device).map_err(e)?;
         model.set_compute_dtype(dtype);
     }
-    let vae = WanVae::from_weights(VaeConfig::wan21(), &RandomWeights::new(1), &device).map_err(e)?;
+    let vae =
+        WanVae::from_weights_as(VaeConfig::wan21(), &RandomWeights::new(1), &device, args.vae_dtype).map_err(e)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
     memory.sample(&device);
     let context = || Tensor::randn(0f32, 0.1, (1, 512, config.text_dim), &device).map_err(c);
@@ -118,7 +122,7 @@ pub fn run(args: &WindowArgs) -> Result<(), String> {
         .map_err(e)?;
     let decode_seconds = decode_start.elapsed().as_secs_f64();
     let rows = args.steps as f64;
-    println!("device: {info}");
+    println!("device: {info}; VAE in {}", if args.vae_dtype == candle_core::DType::BF16 { "bf16" } else { "f32" });
     println!(
         "| preset | layers | dtype | weights | offload | frames | size | steps | guidance | load s | s/step | denoise s | VAE decode s | peak device MiB | peak RSS MiB |"
     );

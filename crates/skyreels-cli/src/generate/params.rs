@@ -64,8 +64,15 @@ pub struct GenerateParams {
     /// How the transformer's block matrices are held (states written before FP8 existed are native).
     #[serde(default)]
     pub weights: WeightFormat,
+    /// The VAE's precision: `f32` or `bf16` (states written before it existed are f32).
+    #[serde(default = "f32_name")]
+    pub vae_dtype: String,
     /// The output file or folder.
     pub output: PathBuf,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 /// Generation settings a model folder recommends in its `skyreels.json`
@@ -240,6 +247,9 @@ impl GenerateParams {
         }
         let sigma_grid: SigmaGrid = args.sigma_grid.parse().map_err(|e: skyreels_core::Error| e.to_string())?;
         let continuation: Continuation = args.continuation.parse().map_err(|e: skyreels_core::Error| e.to_string())?;
+        if !["f32", "bf16"].contains(&args.vae_dtype.as_str()) {
+            return Err(format!("--vae-dtype `{}` is not one of f32, bf16", args.vae_dtype));
+        }
         if !["auto", "f32", "bf16"].contains(&args.dtype.as_str()) {
             return Err(format!("--dtype `{}` is not one of auto, f32, bf16", args.dtype));
         }
@@ -274,6 +284,7 @@ impl GenerateParams {
             text_length,
             dtype: args.dtype.clone(),
             weights: args.weights,
+            vae_dtype: args.vae_dtype.clone(),
             output,
         };
         Ok((params, notices))

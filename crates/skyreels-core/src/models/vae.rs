@@ -247,14 +247,17 @@ impl RmsNorm {
     fn load(w: &dyn Weights, name: &str, dim: usize, stored_rank: usize, device: &Device) -> Result<Self> {
         let mut shape = vec![dim];
         shape.extend(std::iter::repeat_n(1, stored_rank - 2));
-        let gamma = w.tensor(&format!("{name}.gamma"), &shape, DType::F32, device)?;
+        let gamma = w.tensor(&format!("{name}.gamma"), &shape, DType::F32, device)?.to_dtype(DType::F32)?;
         Ok(Self { gamma: gamma.reshape((1, dim, 1, 1, 1))?, scale: (dim as f64).sqrt() })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Computed in f32 whatever the VAE's dtype, as the transformer's norms are.
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
         // max(√s, ε) written as √max(s, ε²): equal in value, and its gradient stays finite at 0.
         let norm = x.sqr()?.sum_keepdim(1)?.maximum(1e-24)?.sqrt()?;
-        Ok((x.broadcast_div(&norm)? * self.scale)?.broadcast_mul(&self.gamma)?)
+        Ok((x.broadcast_div(&norm)? * self.scale)?.broadcast_mul(&self.gamma)?.to_dtype(dtype)?)
     }
 }
 
@@ -625,6 +628,21 @@ pub struct WanVae {
     post_quant_conv: CausalConv3d,
     mean: Tensor,
     std: Tensor,
+    /// The dtype weights are held and activations computed in (norms stay f32; on the CPU the
+    /// convolutions accumulate in f32 and round their output to it, as cuDNN does in bf16).
+    dtype: DType,
+}
+
+/// Hands out every weight in one dtype (the VAE's loaders ask for f32).
+struct CastWeights<'a> {
+    inner: &'a dyn Weights,
+    dtype: DType,
+}
+
+impl Weights for CastWeights<'_> {
+    fn tensor(&self, name: &str, shape: &[usize], _: DType, device: &Device) -> Result<Tensor> {
+        self.inner.tensor(name, shape, self.dtype, device)
+    }
 }
 
 impl WanVae {
@@ -632,13 +650,27 @@ impl WanVae {
     /// pipeline root holding `vae/`, or an original `Wan2.1_VAE.pth` file. Weights are held and
     /// computed in f32.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_as(path, device, DType::F32)
+    }
+
+    /// [`load`](Self::load) with weights held and activations computed in `dtype` (f32 or
+    /// bf16; norms stay f32). Inputs may be any dtype; outputs are f32.
+    pub fn load_as(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let (config, store) = open_vae(path)?;
-        Self::from_weights(config, &store, device)
+        Self::from_weights_as(config, &store, device, dtype)
     }
 
     /// Builds the VAE from any weight source using canonical (diffusers) names.
     pub fn from_weights(config: VaeConfig, weights: &dyn Weights, device: &Device) -> Result<Self> {
+        Self::from_weights_as(config, weights, device, DType::F32)
+    }
+
+    /// [`from_weights`](Self::from_weights) in `dtype` (see [`load_as`](Self::load_as)).
+    pub fn from_weights_as(config: VaeConfig, weights: &dyn Weights, device: &Device, dtype: DType) -> Result<Self> {
         config.validate().map_err(|reason| Error::BadConfig { path: PathBuf::from("<vae config>"), reason })?;
+        let cast = CastWeights { inner: weights, dtype };
+        // f32 weights go through the caller's source untouched (training tracks them as Vars).
+        let weights: &dyn Weights = if dtype == DType::F32 { weights } else { &cast };
         let z = config.z_dim;
         let column = |v: &[f32]| Tensor::from_slice(v, (1, z, 1, 1, 1), device);
         Ok(Self {
@@ -648,8 +680,14 @@ impl WanVae {
             post_quant_conv: CausalConv3d::load(weights, "post_quant_conv", (z, z), [1, 1, 1], device)?,
             mean: column(&config.latents_mean)?,
             std: column(&config.latents_std)?,
+            dtype,
             config,
         })
+    }
+
+    /// The dtype the VAE computes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The structure this VAE was built with.
@@ -763,10 +801,10 @@ impl DecodeStream<'_> {
             dims => return Err(invalid_input!("the VAE decodes [B, {z}, T, h, w] latents; got {dims:?}")),
         }
         self.caches.rewind();
-        let x = self.vae.post_quant_conv.forward(&latents.to_dtype(DType::F32)?, &mut None)?;
+        let x = self.vae.post_quant_conv.forward(&latents.to_dtype(self.vae.dtype)?, &mut None)?;
         let video = self.vae.decoder.forward(&x, &mut self.caches, &mut trace)?;
         self.latent_frames += latents.dim(2)?;
-        Ok(video)
+        Ok(video.to_dtype(DType::F32)?)
     }
 
     /// Latent frames decoded so far.
@@ -801,14 +839,15 @@ impl EncodeStream<'_> {
         let tf = self.vae.config.temporal_factor();
         let sf = self.vae.config.spatial_factor();
         let first = usize::from(self.frames == 0);
-        if channels != 3 || frames == 0 || (frames - first) % tf != 0 || h % sf != 0 || w % sf != 0 || h == 0 || w == 0 {
+        if channels != 3 || frames == 0 || (frames - first) % tf != 0 || h % sf != 0 || w % sf != 0 || h == 0 || w == 0
+        {
             let expected = if first == 1 { format!("1 + {tf}k") } else { format!("{tf}k") };
             return Err(invalid_input!(
                 "the VAE encodes [B, 3, {expected}, H, W] videos here, with H and W multiples of {sf}; got {:?}",
                 video.dims()
             ));
         }
-        let video = video.to_dtype(DType::F32)?;
+        let video = video.to_dtype(self.vae.dtype)?;
         let mut latents = Vec::new();
         let mut start = 0;
         while start < frames {
@@ -819,7 +858,7 @@ impl EncodeStream<'_> {
             start += len;
         }
         self.frames += frames;
-        Ok(Tensor::cat(&latents, 2)?)
+        Ok(Tensor::cat(&latents, 2)?.to_dtype(DType::F32)?)
     }
 
     /// Cuts the gradient path through the carried caches: training backpropagates through the
