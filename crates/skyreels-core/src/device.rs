@@ -114,11 +114,13 @@ fn auto_device() -> Device {
 /// Number of CUDA devices the driver reports (0 without a driver or without CUDA support).
 pub fn cuda_device_count() -> usize {
     #[cfg(feature = "cuda")]
-    {
+    let count = {
         use candle_core::cuda_backend::cudarc::driver::CudaContext;
-        return CudaContext::device_count().map_or(0, |n| n.max(0) as usize);
-    }
-    0
+        CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+    };
+    #[cfg(not(feature = "cuda"))]
+    let count = 0;
+    count
 }
 
 fn open_cuda(index: usize) -> Result<Device> {
