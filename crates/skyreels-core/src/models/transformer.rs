@@ -594,27 +594,22 @@ impl WanBlock {
     }
 }
 
-/// Self-attention with RMS-normalised q/k over the full width and 3D RoPE.
+/// The projections every attention has: q, k, v, o and the RMS norms of q and k over the full
+/// width.
 #[derive(Debug)]
-struct SelfAttention {
+struct Projections {
     q: Linear,
     k: Linear,
     v: Linear,
     o: Linear,
     norm_q: RmsNorm,
     norm_k: RmsNorm,
-    heads: usize,
 }
 
-impl SelfAttention {
-    fn load(
-        store: &dyn Weights,
-        p: &str,
-        c: &TransformerConfig,
-        (dtype, format): Held,
-        device: &Device,
-    ) -> Result<Self> {
+impl Projections {
+    fn load(store: &dyn Weights, p: &str, c: &TransformerConfig, held: Held, device: &Device) -> Result<Self> {
         let dim = c.dim();
+        let (dtype, format) = held;
         let ld = |n: &str| Linear::load_as(store, &format!("{p}.{n}"), [dim, dim], dtype, format, device);
         Ok(Self {
             q: ld("q")?,
@@ -623,7 +618,6 @@ impl SelfAttention {
             o: ld("o")?,
             norm_q: RmsNorm::load(store, &format!("{p}.norm_q"), dim, c.eps, device)?,
             norm_k: RmsNorm::load(store, &format!("{p}.norm_k"), dim, c.eps, device)?,
-            heads: c.num_heads,
         })
     }
 
@@ -635,20 +629,37 @@ impl SelfAttention {
             o: self.o.to_device(device)?,
             norm_q: self.norm_q.to_device(device)?,
             norm_k: self.norm_k.to_device(device)?,
-            heads: self.heads,
         })
+    }
+}
+
+/// Self-attention with RMS-normalised q/k over the full width and 3D RoPE.
+#[derive(Debug)]
+struct SelfAttention {
+    proj: Projections,
+    heads: usize,
+}
+
+impl SelfAttention {
+    fn load(store: &dyn Weights, p: &str, c: &TransformerConfig, held: Held, device: &Device) -> Result<Self> {
+        Ok(Self { proj: Projections::load(store, p, c, held, device)?, heads: c.num_heads })
+    }
+
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self { proj: self.proj.to_device(device)?, heads: self.heads })
     }
 
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: AttentionMask) -> Result<Tensor> {
         let dtype = x.dtype();
-        let q = split_heads(&self.norm_q.forward(&self.q.forward(x)?)?, self.heads)?;
-        let k = split_heads(&self.norm_k.forward(&self.k.forward(x)?)?, self.heads)?;
-        let v = split_heads(&self.v.forward(x)?, self.heads)?;
+        let p = &self.proj;
+        let q = split_heads(&p.norm_q.forward(&p.q.forward(x)?)?, self.heads)?;
+        let k = split_heads(&p.norm_k.forward(&p.k.forward(x)?)?, self.heads)?;
+        let v = split_heads(&p.v.forward(x)?, self.heads)?;
         let q = Rope3d::apply(&q, cos, sin)?.to_dtype(dtype)?;
         let k = Rope3d::apply(&k, cos, sin)?.to_dtype(dtype)?;
         let scale = 1.0 / (q.dims()[3] as f64).sqrt();
         let out = attention(&q, &k, &v, scale, mask)?;
-        self.o.forward(&merge_heads(&out)?)
+        p.o.forward(&merge_heads(&out)?)
     }
 }
 
@@ -656,25 +667,15 @@ impl SelfAttention {
 /// (two attentions summed before the output projection).
 #[derive(Debug)]
 struct CrossAttention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    norm_q: RmsNorm,
-    norm_k: RmsNorm,
+    proj: Projections,
     image: Option<(Linear, Linear, RmsNorm)>,
     heads: usize,
 }
 
 impl CrossAttention {
-    fn load(
-        store: &dyn Weights,
-        p: &str,
-        c: &TransformerConfig,
-        (dtype, format): Held,
-        device: &Device,
-    ) -> Result<Self> {
+    fn load(store: &dyn Weights, p: &str, c: &TransformerConfig, held: Held, device: &Device) -> Result<Self> {
         let dim = c.dim();
+        let (dtype, format) = held;
         let ld = |n: &str| Linear::load_as(store, &format!("{p}.{n}"), [dim, dim], dtype, format, device);
         let image = match c.image_dim {
             Some(_) => Some((
@@ -684,16 +685,7 @@ impl CrossAttention {
             )),
             None => None,
         };
-        Ok(Self {
-            q: ld("q")?,
-            k: ld("k")?,
-            v: ld("v")?,
-            o: ld("o")?,
-            norm_q: RmsNorm::load(store, &format!("{p}.norm_q"), dim, c.eps, device)?,
-            norm_k: RmsNorm::load(store, &format!("{p}.norm_k"), dim, c.eps, device)?,
-            image,
-            heads: c.num_heads,
-        })
+        Ok(Self { proj: Projections::load(store, p, c, held, device)?, image, heads: c.num_heads })
     }
 
     fn to_device(&self, device: &Device) -> Result<Self> {
@@ -701,32 +693,24 @@ impl CrossAttention {
             Some((k, v, norm)) => Some((k.to_device(device)?, v.to_device(device)?, norm.to_device(device)?)),
             None => None,
         };
-        Ok(Self {
-            q: self.q.to_device(device)?,
-            k: self.k.to_device(device)?,
-            v: self.v.to_device(device)?,
-            o: self.o.to_device(device)?,
-            norm_q: self.norm_q.to_device(device)?,
-            norm_k: self.norm_k.to_device(device)?,
-            image,
-            heads: self.heads,
-        })
+        Ok(Self { proj: self.proj.to_device(device)?, image, heads: self.heads })
     }
 
     fn forward(&self, x: &Tensor, text: &Tensor, image: Option<&Tensor>) -> Result<Tensor> {
         let dtype = x.dtype();
-        let q = split_heads(&self.norm_q.forward(&self.q.forward(x)?)?.to_dtype(dtype)?, self.heads)?;
+        let p = &self.proj;
+        let q = split_heads(&p.norm_q.forward(&p.q.forward(x)?)?.to_dtype(dtype)?, self.heads)?;
         let scale = 1.0 / (q.dims()[3] as f64).sqrt();
         let attend = |keys: &Tensor, k_norm: &RmsNorm, k_proj: &Linear, v_proj: &Linear| -> Result<Tensor> {
             let k = split_heads(&k_norm.forward(&k_proj.forward(keys)?)?.to_dtype(dtype)?, self.heads)?;
             let v = split_heads(&v_proj.forward(keys)?, self.heads)?;
             attention(&q, &k, &v, scale, AttentionMask::Full)
         };
-        let mut out = attend(text, &self.norm_k, &self.k, &self.v)?;
+        let mut out = attend(text, &p.norm_k, &p.k, &p.v)?;
         if let (Some((k_img, v_img, norm_k_img)), Some(image)) = (&self.image, image) {
             out = (out + attend(image, norm_k_img, k_img, v_img)?)?;
         }
-        self.o.forward(&merge_heads(&out)?)
+        p.o.forward(&merge_heads(&out)?)
     }
 }
 
