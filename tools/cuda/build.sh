@@ -43,3 +43,20 @@ mkdir -p .cuda/carry
 xz -T0 -6 -c .cuda/dist/skyreels > .cuda/carry/skyreels.xz.tmp
 mv .cuda/carry/skyreels.xz.tmp .cuda/carry/skyreels.xz
 echo "build: .cuda/carry/skyreels.xz is $(( $(stat -c %s .cuda/carry/skyreels.xz) / 1024 / 1024 )) MiB (what travels)"
+
+# Smoke test on this machine, against the stub driver when there is no real one: the CPU paths
+# of the CUDA build must pass the parity check, and asking for a GPU must get the one-sentence
+# answer rather than a crash.
+if [[ ! -e /dev/nvidia0 ]]; then
+  STUB_DIR="$(mktemp -d)"
+  cp .cuda/lib/libcuda.so "$STUB_DIR/libcuda.so.1"
+  LIBS="$STUB_DIR:$CUDA_ROOT/lib:$CUDNN_LIB"
+  LD_LIBRARY_PATH="$LIBS" .cuda/dist/skyreels check --device cpu --only transformer >/dev/null
+  answer="$(LD_LIBRARY_PATH="$LIBS" .cuda/dist/skyreels check --device cuda 2>&1 || true)"
+  rm -rf "$STUB_DIR"
+  if [[ "$answer" != *"reports no GPU"* ]]; then
+    echo "build: --device cuda without a GPU answered: $answer" >&2
+    exit 1
+  fi
+  echo "build: smoke test passed (CPU parity with the CUDA build; without a GPU: \"$answer\")"
+fi

@@ -45,7 +45,9 @@ fi
 
 # Link-time stand-ins. cudarc links the driver (-lcuda), which only a GPU machine's driver
 # provides: a stub library with the right soname and every driver entry point cudarc declares
-# (empty bodies) satisfies the linker, and the real driver is picked up at run time. The wheels
+# satisfies the linker, and the real driver is picked up at run time. Each stub entry point
+# returns CUDA_ERROR_NO_DEVICE (100), so the binary can also be run here against the stub
+# (as libcuda.so.1) to test its CPU paths and its "no GPU" answers. The wheels
 # ship versioned sonames only, so unversioned names are added for -lcublas etc.
 LINK="$ROOT/lib"
 mkdir -p "$LINK"
@@ -54,7 +56,7 @@ if [[ ! -f "$LINK/libcuda.so" ]]; then
   CUDARC="$(cargo metadata --locked --all-features --format-version 1 |
     python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="cudarc"))')"
   grep -ohE '^\s+fn cu[A-Za-z0-9_]+\(' "$(dirname "$CUDARC")/src/driver/sys/mod.rs" |
-    sed -E 's/^\s+fn (cu[A-Za-z0-9_]+)\(/void \1(void) {}/' | sort -u > "$LINK/stub_cuda.c"
+    sed -E 's/^\s+fn (cu[A-Za-z0-9_]+)\(/int \1(void) { return 100; }/' | sort -u > "$LINK/stub_cuda.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$LINK/libcuda.so" "$LINK/stub_cuda.c"
   echo "setup: made the link-time stub $LINK/libcuda.so ($(wc -l < "$LINK/stub_cuda.c") driver entry points, soname libcuda.so.1)"
 fi
