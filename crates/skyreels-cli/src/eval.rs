@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
 use candle_core::Device;
+use clap::{Args, Parser, Subcommand};
+use skyreels_core::device::DeviceChoice;
 use skyreels_core::media::{open_video, RgbFrame};
 use skyreels_core::models::WanVae;
 use skyreels_core::pipelines::continuation::{from_rgb_frames, to_rgb_frames};
@@ -61,6 +62,9 @@ pub struct AdherenceArgs {
     /// Also write the scores and every reading as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Where to compute (generation and the VAE): auto, cpu, cuda, cuda:N, metal.
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
+    pub device: DeviceChoice,
 }
 
 /// Flags of `skyreels eval stability`.
@@ -101,10 +105,19 @@ pub struct StabilityArgs {
     /// Also write every window's figures as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Where to compute (generation and the VAE): auto, cpu, cuda, cuda:N, metal.
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
+    pub device: DeviceChoice,
 }
 
 /// Runs an eval subcommand.
 pub fn run(command: &EvalCommand) -> Result<(), String> {
+    // A device that cannot be used is refused before any clip is rendered or generated.
+    let device = match command {
+        EvalCommand::Adherence(args) => args.device,
+        EvalCommand::Stability(args) => args.device,
+    };
+    crate::device::open(device)?;
     match command {
         EvalCommand::Adherence(args) => adherence(args),
         EvalCommand::Stability(args) => stability(args),
@@ -118,8 +131,8 @@ struct GenerateFlags {
     args: GenerateArgs,
 }
 
-fn generate_video(model: &Option<String>, flags: &[String], output: &Path) -> Result<(), String> {
-    let mut argv = vec!["generate".to_string()];
+fn generate_video(model: &Option<String>, flags: &[String], output: &Path, device: DeviceChoice) -> Result<(), String> {
+    let mut argv = vec!["generate".to_string(), "--device".to_string(), device.to_string()];
     if let Some(model) = model {
         argv.extend(["--model".to_string(), model.clone()]);
     }
@@ -136,7 +149,9 @@ fn read_frames(path: &Path) -> Result<Vec<RgbFrame>, String> {
 }
 
 fn work_dir(work: &Option<PathBuf>, name: &str) -> Result<PathBuf, String> {
-    let dir = work.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("skyreels-eval-{name}-{}", std::process::id())));
+    let dir = work
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("skyreels-eval-{name}-{}", std::process::id())));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     Ok(dir)
 }
@@ -156,7 +171,7 @@ fn adherence(args: &AdherenceArgs) -> Result<(), String> {
     let world = WorldConfig { frames: args.frames, ..WorldConfig::default() };
     let clips = held_out_prompts(&world, args.prompts);
     let work = if args.ground_truth { None } else { Some(work_dir(&args.work, "adherence")?) };
-    let vae = if args.through_vae { Some(load_vae(&args.model)?) } else { None };
+    let vae = if args.through_vae { Some(load_vae(&args.model, args.device)?) } else { None };
     let mut scores = Scores::default();
     let mut readings = Vec::new();
     for (i, clip) in clips.iter().enumerate() {
@@ -184,7 +199,7 @@ fn adherence(args: &AdherenceArgs) -> Result<(), String> {
                 if let Some(guidance) = args.guidance {
                     flags.extend(["--guidance".to_string(), guidance.to_string()]);
                 }
-                generate_video(&args.model, &flags, &output)?;
+                generate_video(&args.model, &flags, &output, args.device)?;
                 read_frames(&output)?
             }
         };
@@ -203,15 +218,17 @@ fn adherence(args: &AdherenceArgs) -> Result<(), String> {
 }
 
 /// The VAE of `model` (default: the built-in demo model).
-fn load_vae(model: &Option<String>) -> Result<WanVae, String> {
+fn load_vae(model: &Option<String>, device: DeviceChoice) -> Result<(WanVae, Device), String> {
     let dir = model.as_ref().map_or_else(demo_model_dir, PathBuf::from);
-    WanVae::load(&dir, &Device::Cpu).map_err(|e| format!("cannot load the VAE of {}: {e}", dir.display()))
+    let (device, _) = crate::device::open(device)?;
+    let vae = WanVae::load(&dir, &device).map_err(|e| format!("cannot load the VAE of {}: {e}", dir.display()))?;
+    Ok((vae, device))
 }
 
 /// `frames` encoded and decoded again by `vae`.
-fn round_trip(vae: &WanVae, frames: &[RgbFrame]) -> Result<Vec<RgbFrame>, String> {
+fn round_trip((vae, device): &(WanVae, Device), frames: &[RgbFrame]) -> Result<Vec<RgbFrame>, String> {
     let step = || -> skyreels_core::Result<Vec<RgbFrame>> {
-        let video = from_rgb_frames(frames, &Device::Cpu)?;
+        let video = from_rgb_frames(frames, device)?;
         to_rgb_frames(&vae.decode(&vae.encode(&video)?)?)
     };
     step().map_err(|e| format!("the VAE round trip failed: {e}"))
@@ -276,7 +293,7 @@ fn stability(args: &StabilityArgs) -> Result<(), String> {
         ];
         flags.extend(run.flags.iter().cloned());
         let started = std::time::Instant::now();
-        generate_video(&args.model, &flags, &output)?;
+        generate_video(&args.model, &flags, &output, args.device)?;
         let seconds = started.elapsed().as_secs_f64();
         let windows = measure(&output, args.window, subject)?;
         if !args.compare {

@@ -99,6 +99,7 @@ fn devices_that_cannot_be_used_are_refused_before_any_work() {
         assert!(!out.exists() && !Path::new(&format!("{}.json", out.display())).exists());
         assert_refused(&skyreels(&["check", "--device", device]), mentions);
         assert_refused(&skyreels(&["bench", "transformer", "--layers", "1", "--device", device]), mentions);
+        assert_refused(&skyreels(&["eval", "adherence", "--prompts", "1", "--device", device]), mentions);
     }
     assert_refused(
         &generate("cuda:64"),
