@@ -8,7 +8,7 @@
 #   3. times `skyreels bench transformer` at the real DF-1.3B size (30 blocks, the 540P window of
 #      25 latent frames, bf16) and diffusers on the same shapes on the same GPU;
 #   4. runs `skyreels bench window`: one 97-frame 544x960 window with random DF-1.3B weights
-#      (10 steps with guidance; s/step, VAE decode time, peak GPU memory), then with
+#      (5 steps with guidance; s/step, VAE decode time, peak GPU memory), then with
 #      --offload model and --offload blocks (2 steps each) for their peak memory, and the VAE
 #      decode alone in f32 and bf16 (17 frames at 544x960);
 #   5. writes summary.md with every table.
@@ -16,6 +16,9 @@
 #   SKYREELS_BIN  the binary (default .cuda/dist/skyreels, else unpacked from .cuda/carry/skyreels.xz)
 #   DEVICE        the --device to test (default cuda)
 #   QUICK=1       tiny sizes: a dry run of this script itself, e.g. on a CPU with DEVICE=cpu
+#   BUDGET        seconds the whole run may take (default 560, under the device tool's 600 s per
+#                 command): each step's limit is cut to what is left, and steps that no longer
+#                 fit are skipped and listed, so summary.md is always complete
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN="${SKYREELS_BIN:-.cuda/dist/skyreels}"
@@ -27,6 +30,7 @@ fi
 DEVICE="${DEVICE:-cuda}"
 QUICK="${QUICK:-0}"
 OUT="${OUT:-gpu-check}"
+BUDGET="${BUDGET:-560}"
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.md"
 : > "$SUMMARY"
@@ -49,6 +53,12 @@ export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
 step() {
   local name="$1" limit="$2"
   shift 2
+  local left=$((BUDGET - SECONDS))
+  if ((left < 15)); then
+    echo "## $name: skipped (the ${BUDGET} s budget is spent)" | tee -a "$SUMMARY"
+    return 0
+  fi
+  ((limit > left)) && limit=$left
   local start=$SECONDS
   echo "== $name: $*" | tee "$OUT/$name.txt"
   timeout "$limit" "$@" >>"$OUT/$name.txt" 2>&1
@@ -75,7 +85,7 @@ else
   TRANSFORMER=(--layers 30 --frames 25 --height 68 --width 120 --repeat 3)
   WINDOW=(--frames 97 --height 544 --width 960)
   VAE=(--latent-frames 5 --height 68 --width 120)
-  STEPS=10
+  STEPS=5
 fi
 
 step gpu 30 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || echo "no nvidia-smi"'
@@ -105,8 +115,8 @@ step bench_window 240 "$BIN" bench window --device "$DEVICE" "${WINDOW[@]}" --st
 step vae_f32 120 "$BIN" bench vae-decode --device "$DEVICE" "${VAE[@]}" --vae-dtype f32
 step vae_bf16 120 "$BIN" bench vae-decode --device "$DEVICE" "${VAE[@]}" --vae-dtype bf16
 # Peak memory of each --offload mode (two steps are enough for the peak).
-step bench_window_model 120 "$BIN" bench window --device "$DEVICE" "${WINDOW[@]}" --steps 2 --offload model
-step bench_window_blocks 120 "$BIN" bench window --device "$DEVICE" "${WINDOW[@]}" --steps 2 --offload blocks
+step bench_window_model 100 "$BIN" bench window --device "$DEVICE" "${WINDOW[@]}" --steps 2 --offload model
+step bench_window_blocks 100 "$BIN" bench window --device "$DEVICE" "${WINDOW[@]}" --steps 2 --offload blocks
 echo
 echo "==== summary ($SUMMARY)"
 cat "$SUMMARY"
