@@ -171,7 +171,11 @@ impl DeviceInfo {
             #[cfg(feature = "cuda")]
             Device::Cuda(cuda) => cuda_info(cuda),
             other => Self {
-                device: format!("{:?}", other.location()).to_lowercase(),
+                device: match other.location() {
+                    candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+                    candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+                    candle_core::DeviceLocation::Cpu => "cpu".into(),
+                },
                 name: "GPU".into(),
                 driver: None,
                 memory_mib: None,
