@@ -12,17 +12,17 @@ use skyreels_core::nn::WeightFormat;
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
     /// Where to compute: auto, cpu, cuda, cuda:N, metal.
-    #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse::<DeviceChoice>)]
     device: DeviceChoice,
     /// The transformer's compute dtype (umT5 holds its weights in it): auto (bf16 on a GPU,
     /// f32 on the CPU), f32 or bf16 (bf16 on the CPU reproduces the GPU's bf16 arithmetic).
-    #[arg(long, default_value = "auto", value_parser = crate::device::parse_precision)]
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse::<Precision>)]
     dtype: Precision,
     /// The VAE's precision: f32 or bf16.
     #[arg(long, default_value = "f32", value_parser = crate::device::parse_vae_dtype)]
     vae_dtype: DType,
     /// How the transformer's block matrices are held: native or fp8 (FP8 has its own bounds).
-    #[arg(long, default_value = "native", value_parser = crate::device::parse_weights)]
+    #[arg(long, default_value = "native", value_parser = crate::device::parse::<WeightFormat>)]
     weights: WeightFormat,
     /// The fixture folder of the repository.
     #[arg(long, default_value = "crates/skyreels-core/tests/fixtures")]

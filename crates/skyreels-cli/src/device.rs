@@ -1,26 +1,14 @@
-//! The `--device` and `--dtype` flags shared by the commands that compute.
+//! The `--device`, `--dtype`, `--weights`, `--offload` and `--vae-dtype` flags shared by the
+//! commands that compute.
+
+use std::str::FromStr;
 
 use candle_core::Device;
-use skyreels_core::device::{DeviceChoice, DeviceInfo, Offload, Precision};
-use skyreels_core::nn::WeightFormat;
+use skyreels_core::device::{DeviceChoice, DeviceInfo};
 
-/// Parses `--device` (auto, cpu, cuda, cuda:N, metal, metal:N) for clap.
-pub fn parse_device(text: &str) -> Result<DeviceChoice, String> {
-    text.parse().map_err(|e: skyreels_core::Error| e.to_string())
-}
-
-/// Parses `--dtype` (auto, f32, bf16) for clap.
-pub fn parse_precision(text: &str) -> Result<Precision, String> {
-    text.parse().map_err(|e: skyreels_core::Error| e.to_string())
-}
-
-/// Parses `--weights` (native, fp8) for clap.
-pub fn parse_weights(text: &str) -> Result<WeightFormat, String> {
-    text.parse().map_err(|e: skyreels_core::Error| e.to_string())
-}
-
-/// Parses `--offload` (none, model, blocks) for clap.
-pub fn parse_offload(text: &str) -> Result<Offload, String> {
+/// Parses a flag whose values the engine names (`--device`, `--dtype`, `--weights`,
+/// `--offload`) for clap, with the engine's sentence for a value it does not know.
+pub fn parse<T: FromStr<Err = skyreels_core::Error>>(text: &str) -> Result<T, String> {
     text.parse().map_err(|e: skyreels_core::Error| e.to_string())
 }
 

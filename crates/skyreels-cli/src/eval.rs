@@ -63,7 +63,7 @@ pub struct AdherenceArgs {
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Where to compute (generation and the VAE): auto, cpu, cuda, cuda:N, metal.
-    #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse::<DeviceChoice>)]
     pub device: DeviceChoice,
 }
 
@@ -106,7 +106,7 @@ pub struct StabilityArgs {
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Where to compute (generation and the VAE): auto, cpu, cuda, cuda:N, metal.
-    #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse::<DeviceChoice>)]
     pub device: DeviceChoice,
 }
 

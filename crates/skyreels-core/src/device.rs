@@ -264,13 +264,18 @@ impl DeviceMemoryMeter {
 
 /// Bytes in use on a GPU (all processes), or `None` on the CPU.
 pub fn device_memory_in_use(device: &Device) -> Option<u64> {
+    // Waits for queued work first, so what it allocates is counted.
+    device.synchronize().ok()?;
+    device_memory(device).map(|(free, total)| total - free)
+}
+
+/// `(free, total)` bytes of a GPU's memory, device-wide, or `None` on the CPU.
+pub fn device_memory(device: &Device) -> Option<(u64, u64)> {
     match device {
         #[cfg(feature = "cuda")]
         Device::Cuda(cuda) => {
-            let stream = cuda.cuda_stream();
-            stream.synchronize().ok()?;
-            let (free, total) = stream.context().mem_get_info().ok()?;
-            Some((total - free) as u64)
+            let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+            Some((free as u64, total as u64))
         }
         _ => None,
     }

@@ -34,8 +34,8 @@ impl Footprint {
     }
 }
 
-/// Scores the GPU attention holds at once (bf16 or f32 elements); see `nn::attention`.
-const ATTENTION_SCORES: u64 = 256 << 20;
+/// Scores the GPU attention holds at once (bf16 or f32 elements).
+const ATTENTION_SCORES: u64 = crate::nn::GPU_SCORE_BUDGET as u64;
 
 /// The transformer's footprint for windows of `tokens` latent tokens (`frames · h/2 · w/2`),
 /// weights in `dtype` (`format` for the block matrices), activations in `compute`.
@@ -74,8 +74,8 @@ pub fn vae_decode_footprint(height: usize, width: usize) -> Footprint {
 /// Refuses, in one sentence naming `what` and the flag that would help, when `needed` bytes
 /// exceed what `device` has free. On the CPU (where memory is the operating system's) it passes.
 pub fn ensure_fits(device: &Device, what: &str, needed: u64, hint: &str) -> Result<()> {
-    match free_device_memory(device) {
-        Some(free) => ensure_fits_in(free, what, needed, hint),
+    match crate::device::device_memory(device) {
+        Some((free, _)) => ensure_fits_in(free, what, needed, hint),
         None => Ok(()),
     }
 }
@@ -91,18 +91,6 @@ pub fn ensure_fits_in(free: u64, what: &str, needed: u64, hint: &str) -> Result<
         gib(needed),
         gib(free)
     )))
-}
-
-/// Free memory on a GPU, or `None` on the CPU.
-pub fn free_device_memory(device: &Device) -> Option<u64> {
-    match device {
-        #[cfg(feature = "cuda")]
-        Device::Cuda(cuda) => {
-            let (free, _) = cuda.cuda_stream().context().mem_get_info().ok()?;
-            Some(free as u64)
-        }
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -30,13 +30,13 @@ pub struct TransformerArgs {
     repeat: usize,
     /// Precision: auto (bf16 on a GPU, f32 on the CPU), f32 or bf16 (on the CPU: bf16-held
     /// weights computed in f32).
-    #[arg(long, default_value = "auto", value_parser = crate::device::parse_precision)]
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse::<Precision>)]
     dtype: Precision,
     /// Where to compute: auto, cpu, cuda, cuda:N, metal.
-    #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse::<DeviceChoice>)]
     device: DeviceChoice,
     /// How the blocks' matrices are held: native or fp8.
-    #[arg(long, default_value = "native", value_parser = crate::device::parse_weights)]
+    #[arg(long, default_value = "native", value_parser = crate::device::parse::<WeightFormat>)]
     weights: WeightFormat,
 }
 

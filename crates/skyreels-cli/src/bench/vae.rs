@@ -23,7 +23,7 @@ pub struct VaeDecodeArgs {
     #[arg(long, default_value = "f32", value_parser = crate::device::parse_vae_dtype)]
     vae_dtype: candle_core::DType,
     /// Where to compute: auto, cpu, cuda, cuda:N, metal.
-    #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse::<DeviceChoice>)]
     device: DeviceChoice,
 }
 

@@ -39,20 +39,20 @@ pub struct WindowArgs {
     #[arg(long, default_value_t = 6.0)]
     guidance: f64,
     /// The transformer's precision: auto (bf16 on a GPU, f32 on the CPU), f32, bf16.
-    #[arg(long, default_value = "auto", value_parser = crate::device::parse_precision)]
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse::<Precision>)]
     dtype: Precision,
     /// The VAE's precision: f32 or bf16.
     #[arg(long, default_value = "f32", value_parser = crate::device::parse_vae_dtype)]
     vae_dtype: candle_core::DType,
     /// Where to compute: auto, cpu, cuda, cuda:N, metal.
-    #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse::<DeviceChoice>)]
     device: DeviceChoice,
     /// Keep the transformer off the GPU: none, model (parked while the VAE decodes), blocks
     /// (streamed one block at a time).
-    #[arg(long, default_value = "none", value_parser = crate::device::parse_offload)]
+    #[arg(long, default_value = "none", value_parser = crate::device::parse::<Offload>)]
     offload: Offload,
     /// How the blocks' matrices are held: native or fp8.
-    #[arg(long, default_value = "native", value_parser = crate::device::parse_weights)]
+    #[arg(long, default_value = "native", value_parser = crate::device::parse::<WeightFormat>)]
     weights: WeightFormat,
 }
 

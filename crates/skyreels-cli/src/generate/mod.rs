@@ -138,19 +138,19 @@ pub struct GenerateArgs {
     pub vae_dtype: String,
     /// How the transformer's attention and FFN matrices are held: native (the --dtype) or fp8
     /// (e4m3 with a scale per row: half of bf16's memory, widened one layer at a time).
-    #[arg(long, default_value = "native", value_parser = crate::device::parse_weights)]
+    #[arg(long, default_value = "native", value_parser = crate::device::parse::<WeightFormat>)]
     pub weights: WeightFormat,
     /// Where to compute: auto (a GPU when this binary has GPU support and one is present, else
     /// the CPU), cpu, cuda, cuda:N, metal. Also applies when resuming.
-    #[arg(long, default_value = "auto", value_parser = crate::device::parse_device)]
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse::<DeviceChoice>)]
     pub device: DeviceChoice,
     /// Keep the transformer off the GPU to save memory: none; model (parked in host memory
     /// while the VAE decodes); blocks (in host memory, each block copied to the GPU as it runs).
     /// Same output, slower. Also applies when resuming.
-    #[arg(long, default_value = "none", value_parser = crate::device::parse_offload)]
+    #[arg(long, default_value = "none", value_parser = crate::device::parse::<Offload>)]
     pub offload: Offload,
     /// Where the text encoder runs (default: --device). `cpu` keeps umT5-XXL's 11 GB off the GPU.
-    #[arg(long, value_parser = crate::device::parse_device)]
+    #[arg(long, value_parser = crate::device::parse::<DeviceChoice>)]
     pub text_encoder_device: Option<DeviceChoice>,
     /// Tokens per prompt.
     #[arg(long, hide = true)]

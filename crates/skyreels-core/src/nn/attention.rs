@@ -21,9 +21,9 @@ pub enum AttentionMask {
 /// Upper bound on the number of attention scores held at once on the CPU (f32, 256 MiB).
 const SCORE_BUDGET: usize = 64 * 1024 * 1024;
 
-/// The same bound on a GPU (bf16, 512 MiB): longer query chunks keep the tensor cores busy and
+/// Upper bound on the attention scores held at once on a GPU (bf16, 512 MiB): longer query chunks keep the tensor cores busy and
 /// cut kernel launches (a 540P window has ~51k keys: ~420 query rows per chunk at 12 heads).
-const GPU_SCORE_BUDGET: usize = 256 * 1024 * 1024;
+pub const GPU_SCORE_BUDGET: usize = 256 * 1024 * 1024;
 
 /// `softmax(q·kᵀ·scale)·v` for `q` `[B, H, Lq, D]` and `k`, `v` `[B, H, Lk, D]`.
 ///

@@ -184,6 +184,16 @@ impl Conv3d {
         Ok(if b == 1 { y.reshape((b, o, to, ho, wo))? } else { y.transpose(0, 1)?.contiguous()? })
     }
 
+    /// The one spatial stride candle's `conv2d` takes: the executions built on it need the row
+    /// and column strides equal.
+    fn conv2d_stride(&self, execution: &str) -> Result<usize> {
+        let (sh, sw) = (self.stride[1], self.stride[2]);
+        if sh != sw {
+            return Err(invalid_input!("{execution} needs equal spatial strides, got {sh} and {sw}"));
+        }
+        Ok(sh)
+    }
+
     /// The GPU execution: the `kt` frames each output frame reads, stacked into channels, through
     /// one candle `conv2d` with the weight viewed as `[O, I·kt, kh, kw]` (channel `i·kt + dt`).
     pub fn forward_temporal_unfold(&self, x: &Tensor) -> Result<Tensor> {
@@ -191,10 +201,7 @@ impl Conv3d {
         let [kt, kh, kw] = self.kernel();
         let (_, c, t, h, w) = x.dims5()?;
         let p = self.padding;
-        let (sh, sw) = (self.stride[1], self.stride[2]);
-        if sh != sw {
-            return Err(invalid_input!("the GPU Conv3d needs equal spatial strides, got {sh} and {sw}"));
-        }
+        let sh = self.conv2d_stride("the GPU Conv3d")?;
         // [B, C, To·kt, H, W] with frame `o·st + dt` at position `o·kt + dt`; when the input is
         // exactly one kernel's worth of frames, that is the input itself.
         let windows = if to == 1 && t == kt {
@@ -230,10 +237,7 @@ impl Conv3d {
         let [kt, _, _] = self.kernel();
         let (b, c, _, h, w) = x.dims5()?;
         let p = self.padding;
-        let (sh, sw) = (self.stride[1], self.stride[2]);
-        if sh != sw {
-            return Err(invalid_input!("the conv2d-tap Conv3d needs equal spatial strides, got {sh} and {sw}"));
-        }
+        let sh = self.conv2d_stride("the conv2d-tap Conv3d")?;
         let x = x.pad_with_zeros(3, p.top, p.bottom)?.pad_with_zeros(4, p.left, p.right)?.contiguous()?;
         let weight = self.weight.to_dtype(x.dtype())?;
         let mut sum: Option<Tensor> = None;

@@ -11,7 +11,7 @@ mod rope;
 mod sinusoid;
 mod unfold;
 
-pub use attention::{attention, softmax_last_dim, AttentionMask};
+pub use attention::{attention, softmax_last_dim, AttentionMask, GPU_SCORE_BUDGET};
 pub use conv3d::{Conv3d, SpatialPadding};
 pub use linear::{quantize_fp8, Linear, WeightFormat};
 pub use norm::{layer_norm, LayerNorm, RmsNorm};
