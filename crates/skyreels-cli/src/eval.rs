@@ -159,7 +159,7 @@ fn work_dir(work: &Option<PathBuf>, name: &str) -> Result<PathBuf, String> {
 fn write_report(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<(), String> {
     if let Some(path) = path {
         let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-        crate::generate::write_atomically(path, text.as_bytes())?;
+        crate::generate::write_atomically(path, text.as_bytes()).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -448,7 +448,7 @@ impl DfRun {
         let mut parts = Vec::new();
         while video.next_window(block).is_some() {
             let (spec, latents) =
-                video.generate_window(&model, size, None, None, &text, &settings, &mut noise, &mut |_, _| {})?;
+                video.generate_window(&model, size, None, None, &text, &settings, &mut noise, &mut |_, _| Ok(()))?;
             parts.push(latents.narrow(2, spec.history, spec.frames - spec.history)?);
         }
         if !noise.0.is_empty() {

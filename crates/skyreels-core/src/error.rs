@@ -64,6 +64,9 @@ pub enum Error {
     /// A model and its working set do not fit the device's free memory.
     #[error("{0}")]
     WontFit(String),
+    /// A caller's progress callback asked the computation to stop.
+    #[error("cancelled")]
+    Cancelled,
     /// An error raised inside candle (device, dtype or kernel failure).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

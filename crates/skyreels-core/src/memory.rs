@@ -93,6 +93,14 @@ pub fn ensure_fits_in(free: u64, what: &str, needed: u64, hint: &str) -> Result<
     )))
 }
 
+/// The process's peak resident set (`VmHWM`) in MiB, where /proc provides it.
+pub fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

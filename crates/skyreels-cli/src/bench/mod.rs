@@ -6,7 +6,7 @@ mod transformer;
 mod vae;
 mod window;
 
-pub(crate) use vae::peak_rss_mib;
+pub(crate) use skyreels_core::memory::peak_rss_mib;
 
 /// Which measurement to run.
 #[derive(clap::Subcommand)]

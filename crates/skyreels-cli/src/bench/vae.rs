@@ -2,6 +2,7 @@
 //! VAE (random weights) over N latent frames; each chunk of frames is dropped once made, as
 //! a video writer would consume it.
 
+use super::peak_rss_mib;
 use candle_core::Tensor;
 use skyreels_core::checkpoint::RandomWeights;
 use skyreels_core::device::{DeviceChoice, DeviceMemoryMeter};
@@ -63,12 +64,4 @@ pub fn run(args: &VaeDecodeArgs) -> Result<(), String> {
         super::threads()
     );
     Ok(())
-}
-
-/// The process's peak resident set (`VmHWM`), where /proc provides it.
-pub(crate) fn peak_rss_mib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
 }

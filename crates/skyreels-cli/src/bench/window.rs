@@ -103,7 +103,10 @@ pub fn run(args: &WindowArgs) -> Result<(), String> {
     let size = (args.height / 8, args.width / 8);
     let denoise_start = Instant::now();
     let (spec, latents) = video
-        .generate_window(&model, size, None, None, &text, &settings, &mut noise, &mut |_, _| memory.sample(&device))
+        .generate_window(&model, size, None, None, &text, &settings, &mut noise, &mut |_, _| {
+            memory.sample(&device);
+            Ok(())
+        })
         .map_err(e)?;
     device.synchronize().map_err(c)?;
     let denoise_seconds = denoise_start.elapsed().as_secs_f64();

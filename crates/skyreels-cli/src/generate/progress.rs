@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
+use skyreels_core::pipelines::generation::Event;
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,7 +51,21 @@ impl Reporter {
         }
     }
 
-    fn event(&self, value: Value) {
+    /// Shows one event of the engine's generation.
+    pub fn event(&mut self, event: &Event<'_>) {
+        match *event {
+            Event::Notice(message) => self.notice(message),
+            Event::Stage(message) => self.stage(message),
+            Event::Started { windows, total_rows, windows_done, rows_done } => {
+                self.start(windows, total_rows, windows_done, rows_done)
+            }
+            Event::Step { window, row, rows } => self.row(window, row, rows),
+            Event::WindowDone { window, new_frames, frames, .. } => self.window_done(window, new_frames, frames),
+            Event::Done(outcome) => self.done(&outcome.output.display().to_string(), outcome.frames, outcome.seconds),
+        }
+    }
+
+    fn event_line(&self, value: Value) {
         let mut out = std::io::stdout().lock();
         // A closed pipe must not abort the render; the video matters more than the log.
         let _ = writeln!(out, "{value}");
@@ -65,19 +80,19 @@ impl Reporter {
     }
 
     /// A note about an adjusted setting or a truncated prompt.
-    pub fn notice(&self, message: &str) {
+    fn notice(&self, message: &str) {
         match self.mode {
-            ProgressMode::Json => self.event(json!({"event": "notice", "message": message})),
+            ProgressMode::Json => self.event_line(json!({"event": "notice", "message": message})),
             ProgressMode::None => {}
             _ => self.line(&format!("note: {message}")),
         }
     }
 
     /// A stage before generation (loading, encoding).
-    pub fn stage(&self, message: &str) {
+    fn stage(&self, message: &str) {
         match self.mode {
             ProgressMode::Json => {
-                self.event(json!({"event": "stage", "message": message, "elapsed_s": self.elapsed()}))
+                self.event_line(json!({"event": "stage", "message": message, "elapsed_s": self.elapsed()}))
             }
             ProgressMode::None => {}
             _ => self.line(message),
@@ -89,14 +104,14 @@ impl Reporter {
     }
 
     /// Generation begins: `windows`/`total_rows` are `None` for endless videos.
-    pub fn start(&mut self, windows: Option<usize>, total_rows: Option<usize>, first_window: usize, rows_done: usize) {
+    fn start(&mut self, windows: Option<usize>, total_rows: Option<usize>, first_window: usize, rows_done: usize) {
         self.windows = windows;
         self.total_rows = total_rows;
         self.rows_done = rows_done;
         self.frames_written = 0;
         self.started = Instant::now();
         match self.mode {
-            ProgressMode::Json => self.event(json!({
+            ProgressMode::Json => self.event_line(json!({
                 "event": "start", "windows": windows, "rows": total_rows, "first_window": first_window + 1,
             })),
             ProgressMode::Bar => {
@@ -127,10 +142,10 @@ impl Reporter {
     }
 
     /// One model row of `window` finished.
-    pub fn row(&mut self, window: usize, row: usize, rows: usize) {
+    fn row(&mut self, window: usize, row: usize, rows: usize) {
         self.rows_done += 1;
         match self.mode {
-            ProgressMode::Json => self.event(json!({
+            ProgressMode::Json => self.event_line(json!({
                 "event": "step", "window": window + 1, "windows": self.windows, "step": row, "steps": rows,
                 "rows_done": self.rows_done, "rows": self.total_rows, "elapsed_s": self.elapsed(),
             })),
@@ -153,10 +168,10 @@ impl Reporter {
     }
 
     /// A window was decoded and committed to the output.
-    pub fn window_done(&mut self, window: usize, new_frames: u64, frames_written: u64) {
+    fn window_done(&mut self, window: usize, new_frames: u64, frames_written: u64) {
         self.frames_written += new_frames;
         match self.mode {
-            ProgressMode::Json => self.event(json!({
+            ProgressMode::Json => self.event_line(json!({
                 "event": "window", "window": window + 1, "windows": self.windows, "frames": frames_written,
                 "elapsed_s": self.elapsed(), "frames_per_s": self.fps(),
             })),
@@ -170,13 +185,13 @@ impl Reporter {
     }
 
     /// The video is complete.
-    pub fn done(&mut self, output: &str, frames: u64, seconds: f64) {
+    fn done(&mut self, output: &str, frames: u64, seconds: f64) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
         match self.mode {
             ProgressMode::Json => {
-                self.event(json!({"event": "done", "output": output, "frames": frames, "seconds": seconds}))
+                self.event_line(json!({"event": "done", "output": output, "frames": frames, "seconds": seconds}))
             }
             ProgressMode::None => {}
             _ => eprintln!("wrote {frames} frames to {output} in {seconds:.1} s"),

@@ -98,7 +98,7 @@ pub struct TextConditioning {
 ///
 /// `latents` is `[1, C, f, h, w]`: `prefix` clean frames followed by pure noise. `end_latent`
 /// (`[1, C, 1, h, w]`), when given, is appended as an always-clean last frame the model attends
-/// to, and removed from the result. `on_row(row, rows)` is called after every planner row.
+/// to, and removed from the result. `on_row(row, rows)` is called after every planner row; an error it returns (e.g. [`Error::Cancelled`](crate::Error::Cancelled)) stops the window.
 #[allow(clippy::too_many_arguments)]
 pub fn denoise_window(
     model: &WanTransformer3d,
@@ -108,7 +108,7 @@ pub fn denoise_window(
     text: &TextConditioning,
     settings: &DfSettings,
     noise: &mut dyn NoiseSource,
-    on_row: &mut dyn FnMut(usize, usize),
+    on_row: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<Tensor> {
     let frames = latents.dim(2)?;
     let schedule = settings.schedule()?;
@@ -142,7 +142,7 @@ pub fn denoise_window(
                 frame_latents[j] = solvers[j].step(&v, &frame_latents[j])?;
             }
         }
-        on_row(row + 1, rows);
+        on_row(row + 1, rows)?;
     }
     Ok(Tensor::cat(&frame_latents, 2)?)
 }
@@ -377,7 +377,7 @@ impl DfVideo {
         text: &TextConditioning,
         settings: &DfSettings,
         noise: &mut dyn NoiseSource,
-        on_row: &mut dyn FnMut(usize, usize),
+        on_row: &mut dyn FnMut(usize, usize) -> Result<()>,
     ) -> Result<(WindowSpec, Tensor)> {
         let spec = self
             .next_window(settings.causal_block_size)

@@ -2,12 +2,15 @@
 //!
 //! - [`diffusion_forcing`]: windows of per-frame noise levels over the DiT (spec §8), the sampler
 //!   settings and the window plan of long videos.
+//! - [`generation`]: a whole job — settings checked, models cached, windows committed to a
+//!   resumable output, progress and cancellation — for the CLI, the server and library users.
 //! - [`continuation`]: decoding windows into frames and carrying the overlap to the next window.
 //! - [`prompt`]: prompt text to text-encoder states.
 //! - [`noise`]: the seeded, resumable noise every draw comes from.
 
 pub mod continuation;
 pub mod diffusion_forcing;
+pub mod generation;
 pub mod noise;
 pub mod prompt;
 

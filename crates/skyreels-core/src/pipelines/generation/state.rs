@@ -9,10 +9,11 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
-use skyreels_core::media::WriterCheckpoint;
-use skyreels_core::pipelines::{DfProgress, NoiseState, WindowDecoderState};
 
-use super::params::GenerateParams;
+use super::settings::GenerateParams;
+use super::GenerationError;
+use crate::media::WriterCheckpoint;
+use crate::pipelines::{DfProgress, NoiseState, WindowDecoderState};
 
 /// Format version of the resume file; bumped when its meaning changes.
 pub const STATE_VERSION: u32 = 1;
@@ -53,7 +54,7 @@ pub struct ResumeState {
 
 impl ResumeState {
     /// Writes the state atomically to `path`.
-    pub fn save(&self, path: &Path) -> Result<(), String> {
+    pub fn save(&self, path: &Path) -> Result<(), GenerationError> {
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         let mut put = |name: String, t: &Option<Tensor>| {
             if let Some(t) = t {
@@ -65,28 +66,32 @@ impl ResumeState {
         put("end_latent".into(), &self.end_latent);
         put("pixel_history".into(), &self.decoder.pixel_history);
         put("recent_latents".into(), &self.decoder.recent_latents);
-        let info = serde_json::to_string(&self.info).map_err(|e| e.to_string())?;
+        let info = serde_json::to_string(&self.info).map_err(|e| GenerationError::Output(e.to_string()))?;
         let metadata = HashMap::from([(METADATA_KEY.to_string(), info)]);
         let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata))
-            .map_err(|e| format!("cannot serialise the resume state: {e}"))?;
+            .map_err(|e| GenerationError::Output(format!("cannot serialise the resume state: {e}")))?;
         write_atomically(path, &bytes)
     }
 
     /// Reads a state written by [`save`](Self::save).
-    pub fn load(path: &Path, device: &Device) -> Result<Self, String> {
+    pub fn load(path: &Path, device: &Device) -> Result<Self, GenerationError> {
         let bytes = std::fs::read(path).map_err(|e| {
-            format!(
+            GenerationError::Resume(format!(
                 "cannot read the resume state {} ({e}); was this output made by `skyreels generate`?",
                 path.display()
-            )
+            ))
         })?;
-        let bad = |why: String| format!("the resume state {} is damaged ({why})", path.display());
+        let bad =
+            |why: String| GenerationError::Resume(format!("the resume state {} is damaged ({why})", path.display()));
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
         let info_json =
             meta.metadata().as_ref().and_then(|m| m.get(METADATA_KEY)).ok_or_else(|| bad("no settings".into()))?;
         let version = serde_json::from_str::<serde_json::Value>(info_json).ok().and_then(|v| v["version"].as_u64());
         if version != Some(STATE_VERSION as u64) {
-            return Err(format!("the resume state {} was written by another version of skyreels", path.display()));
+            return Err(GenerationError::Resume(format!(
+                "the resume state {} was written by another version of skyreels",
+                path.display()
+            )));
         }
         let info: ResumeInfo = serde_json::from_str(info_json).map_err(|e| bad(e.to_string()))?;
         let mut tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
@@ -103,13 +108,32 @@ impl ResumeState {
     }
 }
 
+impl ResumeState {
+    /// The same state with its tensors on `device`.
+    pub fn to_device(self, device: &Device) -> Result<Self, GenerationError> {
+        let move_to = |t: Option<Tensor>| {
+            t.map(|t| t.to_device(device)).transpose().map_err(|e| GenerationError::Engine(e.to_string()))
+        };
+        Ok(Self {
+            history: move_to(self.history)?,
+            image_latent: move_to(self.image_latent)?,
+            end_latent: move_to(self.end_latent)?,
+            decoder: WindowDecoderState {
+                recent_latents: move_to(self.decoder.recent_latents)?,
+                pixel_history: move_to(self.decoder.pixel_history)?,
+            },
+            info: self.info,
+        })
+    }
+}
+
 /// Replaces `path` with `bytes` so that readers see the old or the new content, never a mix.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), GenerationError> {
     use std::io::Write;
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     // One fixed name: a temporary left by a crash is simply replaced by the next write.
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let fail = |e: std::io::Error| GenerationError::Output(format!("cannot write {}: {e}", path.display()));
     let mut file = std::fs::File::create(&tmp).map_err(fail)?;
     file.write_all(bytes).map_err(fail)?;
     file.sync_all().map_err(fail)?;

@@ -1,15 +1,118 @@
-//! The settings of one generation: parsed from the flags, checked before anything heavy runs,
-//! and saved with the video (sidecar and resume state) so the video can be reproduced.
+//! The settings of one generation: a [`GenerationRequest`] (what a user asks for, every field
+//! optional where the model or SkyReels-V2 has a default) checked and completed into
+//! [`GenerateParams`] before anything heavy runs, and saved with the video (sidecar and resume
+//! state) so the video can be reproduced.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use skyreels_core::nn::WeightFormat;
-use skyreels_core::pipelines::{Continuation, DfSettings, WindowPlan, WindowSpec};
-use skyreels_core::SigmaGrid;
 
 use super::story::Segment;
-use super::GenerateArgs;
+use super::GenerationError;
+use crate::nn::WeightFormat;
+use crate::pipelines::{Continuation, DfSettings, WindowPlan, WindowSpec};
+use crate::SigmaGrid;
+
+type Result<T> = std::result::Result<T, GenerationError>;
+
+/// What a user asks for: the flags of `skyreels generate`, or the body of an API job. `None`
+/// takes the model's recommendation (its `skyreels.json`), else the SkyReels-V2 default.
+/// Messages about bad values name the command-line flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenerationRequest {
+    /// Model directory or hub id; `None` is the built-in demo model.
+    pub model: Option<String>,
+    /// What the video shows (exclusive with `story`).
+    pub prompt: Option<String>,
+    /// Story mode: one prompt per segment, each lasting some windows.
+    pub story: Option<Vec<Segment>>,
+    /// Negative prompt for guidance.
+    pub negative_prompt: Option<String>,
+    /// Image-to-video: the first frame.
+    pub image: Option<PathBuf>,
+    /// The last frame the video must reach.
+    pub end_image: Option<PathBuf>,
+    /// A video to extend.
+    pub extend: Option<PathBuf>,
+    /// The output file (.mp4, .gif) or folder (PNG frames).
+    pub output: Option<PathBuf>,
+    /// Video frames (4k+1); `Some(0)` runs until interrupted.
+    pub frames: Option<usize>,
+    /// Frames generated together in one window.
+    pub base_frames: Option<usize>,
+    /// Frames shared by consecutive windows.
+    pub overlap_history: Option<usize>,
+    /// Height in pixels (multiple of 16).
+    pub height: Option<usize>,
+    /// Width in pixels (multiple of 16).
+    pub width: Option<usize>,
+    /// Frame rate of the output and of the fps embedding.
+    pub fps: Option<u32>,
+    /// Denoising steps per frame.
+    pub steps: Option<usize>,
+    /// Flow shift of the sigma schedule.
+    pub shift: Option<f64>,
+    /// Classifier-free guidance scale.
+    pub guidance: Option<f64>,
+    /// Random seed (drawn when `None`, and recorded).
+    pub seed: Option<u64>,
+    /// Steps each causal block trails the previous one.
+    pub ar_step: usize,
+    /// Latent frames per causal block.
+    pub causal_block_size: usize,
+    /// Noise level given to the clean overlap frames.
+    pub addnoise_condition: u32,
+    /// How windows are joined: `latent` or `pixel`.
+    pub continuation: String,
+    /// Sigma grid: `skyreels` or `diffusers`.
+    pub sigma_grid: String,
+    /// Block-causal attention in asynchronous mode.
+    pub causal_attention: bool,
+    /// Transformer precision: `auto`, `f32`, `bf16`.
+    pub dtype: String,
+    /// The VAE's precision: `f32` or `bf16`.
+    pub vae_dtype: String,
+    /// How the transformer's block matrices are held.
+    pub weights: WeightFormat,
+    /// Tokens per prompt.
+    pub text_length: Option<usize>,
+}
+
+impl Default for GenerationRequest {
+    fn default() -> Self {
+        Self {
+            model: None,
+            prompt: None,
+            story: None,
+            negative_prompt: None,
+            image: None,
+            end_image: None,
+            extend: None,
+            output: None,
+            frames: None,
+            base_frames: None,
+            overlap_history: None,
+            height: None,
+            width: None,
+            fps: None,
+            steps: None,
+            shift: None,
+            guidance: None,
+            seed: None,
+            ar_step: 0,
+            causal_block_size: 1,
+            addnoise_condition: 0,
+            continuation: "latent".into(),
+            sigma_grid: "skyreels".into(),
+            causal_attention: false,
+            dtype: "auto".into(),
+            vae_dtype: "f32".into(),
+            weights: WeightFormat::Native,
+            text_length: None,
+        }
+    }
+}
 
 /// The original SkyReels-V2 CLI's negative prompt (`generate_video_df.py`).
 pub const DEFAULT_NEGATIVE_PROMPT: &str = "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走";
@@ -107,14 +210,15 @@ pub struct ModelDefaults {
 
 impl ModelDefaults {
     /// Reads `<model>/skyreels.json` when the model is a folder that has one.
-    pub fn of_model(model: &str) -> Result<Self, String> {
+    pub fn of_model(model: &str) -> Result<Self> {
         let path = Path::new(model).join("skyreels.json");
         let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Self::default()) };
         #[derive(serde::Deserialize)]
         struct File {
             generation_defaults: Option<ModelDefaults>,
         }
-        let file: File = serde_json::from_str(&text).map_err(|e| format!("{} is not valid: {e}", path.display()))?;
+        let file: File = serde_json::from_str(&text)
+            .map_err(|e| GenerationError::Model(format!("{} is not valid: {e}", path.display())))?;
         Ok(file.generation_defaults.unwrap_or_default())
     }
 }
@@ -131,9 +235,13 @@ pub fn demo_model_dir() -> PathBuf {
 /// A message for the user about a value that was adjusted.
 pub type Notice = String;
 
+fn bad(message: impl Into<String>) -> GenerationError {
+    GenerationError::Settings(message.into())
+}
+
 /// Rounds a frame count up to the next `4k + 1`, with a notice when it changes.
 fn round_frames(name: &str, n: usize, notices: &mut Vec<Notice>) -> usize {
-    let rounded = if n <= 1 { 1 } else { (n - 1).div_ceil(4) * 4 + 1 };
+    let rounded = if n <= 1 { 1 } else { (n - 1).div_ceil(4).saturating_mul(4).saturating_add(1) };
     if rounded != n {
         notices.push(format!("{name} {n} is not of the form 4k+1; using {rounded}"));
     }
@@ -141,13 +249,8 @@ fn round_frames(name: &str, n: usize, notices: &mut Vec<Notice>) -> usize {
 }
 
 /// Video frames of a story that lasts exactly the windows its segments ask for.
-fn story_frames(
-    segments: &[Segment],
-    start: &Start,
-    base_frames: usize,
-    overlap_history: usize,
-) -> Result<usize, String> {
-    let too_long = || "the story asks for more windows than can be counted".to_string();
+fn story_frames(segments: &[Segment], start: &Start, base_frames: usize, overlap_history: usize) -> Result<usize> {
+    let too_long = || bad("the story asks for more windows than can be counted");
     let windows = segments.iter().try_fold(0usize, |n, s| n.checked_add(s.windows)).ok_or_else(too_long)?;
     let (b, o) = (latent(base_frames), latent(overlap_history));
     let total = match start {
@@ -162,25 +265,31 @@ fn latent(frames: usize) -> usize {
 }
 
 impl GenerateParams {
-    /// Checks and normalises the flags; every problem is one sentence.
-    pub fn from_args(args: &GenerateArgs, segments: Vec<Segment>) -> Result<(Self, Vec<Notice>), String> {
+    /// Checks and completes a request; every problem is one sentence naming the flag.
+    pub fn from_request(args: &GenerationRequest) -> Result<(Self, Vec<Notice>)> {
         let mut notices = Vec::new();
+        let segments = match (&args.story, &args.prompt) {
+            (Some(_), Some(_)) => return Err(bad("give --prompt or --story, not both")),
+            (Some(story), None) => super::story::check(story.clone()).map_err(|e| bad(format!("the story {e}")))?,
+            (None, Some(prompt)) if !prompt.trim().is_empty() => vec![Segment { prompt: prompt.clone(), windows: 1 }],
+            (None, _) => return Err(bad("--prompt (or --story) is required: say what the video should show")),
+        };
         let model = match &args.model {
             Some(model) => model.clone(),
             None => {
                 let demo = demo_model_dir();
                 if !demo.join("model_index.json").is_file() {
-                    return Err(format!(
+                    return Err(GenerationError::Model(format!(
                         "no --model given and the built-in demo model is not at {} (set SKYREELS_DEMO_MODEL or pass --model)",
                         demo.display()
-                    ));
+                    )));
                 }
                 demo.to_string_lossy().to_string()
             }
         };
         // A folder is recorded by its absolute path so that --resume works from anywhere.
         let model = std::fs::canonicalize(&model).map_or(model, |p| p.to_string_lossy().to_string());
-        let output = args.output.clone().ok_or("--output is required (e.g. -o video.mp4)")?;
+        let output = args.output.clone().ok_or_else(|| bad("--output is required (e.g. -o video.mp4)"))?;
         let d = ModelDefaults::of_model(&model)?;
         let height = args.height.or(d.height).unwrap_or(544);
         let width = args.width.or(d.width).unwrap_or(960);
@@ -191,40 +300,41 @@ impl GenerateParams {
         let text_length = args.text_length.or(d.text_length).unwrap_or(512);
         for (name, v) in [("--height", height), ("--width", width)] {
             if v == 0 || v % 16 != 0 {
-                return Err(format!("{name} {v} must be a positive multiple of 16 (the VAE downsamples by 8, the transformer patches by 2)"));
+                return Err(bad(format!("{name} {v} must be a positive multiple of 16 (the VAE downsamples by 8, the transformer patches by 2)")));
             }
+        }
+        if text_length == 0 {
+            return Err(bad("--text-length must be at least 1"));
+        }
+        if !shift.is_finite() || shift <= 0.0 {
+            return Err(bad(format!("--shift {shift} must be a positive number")));
+        }
+        if !guidance.is_finite() || guidance < 0.0 {
+            return Err(bad(format!("--guidance {guidance} must be a number of at least 0")));
         }
         let start = match (&args.image, &args.extend) {
             (Some(_), Some(_)) => {
-                return Err(
-                    "--image and --extend cannot be combined: an extended video starts from its own frames".into()
-                )
+                return Err(bad(
+                    "--image and --extend cannot be combined: an extended video starts from its own frames",
+                ))
             }
             (Some(image), None) => Start::Image(image.clone()),
             (None, Some(video)) => Start::Extend(video.clone()),
             (None, None) => Start::Text,
         };
-        let frames = match args.frames.as_deref().map(str::trim) {
-            None => None,
-            Some("0" | "inf" | "infinite") => Some(0),
-            Some(s) => Some(
-                s.parse::<usize>()
-                    .map_err(|_| format!("--frames `{s}` is not a frame count (use a number, or 0/inf for endless)"))?,
-            ),
-        };
         let base_frames = round_frames("--base-frames", args.base_frames.or(d.base_frames).unwrap_or(97), &mut notices);
         let overlap_history =
             round_frames("--overlap-history", args.overlap_history.or(d.overlap_history).unwrap_or(17), &mut notices);
         if overlap_history >= base_frames {
-            return Err(format!(
+            return Err(bad(format!(
                 "--overlap-history {overlap_history} must be shorter than --base-frames {base_frames}"
-            ));
+            )));
         }
         if args.causal_block_size == 0 {
-            return Err("--causal-block-size must be at least 1".into());
+            return Err(bad("--causal-block-size must be at least 1"));
         }
         if steps == 0 {
-            return Err("--steps must be at least 1".into());
+            return Err(bad("--steps must be at least 1"));
         }
         if args.addnoise_condition > 60 {
             notices.push(format!(
@@ -233,9 +343,9 @@ impl GenerateParams {
             ));
         }
         if fps == 0 {
-            return Err("--fps must be positive".into());
+            return Err(bad("--fps must be positive"));
         }
-        let frames = match frames {
+        let frames = match args.frames {
             Some(0) => None,
             Some(n) => Some(round_frames("--frames", n, &mut notices)),
             // A story without --frames lasts exactly as many windows as its segments ask for.
@@ -243,15 +353,15 @@ impl GenerateParams {
             None => Some(d.frames.unwrap_or(97)),
         };
         if frames.is_none() && args.end_image.is_some() {
-            return Err("--end-image needs a finite --frames: an endless video has no last frame".into());
+            return Err(bad("--end-image needs a finite --frames: an endless video has no last frame"));
         }
-        let sigma_grid: SigmaGrid = args.sigma_grid.parse().map_err(|e: skyreels_core::Error| e.to_string())?;
-        let continuation: Continuation = args.continuation.parse().map_err(|e: skyreels_core::Error| e.to_string())?;
+        let sigma_grid: SigmaGrid = args.sigma_grid.parse().map_err(|e: crate::Error| bad(e.to_string()))?;
+        let continuation: Continuation = args.continuation.parse().map_err(|e: crate::Error| bad(e.to_string()))?;
         if !["f32", "bf16"].contains(&args.vae_dtype.as_str()) {
-            return Err(format!("--vae-dtype `{}` is not one of f32, bf16", args.vae_dtype));
+            return Err(bad(format!("--vae-dtype `{}` is not one of f32, bf16", args.vae_dtype)));
         }
         if !["auto", "f32", "bf16"].contains(&args.dtype.as_str()) {
-            return Err(format!("--dtype `{}` is not one of auto, f32, bf16", args.dtype));
+            return Err(bad(format!("--dtype `{}` is not one of auto, f32, bf16", args.dtype)));
         }
         let params = Self {
             model,
@@ -310,38 +420,38 @@ impl GenerateParams {
 
     /// Checks every window against the sampler settings before anything runs; returns the
     /// model rows of the whole video (`None` when endless).
-    pub fn check_windows(&self) -> Result<Option<usize>, String> {
+    pub fn check_windows(&self) -> Result<Option<usize>> {
         let plan = self.window_plan();
-        plan.validate().map_err(|e| e.to_string())?;
+        plan.validate().map_err(|e| bad(e.to_string()))?;
         let image_prefix = usize::from(matches!(self.start, Start::Image(_)));
         if image_prefix > 0 && self.sampler.causal_block_size > 1 {
-            return Err(format!(
+            return Err(bad(format!(
                 "--image gives a 1-frame clean prefix, which does not fill a causal block of {}: use --causal-block-size 1",
                 self.sampler.causal_block_size
-            ));
+            )));
         }
         if let (Start::Extend(_), Some(total)) = (&self.start, plan.total) {
             if total <= latent(self.overlap_history) {
-                return Err(format!(
+                return Err(bad(format!(
                     "--frames {} leaves nothing to generate after the {}-frame overlap when extending",
                     self.frames.unwrap_or(0),
                     self.overlap_history
-                ));
+                )));
             }
         }
         if self.end_image.is_some() && self.causal_attention && self.sampler.causal_block_size > 1 {
             // The end frame is one extra latent, which a block-causal mask cannot place.
-            return Err("--end-image cannot be combined with --causal-attention and a causal block size above 1".into());
+            return Err(bad("--end-image cannot be combined with --causal-attention and a causal block size above 1"));
         }
-        let check = |w: &WindowSpec| -> Result<usize, String> {
+        let check = |w: &WindowSpec| -> Result<usize> {
             let prefix = if w.index == 0 && w.history == 0 { image_prefix } else { w.prefix };
             self.sampler.rows_per_window(w.frames, prefix).map_err(|e| {
-                format!(
+                bad(format!(
                     "window {} ({} latent frames) cannot be planned: {}",
                     w.index + 1,
                     w.frames,
                     strip_prefix(&e.to_string())
-                )
+                ))
             })
         };
         let block = self.sampler.causal_block_size;
@@ -380,6 +490,11 @@ impl GenerateParams {
         start.into_iter().chain(self.end_image.as_deref()).collect()
     }
 
+    /// Whether writing the output or its companions would replace `input`.
+    pub fn would_replace(&self, input: &Path) -> bool {
+        [self.output.clone(), self.sidecar_path(), self.state_path()].iter().any(|c| same_file(c, input))
+    }
+
     /// Where the resume state of this output lives.
     pub fn state_path(&self) -> PathBuf {
         with_suffix(&self.output, ".resume")
@@ -388,6 +503,13 @@ impl GenerateParams {
     /// Where the sidecar JSON of this output lives.
     pub fn sidecar_path(&self) -> PathBuf {
         with_suffix(&self.output, ".json")
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
     }
 }
 
@@ -412,74 +534,77 @@ fn random_seed() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: GenerateArgs,
-    }
-
-    fn params(flags: &[&str]) -> Result<(GenerateParams, Vec<Notice>), String> {
-        let mut argv = vec!["x", "--model", "m", "-o", "out.mp4"];
-        argv.extend_from_slice(flags);
-        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        GenerateParams::from_args(&cli.args, vec![Segment { prompt: "p".into(), windows: 1 }])
+    fn params(edit: impl FnOnce(&mut GenerationRequest)) -> Result<(GenerateParams, Vec<Notice>)> {
+        let mut request = GenerationRequest {
+            model: Some("m".into()),
+            prompt: Some("p".into()),
+            output: Some("out.mp4".into()),
+            ..Default::default()
+        };
+        edit(&mut request);
+        GenerateParams::from_request(&request)
     }
 
     #[test]
     fn frames_are_rounded_up_to_4k_plus_1() {
-        let (p, notices) = params(&["--frames", "120"]).unwrap();
+        let (p, notices) = params(|r| r.frames = Some(120)).unwrap();
         assert_eq!(p.frames, Some(121));
         assert_eq!(notices, ["--frames 120 is not of the form 4k+1; using 121"]);
-        assert_eq!(params(&["--frames", "inf"]).unwrap().0.frames, None);
-        assert_eq!(params(&["--frames", "0"]).unwrap().0.frames, None);
-        assert!(params(&["--frames", "lots"]).unwrap_err().contains("not a frame count"));
+        assert_eq!(params(|r| r.frames = Some(0)).unwrap().0.frames, None);
     }
 
     #[test]
     fn sizes_must_be_multiples_of_16() {
-        assert!(params(&["--height", "540"]).unwrap_err().contains("multiple of 16"));
-        assert!(params(&["--width", "0"]).is_err());
+        assert!(params(|r| r.height = Some(540)).unwrap_err().to_string().contains("multiple of 16"));
+        assert!(params(|r| r.width = Some(0)).is_err());
     }
 
     #[test]
     fn every_window_is_checked_before_generation() {
+        let blocks = |r: &mut GenerationRequest, frames| {
+            r.frames = Some(frames);
+            r.ar_step = 5;
+            r.causal_block_size = 5;
+        };
         // 257 frames, windows of 97 overlapping by 17, blocks of 5: [25, 25, 25] latents, all fine.
-        let (p, _) = params(&["--frames", "257", "--ar-step", "5", "--causal-block-size", "5"]).unwrap();
+        let (p, _) = params(|r| blocks(r, 257)).unwrap();
         assert_eq!(p.check_windows().unwrap(), Some(50 + 2 * 45));
         // 105 frames: windows [25, 12] — 12 latents do not fill blocks of 5.
-        let (p, _) = params(&["--frames", "105", "--ar-step", "5", "--causal-block-size", "5"]).unwrap();
-        let err = p.check_windows().unwrap_err();
+        let (p, _) = params(|r| blocks(r, 105)).unwrap();
+        let err = p.check_windows().unwrap_err().to_string();
         assert!(err.contains("window 2") && err.contains("multiple of the causal block size"), "{err}");
-        let (p, _) = params(&["--image", "x.png", "--causal-block-size", "5", "--ar-step", "5"]).unwrap();
-        assert!(p.check_windows().unwrap_err().contains("--causal-block-size 1"));
-        let (p, _) = params(&["--frames", "inf"]).unwrap();
+        let (p, _) = params(|r| {
+            blocks(r, 97);
+            r.image = Some("x.png".into());
+        })
+        .unwrap();
+        assert!(p.check_windows().unwrap_err().to_string().contains("--causal-block-size 1"));
+        let (p, _) = params(|r| r.frames = Some(0)).unwrap();
         assert_eq!(p.check_windows().unwrap(), None);
     }
 
     #[test]
     fn stories_without_frames_last_as_many_windows_as_they_ask_for() {
-        let cli = Cli::try_parse_from([
-            "x",
-            "--model",
-            "m",
-            "-o",
-            "o.mp4",
-            "--story",
-            "s.json",
-            "--base-frames",
-            "13",
-            "--overlap-history",
-            "5",
-        ])
+        let (p, _) = params(|r| {
+            r.prompt = None;
+            r.story =
+                Some(vec![Segment { prompt: "a".into(), windows: 2 }, Segment { prompt: "b".into(), windows: 1 }]);
+            r.base_frames = Some(13);
+            r.overlap_history = Some(5);
+        })
         .unwrap();
-        let segments = vec![Segment { prompt: "a".into(), windows: 2 }, Segment { prompt: "b".into(), windows: 1 }];
-        let (p, _) = GenerateParams::from_args(&cli.args, segments).unwrap();
         assert_eq!(p.frames, Some(29));
         assert_eq!((0..4).map(|w| p.segment_for_window(w)).collect::<Vec<_>>(), [0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn bad_numbers_and_missing_prompts_are_refused() {
+        assert!(params(|r| r.prompt = None).unwrap_err().to_string().contains("--prompt"));
+        assert!(params(|r| r.shift = Some(f64::NAN)).is_err());
+        assert!(params(|r| r.guidance = Some(-1.0)).is_err());
+        assert!(params(|r| r.story = Some(vec![])).is_err());
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::GenerationError;
+
 /// One prompt and how many windows it covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
@@ -33,16 +35,18 @@ enum StoryJson {
 }
 
 /// Reads a story file into segments.
-pub fn load_story(path: &Path) -> Result<Vec<Segment>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the story {}: {e}", path.display()))?;
+pub fn load_story(path: &Path) -> Result<Vec<Segment>, GenerationError> {
+    let input = GenerationError::Input;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| input(format!("cannot read the story {}: {e}", path.display())))?;
     let is_json =
         path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) || text.trim_start().starts_with(['[', '{']);
     let segments = if is_json {
-        parse_json(&text).map_err(|e| format!("the story {} is not valid: {e}", path.display()))?
+        parse_json(&text).map_err(|e| input(format!("the story {} is not valid: {e}", path.display())))?
     } else {
         parse_lines(&text)
     };
-    check(segments).map_err(|e| format!("the story {} {e}", path.display()))
+    check(segments).map_err(|e| input(format!("the story {} {e}", path.display())))
 }
 
 fn parse_json(text: &str) -> Result<Vec<Segment>, String> {
@@ -65,7 +69,8 @@ fn parse_lines(text: &str) -> Vec<Segment> {
         .collect()
 }
 
-fn check(segments: Vec<Segment>) -> Result<Vec<Segment>, String> {
+/// Refuses stories without prompts, with empty prompts or with zero-window segments.
+pub(super) fn check(segments: Vec<Segment>) -> Result<Vec<Segment>, String> {
     if segments.is_empty() {
         return Err("has no prompts".into());
     }

@@ -1,0 +1,688 @@
+//! A whole generation job: settings in, a committed video file out, resumable at every window.
+//!
+//! The run is a loop over windows (spec §8.3): each window is denoised, decoded as a stream and
+//! appended to the output, which is then committed (a playable file) together with the state
+//! needed to continue (`<output>.resume`) and the sidecar (`<output>.json`). Memory holds one
+//! window at a time, whatever the length; [`Generation::resume`] continues after a crash and
+//! produces the same bytes as an uninterrupted run.
+//!
+//! ```no_run
+//! use skyreels_core::pipelines::generation::*;
+//! # fn main() -> Result<(), GenerationError> {
+//! let request = GenerationRequest {
+//!     prompt: Some("a red kite over the sea".into()),
+//!     output: Some("kite.mp4".into()),
+//!     ..Default::default()
+//! };
+//! let job = Generation::new(&request, false)?;
+//! let devices = Devices::open(&RunOptions::default())?;
+//! let mut models = ModelCache::new(1);
+//! let outcome = job.run(&mut models, &devices, &mut |event| println!("{event:?}"), &CancelToken::default())?;
+//! println!("{} frames in {:.1} s", outcome.frames, outcome.seconds);
+//! # Ok(()) }
+//! ```
+
+mod models;
+mod settings;
+mod state;
+mod story;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde_json::json;
+
+pub use models::{Devices, LoadedModels, ModelCache, RunOptions};
+pub use settings::{
+    demo_model_dir, with_suffix, GenerateParams, GenerationRequest, ModelDefaults, Notice, Start,
+    DEFAULT_NEGATIVE_PROMPT,
+};
+pub use state::{write_atomically, ResumeInfo, ResumeState, STATE_VERSION};
+pub use story::{load_story, Segment};
+
+use crate::checkpoint::resolve_pipeline;
+use crate::device::{DeviceInfo, DeviceMemoryMeter};
+use crate::media::{create_writer, fit_to, load_image, open_video, resume_writer, RgbFrame, VideoReader, VideoWriter};
+use crate::pipelines::{
+    encode_prompt, from_rgb_frames, to_rgb_frames, DfVideo, SeededNoise, TextConditioning, WindowDecoder,
+};
+use crate::text::PromptTokenizer;
+use crate::UmT5Encoder;
+
+/// Why a generation could not be prepared or did not finish. Each is one sentence for the
+/// user; the variant says whose problem it is (a front end maps them to exit codes or HTTP
+/// statuses).
+#[derive(Debug, thiserror::Error)]
+pub enum GenerationError {
+    /// The settings are invalid (a flag or field the user can fix).
+    #[error("{0}")]
+    Settings(String),
+    /// An input file (image, video, story) is missing or unreadable.
+    #[error("{0}")]
+    Input(String),
+    /// The output cannot be created, replaced or written.
+    #[error("{0}")]
+    Output(String),
+    /// The model cannot be found, loaded, or does not fit together.
+    #[error("{0}")]
+    Model(String),
+    /// The device cannot be opened or cannot hold the models.
+    #[error("{0}")]
+    Device(String),
+    /// There is nothing to resume, or the resume state is unusable.
+    #[error("{0}")]
+    Resume(String),
+    /// The run was cancelled through its [`CancelToken`]; what was committed stays resumable.
+    #[error("the generation was cancelled")]
+    Cancelled,
+    /// Computing failed.
+    #[error("{0}")]
+    Engine(String),
+}
+
+type Result<T> = std::result::Result<T, GenerationError>;
+
+fn engine_error(e: impl std::fmt::Display) -> GenerationError {
+    GenerationError::Engine(e.to_string())
+}
+
+/// Asks a running generation to stop at its next denoising step. Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// Requests the stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What a running generation reports, in order.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A setting was adjusted or a prompt truncated.
+    Notice(&'a str),
+    /// A stage before generation begins (encoding prompts, loading models).
+    Stage(&'a str),
+    /// Generation begins or resumes; counts are `None` for endless videos.
+    Started {
+        /// Windows of the whole video.
+        windows: Option<usize>,
+        /// Model rows (denoising steps over a window) of the whole video.
+        total_rows: Option<usize>,
+        /// Windows already done (when resuming).
+        windows_done: usize,
+        /// Model rows already done (when resuming).
+        rows_done: usize,
+    },
+    /// One model row (a denoising step) of `window` finished.
+    Step {
+        /// Window index, from 0.
+        window: usize,
+        /// Rows of this window done.
+        row: usize,
+        /// Rows of this window.
+        rows: usize,
+    },
+    /// A window was decoded and committed: the output plays up to here.
+    WindowDone {
+        /// Window index, from 0.
+        window: usize,
+        /// Frames this window added.
+        new_frames: u64,
+        /// Frames in the output now.
+        frames: u64,
+        /// The last frame written, for previews.
+        last_frame: Option<&'a RgbFrame>,
+    },
+    /// The video is complete.
+    Done(&'a GenerationOutcome),
+}
+
+/// A finished video.
+#[derive(Debug, Clone)]
+pub struct GenerationOutcome {
+    /// The output file or folder.
+    pub output: PathBuf,
+    /// Frames in it.
+    pub frames: u64,
+    /// Generation seconds, summed over interrupted attempts.
+    pub seconds: f64,
+    /// Peak GPU memory in use; `None` on the CPU.
+    pub peak_device_mib: Option<u64>,
+}
+
+/// A prepared generation: checked settings and readable inputs, ready to [`run`](Self::run).
+pub struct Generation {
+    params: GenerateParams,
+    notices: Vec<Notice>,
+    total_rows: Option<usize>,
+    begin: Begin,
+}
+
+/// How the run begins.
+enum Begin {
+    /// From nothing: the conditioning frames are already read and fitted.
+    Fresh { start_frame: Option<RgbFrame>, end_frame: Option<RgbFrame> },
+    /// From a saved state (tensors on the CPU until the run's device is known).
+    Resume(Box<ResumeState>),
+}
+
+impl Generation {
+    /// Checks `request` the way `skyreels generate` does — settings, every window's plan, the
+    /// output (refused if it exists, unless `overwrite`), the input files — before anything
+    /// heavy runs.
+    pub fn new(request: &GenerationRequest, overwrite: bool) -> Result<Self> {
+        let (params, notices) = GenerateParams::from_request(request)?;
+        let total_rows = params.check_windows()?;
+        check_output_is_free(&params, overwrite)?;
+        let start_frame = match &params.start {
+            Start::Image(path) => Some(load_conditioning_image(path, &params)?),
+            _ => None,
+        };
+        let end_frame = params.end_image.as_ref().map(|p| load_conditioning_image(p, &params)).transpose()?;
+        if let Start::Extend(path) = &params.start {
+            open_extension(path, &params)?;
+        }
+        Ok(Self { params, notices, total_rows, begin: Begin::Fresh { start_frame, end_frame } })
+    }
+
+    /// Prepares to continue the interrupted run whose output is `output` (settings come from
+    /// its saved state; the output may have been moved together with its companions).
+    pub fn resume(output: &Path) -> Result<Self> {
+        let state_path = with_suffix(output, ".resume");
+        if !state_path.exists() {
+            let done = with_suffix(output, ".json");
+            return Err(GenerationError::Resume(if done.exists() && output.exists() {
+                format!("{} is already complete (there is no resume state next to it)", output.display())
+            } else {
+                format!("there is no interrupted run to resume: {} does not exist", state_path.display())
+            }));
+        }
+        let saved = ResumeState::load(&state_path, &Device::Cpu)?;
+        let params = GenerateParams { output: output.to_path_buf(), ..saved.info.params.clone() };
+        let total_rows = params.check_windows()?;
+        Ok(Self { params, notices: Vec::new(), total_rows, begin: Begin::Resume(Box::new(saved)) })
+    }
+
+    /// Whether there is an interrupted run of `output` to resume.
+    pub fn can_resume(output: &Path) -> bool {
+        with_suffix(output, ".resume").is_file()
+    }
+
+    /// The completed settings (the seed drawn, the model's defaults applied).
+    pub fn params(&self) -> &GenerateParams {
+        &self.params
+    }
+
+    /// Adjustments made to the request (rounded frame counts, …).
+    pub fn notices(&self) -> &[Notice] {
+        &self.notices
+    }
+
+    /// Model rows of the whole video (`None` when endless).
+    pub fn total_rows(&self) -> Option<usize> {
+        self.total_rows
+    }
+
+    /// Runs to the end, reporting to `observer`; stops with [`GenerationError::Cancelled`] at
+    /// the first step after `cancel` is set. Models come from (and stay in) `models`.
+    pub fn run(
+        self,
+        models: &mut ModelCache,
+        devices: &Devices,
+        observer: &mut dyn FnMut(Event<'_>),
+        cancel: &CancelToken,
+    ) -> Result<GenerationOutcome> {
+        for notice in &self.notices {
+            observer(Event::Notice(notice));
+        }
+        let files = resolve_pipeline(&self.params.model).map_err(|e| GenerationError::Model(e.to_string()))?;
+        let outcome = match self.begin {
+            Begin::Fresh { start_frame, end_frame } => {
+                let texts = encode_texts(&files, &self.params, devices, observer)?;
+                observer(Event::Stage("loading the transformer and the VAE"));
+                let loaded = models.get_or_load(&files, &self.params, devices)?;
+                fresh(&self.params, self.total_rows, loaded, texts, (start_frame, end_frame), observer, cancel)
+            }
+            Begin::Resume(saved) => {
+                let texts = encode_texts(&files, &self.params, devices, observer)?;
+                observer(Event::Stage("loading the transformer and the VAE"));
+                let loaded = models.get_or_load(&files, &self.params, devices)?;
+                resumed(&self.params, self.total_rows, loaded, texts, *saved, observer, cancel)
+            }
+        };
+        models.trim();
+        outcome
+    }
+}
+
+/// Starts a new video at `params.output`.
+fn fresh(
+    params: &GenerateParams,
+    total_rows: Option<usize>,
+    models: &LoadedModels,
+    texts: Vec<TextConditioning>,
+    (start_frame, end_frame): (Option<RgbFrame>, Option<RgbFrame>),
+    observer: &mut dyn FnMut(Event<'_>),
+    cancel: &CancelToken,
+) -> Result<GenerationOutcome> {
+    models.configure_attention(params)?;
+    let encode = |frame: RgbFrame| -> Result<Tensor> {
+        let video = from_rgb_frames(&[frame], &models.device).map_err(engine_error)?;
+        models.vae.encode_latents(&video).map_err(engine_error)
+    };
+    let image_latent = start_frame.map(encode).transpose()?;
+    let end_latent = end_frame.map(encode).transpose()?;
+    let extend_input = match &params.start {
+        Start::Extend(path) => Some((path.clone(), open_extension(path, params)?)),
+        _ => None,
+    };
+    // Only now, with the models loaded and the inputs read, is an old output replaced.
+    let _ = std::fs::remove_file(params.state_path());
+    let _ = std::fs::remove_file(params.sidecar_path());
+    let mut writer =
+        create_writer(&params.output, params.width as u32, params.height as u32, params.sampler.fps as f64)
+            .map_err(|e| GenerationError::Output(e.to_string()))?;
+    let outcome = (|| {
+        let mut decoder = WindowDecoder::new(&models.vae, params.continuation, params.overlap_history);
+        let history = match extend_input {
+            Some((path, reader)) => Some(copy_extension(&path, reader, params, writer.as_mut(), &mut decoder, models)?),
+            None => None,
+        };
+        let video = DfVideo::new(params.window_plan(), history).map_err(engine_error)?;
+        let checkpoint = writer.commit().map_err(|e| GenerationError::Output(e.to_string()))?;
+        let run = Run {
+            params,
+            models,
+            texts,
+            video,
+            decoder,
+            noise: SeededNoise::new(params.seed),
+            image_latent,
+            end_latent,
+            rows_done: 0,
+            seconds_before: 0.0,
+            memory: DeviceMemoryMeter::new(),
+        };
+        run.save(&checkpoint, 0.0)?;
+        Ok(run)
+    })();
+    match outcome {
+        Ok(run) => run.generate(writer, total_rows, observer, cancel),
+        Err(e) => {
+            // Nothing worth keeping was produced: leave no half-made output behind.
+            drop(writer);
+            remove_output(params);
+            Err(e)
+        }
+    }
+}
+
+/// Continues the video at `params.output` from `saved`.
+fn resumed(
+    params: &GenerateParams,
+    total_rows: Option<usize>,
+    models: &LoadedModels,
+    texts: Vec<TextConditioning>,
+    saved: ResumeState,
+    observer: &mut dyn FnMut(Event<'_>),
+    cancel: &CancelToken,
+) -> Result<GenerationOutcome> {
+    models.configure_attention(params)?;
+    let saved = saved.to_device(&models.device)?;
+    let output = &params.output;
+    let writer =
+        resume_writer(output, params.width as u32, params.height as u32, params.sampler.fps as f64, &saved.info.writer)
+            .map_err(|e| GenerationError::Resume(e.to_string()))?;
+    let video = DfVideo::resume(params.window_plan(), saved.info.progress, saved.history).map_err(engine_error)?;
+    let decoder = WindowDecoder::resume(&models.vae, params.continuation, params.overlap_history, saved.decoder)
+        .map_err(|e| GenerationError::Resume(e.to_string()))?;
+    observer(Event::Notice(&format!(
+        "resuming {} after window {} ({} frames kept)",
+        output.display(),
+        saved.info.progress.windows_done,
+        saved.info.writer.frames
+    )));
+    let run = Run {
+        params,
+        models,
+        texts,
+        video,
+        decoder,
+        noise: SeededNoise::from_state(saved.info.noise),
+        image_latent: saved.image_latent,
+        end_latent: saved.end_latent,
+        rows_done: saved.info.rows_done,
+        seconds_before: saved.info.seconds,
+        memory: DeviceMemoryMeter::new(),
+    };
+    run.generate(writer, total_rows, observer, cancel)
+}
+
+/// Encodes every distinct prompt of the story once, plus the negative prompt; the text
+/// encoder is dropped before returning.
+fn encode_texts(
+    files: &crate::checkpoint::PipelineFiles,
+    params: &GenerateParams,
+    devices: &Devices,
+    observer: &mut dyn FnMut(Event<'_>),
+) -> Result<Vec<TextConditioning>> {
+    observer(Event::Stage("encoding prompts"));
+    let model_error = |what: &'static str| move |e: crate::Error| GenerationError::Model(format!("{what}: {e}"));
+    let tokenizer = PromptTokenizer::load(&files.tokenizer).map_err(model_error("tokenizer"))?;
+    let text_device = &devices.text_encoder;
+    let encoder = UmT5Encoder::load(&files.text_encoder, text_device, models::text_encoder_dtype(files, text_device))
+        .map_err(model_error("text encoder"))?;
+    let device = &devices.compute;
+    let mut encode = |prompt: &str| -> Result<Tensor> {
+        let encoded = encode_prompt(&tokenizer, &encoder, prompt, params.text_length)
+            .map_err(|e| GenerationError::Engine(format!("prompt: {e}")))?;
+        if let Some(w) = &encoded.truncation_warning {
+            observer(Event::Notice(w));
+        }
+        encoded.states.to_device(device).map_err(|e| GenerationError::Engine(format!("prompt: {e}")))
+    };
+    let negative = encode(&params.negative_prompt)?;
+    // A story may come back to a prompt: encode each distinct one once (tensors share storage).
+    let mut encoded: HashMap<&str, Tensor> = HashMap::new();
+    let mut texts = Vec::new();
+    for segment in &params.segments {
+        let positive = match encoded.get(segment.prompt.as_str()) {
+            Some(states) => states.clone(),
+            None => {
+                let states = encode(&segment.prompt)?;
+                encoded.insert(&segment.prompt, states.clone());
+                states
+            }
+        };
+        texts.push(TextConditioning { positive, negative: negative.clone() });
+    }
+    Ok(texts)
+}
+
+/// Refuses outputs that would clobber something: an existing file or folder (unless
+/// `overwrite`), one of the run's own inputs, or a folder holding anything but frames.
+fn check_output_is_free(params: &GenerateParams, overwrite: bool) -> Result<()> {
+    let refuse = |m: String| Err(GenerationError::Output(m));
+    crate::media::VideoFormat::for_output(&params.output).map_err(|e| GenerationError::Settings(e.to_string()))?;
+    let output = &params.output;
+    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return refuse(format!("the folder {} for the output does not exist", parent.display()));
+        }
+    }
+    for input in params.input_paths() {
+        if params.would_replace(input) {
+            return refuse(format!(
+                "the output would overwrite the input {}: choose another --output",
+                input.display()
+            ));
+        }
+    }
+    if !output.exists() {
+        return Ok(());
+    }
+    if !overwrite {
+        return refuse(format!(
+            "{} already exists: choose another --output, pass --overwrite, or --resume it",
+            output.display()
+        ));
+    }
+    if output.is_dir() && !holds_only_frames(output) {
+        return refuse(format!(
+            "{} is a folder with files other than frame_*.png; refusing to replace it",
+            output.display()
+        ));
+    }
+    Ok(())
+}
+
+fn holds_only_frames(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().all(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.starts_with("frame_") && name.ends_with(".png")
+        })
+    })
+}
+
+/// Removes an output and its companions (used when a run fails before producing anything).
+fn remove_output(params: &GenerateParams) {
+    let out = &params.output;
+    let _ = if out.is_dir() { std::fs::remove_dir_all(out) } else { std::fs::remove_file(out) };
+    let _ = std::fs::remove_file(params.state_path());
+    let _ = std::fs::remove_file(params.sidecar_path());
+}
+
+fn load_conditioning_image(path: &Path, params: &GenerateParams) -> Result<RgbFrame> {
+    let image = load_image(path).map_err(|e| GenerationError::Input(e.to_string()))?;
+    fit_to(&image, params.width as u32, params.height as u32).map_err(|e| GenerationError::Input(e.to_string()))
+}
+
+fn open_extension(path: &Path, params: &GenerateParams) -> Result<Box<dyn VideoReader>> {
+    let reader = open_video(path).map_err(|e| GenerationError::Input(e.to_string()))?;
+    if let Some(n) = reader.frame_count() {
+        if n < params.overlap_history as u64 {
+            return Err(clip_too_short(path, n, params.overlap_history));
+        }
+    }
+    Ok(reader)
+}
+
+fn clip_too_short(path: &Path, frames: u64, overlap: usize) -> GenerationError {
+    GenerationError::Input(format!(
+        "{} has {frames} frames, fewer than the {overlap} frames of --overlap-history it must provide",
+        path.display()
+    ))
+}
+
+/// Copies the video being extended into the output (centre-cropped to the output's aspect and
+/// resized, like conditioning images) and returns the latents of its last `overlap_history`
+/// frames, the first window's history.
+fn copy_extension(
+    path: &Path,
+    reader: Box<dyn VideoReader>,
+    params: &GenerateParams,
+    writer: &mut dyn VideoWriter,
+    decoder: &mut WindowDecoder<'_>,
+    models: &LoadedModels,
+) -> Result<Tensor> {
+    let keep = params.overlap_history;
+    let mut tail: VecDeque<RgbFrame> = VecDeque::with_capacity(keep + 1);
+    let mut count = 0u64;
+    for frame in reader {
+        let frame = frame.map_err(|e| GenerationError::Input(e.to_string()))?;
+        let frame = fit_to(&frame, params.width as u32, params.height as u32)
+            .map_err(|e| GenerationError::Input(e.to_string()))?;
+        writer.append(std::slice::from_ref(&frame)).map_err(|e| GenerationError::Output(e.to_string()))?;
+        tail.push_back(frame);
+        if tail.len() > keep {
+            tail.pop_front();
+        }
+        count += 1;
+    }
+    if tail.len() < keep {
+        return Err(clip_too_short(path, count, keep));
+    }
+    let frames = from_rgb_frames(tail.make_contiguous(), &models.device).map_err(engine_error)?;
+    decoder.start_from_frames(&frames).map_err(engine_error)
+}
+
+/// A run in progress: the video state plus everything saved after each window.
+struct Run<'a> {
+    params: &'a GenerateParams,
+    models: &'a LoadedModels,
+    /// One conditioning per story segment.
+    texts: Vec<TextConditioning>,
+    video: DfVideo,
+    decoder: WindowDecoder<'a>,
+    noise: SeededNoise,
+    image_latent: Option<Tensor>,
+    end_latent: Option<Tensor>,
+    rows_done: usize,
+    seconds_before: f64,
+    memory: DeviceMemoryMeter,
+}
+
+impl Run<'_> {
+    fn generate(
+        mut self,
+        mut writer: Box<dyn VideoWriter>,
+        total_rows: Option<usize>,
+        observer: &mut dyn FnMut(Event<'_>),
+        cancel: &CancelToken,
+    ) -> Result<GenerationOutcome> {
+        let p = self.params;
+        let windows = self.video.plan().window_count(p.initial_history());
+        let started = Instant::now();
+        if let Some(text) = self.texts.first() {
+            let width = text.positive.dim(2).map_err(engine_error)?;
+            models::check_text_width(&self.models.transformer.borrow(), width)?;
+        }
+        observer(Event::Started {
+            windows,
+            total_rows,
+            windows_done: self.video.progress().windows_done,
+            rows_done: self.rows_done,
+        });
+        let latent_size = (p.height / 8, p.width / 8);
+        while let Some(next) = self.video.next_window(p.sampler.causal_block_size) {
+            if cancel.is_cancelled() {
+                return Err(GenerationError::Cancelled);
+            }
+            let text = &self.texts[p.segment_for_window(next.index)];
+            let before = writer.frames_written();
+            let mut rows_this_window = 0;
+            let (memory, device) = (&mut self.memory, &self.models.device);
+            let generated = self.video.generate_window(
+                &self.models.transformer.borrow(),
+                latent_size,
+                self.image_latent.as_ref(),
+                self.end_latent.as_ref(),
+                text,
+                &p.sampler,
+                &mut self.noise,
+                &mut |row, rows| {
+                    rows_this_window += 1;
+                    memory.sample(device);
+                    observer(Event::Step { window: next.index, row, rows });
+                    if cancel.is_cancelled() {
+                        return Err(crate::Error::Cancelled);
+                    }
+                    Ok(())
+                },
+            );
+            let (spec, latents) = match generated {
+                Ok(done) => done,
+                Err(crate::Error::Cancelled) => return Err(GenerationError::Cancelled),
+                Err(e) => return Err(engine_error(e)),
+            };
+            self.rows_done += rows_this_window;
+            self.models.park_transformer(true)?;
+            let mut last_frame = None;
+            self.decoder
+                .decode_window(&spec, &latents, &mut |frames| {
+                    let rgb = to_rgb_frames(frames)?;
+                    last_frame = rgb.last().cloned();
+                    writer.append(&rgb)
+                })
+                .map_err(engine_error)?;
+            self.models.park_transformer(false)?;
+            if !spec.is_last {
+                if let Some(history) = self.decoder.pixel_history_latents().map_err(engine_error)? {
+                    self.video.set_history(history).map_err(engine_error)?;
+                }
+            }
+            let checkpoint = writer.commit().map_err(|e| GenerationError::Output(e.to_string()))?;
+            let seconds = self.seconds_before + started.elapsed().as_secs_f64();
+            self.save(&checkpoint, seconds)?;
+            self.memory.sample(&self.models.device);
+            write_sidecar(p, self.run_record(writer.frames_written(), seconds, false))?;
+            observer(Event::WindowDone {
+                window: spec.index,
+                new_frames: writer.frames_written() - before,
+                frames: writer.frames_written(),
+                last_frame: last_frame.as_ref(),
+            });
+        }
+        let frames = writer.frames_written();
+        writer.finish().map_err(|e| GenerationError::Output(e.to_string()))?;
+        let seconds = self.seconds_before + started.elapsed().as_secs_f64();
+        write_sidecar(p, self.run_record(frames, seconds, true))?;
+        let _ = std::fs::remove_file(p.state_path());
+        let outcome =
+            GenerationOutcome { output: p.output.clone(), frames, seconds, peak_device_mib: self.memory.peak_mib() };
+        observer(Event::Done(&outcome));
+        Ok(outcome)
+    }
+
+    fn run_record(&self, frames: u64, seconds: f64, complete: bool) -> RunRecord<'_> {
+        RunRecord {
+            frames,
+            seconds,
+            complete,
+            device: &self.models.device_info,
+            peak_device_mib: self.memory.peak_mib(),
+        }
+    }
+
+    /// Saves the resume state after a commit; `seconds` is the generation time so far.
+    fn save(&self, checkpoint: &crate::media::WriterCheckpoint, seconds: f64) -> Result<()> {
+        let info = ResumeInfo {
+            version: STATE_VERSION,
+            params: self.params.clone(),
+            progress: self.video.progress(),
+            noise: self.noise.state(),
+            writer: *checkpoint,
+            rows_done: self.rows_done,
+            seconds,
+        };
+        ResumeState {
+            info,
+            history: self.video.history().cloned(),
+            image_latent: self.image_latent.clone(),
+            end_latent: self.end_latent.clone(),
+            decoder: self.decoder.state().map_err(engine_error)?,
+        }
+        .save(&self.params.state_path())
+    }
+}
+
+/// What the sidecar says about a run besides its settings.
+struct RunRecord<'a> {
+    frames: u64,
+    seconds: f64,
+    complete: bool,
+    device: &'a DeviceInfo,
+    /// Peak GPU memory in use (device-wide, sampled after every step); `None` on the CPU.
+    peak_device_mib: Option<u64>,
+}
+
+/// Writes `<output>.json`: every setting, the seed, the model, the device and the timing.
+fn write_sidecar(params: &GenerateParams, run: RunRecord<'_>) -> Result<()> {
+    let RunRecord { frames, seconds, complete, device, peak_device_mib } = run;
+    let value = json!({
+        "generator": format!("skyreels-rs {}", env!("CARGO_PKG_VERSION")),
+        "complete": complete,
+        "frames": frames,
+        "seconds": seconds,
+        "frames_per_second_generated": frames as f64 / seconds.max(1e-9),
+        "device": device,
+        "peak_device_memory_mib": peak_device_mib,
+        "peak_rss_mib": crate::memory::peak_rss_mib(),
+        "reproduce": "skyreels generate with the settings below (same seed and model give the same video)",
+        "settings": params,
+    });
+    let text = serde_json::to_string_pretty(&value).map_err(|e| GenerationError::Output(e.to_string()))?;
+    write_atomically(&params.sidecar_path(), text.as_bytes())
+}
