@@ -8,6 +8,7 @@ mod check;
 mod device;
 mod eval;
 mod generate;
+mod serve;
 mod train;
 mod world;
 
@@ -53,6 +54,12 @@ enum Command {
     /// Replay the PyTorch parity fixtures on a device and print each component's error; fails
     /// when one exceeds its bound (run it to trust a new GPU, driver or build).
     Check(check::CheckArgs),
+    /// Serve generation over HTTP: a job queue that survives restarts, tokens, progress
+    /// events, downloads (`serve token create --name NAME` makes a token).
+    Serve(Box<serve::ServeArgs>),
+    /// Run jobs of a server's queue on this machine's device (SQLite on the same machine,
+    /// PostgreSQL across machines).
+    Worker(Box<serve::WorkerCommandArgs>),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +75,8 @@ fn main() -> ExitCode {
         Command::Train(command) => train::run(&command),
         Command::Eval(command) => eval::run(&command),
         Command::Check(args) => check::run(&args),
+        Command::Serve(args) => serve::serve(*args),
+        Command::Worker(args) => serve::worker(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

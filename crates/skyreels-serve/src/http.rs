@@ -1,0 +1,514 @@
+//! The HTTP API, versioned under `/v1`. Every answer that is not a success is JSON
+//! `{"error": "…"}`, whatever produced it (a handler, an extractor, the router, a size limit).
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use futures_util::stream::{self, Stream};
+use serde::{Deserialize, Serialize};
+use skyreels_core::pipelines::generation::{Generation, GenerationError};
+use tower::ServiceExt;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::jobs::{self, is_id, DataDir, Job, JobRequest};
+use crate::store::{self, now_ms, NewJob, QueueError, Store, Token};
+use crate::worker::Wake;
+use crate::Limits;
+
+/// What every handler shares.
+pub struct App {
+    /// The queue.
+    pub store: Arc<Store>,
+    /// Uploads and job files.
+    pub data: DataDir,
+    /// Model names offered, first is the default.
+    pub models: Vec<(String, PathBuf)>,
+    /// Caps on requests.
+    pub limits: Limits,
+    /// Wakes the in-process worker.
+    pub wake: Arc<Wake>,
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+/// The body of every error answer.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// One sentence.
+    pub error: String,
+}
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, message.into())
+    }
+    fn not_found() -> Self {
+        Self(StatusCode::NOT_FOUND, "no such job".into())
+    }
+    fn internal(message: impl std::fmt::Display) -> Self {
+        Self(StatusCode::INTERNAL_SERVER_ERROR, message.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        Self::internal(e)
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Runs blocking work (the database, the engine's checks) off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("a task failed: {e}")))?
+}
+
+/// The API's routes, with authentication, size limits and JSON errors.
+pub fn router(app: Arc<App>, max_upload: usize) -> Router {
+    let json_limit = 1 << 20;
+    let authed = Router::new()
+        .route("/v1/jobs", post(create_job).get(list_jobs).layer(DefaultBodyLimit::max(json_limit)))
+        .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/jobs/{id}/video", get(job_video))
+        .route("/v1/jobs/{id}/preview", get(job_preview))
+        .route("/v1/uploads", post(upload).layer(DefaultBodyLimit::max(max_upload)))
+        .route("/v1/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
+    Router::new()
+        .route("/v1/health", get(health))
+        .merge(authed)
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .layer(middleware::map_response(json_errors))
+        .with_state(app)
+}
+
+/// Wraps every non-JSON error answer (from extractors, the router, limits) as `{"error"}`.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_string();
+    if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("error").to_lowercase();
+    }
+    let mut wrapped = (status, Json(ErrorBody { error: message })).into_response();
+    for name in [header::CONTENT_RANGE, header::ALLOW, header::WWW_AUTHENTICATE] {
+        if let Some(v) = parts.headers.get(&name) {
+            wrapped.headers_mut().insert(name, v.clone());
+        }
+    }
+    wrapped
+}
+
+/// Requires `Authorization: Bearer <token>` of a token that still exists.
+async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let secret = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|s| s.trim().to_string());
+    let unauthorized = |message: &str| {
+        let mut r = ApiError(StatusCode::UNAUTHORIZED, message.into()).into_response();
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    };
+    let Some(secret) = secret.filter(|s| !s.is_empty() && s.len() <= 200) else {
+        return unauthorized("a bearer token is required (Authorization: Bearer <token>)");
+    };
+    let store = app.store.clone();
+    match blocking(move || store.token_by_secret(&secret).map_err(ApiError::from)).await {
+        Ok(Some(token)) => {
+            request.extensions_mut().insert(token);
+            next.run(request).await
+        }
+        Ok(None) => unauthorized("the token is not valid (it may have been deleted)"),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Server status.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// skyreels-rs version.
+    pub version: String,
+    /// `sqlite` or `postgresql`.
+    pub database: String,
+    /// Model names jobs may ask for; the first is the default.
+    pub models: Vec<String>,
+}
+
+/// Whether the server is up (no token needed).
+#[utoipa::path(get, path = "/v1/health", responses((status = 200, body = Health)))]
+async fn health(State(app): State<Arc<App>>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        database: app.store.kind().into(),
+        models: app.models.iter().map(|(n, _)| n.clone()).collect(),
+    })
+}
+
+/// An upload's id, to name it in a job.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Upload {
+    /// Refer to the file by this id (`image`, `end_image`, `extend`).
+    pub id: String,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// Uploads an image or a video (the raw bytes as the body); stored under a generated name.
+#[utoipa::path(post, path = "/v1/uploads", request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = Upload), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn upload(State(app): State<Arc<App>>, Extension(token): Extension<Token>, body: Bytes) -> ApiResult<Response> {
+    if body.is_empty() {
+        return Err(ApiError::bad("the upload is empty"));
+    }
+    let dir = app.data.uploads(&token.id);
+    let id = store::random_hex(16);
+    let path = dir.join(&id);
+    let bytes = body.len() as u64;
+    blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
+        skyreels_core::pipelines::generation::write_atomically(&path, &body).map_err(ApiError::internal)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(Upload { id, bytes })).into_response())
+}
+
+/// Parses a JSON body with the serde message as the error sentence.
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("the request body is not a valid job: {e}")))
+}
+
+/// Checks a job with the same checks as `skyreels generate` and queues it.
+#[utoipa::path(post, path = "/v1/jobs", request_body = JobRequest,
+    responses((status = 201, body = Job), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_job(State(app): State<Arc<App>>, Extension(token): Extension<Token>, body: Bytes) -> ApiResult<Response> {
+    let mut request: JobRequest = parse_json(&body)?;
+    jobs::check_caps(&request, &app.limits).map_err(ApiError::bad)?;
+    let output_name = jobs::output_name(&request).map_err(ApiError::bad)?;
+    let (model, model_dir) = match &request.model {
+        None => app.models.first().cloned().ok_or_else(|| ApiError::internal("this server offers no model"))?,
+        Some(name) => app
+            .models
+            .iter()
+            .find(|(n, _)| n == name)
+            .cloned()
+            .ok_or_else(|| ApiError::bad(format!("model `{name}` is not offered here (see /v1/health)")))?,
+    };
+    request.model = Some(model.clone());
+    let id = store::random_hex(16);
+    let job_dir = app.data.job(&id);
+    let app2 = app.clone();
+    let created = blocking(move || {
+        let generation_request =
+            jobs::to_generation_request(&request, &token.id, &job_dir, output_name, &app2.data, &model_dir)
+                .map_err(ApiError::bad)?;
+        std::fs::create_dir_all(&job_dir).map_err(ApiError::internal)?;
+        let outcome = (|| {
+            let job = Generation::new(&generation_request, false).map_err(|e| match e {
+                GenerationError::Model(m) | GenerationError::Device(m) | GenerationError::Engine(m) => {
+                    ApiError::internal(m)
+                }
+                other => ApiError::bad(other.to_string()),
+            })?;
+            jobs::check_completed_caps(job.params(), &app2.limits).map_err(ApiError::bad)?;
+            // The seed is fixed now, so that any worker, on any attempt, makes the same video.
+            request.seed = Some(job.params().seed);
+            let new = NewJob {
+                id: id.clone(),
+                owner: token.id.clone(),
+                model,
+                kind: jobs::kind_of(&request).into(),
+                request: serde_json::to_string(&request).map_err(ApiError::internal)?,
+                output_name: output_name.into(),
+            };
+            app2.store.insert_job(&new, app2.limits.max_queue).map_err(|e| match e {
+                QueueError::Full(_) => ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+                QueueError::Db(e) => ApiError::internal(e),
+            })
+        })();
+        if outcome.is_err() {
+            let _ = std::fs::remove_dir_all(&job_dir);
+        }
+        outcome
+    })
+    .await?;
+    app.wake.notify();
+    Ok((StatusCode::CREATED, Json(Job::from_row(&created, now_ms()))).into_response())
+}
+
+/// Filters of the job list.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only jobs in this stored state (queued, running, done, failed, cancelled).
+    pub state: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<u32>,
+    /// Skip this many.
+    pub offset: Option<u32>,
+}
+
+/// A page of jobs.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    /// Newest first.
+    pub jobs: Vec<Job>,
+}
+
+/// Lists the caller's jobs (every job for an admin), newest first.
+#[utoipa::path(get, path = "/v1/jobs", params(ListQuery), responses((status = 200, body = JobList)),
+    security(("bearer" = [])))]
+async fn list_jobs(
+    State(app): State<Arc<App>>,
+    Extension(token): Extension<Token>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<JobList>> {
+    let limit = query.limit.unwrap_or(100).min(1000) as usize;
+    let offset = query.offset.unwrap_or(0) as usize;
+    if let Some(s) = &query.state {
+        if !["queued", "running", "done", "failed", "cancelled"].contains(&s.as_str()) {
+            return Err(ApiError::bad(format!("state `{s}` is not one of queued, running, done, failed, cancelled")));
+        }
+    }
+    let rows = blocking(move || {
+        let owner = (!token.admin).then_some(token.id.as_str());
+        app.store.jobs(owner, query.state.as_deref(), limit, offset).map_err(ApiError::from)
+    })
+    .await?;
+    let now = now_ms();
+    Ok(Json(JobList { jobs: rows.iter().map(|r| Job::from_row(r, now)).collect() }))
+}
+
+/// The job `id` if `token` may see it (404 otherwise, so others' ids are not revealed).
+async fn visible_job(app: &Arc<App>, token: &Token, id: &str) -> ApiResult<store::JobRow> {
+    if !is_id(id) {
+        return Err(ApiError::not_found());
+    }
+    let (store, id, token) = (app.store.clone(), id.to_string(), token.clone());
+    blocking(move || match store.job(&id)? {
+        Some(job) if (token.admin || job.owner == token.id) && job.state != store::state::DELETING => Ok(job),
+        _ => Err(ApiError::not_found()),
+    })
+    .await
+}
+
+/// One job.
+#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn get_job(
+    State(app): State<Arc<App>>,
+    Extension(token): Extension<Token>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Job>> {
+    let job = visible_job(&app, &token, &id).await?;
+    Ok(Json(Job::from_row(&job, now_ms())))
+}
+
+/// Cancels a job: a queued one at once, a running one at its next step.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", params(("id" = String, Path, description = "Job id")),
+    responses((status = 202, body = Job), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn cancel_job(
+    State(app): State<Arc<App>>,
+    Extension(token): Extension<Token>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    visible_job(&app, &token, &id).await?;
+    let store = app.store.clone();
+    let job = blocking(move || {
+        store.cancel(&id)?;
+        store.job(&id)?.ok_or_else(ApiError::not_found)
+    })
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(Job::from_row(&job, now_ms()))).into_response())
+}
+
+/// Deletes a job and its files (a running one is stopped first).
+#[utoipa::path(delete, path = "/v1/jobs/{id}", params(("id" = String, Path, description = "Job id")),
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn delete_job(
+    State(app): State<Arc<App>>,
+    Extension(token): Extension<Token>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    visible_job(&app, &token, &id).await?;
+    let (store, dir) = (app.store.clone(), app.data.job(&id));
+    blocking(move || {
+        if store.start_delete(&id, now_ms())? {
+            let _ = std::fs::remove_dir_all(&dir);
+            store.remove_job(&id)?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Server-Sent Events of a job's progress: one event per change, named after the job's state
+/// (`queued`, `running`, `interrupted`, `done`, `failed`, `cancelled`), each carrying the job;
+/// the stream ends with the job.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "text/event-stream of Job objects", body = Job), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn job_events(
+    State(app): State<Arc<App>>,
+    Extension(token): Extension<Token>,
+    Path(id): Path<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    visible_job(&app, &token, &id).await?;
+    struct Follow {
+        app: Arc<App>,
+        id: String,
+        last: Option<String>,
+        ended: bool,
+    }
+    let start = Follow { app, id, last: None, ended: false };
+    let events = stream::unfold(start, |mut f| async move {
+        loop {
+            if f.ended {
+                return None;
+            }
+            let (store, id) = (f.app.store.clone(), f.id.clone());
+            let row = blocking(move || store.job(&id).map_err(ApiError::from)).await.ok().flatten();
+            let Some(row) = row.filter(|r| r.state != store::state::DELETING) else {
+                f.ended = true;
+                let gone = SseEvent::default().event("deleted").data(format!("{{\"id\":\"{}\"}}", f.id));
+                return Some((Ok(gone), f));
+            };
+            let job = Job::from_row(&row, now_ms());
+            let text = serde_json::to_string(&job).unwrap_or_default();
+            if f.last.as_deref() != Some(text.as_str()) {
+                f.ended = row.is_final();
+                f.last = Some(text.clone());
+                return Some((Ok(SseEvent::default().event(job.state.clone()).data(text)), f));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// The video (MP4 or GIF), with HTTP Range support; playable while it is still being written.
+#[utoipa::path(get, path = "/v1/jobs/{id}/video", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "the video", content_type = "video/mp4"), (status = 206, description = "a range of it"),
+        (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn job_video(
+    State(app): State<Arc<App>>,
+    Extension(token): Extension<Token>,
+    Path(id): Path<String>,
+    request: Request,
+) -> ApiResult<Response> {
+    let job = visible_job(&app, &token, &id).await?;
+    serve_file(app.data.job(&job.id).join(&job.output_name), request, "the video has no frames yet").await
+}
+
+/// The latest decoded frame (PNG).
+#[utoipa::path(get, path = "/v1/jobs/{id}/preview", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "PNG", content_type = "image/png"), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn job_preview(
+    State(app): State<Arc<App>>,
+    Extension(token): Extension<Token>,
+    Path(id): Path<String>,
+    request: Request,
+) -> ApiResult<Response> {
+    let job = visible_job(&app, &token, &id).await?;
+    serve_file(app.data.job(&job.id).join("preview.png"), request, "there is no preview yet").await
+}
+
+async fn serve_file(path: PathBuf, request: Request, missing: &str) -> ApiResult<Response> {
+    if !path.is_file() {
+        return Err(ApiError(StatusCode::NOT_FOUND, missing.into()));
+    }
+    let response = tower_http::services::ServeFile::new(path)
+        .oneshot(request)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot read the file: {e}")))?;
+    Ok(response.map(Body::new))
+}
+
+/// Prometheus metrics: queue length, jobs by state, seconds per step, peak memory.
+#[utoipa::path(get, path = "/v1/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")),
+    security(("bearer" = [])))]
+async fn metrics(State(app): State<Arc<App>>) -> ApiResult<Response> {
+    let store = app.store.clone();
+    let (counts, (per_step, peak)) = blocking(move || Ok((store.counts()?, store.speed()?))).await?;
+    let count = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+    let mut text = String::new();
+    text += "# HELP skyreels_queue_length Jobs waiting for a worker.\n# TYPE skyreels_queue_length gauge\n";
+    text += &format!("skyreels_queue_length {}\n", count("queued"));
+    text += "# HELP skyreels_jobs Jobs by state.\n# TYPE skyreels_jobs gauge\n";
+    for s in ["queued", "running", "done", "failed", "cancelled"] {
+        text += &format!("skyreels_jobs{{state=\"{s}\"}} {}\n", count(s));
+    }
+    text += "# HELP skyreels_seconds_per_step Generation seconds per denoising step over finished jobs.\n";
+    text += "# TYPE skyreels_seconds_per_step gauge\n";
+    text += &format!("skyreels_seconds_per_step {}\n", per_step.map_or("NaN".into(), |v| v.to_string()));
+    text += "# HELP skyreels_peak_memory_mib Highest peak memory of a finished job (GPU, else host).\n";
+    text += "# TYPE skyreels_peak_memory_mib gauge\n";
+    text += &format!("skyreels_peak_memory_mib {}\n", peak.map_or("NaN".into(), |v| v.to_string()));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// The API's OpenAPI document, generated from the handlers' types.
+#[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "OpenAPI 3.1 document")),
+    security(("bearer" = [])))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI description of this API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "skyreels-rs", description = "SkyReels-V2 video generation jobs"),
+    paths(health, upload, create_job, list_jobs, get_job, cancel_job, delete_job, job_events, job_video, job_preview, metrics, openapi),
+    components(schemas(Job, JobRequest, JobList, ErrorBody, Health, Upload)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;

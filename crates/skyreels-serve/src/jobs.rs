@@ -1,0 +1,357 @@
+//! What the API accepts and returns for jobs, and how a job's request becomes the engine's
+//! [`GenerationRequest`] — on the server when it is checked, and on whichever worker runs it.
+//!
+//! Clients never name files: images and videos are uploaded first and referred to by the id
+//! the upload returned, and every path is built here from the data folder and generated ids.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use skyreels_core::pipelines::generation::{GenerateParams, GenerationRequest, Segment};
+use utoipa::ToSchema;
+
+use crate::store::JobRow;
+use crate::Limits;
+
+/// A generation job: the settings of `skyreels generate`, with uploads instead of files.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobRequest {
+    /// What the video shows (or give `story`).
+    pub prompt: Option<String>,
+    /// Story mode: one prompt per segment, each lasting `windows` windows (default 1).
+    pub story: Option<Vec<StorySegment>>,
+    /// Negative prompt for guidance (default: the model's).
+    pub negative_prompt: Option<String>,
+    /// Upload id of the first frame (image-to-video).
+    pub image: Option<String>,
+    /// Upload id of the frame the video must end on.
+    pub end_image: Option<String>,
+    /// Upload id of a video (MP4/GIF) to extend.
+    pub extend: Option<String>,
+    /// `mp4` (default) or `gif`.
+    pub format: Option<String>,
+    /// A model this server offers (`GET /v1/health` lists them); default: its first.
+    pub model: Option<String>,
+    /// Video frames (4k+1).
+    pub frames: Option<u64>,
+    /// Frames per window.
+    pub base_frames: Option<u64>,
+    /// Frames shared by consecutive windows.
+    pub overlap_history: Option<u64>,
+    /// Height in pixels (multiple of 16).
+    pub height: Option<u64>,
+    /// Width in pixels (multiple of 16).
+    pub width: Option<u64>,
+    /// Frames per second.
+    pub fps: Option<u32>,
+    /// Denoising steps.
+    pub steps: Option<u64>,
+    /// Flow shift.
+    pub shift: Option<f64>,
+    /// Guidance scale.
+    pub guidance: Option<f64>,
+    /// Seed (drawn when omitted, and then shown in the job).
+    pub seed: Option<u64>,
+    /// Steps each causal block trails the previous one.
+    pub ar_step: Option<u64>,
+    /// Latent frames per causal block.
+    pub causal_block_size: Option<u64>,
+    /// Noise given to the clean overlap frames.
+    pub addnoise_condition: Option<u32>,
+    /// `latent` or `pixel`.
+    pub continuation: Option<String>,
+    /// `skyreels` or `diffusers`.
+    pub sigma_grid: Option<String>,
+    /// Block-causal attention in asynchronous mode.
+    pub causal_attention: Option<bool>,
+    /// Transformer precision: auto, f32, bf16.
+    pub dtype: Option<String>,
+    /// VAE precision: f32, bf16.
+    pub vae_dtype: Option<String>,
+    /// Transformer matrices: native or fp8.
+    pub weights: Option<String>,
+}
+
+/// One prompt of a story.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StorySegment {
+    /// The prompt.
+    pub prompt: String,
+    /// Windows generated with it (default 1).
+    #[serde(default)]
+    pub windows: Option<u64>,
+}
+
+/// A job as clients see it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    /// Job id.
+    pub id: String,
+    /// text, image, end_image, extend or story.
+    pub kind: String,
+    /// queued, running, interrupted (its worker vanished; it resumes on the next), done,
+    /// failed or cancelled.
+    pub state: String,
+    /// Creation time (ms since the Unix epoch).
+    pub created_ms: i64,
+    /// When a worker first started it.
+    pub started_ms: Option<i64>,
+    /// When it ended.
+    pub finished_ms: Option<i64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The latest progress.
+    pub progress: Option<Progress>,
+    /// Frames in the finished video.
+    pub frames: Option<i64>,
+    /// Generation seconds.
+    pub seconds: Option<f64>,
+    /// Times a worker started it (more than 1 after an interruption).
+    pub attempts: i64,
+    /// The settings, with the seed and model filled in.
+    pub settings: JobRequest,
+    /// Where the video is (playable while it is being written).
+    pub video_url: String,
+    /// The latest frame as PNG, once the first window is done.
+    pub preview_url: Option<String>,
+}
+
+/// Progress of a running job.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    /// What it is doing before denoising starts (encoding prompts, loading models).
+    pub stage: Option<String>,
+    /// Current window, from 1.
+    pub window: Option<u64>,
+    /// Windows in the video.
+    pub windows: Option<u64>,
+    /// Denoising steps done in this window.
+    pub step: Option<u64>,
+    /// Denoising steps of this window.
+    pub steps: Option<u64>,
+    /// Denoising steps done in the whole video.
+    pub steps_done: Option<u64>,
+    /// Denoising steps of the whole video.
+    pub total_steps: Option<u64>,
+    /// Frames committed so far.
+    pub frames: Option<u64>,
+    /// Seconds left, estimated from the steps so far.
+    pub eta_seconds: Option<f64>,
+    /// Whether a preview frame exists.
+    pub preview: bool,
+    /// Adjustments made to the settings.
+    pub notices: Vec<String>,
+}
+
+impl Job {
+    /// The client's view of a stored job.
+    pub fn from_row(row: &JobRow, now_ms: i64) -> Self {
+        let progress: Option<Progress> = row.progress.as_deref().and_then(|p| serde_json::from_str(p).ok());
+        let preview = progress.as_ref().is_some_and(|p| p.preview);
+        Self {
+            id: row.id.clone(),
+            kind: row.kind.clone(),
+            state: row.visible_state(now_ms).to_string(),
+            created_ms: row.created_ms,
+            started_ms: row.started_ms,
+            finished_ms: row.finished_ms,
+            error: row.error.clone(),
+            progress,
+            frames: row.frames,
+            seconds: row.seconds,
+            attempts: row.attempts,
+            settings: serde_json::from_str(&row.request).unwrap_or_default(),
+            video_url: format!("/v1/jobs/{}/video", row.id),
+            preview_url: preview.then(|| format!("/v1/jobs/{}/preview", row.id)),
+        }
+    }
+}
+
+/// Where a server's or worker's files are.
+#[derive(Debug, Clone)]
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    /// The folder of one job (output, resume state, sidecar, preview).
+    pub fn job(&self, id: &str) -> PathBuf {
+        self.0.join("jobs").join(id)
+    }
+
+    /// The folder of one owner's uploads.
+    pub fn uploads(&self, owner: &str) -> PathBuf {
+        self.0.join("uploads").join(owner)
+    }
+
+    /// An uploaded file, if `id` is an upload id (never a path).
+    pub fn upload(&self, owner: &str, id: &str) -> Option<PathBuf> {
+        is_id(id).then(|| self.uploads(owner).join(id))
+    }
+}
+
+/// Whether `s` is one of our generated ids (32 lowercase hex digits): anything else is
+/// refused before it comes near a path.
+pub fn is_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The kind of job a request makes.
+pub fn kind_of(request: &JobRequest) -> &'static str {
+    if request.story.is_some() {
+        "story"
+    } else if request.extend.is_some() {
+        "extend"
+    } else if request.end_image.is_some() {
+        "end_image"
+    } else if request.image.is_some() {
+        "image"
+    } else {
+        "text"
+    }
+}
+
+/// The output's file name for the requested format.
+pub fn output_name(request: &JobRequest) -> Result<&'static str, String> {
+    match request.format.as_deref().unwrap_or("mp4") {
+        "mp4" => Ok("video.mp4"),
+        "gif" => Ok("video.gif"),
+        other => Err(format!("format `{other}` is not one of mp4, gif")),
+    }
+}
+
+/// Refuses values above the server's caps before the engine sees them.
+pub fn check_caps(request: &JobRequest, limits: &Limits) -> Result<(), String> {
+    if let Some(frames) = request.frames {
+        if frames == 0 {
+            return Err("frames 0 (an endless video) is not accepted by this server".into());
+        }
+        if frames > limits.max_frames {
+            return Err(format!("frames {frames} is above this server's limit of {}", limits.max_frames));
+        }
+    }
+    for (name, value) in [("height", request.height), ("width", request.width)] {
+        if value.is_some_and(|v| v > limits.max_side) {
+            return Err(format!("{name} {} is above this server's limit of {}", value.unwrap_or(0), limits.max_side));
+        }
+    }
+    if let Some(steps) = request.steps.filter(|&s| s > limits.max_steps) {
+        return Err(format!("steps {steps} is above this server's limit of {}", limits.max_steps));
+    }
+    for (name, value) in [("base_frames", request.base_frames), ("overlap_history", request.overlap_history)] {
+        if value.is_some_and(|v| v > limits.max_frames) {
+            return Err(format!("{name} is above this server's frame limit of {}", limits.max_frames));
+        }
+    }
+    if let Some(story) = &request.story {
+        if story.len() > 1000 || story.iter().any(|s| s.windows.is_some_and(|w| w > limits.max_frames)) {
+            return Err("the story is longer than this server accepts".into());
+        }
+    }
+    if request.ar_step.is_some_and(|a| a > 1000) || request.causal_block_size.is_some_and(|c| c > 1000) {
+        return Err("ar_step and causal_block_size must be at most 1000".into());
+    }
+    Ok(())
+}
+
+/// Refuses completed settings above the caps (a story or the model's defaults may have made
+/// them larger than the request said).
+pub fn check_completed_caps(params: &GenerateParams, limits: &Limits) -> Result<(), String> {
+    match params.frames {
+        None => Err("an endless video is not accepted by this server".into()),
+        Some(f) if f as u64 > limits.max_frames => {
+            Err(format!("the video would have {f} frames, above this server's limit of {}", limits.max_frames))
+        }
+        _ if params.width as u64 > limits.max_side || params.height as u64 > limits.max_side => {
+            Err(format!("the video size is above this server's limit of {} pixels a side", limits.max_side))
+        }
+        _ if params.sampler.steps as u64 > limits.max_steps => {
+            Err(format!("steps {} is above this server's limit of {}", params.sampler.steps, limits.max_steps))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The engine's request for a stored job: uploads resolved in `data`, the output in the job's
+/// folder, the model name resolved among `models`.
+pub fn to_generation_request(
+    request: &JobRequest,
+    owner: &str,
+    job_dir: &Path,
+    output_name: &str,
+    data: &DataDir,
+    model_dir: &Path,
+) -> Result<GenerationRequest, String> {
+    let upload = |field: &str, id: &Option<String>| -> Result<Option<PathBuf>, String> {
+        let Some(id) = id else { return Ok(None) };
+        match data.upload(owner, id) {
+            Some(path) if path.is_file() => Ok(Some(path)),
+            _ => Err(format!("{field}: there is no upload `{id}` (upload the file to /v1/uploads first)")),
+        }
+    };
+    let size = |v: Option<u64>| v.map(|v| usize::try_from(v).unwrap_or(usize::MAX));
+    let defaults = GenerationRequest::default();
+    let weights = match &request.weights {
+        Some(w) => w.parse().map_err(|e: skyreels_core::Error| e.to_string())?,
+        None => defaults.weights,
+    };
+    Ok(GenerationRequest {
+        model: Some(model_dir.to_string_lossy().into_owned()),
+        prompt: request.prompt.clone(),
+        story: request.story.as_ref().map(|s| {
+            s.iter()
+                .map(|seg| Segment {
+                    prompt: seg.prompt.clone(),
+                    windows: seg.windows.map_or(1, |w| usize::try_from(w).unwrap_or(usize::MAX)),
+                })
+                .collect()
+        }),
+        negative_prompt: request.negative_prompt.clone(),
+        image: upload("image", &request.image)?,
+        end_image: upload("end_image", &request.end_image)?,
+        extend: upload("extend", &request.extend)?,
+        output: Some(job_dir.join(output_name)),
+        frames: size(request.frames),
+        base_frames: size(request.base_frames),
+        overlap_history: size(request.overlap_history),
+        height: size(request.height),
+        width: size(request.width),
+        fps: request.fps,
+        steps: size(request.steps),
+        shift: request.shift,
+        guidance: request.guidance,
+        seed: request.seed,
+        ar_step: size(request.ar_step).unwrap_or(defaults.ar_step),
+        causal_block_size: size(request.causal_block_size).unwrap_or(defaults.causal_block_size),
+        addnoise_condition: request.addnoise_condition.unwrap_or(defaults.addnoise_condition),
+        continuation: request.continuation.clone().unwrap_or(defaults.continuation),
+        sigma_grid: request.sigma_grid.clone().unwrap_or(defaults.sigma_grid),
+        causal_attention: request.causal_attention.unwrap_or(defaults.causal_attention),
+        dtype: request.dtype.clone().unwrap_or(defaults.dtype),
+        vae_dtype: request.vae_dtype.clone().unwrap_or(defaults.vae_dtype),
+        weights,
+        text_length: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_generated_ids_reach_paths() {
+        let data = DataDir("/data".into());
+        assert!(data.upload("o", "0123456789abcdef0123456789abcdef").is_some());
+        for bad in ["../etc/passwd", "..", "0123456789ABCDEF0123456789abcdef", "a/b", ""] {
+            assert!(data.upload("o", bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<JobRequest>(r#"{"prompt": "x", "promt": "y"}"#).is_err());
+        assert!(serde_json::from_str::<JobRequest>(r#"{"frames": -5}"#).is_err());
+        let r: JobRequest = serde_json::from_str(r#"{"prompt": "x", "story": null}"#).unwrap();
+        assert_eq!(kind_of(&r), "text");
+    }
+}
