@@ -152,7 +152,11 @@ fn token(queue: &QueueArgs, command: &TokenCommand) -> Result<(), String> {
     match command {
         TokenCommand::Create { name, admin } => {
             let (token, secret) = store.create_token(name, *admin).map_err(|e| e.to_string())?;
-            eprintln!("token `{}`{} created; it is shown only now:", token.name, if token.admin { " (admin)" } else { "" });
+            eprintln!(
+                "token `{}`{} created; it is shown only now:",
+                token.name,
+                if token.admin { " (admin)" } else { "" }
+            );
             println!("{secret}");
         }
         TokenCommand::List => {

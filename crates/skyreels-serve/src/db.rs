@@ -156,10 +156,8 @@ fn sqlite_error(e: rusqlite::Error) -> DbError {
 impl Database for Sqlite {
     fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
         let values: Vec<_> = params.iter().map(to_sqlite).collect();
-        let n = self
-            .lock()
-            .execute(&sqlite_sql(sql), rusqlite::params_from_iter(values.iter()))
-            .map_err(sqlite_error)?;
+        let n =
+            self.lock().execute(&sqlite_sql(sql), rusqlite::params_from_iter(values.iter())).map_err(sqlite_error)?;
         Ok(n as u64)
     }
 

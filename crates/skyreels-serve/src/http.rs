@@ -215,7 +215,11 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> ApiResult<T> {
 #[utoipa::path(post, path = "/v1/jobs", request_body = JobRequest,
     responses((status = 201, body = Job), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("bearer" = [])))]
-async fn create_job(State(app): State<Arc<App>>, Extension(token): Extension<Token>, body: Bytes) -> ApiResult<Response> {
+async fn create_job(
+    State(app): State<Arc<App>>,
+    Extension(token): Extension<Token>,
+    body: Bytes,
+) -> ApiResult<Response> {
     let mut request: JobRequest = parse_json(&body)?;
     jobs::check_caps(&request, &app.limits).map_err(ApiError::bad)?;
     let output_name = jobs::output_name(&request).map_err(ApiError::bad)?;

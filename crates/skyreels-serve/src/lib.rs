@@ -153,7 +153,8 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     let host = host_name();
     let lock_path = data.join(format!("serve-{host}.lock"));
     let lock = std::fs::File::create(&lock_path).map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
-    lock.try_lock().map_err(|_| format!("another skyreels serve on this machine uses the data folder {}", data.display()))?;
+    lock.try_lock()
+        .map_err(|_| format!("another skyreels serve on this machine uses the data folder {}", data.display()))?;
     let worker_id = format!("serve@{host}");
     store.release_worker(&worker_id).map_err(|e| e.to_string())?;
 

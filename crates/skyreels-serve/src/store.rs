@@ -252,13 +252,19 @@ impl Store {
 
     /// The token whose secret this is.
     pub fn token_by_secret(&self, secret: &str) -> Result<Option<Token>, DbError> {
-        let rows = self.db.query("SELECT id, name, admin FROM tokens WHERE hash = $1", &[hash_secret(secret).into()])?;
+        let rows =
+            self.db.query("SELECT id, name, admin FROM tokens WHERE hash = $1", &[hash_secret(secret).into()])?;
         Ok(rows.first().map(token_from_row))
     }
 
     /// Every token.
     pub fn tokens(&self) -> Result<Vec<Token>, DbError> {
-        Ok(self.db.query("SELECT id, name, admin FROM tokens ORDER BY created_ms", &[])?.iter().map(token_from_row).collect())
+        Ok(self
+            .db
+            .query("SELECT id, name, admin FROM tokens ORDER BY created_ms", &[])?
+            .iter()
+            .map(token_from_row)
+            .collect())
     }
 
     /// Deletes the token named `name`; its requests are refused from now on.
@@ -304,13 +310,24 @@ impl Store {
     }
 
     /// Jobs, newest first: of one owner (or all), optionally in one stored state.
-    pub fn jobs(&self, owner: Option<&str>, state: Option<&str>, limit: usize, offset: usize) -> Result<Vec<JobRow>, DbError> {
+    pub fn jobs(
+        &self,
+        owner: Option<&str>,
+        state: Option<&str>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<JobRow>, DbError> {
         let rows = self.db.query(
             &format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1 IS NULL OR owner = $1) AND ($2 IS NULL OR state = $2) \
                  ORDER BY created_ms DESC, id DESC LIMIT $3 OFFSET $4"
             ),
-            &[owner.map(str::to_string).into(), state.map(str::to_string).into(), (limit as i64).into(), (offset as i64).into()],
+            &[
+                owner.map(str::to_string).into(),
+                state.map(str::to_string).into(),
+                (limit as i64).into(),
+                (offset as i64).into(),
+            ],
         )?;
         Ok(rows.iter().map(JobRow::from_row).collect())
     }

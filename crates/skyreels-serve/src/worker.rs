@@ -184,7 +184,9 @@ fn run_job(
             }
             JobEnd { state: state::CANCELLED, error: None, frames: None, seconds: None, peak_mib: None }
         }
-        Err(e) => JobEnd { state: state::FAILED, error: Some(e.to_string()), frames: None, seconds: None, peak_mib: None },
+        Err(e) => {
+            JobEnd { state: state::FAILED, error: Some(e.to_string()), frames: None, seconds: None, peak_mib: None }
+        }
     };
     if let Err(e) = store.finish(&job.id, &config.id, &end) {
         eprintln!("worker {}: cannot record the end of job {}: {e}", config.id, job.id);

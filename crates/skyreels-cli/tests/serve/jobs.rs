@@ -1,0 +1,107 @@
+//! Every kind of job over HTTP: created, followed, downloaded, decoded; cancelled; deleted.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+
+#[test]
+fn every_kind_of_job_runs_and_its_video_downloads() {
+    let _heavy = heavy();
+    let dir = temp();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let token = create_token(&data, None, "alice", false);
+    let server = Server::start(&data, &[]);
+    let client = server.client(&token);
+
+    // Text: followed over SSE from queued to done.
+    let text = client.create(&quick("a red ball bounces"));
+    let (events, last) = follow(&client, &text);
+    assert_eq!(events.last().map(String::as_str), Some("done"), "{events:?}");
+    assert!(events.iter().any(|e| e == "running"), "{events:?}");
+    assert_eq!(last["kind"], "text");
+    let (frames, w, h, _) = download_and_decode(&client, &text, dir.path());
+    assert_eq!((frames, w, h), (33, 64, 64));
+    // A preview frame exists once a window is done, and ranges of the video can be fetched.
+    let preview = client.get(&format!("/v1/jobs/{text}/preview"));
+    assert_eq!((preview.status, preview.content_type.as_str()), (200, "image/png"));
+    let range = client.get_with(&format!("/v1/jobs/{text}/video"), ("Range", "bytes=4-11"));
+    assert_eq!((range.status, range.body.as_slice()), (206, &b"ftypisom"[..]));
+
+    // Uploads: the preview as an image, the text job's video to extend.
+    let image = client.post("/v1/uploads", "image/png", &preview.body).json()["id"].as_str().unwrap().to_string();
+    let video_bytes = client.get(&format!("/v1/jobs/{text}/video")).body;
+    let video = client.post("/v1/uploads", "video/mp4", &video_bytes).json()["id"].as_str().unwrap().to_string();
+
+    let cases = [
+        ("image", json!({"prompt": "the ball", "image": image, "frames": 33, "steps": 3}), 33),
+        ("end_image", json!({"prompt": "the ball", "end_image": image, "frames": 33, "steps": 3}), 33),
+        // The 33 frames extended are kept; 49 counts the 17 shared with the new part.
+        ("extend", json!({"prompt": "it rolls on", "extend": video, "frames": 49, "steps": 3}), 33 + 49 - 17),
+        (
+            "story",
+            json!({"story": [{"prompt": "a ball"}, {"prompt": "a cube", "windows": 1}], "steps": 3, "format": "gif"}),
+            49,
+        ),
+    ];
+    for (kind, settings, expected_frames) in cases {
+        let id = client.create(&settings);
+        let (events, last) = follow(&client, &id);
+        assert_eq!(events.last().map(String::as_str), Some("done"), "{kind}: {last}");
+        assert_eq!(last["kind"], kind);
+        assert_eq!(last["frames"], expected_frames, "{kind}");
+        let reply = client.get(&format!("/v1/jobs/{id}/video"));
+        let path = dir.path().join(format!("{kind}.{}", if kind == "story" { "gif" } else { "mp4" }));
+        std::fs::write(&path, &reply.body).unwrap();
+        let reader = skyreels_core::media::open_video(&path).unwrap();
+        assert_eq!((reader.width(), reader.height()), (64, 64), "{kind}");
+        assert_eq!(reader.count(), expected_frames, "{kind}");
+    }
+    let list = client.get("/v1/jobs").json();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 5);
+    let metrics = client.get("/v1/metrics").text();
+    assert!(metrics.contains("skyreels_jobs{state=\"done\"} 5"), "{metrics}");
+    assert!(metrics.contains("skyreels_queue_length 0"), "{metrics}");
+}
+
+#[test]
+fn running_jobs_cancel_and_deleted_jobs_leave_nothing() {
+    let _heavy = heavy();
+    let dir = temp();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let token = create_token(&data, None, "bob", false);
+    let server = Server::start(&data, &[]);
+    let client = server.client(&token);
+
+    let id = client.create(&json!({"prompt": "a long one", "frames": 161, "steps": 20}));
+    wait_for(&client, &id, Duration::from_secs(120), |j| {
+        j["state"] == "running" && j["progress"]["steps_done"].as_u64() >= Some(1)
+    });
+    let reply = client.post(&format!("/v1/jobs/{id}/cancel"), "application/json", b"");
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let (events, last) = follow(&client, &id);
+    assert_eq!(events.last().map(String::as_str), Some("cancelled"), "{last}");
+    assert!(last["finished_ms"].is_i64());
+
+    // A queued job behind a running one is cancelled at once.
+    let first = client.create(&json!({"prompt": "busy", "frames": 161, "steps": 20}));
+    let queued = client.create(&quick("waiting"));
+    let reply = client.post(&format!("/v1/jobs/{queued}/cancel"), "application/json", b"");
+    assert_eq!(reply.json()["state"], "cancelled");
+
+    // Deleting removes the job and its folder, running or not.
+    wait_for(&client, &first, Duration::from_secs(120), |j| j["state"] == "running");
+    for id in [&id, &first, &queued] {
+        assert_eq!(client.delete(&format!("/v1/jobs/{id}")).status, 204);
+        assert_eq!(client.get(&format!("/v1/jobs/{id}")).status, 404);
+    }
+    let start = Instant::now();
+    while [&id, &first, &queued].iter().any(|id| job_dir(&data, id).exists()) {
+        assert!(start.elapsed() < Duration::from_secs(60), "job folders were not removed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(client.get("/v1/jobs").json()["jobs"].as_array().unwrap().len(), 0);
+}
