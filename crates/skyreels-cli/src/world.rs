@@ -34,7 +34,7 @@ pub fn run(args: &WorldArgs) -> Result<(), String> {
         "held-out" | "heldout" | "held_out" => Split::HeldOut,
         other => return Err(format!("--split `{other}` is not `train` or `held-out`")),
     };
-    if args.frames == 0 || args.size < 16 || args.size % 2 != 0 {
+    if args.frames == 0 || args.size < 16 || !args.size.is_multiple_of(2) {
         return Err("--frames must be positive and --size an even number of at least 16 pixels".into());
     }
     let config = WorldConfig { width: args.size, height: args.size, frames: args.frames, ..WorldConfig::default() };

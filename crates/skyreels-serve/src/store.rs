@@ -48,8 +48,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     steps_done BIGINT NOT NULL DEFAULT 0,
     peak_mib BIGINT
 );
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_ms);
-CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_ms);
+CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (created_ms, id);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_ms, id);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_ms, id);
+CREATE INDEX IF NOT EXISTS jobs_by_owner_state ON jobs (owner, state, created_ms, id);
 ";
 
 const JOB_COLUMNS: &str = "id, owner, model, kind, state, request, output_name, created_ms, started_ms, finished_ms, \
@@ -317,17 +319,25 @@ impl Store {
         limit: usize,
         offset: usize,
     ) -> Result<Vec<JobRow>, DbError> {
+        // Only the filters given appear in the statement, so the (owner|state, created_ms)
+        // indexes serve it without a scan.
+        let mut filters = Vec::new();
+        let mut params: Vec<Value> = Vec::new();
+        for (column, value) in [("owner", owner), ("state", state)] {
+            if let Some(value) = value {
+                params.push(value.into());
+                filters.push(format!("{column} = ${}", params.len()));
+            }
+        }
+        let condition = if filters.is_empty() { String::new() } else { format!("WHERE {}", filters.join(" AND ")) };
+        params.extend([(limit as i64).into(), (offset as i64).into()]);
+        let n = params.len();
         let rows = self.db.query(
             &format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1 IS NULL OR owner = $1) AND ($2 IS NULL OR state = $2) \
-                 ORDER BY created_ms DESC, id DESC LIMIT $3 OFFSET $4"
+                "SELECT {JOB_COLUMNS} FROM jobs {condition} ORDER BY created_ms DESC, id DESC LIMIT ${} OFFSET ${n}",
+                n - 1
             ),
-            &[
-                owner.map(str::to_string).into(),
-                state.map(str::to_string).into(),
-                (limit as i64).into(),
-                (offset as i64).into(),
-            ],
+            &params,
         )?;
         Ok(rows.iter().map(JobRow::from_row).collect())
     }

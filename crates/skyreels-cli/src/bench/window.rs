@@ -62,7 +62,7 @@ pub fn run(args: &WindowArgs) -> Result<(), String> {
     let mut config = TransformerConfig::preset(&args.preset)
         .filter(|c| c.image_dim.is_none())
         .ok_or_else(|| format!("unknown preset `{}`: use df-1.3b or df-14b", args.preset))?;
-    if args.frames % 4 != 1 || args.height % 16 != 0 || args.width % 16 != 0 || args.steps == 0 {
+    if args.frames % 4 != 1 || !args.height.is_multiple_of(16) || !args.width.is_multiple_of(16) || args.steps == 0 {
         return Err("--frames must be 4k + 1, --height and --width multiples of 16, --steps positive".into());
     }
     config.num_layers = args.layers.unwrap_or(config.num_layers).min(config.num_layers);

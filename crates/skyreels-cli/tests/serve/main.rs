@@ -162,7 +162,7 @@ pub fn download_and_decode(client: &Client, id: &str, dir: &Path) -> (usize, u32
     std::fs::write(&path, &reply.body).unwrap();
     let reader = open_video(&path).unwrap();
     let (w, h) = (reader.width(), reader.height());
-    let frames = reader.map(|f| f.unwrap()).count();
+    let frames = reader.inspect(|f| assert!(f.is_ok(), "{f:?}")).count();
     (frames, w, h, reply.body)
 }
 

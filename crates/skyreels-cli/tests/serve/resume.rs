@@ -52,7 +52,7 @@ fn worker_killed_mid_job(data: &Path, database: Option<&str>, dir: &Path) {
     }
     let server = Server::start(data, &args);
     let client = server.client(&token);
-    let mut workers = vec![Worker::start(data, database), Worker::start(data, database)];
+    let mut workers = [Worker::start(data, database), Worker::start(data, database)];
 
     let id = client.create(&settings);
     wait_mid_job(&client, &id);

@@ -45,7 +45,7 @@ impl GgufTensor {
     fn byte_len(&self) -> Option<usize> {
         let elements: usize = self.shape.iter().product();
         let block = self.ggml_type.block_size();
-        (elements % block == 0).then(|| elements / block * self.ggml_type.type_size())
+        elements.is_multiple_of(block).then(|| elements / block * self.ggml_type.type_size())
     }
 }
 

@@ -167,7 +167,7 @@ fn init_segment(width: u32, height: u32, fps: f64) -> Result<Vec<u8>> {
 
 /// Refuses sizes H.264 4:2:0 or openh264 cannot encode.
 fn check_size(width: u32, height: u32) -> Result<()> {
-    if width == 0 || height == 0 || width % 2 != 0 || height % 2 != 0 {
+    if width == 0 || height == 0 || !width.is_multiple_of(2) || !height.is_multiple_of(2) {
         return Err(invalid_input!("H.264 video needs an even, non-zero width and height, got {width}x{height}"));
     }
     if width.max(height) > MAX_LONG_SIDE || width.min(height) > MAX_SHORT_SIDE {

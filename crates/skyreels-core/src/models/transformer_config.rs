@@ -237,10 +237,10 @@ impl TransformerConfig {
         if self.patch_size.contains(&0) {
             return Err(bad(path, "`patch_size` entries must be positive".into()));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(bad(path, format!("head dim {} must be even for the 3D rotary embedding", self.head_dim)));
         }
-        if self.freq_dim % 2 != 0 {
+        if !self.freq_dim.is_multiple_of(2) {
             return Err(bad(path, format!("`freq_dim` {} must be even", self.freq_dim)));
         }
         Ok(())

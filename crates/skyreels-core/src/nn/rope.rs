@@ -21,7 +21,7 @@ impl Rope3d {
     /// below 6 leave the spatial parts empty, as in the reference.
     pub fn new(head_dim: usize, max_positions: usize) -> Result<Self> {
         let hw = 2 * (head_dim / 6);
-        if head_dim % 2 != 0 || head_dim == 0 {
+        if !head_dim.is_multiple_of(2) || head_dim == 0 {
             return Err(invalid_input!("rotary embedding needs an even head dim, got {head_dim}"));
         }
         Ok(Self { dims: [head_dim - 2 * hw, hw, hw], theta: 10000.0, max_positions })

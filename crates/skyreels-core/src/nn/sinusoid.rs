@@ -8,7 +8,7 @@ use crate::error::{invalid_input, Result};
 /// of `timesteps` (any shape, any numeric dtype). Returns `[n, dim]` f32, computed in f64 first
 /// as both the original code and diffusers do.
 pub fn timestep_sinusoid(timesteps: &Tensor, dim: usize, device: &Device) -> Result<Tensor> {
-    if dim % 2 != 0 {
+    if !dim.is_multiple_of(2) {
         return Err(invalid_input!("the time-embedding width must be even, got {dim}"));
     }
     let half = dim / 2;

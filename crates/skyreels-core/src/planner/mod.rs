@@ -135,7 +135,7 @@ fn validate(steps: usize, s: &PlanSettings) -> Result<()> {
     if s.num_frames == 0 {
         return Err(invalid("there are no latent frames to generate".into()));
     }
-    if s.num_frames % block != 0 {
+    if !s.num_frames.is_multiple_of(block) {
         let lower = s.num_frames / block * block;
         return Err(invalid(format!(
             "{} latent frames are not a multiple of the causal block size {block}: use {} latent frames \
@@ -153,7 +153,7 @@ fn validate(steps: usize, s: &PlanSettings) -> Result<()> {
             )));
         }
     }
-    if s.num_pre_ready % block != 0 {
+    if !s.num_pre_ready.is_multiple_of(block) {
         return Err(invalid(format!(
             "the clean prefix of {} latent frames does not fill whole causal blocks of {block}: pad the prefix to \
              {} frames or use causal block size 1",

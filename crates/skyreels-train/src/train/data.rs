@@ -18,7 +18,7 @@ pub fn clip_video(clip: &ClipSpec, start: usize, len: usize, device: &Device) ->
 pub fn latent_subject_coverage(clip: &ClipSpec, t: usize, s: usize) -> anyhow::Result<Tensor> {
     let frames = clip.frames();
     let (w, h) = (clip.width as usize, clip.height as usize);
-    if frames == 0 || (frames - 1) % t != 0 || w % s != 0 || h % s != 0 {
+    if frames == 0 || !(frames - 1).is_multiple_of(t) || w % s != 0 || h % s != 0 {
         anyhow::bail!("a {w}×{h} clip of {frames} frames does not fit a VAE compressing {t}× in time and {s}× in space");
     }
     let (lt, lh, lw) = (1 + (frames - 1) / t, h / s, w / s);

@@ -340,7 +340,7 @@ pub fn train_dit(
     settings: RunSettings,
     options: &RunOptions,
 ) -> anyhow::Result<()> {
-    if stage.heads == 0 || stage.text_heads == 0 || stage.dim % stage.heads != 0 || stage.text_dim % stage.text_heads != 0 || stage.batch == 0 || stage.clips == 0 {
+    if stage.heads == 0 || stage.text_heads == 0 || !stage.dim.is_multiple_of(stage.heads) || !stage.text_dim.is_multiple_of(stage.text_heads) || stage.batch == 0 || stage.clips == 0 {
         bail!("the head counts must be positive and divide the widths, and --batch and --clips must be positive");
     }
     if !(stage.subject_weight.is_finite() && stage.subject_weight >= 0.0) {

@@ -253,7 +253,7 @@ impl Run {
         self.log.record(self.step, value, grad_norm, lr, self.started.elapsed().as_secs_f64(), extra)?;
         self.bar.set_position(self.step);
         self.bar.set_message(format!("loss {:.4}", self.log.smoothed()));
-        if self.step % self.settings.checkpoint_every == 0 || self.done() {
+        if self.step.is_multiple_of(self.settings.checkpoint_every) || self.done() {
             self.checkpoint()?;
         }
         Ok(value)

@@ -183,10 +183,10 @@ fn random_crop(video: &Tensor, side: usize, rng: &mut Rng) -> anyhow::Result<Ten
 /// Trains the VAE in `dir` (fresh, resumed, or from another run's weights with
 /// `options.init_from`), then exports it to `dir/export`.
 pub fn train_vae(dir: &Path, stage: &VaeStage, settings: RunSettings, options: &RunOptions) -> anyhow::Result<()> {
-    if stage.crop % 8 != 0 {
+    if !stage.crop.is_multiple_of(8) {
         anyhow::bail!("--crop must be a multiple of 8, got {}", stage.crop);
     }
-    if stage.frames == 0 || (stage.frames - 1) % 4 != 0 || stage.frames > stage.world.frames {
+    if stage.frames == 0 || !(stage.frames - 1).is_multiple_of(4) || stage.frames > stage.world.frames {
         anyhow::bail!("--frames must be 1 + 4k and at most the clip length {}, got {}", stage.world.frames, stage.frames);
     }
     if stage.warm_up_chunks > 0 && stage.frames == 1 {
