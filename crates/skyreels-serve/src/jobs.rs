@@ -18,58 +18,85 @@ use crate::Limits;
 #[serde(default, deny_unknown_fields)]
 pub struct JobRequest {
     /// What the video shows (or give `story`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
     /// Story mode: one prompt per segment, each lasting `windows` windows (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub story: Option<Vec<StorySegment>>,
     /// Negative prompt for guidance (default: the model's).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub negative_prompt: Option<String>,
     /// Upload id of the first frame (image-to-video).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Upload id of the frame the video must end on.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub end_image: Option<String>,
     /// Upload id of a video (MP4/GIF) to extend.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub extend: Option<String>,
     /// `mp4` (default) or `gif`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
     /// A model this server offers (`GET /v1/health` lists them); default: its first.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Video frames (4k+1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub frames: Option<u64>,
     /// Frames per window.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub base_frames: Option<u64>,
     /// Frames shared by consecutive windows.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub overlap_history: Option<u64>,
     /// Height in pixels (multiple of 16).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub height: Option<u64>,
     /// Width in pixels (multiple of 16).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub width: Option<u64>,
     /// Frames per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fps: Option<u32>,
     /// Denoising steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<u64>,
     /// Flow shift.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shift: Option<f64>,
     /// Guidance scale.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub guidance: Option<f64>,
     /// Seed (drawn when omitted, and then shown in the job).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// Steps each causal block trails the previous one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ar_step: Option<u64>,
     /// Latent frames per causal block.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub causal_block_size: Option<u64>,
     /// Noise given to the clean overlap frames.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub addnoise_condition: Option<u32>,
     /// `latent` or `pixel`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub continuation: Option<String>,
     /// `skyreels` or `diffusers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sigma_grid: Option<String>,
     /// Block-causal attention in asynchronous mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub causal_attention: Option<bool>,
     /// Transformer precision: auto, f32, bf16.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dtype: Option<String>,
     /// VAE precision: f32, bf16.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vae_dtype: Option<String>,
     /// Transformer matrices: native or fp8.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub weights: Option<String>,
 }
 
