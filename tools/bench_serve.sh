@@ -11,7 +11,7 @@ command -v wrk >/dev/null || { echo "installing wrk" >&2; apt-get install -y -qq
 cargo build --release -q -p skyreels-cli
 S=$PWD/target/release/skyreels
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"; [ "$backend" = postgres ] && psql "$url" -qc "DROP DATABASE IF EXISTS $name" >/dev/null 2>&1; true' EXIT
 db=()
 if [ "$backend" = postgres ]; then
   url=$(tools/test/postgres.sh)
@@ -53,9 +53,8 @@ health_rps=$(wrk -t2 -c16 -d10s "$base/v1/health" | awk '/Requests\/sec/ {print 
 kill %1; wait 2>/dev/null || true
 
 # 2. Creation to first step, with the server's own worker.
+if [ "$backend" = postgres ]; then psql "$url" -qc "DROP DATABASE $name" -c "CREATE DATABASE $name" >/dev/null; fi
 token=$("$S" serve token create --name bench --data "$work/b" "${db[@]}" 2>/dev/null)
-if [ "$backend" = postgres ]; then psql "$url" -qc "DROP DATABASE $name" -c "CREATE DATABASE $name" >/dev/null;
-  token=$("$S" serve token create --name bench --data "$work/b" "${db[@]}" 2>/dev/null); fi
 start_server "$work/b"
 latencies=$(python3 - "$base" "$token" <<'PY'
 import http.client, json, sys, time

@@ -196,16 +196,25 @@ impl Database for Sqlite {
     }
 }
 
-/// PostgreSQL through one connection, reopened when the server dropped it.
+/// PostgreSQL through a few connections (each reopened when the server dropped it), so that
+/// concurrent requests do not queue behind one round trip.
 pub struct Postgres {
     url: String,
-    client: Mutex<Option<postgres::Client>>,
+    clients: Vec<Mutex<Option<postgres::Client>>>,
+    next: std::sync::atomic::AtomicUsize,
 }
+
+/// Connections per process: enough for the API's concurrent requests and a worker.
+const POSTGRES_CONNECTIONS: usize = 4;
 
 impl Postgres {
     /// Connects to `url`.
     pub fn connect(url: &str) -> Result<Self, DbError> {
-        let db = Self { url: url.to_string(), client: Mutex::new(None) };
+        let db = Self {
+            url: url.to_string(),
+            clients: (0..POSTGRES_CONNECTIONS).map(|_| Mutex::new(None)).collect(),
+            next: Default::default(),
+        };
         db.with_client(|_| Ok(()))?;
         Ok(db)
     }
@@ -214,7 +223,14 @@ impl Postgres {
         &self,
         f: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
     ) -> Result<T, DbError> {
-        let mut guard = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        // A free connection if there is one, else wait for the next in turn.
+        let mut guard = match self.clients.iter().find_map(|c| c.try_lock().ok()) {
+            Some(guard) => guard,
+            None => {
+                let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+                self.clients[i].lock().unwrap_or_else(|e| e.into_inner())
+            }
+        };
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
             let client = postgres::Client::connect(&self.url, postgres::NoTls)
                 .map_err(|e| DbError(format!("cannot connect to PostgreSQL: {e}")))?;

@@ -146,6 +146,10 @@ fn host_name() -> String {
 /// be resumed, not lost).
 pub fn serve(config: ServeConfig) -> Result<(), String> {
     let data = config.data.clone();
+    if config.worker {
+        // Refuse a device this build or machine lacks now, not when the first job runs.
+        skyreels_core::pipelines::generation::Devices::open(&config.run).map_err(|e| e.to_string())?;
+    }
     let store = Arc::new(open_store(&data, config.database.as_deref())?);
     let models = named_models(&config.models)?;
     // One server per data folder and host: its worker's id is then stable across restarts,

@@ -207,4 +207,23 @@ fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
     assert_eq!(client.get("/v1/health").status, 200);
     assert_eq!(client.get(&format!("/v1/jobs/{id}")).status, 200);
     assert!(sent > 1000, "{sent} requests sent");
+
+    // The OpenAPI document is generated from the handlers: every route and the job's fields.
+    let doc = client.get("/v1/openapi.json").json();
+    for path in [
+        "/v1/health",
+        "/v1/uploads",
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/cancel",
+        "/v1/jobs/{id}/events",
+        "/v1/jobs/{id}/video",
+        "/v1/jobs/{id}/preview",
+        "/v1/metrics",
+        "/v1/openapi.json",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is missing from the OpenAPI document");
+    }
+    let fields = doc["components"]["schemas"]["JobRequest"]["properties"].as_object().unwrap();
+    assert!(FIELDS.iter().filter(|f| !f.contains("unknown") && !f.contains('/')).all(|f| fields.contains_key(*f)));
 }

@@ -105,3 +105,21 @@ fn running_jobs_cancel_and_deleted_jobs_leave_nothing() {
     }
     assert_eq!(client.get("/v1/jobs").json()["jobs"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn bad_server_settings_are_refused_with_one_sentence() {
+    let dir = temp();
+    let data = dir.path().to_str().unwrap();
+    let cases: [&[&str]; 4] = [
+        &["serve", "--data", data, "--device", "cuda:7", "--listen", "127.0.0.1:0"],
+        &["serve", "--data", data, "--model", "/nonexistent", "--listen", "127.0.0.1:0"],
+        &["serve", "--data", data, "--lease-seconds", "0"],
+        &["serve", "token", "delete", "nobody", "--data", data],
+    ];
+    for args in cases {
+        let out = skyreels().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.starts_with("error: ") && stderr.trim().lines().count() == 1, "{args:?}: {stderr}");
+    }
+}
