@@ -181,7 +181,12 @@ fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
     for path in ["/", "/v1", "/v1/", "/../../etc/passwd", "/v1/jobs/../../etc/passwd", "/v1/uploads/x", "/v2/jobs"] {
         check("GET", path, "application/json", b"");
     }
-    // Uploads: empty, oversized (over --max-upload-mib 1).
+    // Uploads: names in the query are ignored (files get generated names), empty, oversized
+    // (over --max-upload-mib 1).
+    for query in ["?name=../../escape.png", "?filename=%2e%2e%2fescape.png", "?id=../x"] {
+        check("POST", &format!("/v1/uploads{query}"), "image/png", b"x");
+    }
+    assert!(!dir.path().join("escape.png").exists() && !data.join("escape.png").exists());
     assert_eq!(check("POST", "/v1/uploads", "image/png", b""), 400);
     assert_eq!(check("POST", "/v1/uploads", "image/png", &vec![7u8; 2 << 20]), 413);
     // Range headers the file service must refuse politely.
