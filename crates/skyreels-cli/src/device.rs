@@ -4,7 +4,32 @@
 use std::str::FromStr;
 
 use candle_core::Device;
-use skyreels_core::device::{DeviceChoice, DeviceInfo};
+use skyreels_core::device::{DeviceChoice, DeviceInfo, Offload};
+use skyreels_core::pipelines::generation::RunOptions;
+
+/// Where a generation computes: the flags `generate`, `serve` and `worker` share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunDeviceArgs {
+    /// Where to compute: auto (a GPU when this binary has GPU support and one is present, else
+    /// the CPU), cpu, cuda, cuda:N, metal. Also applies when resuming.
+    #[arg(long, default_value = "auto", value_parser = parse::<DeviceChoice>)]
+    pub device: DeviceChoice,
+    /// Keep the transformer off the GPU to save memory: none; model (parked in host memory
+    /// while the VAE decodes); blocks (in host memory, each block copied to the GPU as it runs).
+    /// Same output, slower. Also applies when resuming.
+    #[arg(long, default_value = "none", value_parser = parse::<Offload>)]
+    pub offload: Offload,
+    /// Where the text encoder runs (default: --device). `cpu` keeps umT5-XXL's 11 GB off the GPU.
+    #[arg(long, value_parser = parse::<DeviceChoice>)]
+    pub text_encoder_device: Option<DeviceChoice>,
+}
+
+impl RunDeviceArgs {
+    /// The engine's run options for these flags.
+    pub fn run_options(&self) -> RunOptions {
+        RunOptions { device: self.device, text_encoder_device: self.text_encoder_device, offload: self.offload }
+    }
+}
 
 /// Parses a flag whose values the engine names (`--device`, `--dtype`, `--weights`,
 /// `--offload`) for clap, with the engine's sentence for a value it does not know.

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use skyreels_core::device::{DeviceChoice, Offload};
 use skyreels_core::pipelines::generation::RunOptions;
 use skyreels_serve::{default_data_dir, Limits, ServeConfig, WorkerOptions};
 
@@ -36,15 +35,8 @@ pub struct WorkerArgs {
     /// the default). [default: the built-in demo model]
     #[arg(long = "model")]
     pub models: Vec<PathBuf>,
-    /// Where the worker computes: auto, cpu, cuda, cuda:N, metal.
-    #[arg(long, default_value = "auto", value_parser = crate::device::parse::<DeviceChoice>)]
-    pub device: DeviceChoice,
-    /// Keep the transformer off the GPU: none, model, blocks.
-    #[arg(long, default_value = "none", value_parser = crate::device::parse::<Offload>)]
-    pub offload: Offload,
-    /// Where the text encoder runs (default: --device).
-    #[arg(long, value_parser = crate::device::parse::<DeviceChoice>)]
-    pub text_encoder_device: Option<DeviceChoice>,
+    #[command(flatten)]
+    pub devices: crate::device::RunDeviceArgs,
     /// Seconds a worker may go silent before its job is resumed by another.
     #[arg(long, default_value_t = 30.0)]
     pub lease_seconds: f64,
@@ -52,7 +44,7 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     fn run_options(&self) -> RunOptions {
-        RunOptions { device: self.device, text_encoder_device: self.text_encoder_device, offload: self.offload }
+        self.devices.run_options()
     }
 
     fn lease(&self) -> Result<Duration, String> {

@@ -435,8 +435,7 @@ async fn job_video(
     Path(id): Path<String>,
     request: Request,
 ) -> ApiResult<Response> {
-    let job = visible_job(&app, &token, &id).await?;
-    serve_file(app.data.job(&job.id).join(&job.output_name), request, "the video has no frames yet").await
+    job_file(&app, &token, &id, request, |job| (job.output_name.clone(), "the video has no frames yet")).await
 }
 
 /// The latest decoded frame (PNG).
@@ -449,8 +448,20 @@ async fn job_preview(
     Path(id): Path<String>,
     request: Request,
 ) -> ApiResult<Response> {
-    let job = visible_job(&app, &token, &id).await?;
-    serve_file(app.data.job(&job.id).join("preview.png"), request, "there is no preview yet").await
+    job_file(&app, &token, &id, request, |_| ("preview.png".into(), "there is no preview yet")).await
+}
+
+/// Serves one file of a job the caller may see (`file` names it and what to say when absent).
+async fn job_file(
+    app: &Arc<App>,
+    token: &Token,
+    id: &str,
+    request: Request,
+    file: impl FnOnce(&store::JobRow) -> (String, &'static str),
+) -> ApiResult<Response> {
+    let job = visible_job(app, token, id).await?;
+    let (name, missing) = file(&job);
+    serve_file(app.data.job(&job.id).join(name), request, missing).await
 }
 
 async fn serve_file(path: PathBuf, request: Request, missing: &str) -> ApiResult<Response> {

@@ -9,10 +9,9 @@ mod progress;
 use std::path::PathBuf;
 
 use clap::Args;
-use skyreels_core::device::{DeviceChoice, Offload};
 use skyreels_core::nn::WeightFormat;
 use skyreels_core::pipelines::generation::{
-    load_story, Devices, Event, Generation, GenerationError, GenerationRequest, ModelCache, RunOptions,
+    load_story, Devices, Event, Generation, GenerationError, GenerationRequest, ModelCache,
 };
 
 pub use progress::ProgressMode;
@@ -122,18 +121,8 @@ pub struct GenerateArgs {
     /// (e4m3 with a scale per row: half of bf16's memory, widened one layer at a time).
     #[arg(long, default_value = "native", value_parser = crate::device::parse::<WeightFormat>)]
     pub weights: WeightFormat,
-    /// Where to compute: auto (a GPU when this binary has GPU support and one is present, else
-    /// the CPU), cpu, cuda, cuda:N, metal. Also applies when resuming.
-    #[arg(long, default_value = "auto", value_parser = crate::device::parse::<DeviceChoice>)]
-    pub device: DeviceChoice,
-    /// Keep the transformer off the GPU to save memory: none; model (parked in host memory
-    /// while the VAE decodes); blocks (in host memory, each block copied to the GPU as it runs).
-    /// Same output, slower. Also applies when resuming.
-    #[arg(long, default_value = "none", value_parser = crate::device::parse::<Offload>)]
-    pub offload: Offload,
-    /// Where the text encoder runs (default: --device). `cpu` keeps umT5-XXL's 11 GB off the GPU.
-    #[arg(long, value_parser = crate::device::parse::<DeviceChoice>)]
-    pub text_encoder_device: Option<DeviceChoice>,
+    #[command(flatten)]
+    pub devices: crate::device::RunDeviceArgs,
     /// Tokens per prompt.
     #[arg(long, hide = true)]
     pub text_length: Option<usize>,
@@ -148,9 +137,7 @@ pub struct GenerateArgs {
 /// Runs `skyreels generate`.
 pub fn run(args: GenerateArgs) -> Result<(), String> {
     let mut reporter = Reporter::new(args.progress, args.quiet);
-    let options =
-        RunOptions { device: args.device, text_encoder_device: args.text_encoder_device, offload: args.offload };
-    let devices = Devices::open(&options).map_err(|e| e.to_string())?;
+    let devices = Devices::open(&args.devices.run_options()).map_err(|e| e.to_string())?;
     let job = match &args.resume {
         Some(output) => Generation::resume(output),
         None => prepare(&args),
