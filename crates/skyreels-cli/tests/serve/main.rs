@@ -184,10 +184,10 @@ pub fn temp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-/// A fresh, empty PostgreSQL database on the test server `tools/test/run.sh` starts.
+/// A fresh, empty PostgreSQL database on the test server `tools/test/postgres.sh` starts.
 pub fn postgres_database(name: &str) -> String {
     let url = std::env::var("SKYREELS_TEST_POSTGRES").unwrap_or_else(|_| {
-        panic!("SKYREELS_TEST_POSTGRES is not set: run the tests with tools/test/run.sh, which starts PostgreSQL")
+        panic!("SKYREELS_TEST_POSTGRES is not set: export SKYREELS_TEST_POSTGRES=$(tools/test/postgres.sh) first (the README's test command)")
     });
     let admin = skyreels_serve::db::open(&url).unwrap();
     let db = format!("skyreels_{name}_{}", std::process::id());
