@@ -140,7 +140,7 @@ fn generate_video(model: &Option<String>, flags: &[String], output: &Path, devic
     argv.extend(["--overwrite", "--progress", "none", "-o"].map(String::from));
     argv.push(output.to_string_lossy().into_owned());
     let parsed = GenerateFlags::try_parse_from(&argv).map_err(|e| format!("eval built bad generate flags: {e}"))?;
-    generate::run(parsed.args)
+    generate::run(parsed.args).map_err(|e| e.to_string())
 }
 
 fn read_frames(path: &Path) -> Result<Vec<RgbFrame>, String> {

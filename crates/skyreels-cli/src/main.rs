@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let result = match cli.command {
-        Command::Generate(args) => generate::run(*args),
+        Command::Generate(args) => return generate_exit(*args),
         Command::World(args) => world::run(&args),
         Command::Info { model_dir, json } => info(&model_dir, json),
         Command::Bench(command) => bench::run(&command),
@@ -83,6 +83,19 @@ fn main() -> ExitCode {
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `generate`: bad settings are usage errors (status 2, like a bad flag), other failures
+/// status 1.
+fn generate_exit(args: generate::GenerateArgs) -> ExitCode {
+    use skyreels_core::pipelines::generation::GenerationError;
+    match generate::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(if matches!(e, GenerationError::Settings(_)) { 2 } else { 1 })
         }
     }
 }

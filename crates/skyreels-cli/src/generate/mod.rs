@@ -134,19 +134,18 @@ pub struct GenerateArgs {
     pub quiet: bool,
 }
 
-/// Runs `skyreels generate`.
-pub fn run(args: GenerateArgs) -> Result<(), String> {
+/// Runs `skyreels generate`. Its errors keep their kind: bad settings exit with status 2.
+pub fn run(args: GenerateArgs) -> Result<(), GenerationError> {
     let mut reporter = Reporter::new(args.progress, args.quiet);
-    let devices = Devices::open(&args.devices.run_options()).map_err(|e| e.to_string())?;
+    let devices = Devices::open(&args.devices.run_options())?;
     let job = match &args.resume {
         Some(output) => Generation::resume(output),
         None => prepare(&args),
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     let mut observer = |event: Event<'_>| reporter.event(&event);
     // One job per process: nothing to keep loaded afterwards.
     let mut models = ModelCache::new(0);
-    job.run(&mut models, &devices, &mut observer, &Default::default()).map(|_| ()).map_err(|e| e.to_string())
+    job.run(&mut models, &devices, &mut observer, &Default::default()).map(|_| ())
 }
 
 /// Checks the flags into a job before anything heavy runs.

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use gif::{ColorOutput, DecodeOptions, DisposalMethod, Repeat};
 
 use super::{
-    check_frames, io_error, sync_parent_dir, RgbFrame, VideoFormat, VideoReader, VideoWriter, WriterCheckpoint,
+    check_frames, check_prefix, continue_crc, io_error, Aside, RgbFrame, VideoFormat, VideoReader, VideoWriter,
+    WriterCheckpoint,
 };
 use crate::error::{invalid_input, Error, Result};
 
@@ -34,6 +35,8 @@ pub(crate) struct GifWriter {
     encoder: gif::Encoder<Vec<u8>>,
     pending_frames: u64,
     checkpoint: WriterCheckpoint,
+    /// Set until the file holds frames and replaces its target.
+    aside: Option<Aside>,
 }
 
 impl GifWriter {
@@ -41,13 +44,22 @@ impl GifWriter {
     pub(crate) fn create(path: &Path, width: u32, height: u32, fps: f64) -> Result<Self> {
         let (w, h) = check_settings(width, height, fps)?;
         let (encoder, mut header) = new_encoder(w, h, path)?;
+        let prefix_crc = continue_crc(0, &header);
         header.push(TRAILER);
-        let mut file = File::create(path).map_err(io_error(path))?;
-        file.write_all(&header).and_then(|()| file.sync_all()).map_err(io_error(path))?;
-        sync_parent_dir(path)?;
-        let checkpoint =
-            WriterCheckpoint { format: VideoFormat::Gif, bytes: header.len() as u64, frames: 0, fragments: 0 };
-        Ok(Self { file, path: path.to_path_buf(), width: w, height: h, fps, encoder, pending_frames: 0, checkpoint })
+        let aside = Aside::new(path);
+        let partial = aside.partial();
+        let mut file = File::create(partial).map_err(io_error(partial))?;
+        file.write_all(&header).and_then(|()| file.sync_all()).map_err(io_error(partial))?;
+        let checkpoint = WriterCheckpoint {
+            format: VideoFormat::Gif,
+            bytes: header.len() as u64,
+            frames: 0,
+            fragments: 0,
+            prefix_crc,
+        };
+        let path = path.to_path_buf();
+        let aside = Some(aside);
+        Ok(Self { file, path, width: w, height: h, fps, encoder, pending_frames: 0, checkpoint, aside })
     }
 
     /// Reopens a GIF this writer made with the same settings and cuts it back to `checkpoint`.
@@ -63,22 +75,26 @@ impl GifWriter {
         let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(io_error(path))?;
         let len = file.metadata().map_err(io_error(path))?.len();
         let mut existing = vec![0; header.len()];
-        let mut last = [0u8];
-        let fits = len >= checkpoint.bytes && checkpoint.bytes > header.len() as u64;
+        // The trailer byte itself may have been overwritten by a commit whose checkpoint was
+        // never saved (a kill between the two): only what precedes it must match.
+        let fits = checkpoint.bytes > header.len() as u64 && len >= checkpoint.bytes - 1;
         if fits {
-            file.read_exact(&mut existing)
-                .and_then(|()| file.seek(SeekFrom::Start(checkpoint.bytes - 1)))
-                .and_then(|_| file.read_exact(&mut last))
-                .map_err(io_error(path))?;
+            file.read_exact(&mut existing).map_err(io_error(path))?;
         }
-        if !fits || existing != header || last[0] != TRAILER {
+        if !fits || existing != header {
             return Err(invalid_input!(
                 "{} does not match a {width}x{height} GIF checkpoint at {} bytes",
                 path.display(),
                 checkpoint.bytes
             ));
         }
-        file.set_len(checkpoint.bytes).and_then(|()| file.sync_all()).map_err(io_error(path))?;
+        let data = checkpoint.bytes - 1;
+        check_prefix(&mut file, data, checkpoint.prefix_crc, path)?;
+        file.set_len(data)
+            .and_then(|()| file.seek(SeekFrom::Start(data)))
+            .and_then(|_| file.write_all(&[TRAILER]))
+            .and_then(|()| file.sync_all())
+            .map_err(io_error(path))?;
         Ok(Self {
             file,
             path: path.to_path_buf(),
@@ -88,6 +104,7 @@ impl GifWriter {
             encoder,
             pending_frames: 0,
             checkpoint: *checkpoint,
+            aside: None,
         })
     }
 
@@ -126,9 +143,13 @@ impl VideoWriter for GifWriter {
         let path = &self.path;
         self.file.seek(SeekFrom::Start(at)).map_err(io_error(path))?;
         self.file.write_all(&bytes).and_then(|()| self.file.sync_all()).map_err(io_error(path))?;
+        self.checkpoint.prefix_crc = continue_crc(self.checkpoint.prefix_crc, &bytes[..bytes.len() - 1]);
         self.checkpoint.bytes = at + bytes.len() as u64;
         self.checkpoint.frames += self.pending_frames;
         self.pending_frames = 0;
+        if let Some(mut aside) = self.aside.take() {
+            aside.publish()?;
+        }
         Ok(self.checkpoint)
     }
 
@@ -137,7 +158,11 @@ impl VideoWriter for GifWriter {
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
-        self.commit().map(|_| ())
+        self.commit()?;
+        match self.aside.take() {
+            Some(mut aside) => aside.publish(),
+            None => Ok(()),
+        }
     }
 }
 

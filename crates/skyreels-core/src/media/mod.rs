@@ -22,7 +22,7 @@ mod tests;
 mod yuv;
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -97,9 +97,88 @@ pub struct WriterCheckpoint {
     pub frames: u64,
     /// MP4 fragments committed; the next `moof` gets sequence number `fragments + 1`.
     pub fragments: u32,
+    /// CRC-32 of the committed bytes before any trailer (the GIF's final `;`), so that a
+    /// checkpoint is only ever applied to the very file it was taken from.
+    pub prefix_crc: u32,
 }
 
-/// Creates (or truncates) a video at `path`, in the format its name asks for.
+/// A new output file written beside its target (`.<name>.partial`) until it holds frames, then
+/// renamed over it: an existing file at the target — an older video, or a hard link to one of
+/// the run's own inputs — is replaced atomically and never truncated or written through.
+pub(crate) struct Aside {
+    partial: PathBuf,
+    target: PathBuf,
+    published: bool,
+}
+
+impl Aside {
+    pub(crate) fn new(target: &Path) -> Self {
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Self {
+            partial: target.with_file_name(format!(".{name}.partial")),
+            target: target.to_path_buf(),
+            published: false,
+        }
+    }
+
+    /// Where the file is written until it is published.
+    pub(crate) fn partial(&self) -> &Path {
+        &self.partial
+    }
+
+    /// Renames the (committed, fsynced) file over the target.
+    pub(crate) fn publish(&mut self) -> Result<()> {
+        std::fs::rename(&self.partial, &self.target).map_err(io_error(&self.target))?;
+        self.published = true;
+        sync_parent_dir(&self.target)
+    }
+}
+
+impl Drop for Aside {
+    fn drop(&mut self) {
+        // Abandoned before holding a frame: nothing of it is worth keeping.
+        if !self.published {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
+}
+
+/// Continues the CRC-32 `previous` (of some prefix) over `bytes`.
+fn continue_crc(previous: u32, bytes: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new_with_initial(previous);
+    hasher.update(bytes);
+    hasher.finalize()
+}
+
+/// Checks that the first `len` bytes of `file` have the CRC-32 a checkpoint recorded.
+fn check_prefix(file: &mut File, len: u64, expected: u32, path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(0)).map_err(io_error(path))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut reader = (&mut *file).take(len);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut seen = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(io_error(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        seen += n as u64;
+    }
+    if seen != len || hasher.finalize() != expected {
+        return Err(invalid_input!(
+            "{} is not the video its resume state was saved with (its first {len} bytes changed); \
+             it was left untouched",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Creates a video at `path`, in the format its name asks for. A file is written beside `path`
+/// and takes its place at the first commit that holds frames (or at `finish`); a PNG folder is
+/// emptied of frames at once.
 pub fn create_writer(path: &Path, width: u32, height: u32, fps: f64) -> Result<Box<dyn VideoWriter>> {
     check_fps(fps)?;
     Ok(match VideoFormat::for_output(path)? {
@@ -120,6 +199,10 @@ pub fn resume_writer(
 ) -> Result<Box<dyn VideoWriter>> {
     check_fps(fps)?;
     let format = VideoFormat::for_output(path)?;
+    if checkpoint.frames == 0 && format == checkpoint.format && format != VideoFormat::PngFolder {
+        // Nothing was published: start the file again beside the target (same bytes).
+        return create_writer(path, width, height, fps);
+    }
     if format != checkpoint.format {
         return Err(invalid_input!(
             "checkpoint is for {:?} output but {} is {format:?}",
@@ -132,6 +215,38 @@ pub fn resume_writer(
         VideoFormat::Gif => Box::new(gif_file::GifWriter::resume(path, width, height, fps, checkpoint)?),
         VideoFormat::PngFolder => Box::new(png_folder::PngFolderWriter::resume(path, width, height, checkpoint)?),
     })
+}
+
+/// Checks, without changing anything, that `path` is the video `checkpoint` was taken from
+/// (its committed prefix is intact), so a resume can be refused before any work.
+pub fn verify_checkpoint(path: &Path, checkpoint: &WriterCheckpoint) -> Result<()> {
+    let format = VideoFormat::for_output(path)?;
+    if format != checkpoint.format {
+        return Err(invalid_input!(
+            "the resume state is for {:?} output but {} is {format:?}",
+            checkpoint.format,
+            path.display()
+        ));
+    }
+    match format {
+        _ if checkpoint.frames == 0 => Ok(()),
+        VideoFormat::PngFolder => {
+            let frames = png_folder::PngFolderReader::open(path)?.frame_count().unwrap_or(0);
+            if frames < checkpoint.frames {
+                return Err(invalid_input!(
+                    "{} holds {frames} frames but its resume state counts {}",
+                    path.display(),
+                    checkpoint.frames
+                ));
+            }
+            Ok(())
+        }
+        VideoFormat::Mp4 | VideoFormat::Gif => {
+            let mut file = File::open(path).map_err(io_error(path))?;
+            let prefix = if format == VideoFormat::Gif { checkpoint.bytes.saturating_sub(1) } else { checkpoint.bytes };
+            check_prefix(&mut file, prefix, checkpoint.prefix_crc, path)
+        }
+    }
 }
 
 /// Opens an MP4 (H.264), animated GIF, or folder of PNG frames for streaming decode.

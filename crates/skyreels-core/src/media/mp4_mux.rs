@@ -9,7 +9,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::h264::{encoder_config_record, AvcConfig, EncodedFrame, FragmentEncoder};
-use super::{check_frames, io_error, sync_parent_dir, RgbFrame, VideoFormat, VideoWriter, WriterCheckpoint};
+use super::{
+    check_frames, check_prefix, continue_crc, io_error, Aside, RgbFrame, VideoFormat, VideoWriter, WriterCheckpoint,
+};
 use crate::error::{invalid_input, Result};
 
 /// Ticks per frame; the timescale is `fps * 1000` so rates like 23.976 stay exact.
@@ -35,18 +37,26 @@ pub(crate) struct Mp4Writer {
     encoder: Option<FragmentEncoder>,
     pending: Vec<EncodedFrame>,
     checkpoint: WriterCheckpoint,
+    /// Set until the file holds frames and replaces its target.
+    aside: Option<Aside>,
 }
 
 impl Mp4Writer {
     /// Creates or truncates `path` and writes the init segment (`ftyp` + `moov`).
     pub(crate) fn create(path: &Path, width: u32, height: u32, fps: f64) -> Result<Self> {
         let header = init_segment(width, height, fps)?;
-        let mut file = File::create(path).map_err(io_error(path))?;
-        file.write_all(&header).and_then(|()| file.sync_all()).map_err(io_error(path))?;
-        sync_parent_dir(path)?;
-        let checkpoint =
-            WriterCheckpoint { format: VideoFormat::Mp4, bytes: header.len() as u64, frames: 0, fragments: 0 };
-        Ok(Self::new(file, path, width, height, fps, checkpoint))
+        let aside = Aside::new(path);
+        let partial = aside.partial();
+        let mut file = File::create(partial).map_err(io_error(partial))?;
+        file.write_all(&header).and_then(|()| file.sync_all()).map_err(io_error(partial))?;
+        let checkpoint = WriterCheckpoint {
+            format: VideoFormat::Mp4,
+            bytes: header.len() as u64,
+            frames: 0,
+            fragments: 0,
+            prefix_crc: continue_crc(0, &header),
+        };
+        Ok(Self { aside: Some(aside), ..Self::new(file, path, width, height, fps, checkpoint) })
     }
 
     /// Reopens a file this writer made with the same settings and cuts it back to `checkpoint`.
@@ -75,12 +85,14 @@ impl Mp4Writer {
                 path.display()
             ));
         }
+        check_prefix(&mut file, checkpoint.bytes, checkpoint.prefix_crc, path)?;
         file.set_len(checkpoint.bytes).and_then(|()| file.sync_all()).map_err(io_error(path))?;
         Ok(Self::new(file, path, width, height, fps, *checkpoint))
     }
 
     fn new(file: File, path: &Path, width: u32, height: u32, fps: f64, checkpoint: WriterCheckpoint) -> Self {
-        Self { file, path: path.to_path_buf(), width, height, fps, encoder: None, pending: Vec::new(), checkpoint }
+        let path = path.to_path_buf();
+        Self { file, path, width, height, fps, encoder: None, pending: Vec::new(), checkpoint, aside: None }
     }
 }
 
@@ -108,10 +120,14 @@ impl VideoWriter for Mp4Writer {
         self.file.seek(SeekFrom::Start(self.checkpoint.bytes)).map_err(io_error(path))?;
         self.file.write_all(&bytes).and_then(|()| self.file.sync_all()).map_err(io_error(path))?;
         self.checkpoint.bytes += bytes.len() as u64;
+        self.checkpoint.prefix_crc = continue_crc(self.checkpoint.prefix_crc, &bytes);
         self.checkpoint.frames += self.pending.len() as u64;
         self.checkpoint.fragments = sequence;
         self.pending.clear();
         self.encoder = None;
+        if let Some(mut aside) = self.aside.take() {
+            aside.publish()?;
+        }
         Ok(self.checkpoint)
     }
 
@@ -121,7 +137,11 @@ impl VideoWriter for Mp4Writer {
 
     fn finish(mut self: Box<Self>) -> Result<()> {
         // Fragmented MP4 needs no trailer: the last commit already left a complete file.
-        self.commit().map(|_| ())
+        self.commit()?;
+        match self.aside.take() {
+            Some(mut aside) => aside.publish(),
+            None => Ok(()),
+        }
     }
 }
 

@@ -81,7 +81,13 @@ impl VideoWriter for PngFolderWriter {
     fn commit(&mut self) -> Result<WriterCheckpoint> {
         // The frames are already complete files; only their directory entries need syncing.
         sync_dir(&self.dir)?;
-        Ok(WriterCheckpoint { format: VideoFormat::PngFolder, bytes: 0, frames: self.frames, fragments: 0 })
+        Ok(WriterCheckpoint {
+            format: VideoFormat::PngFolder,
+            bytes: 0,
+            frames: self.frames,
+            fragments: 0,
+            prefix_crc: 0,
+        })
     }
 
     fn frames_written(&self) -> u64 {

@@ -375,3 +375,87 @@ fn damaged_gif_never_panics() {
     // Header, first frame descriptor and the start of its pixel data.
     check_damage("video.gif", |bytes| bytes.len().min(1000));
 }
+
+/// A kill after a commit whose checkpoint was never saved (the state still names the previous
+/// one): the resume cuts back to the saved checkpoint and continues byte-identically. For a
+/// GIF the saved checkpoint's trailer byte has been overwritten by then.
+#[test]
+fn resume_from_an_older_checkpoint_than_the_last_commit() {
+    for name in ["video.gif", "video.mp4"] {
+        let dir = TempDir::new(&format!("older-checkpoint-{name}"));
+        let (w, h) = (64, 48);
+        let chunks = chunks(w, h);
+        let straight = dir.join(&format!("straight-{name}"));
+        write_chunks(&straight, w, h, 24.0, &chunks);
+
+        let resumed = dir.join(name);
+        let mut writer = create_writer(&resumed, w, h, 24.0).unwrap();
+        writer.append(&chunks[0]).unwrap();
+        let saved = writer.commit().unwrap();
+        writer.append(&chunks[1]).unwrap();
+        writer.commit().unwrap(); // committed, but its checkpoint is lost with the process
+        drop(writer);
+        verify_checkpoint(&resumed, &saved).unwrap();
+        let mut writer = resume_writer(&resumed, w, h, 24.0, &saved).unwrap();
+        for chunk in &chunks[1..] {
+            writer.append(chunk).unwrap();
+            writer.commit().unwrap();
+        }
+        writer.finish().unwrap();
+        assert_eq!(snapshot(&straight), snapshot(&resumed), "{name}");
+    }
+}
+
+/// A checkpoint applied to another file (or to one changed since) is refused, and the file is
+/// left exactly as it was.
+#[test]
+fn checkpoints_only_fit_their_own_file() {
+    for name in ["video.gif", "video.mp4"] {
+        let dir = TempDir::new(&format!("foreign-checkpoint-{name}"));
+        let (w, h) = (64, 48);
+        let chunks = chunks(w, h);
+        let ours = dir.join(&format!("ours-{name}"));
+        let checkpoints = write_chunks(&ours, w, h, 24.0, &chunks[..2]);
+        // Another video of the same size: same header, different frames.
+        let theirs = dir.join(name);
+        let mut other: Vec<Vec<RgbFrame>> = chunks.clone();
+        other.swap(0, 1);
+        write_chunks(&theirs, w, h, 24.0, &other);
+        let before = fs::read(&theirs).unwrap();
+        assert!(verify_checkpoint(&theirs, &checkpoints[0]).is_err(), "{name}");
+        let err = resume_writer(&theirs, w, h, 24.0, &checkpoints[0]).err().unwrap().to_string();
+        assert!(err.contains("not the video its resume state was saved with"), "{err}");
+        assert_eq!(fs::read(&theirs).unwrap(), before, "{name} was changed");
+    }
+}
+
+/// A new file replaces an existing one only once it holds frames, by rename: the old inode (a
+/// hard link elsewhere, say) is never written.
+#[test]
+fn new_files_are_written_aside_and_renamed_in() {
+    for name in ["video.gif", "video.mp4"] {
+        let dir = TempDir::new(&format!("aside-{name}"));
+        let (w, h) = (64, 48);
+        let chunks = chunks(w, h);
+        let input = dir.join(&format!("input-{name}"));
+        write_chunks(&input, w, h, 24.0, &chunks[..1]);
+        let original = fs::read(&input).unwrap();
+        let output = dir.join(name);
+        fs::hard_link(&input, &output).unwrap();
+        let mut writer = create_writer(&output, w, h, 24.0).unwrap();
+        writer.commit().unwrap();
+        assert_eq!(fs::read(&output).unwrap(), original, "{name}: replaced before holding frames");
+        writer.append(&chunks[1]).unwrap();
+        writer.commit().unwrap();
+        assert_ne!(fs::read(&output).unwrap(), original);
+        writer.finish().unwrap();
+        assert_eq!(fs::read(&input).unwrap(), original, "{name}: the hard-linked input changed");
+        assert_eq!(read_all(&output).len(), chunks[1].len());
+        // A writer abandoned before its first frames leaves nothing behind.
+        let abandoned = dir.join(&format!("abandoned-{name}"));
+        drop(create_writer(&abandoned, w, h, 24.0).unwrap());
+        let names: Vec<String> =
+            fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(!names.iter().any(|n| n.contains("abandoned")), "{names:?}");
+    }
+}

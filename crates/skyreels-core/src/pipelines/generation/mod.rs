@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+mod lock;
 mod models;
 mod settings;
 mod state;
@@ -36,9 +37,10 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
+pub use lock::OutputLock;
 pub use models::{Devices, LoadedModels, ModelCache, RunOptions};
 pub use settings::{
-    demo_model_dir, with_suffix, GenerateParams, GenerationRequest, ModelDefaults, Notice, Start,
+    demo_model_dir, limits, with_suffix, GenerateParams, GenerationRequest, ModelDefaults, Notice, Start,
     DEFAULT_NEGATIVE_PROMPT,
 };
 pub use state::{write_atomically, ResumeInfo, ResumeState, STATE_VERSION};
@@ -163,6 +165,8 @@ pub struct GenerationOutcome {
 
 /// A prepared generation: checked settings and readable inputs, ready to [`run`](Self::run).
 pub struct Generation {
+    /// Held from the checks to the end of the run.
+    lock: OutputLock,
     params: GenerateParams,
     notices: Vec<Notice>,
     total_rows: Option<usize>,
@@ -185,6 +189,7 @@ impl Generation {
         let (params, notices) = GenerateParams::from_request(request)?;
         let total_rows = params.check_windows()?;
         check_output_is_free(&params, overwrite)?;
+        let lock = OutputLock::acquire(&params.output)?;
         let start_frame = match &params.start {
             Start::Image(path) => Some(load_conditioning_image(path, &params)?),
             _ => None,
@@ -193,7 +198,7 @@ impl Generation {
         if let Start::Extend(path) = &params.start {
             open_extension(path, &params)?;
         }
-        Ok(Self { params, notices, total_rows, begin: Begin::Fresh { start_frame, end_frame } })
+        Ok(Self { lock, params, notices, total_rows, begin: Begin::Fresh { start_frame, end_frame } })
     }
 
     /// Prepares to continue the interrupted run whose output is `output` (settings come from
@@ -208,10 +213,13 @@ impl Generation {
                 format!("there is no interrupted run to resume: {} does not exist", state_path.display())
             }));
         }
+        let lock = OutputLock::acquire(output)?;
         let saved = ResumeState::load(&state_path, &Device::Cpu)?;
+        crate::media::verify_checkpoint(output, &saved.info.writer)
+            .map_err(|e| GenerationError::Resume(strip_invalid_input(&e.to_string())))?;
         let params = GenerateParams { output: output.to_path_buf(), ..saved.info.params.clone() };
         let total_rows = params.check_windows()?;
-        Ok(Self { params, notices: Vec::new(), total_rows, begin: Begin::Resume(Box::new(saved)) })
+        Ok(Self { lock, params, notices: Vec::new(), total_rows, begin: Begin::Resume(Box::new(saved)) })
     }
 
     /// Whether there is an interrupted run of `output` to resume.
@@ -262,6 +270,7 @@ impl Generation {
             }
         };
         models.trim();
+        drop(self.lock);
         outcome
     }
 }
@@ -287,9 +296,8 @@ fn fresh(
         Start::Extend(path) => Some((path.clone(), open_extension(path, params)?)),
         _ => None,
     };
-    // Only now, with the models loaded and the inputs read, is an old output replaced.
-    let _ = std::fs::remove_file(params.state_path());
-    let _ = std::fs::remove_file(params.sidecar_path());
+    // An old output stays in place (with its sidecar) until the new video commits its first
+    // frames and is renamed over it; the resume state is replaced at the first save.
     let mut writer =
         create_writer(&params.output, params.width as u32, params.height as u32, params.sampler.fps as f64)
             .map_err(|e| GenerationError::Output(e.to_string()))?;
@@ -314,15 +322,20 @@ fn fresh(
             seconds_before: 0.0,
             memory: DeviceMemoryMeter::new(),
         };
-        run.save(&checkpoint, 0.0)?;
+        // A state is saved only once the output holds this run's frames: until then an old
+        // output keeps its own state, and a kill leaves nothing of this run to resume.
+        if checkpoint.frames > 0 {
+            run.save(&checkpoint, 0.0)?;
+        }
         Ok(run)
     })();
     match outcome {
         Ok(run) => run.generate(writer, total_rows, observer, cancel),
         Err(e) => {
-            // Nothing worth keeping was produced: leave no half-made output behind.
+            // Nothing worth keeping was produced: the unpublished file goes with the writer, an
+            // old output stays. Only a PNG folder, emptied at creation, is removed.
             drop(writer);
-            remove_output(params);
+            remove_unpublished(params);
             Err(e)
         }
     }
@@ -367,6 +380,10 @@ fn resumed(
         memory: DeviceMemoryMeter::new(),
     };
     run.generate(writer, total_rows, observer, cancel)
+}
+
+fn strip_invalid_input(message: &str) -> String {
+    message.strip_prefix("invalid input: ").unwrap_or(message).to_string()
 }
 
 /// Encodes every distinct prompt of the story once, plus the negative prompt; the text
@@ -456,12 +473,19 @@ fn holds_only_frames(dir: &Path) -> bool {
     })
 }
 
-/// Removes an output and its companions (used when a run fails before producing anything).
-fn remove_output(params: &GenerateParams) {
+/// Cleans up after a run that failed before its first frames: a frame folder it emptied, and a
+/// resume state it saved (which describes a video with no frames).
+fn remove_unpublished(params: &GenerateParams) {
     let out = &params.output;
-    let _ = if out.is_dir() { std::fs::remove_dir_all(out) } else { std::fs::remove_file(out) };
-    let _ = std::fs::remove_file(params.state_path());
-    let _ = std::fs::remove_file(params.sidecar_path());
+    if out.is_dir() {
+        let _ = std::fs::remove_dir_all(out);
+        let _ = std::fs::remove_file(params.sidecar_path());
+    }
+    if let Ok(state) = ResumeState::load(&params.state_path(), &Device::Cpu) {
+        if state.info.writer.frames == 0 {
+            let _ = std::fs::remove_file(params.state_path());
+        }
+    }
 }
 
 fn load_conditioning_image(path: &Path, params: &GenerateParams) -> Result<RgbFrame> {

@@ -212,7 +212,14 @@ impl ModelDefaults {
     /// Reads `<model>/skyreels.json` when the model is a folder that has one.
     pub fn of_model(model: &str) -> Result<Self> {
         let path = Path::new(model).join("skyreels.json");
-        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Self::default()) };
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8(bytes)
+                .map_err(|_| GenerationError::Model(format!("{} is not UTF-8 text", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            // A folder model without the file, or a hub id (not a folder at all).
+            Err(_) if !path.is_file() => return Ok(Self::default()),
+            Err(e) => return Err(GenerationError::Model(format!("cannot read {}: {e}", path.display()))),
+        };
         #[derive(serde::Deserialize)]
         struct File {
             generation_defaults: Option<ModelDefaults>,
@@ -230,6 +237,71 @@ pub fn demo_model_dir() -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/skyreels-demo"),
     }
+}
+
+/// The largest values a generation accepts: beyond them a setting is a mistake (or would wrap
+/// or exhaust memory), and is refused with a sentence before anything runs.
+pub mod limits {
+    /// Pixels on either side (the largest H.264 level supports 4096).
+    pub const MAX_SIDE: usize = 4096;
+    /// Frames of a finite video (about 11.5 hours at 24 fps); longer runs are endless runs.
+    pub const MAX_FRAMES: usize = 1_000_000;
+    /// Frames of one window, and of the overlap.
+    pub const MAX_WINDOW_FRAMES: usize = 1025;
+    /// Denoising steps, and the asynchronous step offset.
+    pub const MAX_STEPS: usize = 1000;
+    /// Frames per second.
+    pub const MAX_FPS: u32 = 240;
+    /// Tokens per prompt (umT5 was trained with 512).
+    pub const MAX_TEXT_LENGTH: usize = 4096;
+}
+
+/// The numeric settings checked together.
+struct Ranges {
+    height: usize,
+    width: usize,
+    fps: u32,
+    steps: usize,
+    shift: f64,
+    guidance: f64,
+    text_length: usize,
+}
+
+/// Range-checks every number, whether it came from a flag, a job or the model's `skyreels.json`.
+fn check_ranges(r: Ranges) -> Result<()> {
+    for (name, v) in [("--height", r.height), ("--width", r.width)] {
+        if v == 0 || v % 16 != 0 {
+            return Err(bad(format!(
+                "{name} {v} must be a positive multiple of 16 (the VAE downsamples by 8, the transformer patches by 2)"
+            )));
+        }
+        check_at_most(name, v, limits::MAX_SIDE)?;
+    }
+    if r.fps == 0 || r.fps > limits::MAX_FPS {
+        return Err(bad(format!("--fps {} must be between 1 and {}", r.fps, limits::MAX_FPS)));
+    }
+    if r.steps == 0 {
+        return Err(bad("--steps must be at least 1"));
+    }
+    check_at_most("--steps", r.steps, limits::MAX_STEPS)?;
+    if r.text_length == 0 {
+        return Err(bad("--text-length must be at least 1"));
+    }
+    check_at_most("--text-length", r.text_length, limits::MAX_TEXT_LENGTH)?;
+    if !r.shift.is_finite() || r.shift <= 0.0 {
+        return Err(bad(format!("--shift {} must be a positive number", r.shift)));
+    }
+    if !r.guidance.is_finite() || r.guidance < 0.0 {
+        return Err(bad(format!("--guidance {} must be a number of at least 0 (1 turns guidance off)", r.guidance)));
+    }
+    Ok(())
+}
+
+fn check_at_most(name: &str, value: usize, max: usize) -> Result<()> {
+    if value > max {
+        return Err(bad(format!("{name} {value} is more than the largest accepted, {max}")));
+    }
+    Ok(())
 }
 
 /// A message for the user about a value that was adjusted.
@@ -298,19 +370,11 @@ impl GenerateParams {
         let shift = args.shift.or(d.shift).unwrap_or(8.0);
         let guidance = args.guidance.or(d.guidance).unwrap_or(6.0);
         let text_length = args.text_length.or(d.text_length).unwrap_or(512);
-        for (name, v) in [("--height", height), ("--width", width)] {
-            if v == 0 || v % 16 != 0 {
-                return Err(bad(format!("{name} {v} must be a positive multiple of 16 (the VAE downsamples by 8, the transformer patches by 2)")));
-            }
-        }
-        if text_length == 0 {
-            return Err(bad("--text-length must be at least 1"));
-        }
-        if !shift.is_finite() || shift <= 0.0 {
-            return Err(bad(format!("--shift {shift} must be a positive number")));
-        }
-        if !guidance.is_finite() || guidance < 0.0 {
-            return Err(bad(format!("--guidance {guidance} must be a number of at least 0")));
+        check_ranges(Ranges { height, width, fps, steps, shift, guidance, text_length })?;
+        check_at_most("--ar-step", args.ar_step, limits::MAX_STEPS)?;
+        check_at_most("--causal-block-size", args.causal_block_size, limits::MAX_WINDOW_FRAMES)?;
+        if args.addnoise_condition >= 1000 {
+            return Err(bad(format!("--addnoise-condition {} must be a timestep below 1000", args.addnoise_condition)));
         }
         let start = match (&args.image, &args.extend) {
             (Some(_), Some(_)) => {
@@ -322,9 +386,12 @@ impl GenerateParams {
             (None, Some(video)) => Start::Extend(video.clone()),
             (None, None) => Start::Text,
         };
-        let base_frames = round_frames("--base-frames", args.base_frames.or(d.base_frames).unwrap_or(97), &mut notices);
-        let overlap_history =
-            round_frames("--overlap-history", args.overlap_history.or(d.overlap_history).unwrap_or(17), &mut notices);
+        let base_frames = args.base_frames.or(d.base_frames).unwrap_or(97);
+        let overlap_history = args.overlap_history.or(d.overlap_history).unwrap_or(17);
+        check_at_most("--base-frames", base_frames, limits::MAX_WINDOW_FRAMES)?;
+        check_at_most("--overlap-history", overlap_history, limits::MAX_WINDOW_FRAMES)?;
+        let base_frames = round_frames("--base-frames", base_frames, &mut notices);
+        let overlap_history = round_frames("--overlap-history", overlap_history, &mut notices);
         if overlap_history >= base_frames {
             return Err(bad(format!(
                 "--overlap-history {overlap_history} must be shorter than --base-frames {base_frames}"
@@ -333,17 +400,17 @@ impl GenerateParams {
         if args.causal_block_size == 0 {
             return Err(bad("--causal-block-size must be at least 1"));
         }
-        if steps == 0 {
-            return Err(bad("--steps must be at least 1"));
-        }
         if args.addnoise_condition > 60 {
             notices.push(format!(
                 "--addnoise-condition {} is high; the authors advise at most 50",
                 args.addnoise_condition
             ));
         }
-        if fps == 0 {
-            return Err(bad("--fps must be positive"));
+        if let Some(frames) = args.frames.filter(|&f| f > limits::MAX_FRAMES) {
+            return Err(bad(format!(
+                "--frames {frames} is more than {} (about 11 hours at 24 fps): use 0 or inf for an endless video",
+                limits::MAX_FRAMES
+            )));
         }
         let frames = match args.frames {
             Some(0) => None,

@@ -16,8 +16,11 @@ use crate::media::WriterCheckpoint;
 use crate::pipelines::{DfProgress, NoiseState, WindowDecoderState};
 
 /// Format version of the resume file; bumped when its meaning changes.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 const METADATA_KEY: &str = "skyreels_resume";
+/// CRC-32 of the settings JSON followed by every tensor's bytes in name order: a state whose
+/// numbers were damaged is refused instead of producing a wrong video.
+const CHECKSUM_KEY: &str = "skyreels_resume_crc";
 
 /// The non-tensor part of the resume state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,10 +70,15 @@ impl ResumeState {
         put("pixel_history".into(), &self.decoder.pixel_history);
         put("recent_latents".into(), &self.decoder.recent_latents);
         let info = serde_json::to_string(&self.info).map_err(|e| GenerationError::Output(e.to_string()))?;
-        let metadata = HashMap::from([(METADATA_KEY.to_string(), info)]);
-        let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata))
-            .map_err(|e| GenerationError::Output(format!("cannot serialise the resume state: {e}")))?;
-        write_atomically(path, &bytes)
+        let serialise = |metadata| {
+            safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata))
+                .map_err(|e| GenerationError::Output(format!("cannot serialise the resume state: {e}")))
+        };
+        // Serialised once to read the tensors' bytes back as stored, then with their checksum.
+        let draft = serialise(HashMap::from([(METADATA_KEY.to_string(), info.clone())]))?;
+        let crc = checksum(&info, &draft).map_err(GenerationError::Output)?;
+        let metadata = HashMap::from([(METADATA_KEY.to_string(), info), (CHECKSUM_KEY.to_string(), crc.to_string())]);
+        write_atomically(path, &serialise(metadata)?)
     }
 
     /// Reads a state written by [`save`](Self::save).
@@ -93,6 +101,10 @@ impl ResumeState {
                 path.display()
             )));
         }
+        let stored = meta.metadata().as_ref().and_then(|m| m.get(CHECKSUM_KEY)).and_then(|c| c.parse::<u32>().ok());
+        if stored != Some(checksum(info_json, &bytes).map_err(bad)?) {
+            return Err(bad("its checksum does not match its contents".into()));
+        }
         let info: ResumeInfo = serde_json::from_str(info_json).map_err(|e| bad(e.to_string()))?;
         let mut tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
         Ok(Self {
@@ -106,6 +118,21 @@ impl ResumeState {
             info,
         })
     }
+}
+
+/// The checksum of a state file's settings and tensor bytes (see [`CHECKSUM_KEY`]).
+fn checksum(info_json: &str, file: &[u8]) -> Result<u32, String> {
+    let tensors = safetensors::SafeTensors::deserialize(file).map_err(|e| e.to_string())?;
+    let mut names: Vec<&str> = tensors.names();
+    names.sort_unstable();
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(info_json.as_bytes());
+    for name in names {
+        let tensor = tensors.tensor(name).map_err(|e| e.to_string())?;
+        hasher.update(name.as_bytes());
+        hasher.update(tensor.data());
+    }
+    Ok(hasher.finalize())
 }
 
 impl ResumeState {

@@ -1,0 +1,256 @@
+//! Nothing a user has is lost: hard-linked outputs, `--overwrite` killed at any moment, foreign
+//! or damaged resume states, two runs on one output, and hostile numbers — driving the real
+//! binary on the tiny fixture pipeline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use skyreels_core::media::open_video;
+
+fn model() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../skyreels-core/tests/fixtures/models/df_pipeline")
+}
+
+/// Small settings: 32×48, 3 steps, windows of 13 frames overlapping by 5; 29 frames = 3 windows.
+fn fast(seed: u64) -> Vec<String> {
+    let flags = ["--height", "32", "--width", "48", "--steps", "3", "--base-frames", "13", "--overlap-history", "5"];
+    let mut v: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+    v.extend(["--text-length", "16", "--frames", "29", "--quiet", "--seed"].map(String::from));
+    v.push(seed.to_string());
+    v
+}
+
+fn generate(out: &Path, flags: &[String]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyreels"));
+    cmd.args(["generate", "--model", model(), "-p", "a small test", "-o", out.to_str().unwrap()]).args(flags);
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn resume(out: &Path) -> Output {
+    run(Command::new(env!("CARGO_BIN_EXE_skyreels")).args(["generate", "--quiet", "--resume", out.to_str().unwrap()]))
+}
+
+fn assert_ok(out: &Output) {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn one_sentence(out: &Output, mentions: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should have failed");
+    assert!(stderr.starts_with("error: ") && stderr.trim().lines().count() == 1, "{stderr}");
+    assert!(stderr.contains(mentions), "`{stderr}` should mention `{mentions}`");
+}
+
+fn frames(path: &Path) -> usize {
+    let reader = open_video(path).unwrap();
+    reader.inspect(|f| assert!(f.is_ok(), "{f:?}")).count()
+}
+
+fn state(out: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.resume", out.display()))
+}
+
+/// A straight run's bytes for `seed`.
+fn reference(dir: &Path, seed: u64) -> Vec<u8> {
+    let out = dir.join(format!("reference-{seed}.mp4"));
+    assert_ok(&run(&mut generate(&out, &fast(seed))));
+    std::fs::read(out).unwrap()
+}
+
+/// Starts a run and kills it once its first window is committed (its state is saved).
+fn interrupted(out: &Path, seed: u64) {
+    let mut child = generate(out, &fast(seed)).stderr(Stdio::null()).spawn().unwrap();
+    wait_until(&mut child, || state(out).exists());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(state(out).exists(), "the run finished before it could be interrupted");
+}
+
+fn wait_until(child: &mut Child, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(start.elapsed() < Duration::from_secs(120), "timed out");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_hard_linked_output_never_touches_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mp4");
+    std::fs::write(&input, reference(dir.path(), 1)).unwrap();
+    let original = std::fs::read(&input).unwrap();
+    let hard = dir.path().join("hard.mp4");
+    std::fs::hard_link(&input, &hard).unwrap();
+    let mut flags = fast(2);
+    let at = flags.iter().position(|f| f == "--frames").unwrap();
+    flags[at + 1] = "37".into();
+    flags.extend(["--extend", input.to_str().unwrap(), "--overwrite"].map(String::from));
+    assert_ok(&run(&mut generate(&hard, &flags)));
+    assert_eq!(std::fs::read(&input).unwrap(), original, "the input was changed through its hard link");
+    assert_eq!(frames(&hard), 29 + 37 - 5);
+}
+
+#[test]
+fn overwrite_killed_at_any_moment_keeps_the_old_video_or_a_resumable_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = reference(dir.path(), 3);
+    let new = reference(dir.path(), 4);
+    let out = dir.path().join("out.mp4");
+    let mut outcomes = (0, 0);
+    for delay_ms in [0, 5, 20, 50, 100, 200, 400, 800, 1600] {
+        std::fs::write(&out, &old).unwrap();
+        let _ = std::fs::remove_file(state(&out));
+        let mut flags = fast(4);
+        flags.push("--overwrite".into());
+        let mut child = generate(&out, &flags).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let bytes = std::fs::read(&out).expect("the output vanished");
+        if bytes == old {
+            outcomes.0 += 1;
+            continue;
+        }
+        // Not the old video: then a valid new one, complete or resumable to completion.
+        assert!(frames(&out) > 0, "after {delay_ms} ms: neither the old nor a playable new video");
+        if state(&out).exists() {
+            assert_ok(&resume(&out));
+        }
+        assert!(std::fs::read(&out).unwrap() == new, "after {delay_ms} ms: the new video differs");
+        outcomes.1 += 1;
+    }
+    eprintln!("old kept {} times, new video {} times", outcomes.0, outcomes.1);
+}
+
+#[test]
+fn foreign_or_damaged_resume_states_are_refused_and_the_output_is_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = reference(dir.path(), 5);
+    let finished = dir.path().join("finished.mp4");
+    std::fs::write(&finished, reference(dir.path(), 6)).unwrap();
+    let finished_bytes = std::fs::read(&finished).unwrap();
+    let a = dir.path().join("a.mp4");
+    interrupted(&a, 5);
+    let a_bytes = std::fs::read(&a).unwrap();
+    let good_state = std::fs::read(state(&a)).unwrap();
+
+    // Another run's state next to a finished video.
+    std::fs::write(state(&finished), &good_state).unwrap();
+    one_sentence(&resume(&finished), "not the video its resume state was saved with");
+    assert_eq!(std::fs::read(&finished).unwrap(), finished_bytes);
+    std::fs::remove_file(state(&finished)).unwrap();
+
+    // Damage anywhere in the state: in the tensors (the end of the file) or in its numbers.
+    let mut tensors = good_state.clone();
+    let n = tensors.len();
+    for byte in &mut tensors[n - 20..] {
+        *byte ^= 0x5a;
+    }
+    let text = String::from_utf8_lossy(&good_state).into_owned();
+    let numbers = text.replacen("\\\"windows_done\\\":1", "\\\"windows_done\\\":9", 1).into_bytes();
+    assert_ne!(numbers, good_state, "the test did not find windows_done in the state");
+    for damaged in [tensors, numbers] {
+        std::fs::write(state(&a), &damaged).unwrap();
+        one_sentence(&resume(&a), "damaged");
+        assert_eq!(std::fs::read(&a).unwrap(), a_bytes);
+    }
+
+    // The real state still finishes the video exactly.
+    std::fs::write(state(&a), &good_state).unwrap();
+    assert_ok(&resume(&a));
+    assert!(std::fs::read(&a).unwrap() == expected);
+}
+
+#[test]
+fn a_second_run_on_the_same_output_is_refused_while_the_first_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = reference(dir.path(), 7);
+    let out = dir.path().join("shared.mp4");
+    let mut first = generate(&out, &fast(7)).stderr(Stdio::piped()).spawn().unwrap();
+    let lock = dir.path().join(".shared.mp4.lock");
+    wait_until(&mut first, || std::fs::read_to_string(&lock).is_ok_and(|s| !s.is_empty()));
+    let mut flags = fast(8);
+    flags.push("--overwrite".into());
+    let second = run(&mut generate(&out, &flags));
+    one_sentence(&second, &format!("process {}", first.id()));
+    assert!(first.wait().unwrap().success());
+    assert!(std::fs::read(&out).unwrap() == expected, "the first run's video was damaged");
+}
+
+/// Deterministic pseudo-random numbers (xorshift), so a failing case can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        items[(self.0 % items.len() as u64) as usize]
+    }
+}
+
+#[test]
+fn random_numbers_either_run_or_fail_with_one_sentence_and_status_2() {
+    let huge = ["18446744073709551615", "18446744073709551616", "99999999999999999999999", "4294967360", "1e308"];
+    let odd = ["-1", "-16", "nan", "NaN", "inf", "-inf", "", "0x10", "1.5"];
+    let flags: &[(&str, &[&str])] = &[
+        ("--height", &["32", "16", "0", "33", "4112"]),
+        ("--width", &["48", "16", "0", "40", "4112"]),
+        ("--frames", &["13", "5", "1", "21", "1000001"]),
+        ("--steps", &["3", "1", "0", "1001"]),
+        ("--guidance", &["1", "6", "0", "1e309", "-0.5"]),
+        ("--shift", &["8", "0", "0.001"]),
+        ("--fps", &["24", "0", "241", "16"]),
+        ("--base-frames", &["13", "1", "2", "0", "1029"]),
+        ("--overlap-history", &["5", "1", "0", "13", "1029"]),
+        ("--ar-step", &["0", "1", "5", "1001"]),
+        ("--causal-block-size", &["1", "0", "5", "1001"]),
+        ("--addnoise-condition", &["0", "20", "999", "1000"]),
+        ("--seed", &["1", "0"]),
+        ("--text-length", &["16", "0", "4097"]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut ran, mut refused) = (0, 0);
+    for case in 0..60 {
+        let out = dir.path().join(format!("case{case}.mp4"));
+        // A valid run (the first value of each flag), with one to four flags changed.
+        let mut values: Vec<&str> = flags.iter().map(|(_, v)| v[0]).collect();
+        for _ in 0..1 + case % 4 {
+            let i = rng.pick(&["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13"]);
+            let i: usize = i.parse().unwrap();
+            values[i] = match rng.pick(&["usual", "usual", "odd", "huge"]) {
+                "odd" => rng.pick(&odd),
+                "huge" => rng.pick(&huge),
+                _ => rng.pick(flags[i].1),
+            };
+        }
+        let mut args: Vec<String> = vec!["--quiet".into()];
+        for ((flag, _), value) in flags.iter().zip(&values) {
+            args.extend([flag.to_string(), value.to_string()]);
+        }
+        let result = run(&mut generate(&out, &args));
+        match result.status.code() {
+            Some(0) => {
+                assert!(frames(&out) > 0, "case {case} {args:?}: no video");
+                ran += 1;
+            }
+            Some(2) => {
+                let stderr = String::from_utf8_lossy(&result.stderr);
+                assert!(stderr.starts_with("error: ") && stderr.trim().lines().count() == 1, "case {case}: {stderr}");
+                assert!(!out.exists() && !state(&out).exists(), "case {case} {args:?}: left a file");
+                refused += 1;
+            }
+            code => panic!("case {case} {args:?}: status {code:?}: {}", String::from_utf8_lossy(&result.stderr)),
+        }
+    }
+    eprintln!("{ran} ran, {refused} refused");
+    assert!(refused > 0);
+}
