@@ -110,6 +110,14 @@ pub struct StabilityArgs {
     pub device: DeviceChoice,
 }
 
+/// Refuses a report path whose folder does not exist, before any work.
+fn check_report_folder(report: &Option<PathBuf>) -> Result<(), String> {
+    match report.as_deref().and_then(Path::parent).filter(|p| !p.as_os_str().is_empty()) {
+        Some(folder) if !folder.is_dir() => Err(format!("the folder {} for --report does not exist", folder.display())),
+        _ => Ok(()),
+    }
+}
+
 /// Runs an eval subcommand.
 pub fn run(command: &EvalCommand) -> Result<(), String> {
     // A device that cannot be used is refused before any clip is rendered or generated.
@@ -118,6 +126,10 @@ pub fn run(command: &EvalCommand) -> Result<(), String> {
         EvalCommand::Stability(args) => args.device,
     };
     crate::device::open(device)?;
+    check_report_folder(match command {
+        EvalCommand::Adherence(args) => &args.report,
+        EvalCommand::Stability(args) => &args.report,
+    })?;
     match command {
         EvalCommand::Adherence(args) => adherence(args),
         EvalCommand::Stability(args) => stability(args),
@@ -262,6 +274,10 @@ struct LongRun {
 fn stability(args: &StabilityArgs) -> Result<(), String> {
     if args.window == 0 {
         return Err("--window must be positive".into());
+    }
+    if args.frames == 0 && args.video.is_none() {
+        // `generate` would take 0 as "endless", and the evaluation would never end.
+        return Err("--frames must be positive: stability is judged on a finite video".into());
     }
     if let Some(video) = &args.video {
         let windows = measure(video, args.window, args.prompt.as_deref().and_then(prompted_colour))?;

@@ -180,6 +180,9 @@ pub struct VaeArgs {
 pub fn run(command: &TrainCommand) -> Result<(), String> {
     match command {
         TrainCommand::Vae(args) => {
+            if args.batch == 0 || args.frames == 0 {
+                return Err("--batch and --frames must be at least 1".into());
+            }
             let stage = VaeStage {
                 batch: args.batch,
                 frames: args.frames,
@@ -209,6 +212,9 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
             Ok(())
         }
         TrainCommand::Dit(args) => {
+            if args.batch == 0 || args.clips == 0 {
+                return Err("--batch and --clips must be at least 1".into());
+            }
             let stage = DitStage {
                 clips: args.clips,
                 batch: args.batch,

@@ -25,6 +25,9 @@ pub struct WorldArgs {
     /// Output video (.mp4, .gif or a folder); its caption goes to `<output>.caption.json`.
     #[arg(long, short = 'o')]
     pub output: PathBuf,
+    /// Replace an existing output instead of refusing.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// Renders one clip and prints its prompt.
@@ -37,6 +40,9 @@ pub fn run(args: &WorldArgs) -> Result<(), String> {
     if args.frames == 0 || args.size < 16 || !args.size.is_multiple_of(2) {
         return Err("--frames must be positive and --size an even number of at least 16 pixels".into());
     }
+    if args.output.exists() && !args.overwrite {
+        return Err(format!("{} already exists: choose another --output or pass --overwrite", args.output.display()));
+    }
     let config = WorldConfig { width: args.size, height: args.size, frames: args.frames, ..WorldConfig::default() };
     let clip = sample_clip(args.seed, &config, split);
     let mut writer =
@@ -48,7 +54,7 @@ pub fn run(args: &WorldArgs) -> Result<(), String> {
     let caption = serde_json::json!({ "prompt": clip.prompt(), "caption": clip.caption(), "clip": clip });
     let path = crate::generate::with_suffix(&args.output, ".caption.json");
     let text = serde_json::to_string_pretty(&caption).map_err(|e| e.to_string())?;
-    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    crate::generate::write_atomically(&path, text.as_bytes()).map_err(|e| e.to_string())?;
     println!("{}", clip.prompt());
     Ok(())
 }

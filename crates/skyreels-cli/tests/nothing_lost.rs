@@ -254,3 +254,77 @@ fn random_numbers_either_run_or_fail_with_one_sentence_and_status_2() {
     eprintln!("{ran} ran, {refused} refused");
     assert!(refused > 0);
 }
+
+fn skyreels(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_skyreels")).args(args).output().unwrap()
+}
+
+/// Copies the fixture pipeline so its files can be damaged.
+fn model_copy(dir: &Path) -> PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let target = to.join(path.file_name().unwrap());
+            if path.is_dir() {
+                copy(&path, &target);
+            } else {
+                std::fs::copy(&path, &target).unwrap();
+            }
+        }
+    }
+    let to = dir.join("model");
+    copy(Path::new(model()), &to);
+    to
+}
+
+#[test]
+fn damaged_settings_files_and_hostile_paths_get_one_sentence_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = model_copy(d);
+    let out = d.join("x.mp4");
+    let run_with_model = |flags: &[&str]| {
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "-p", "x", "-o", out.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        skyreels(&args)
+    };
+    // A model's recommended settings are range-checked like flags; a binary file is an error.
+    std::fs::write(model.join("skyreels.json"), r#"{"generation_defaults": {"text_length": 1000000000}}"#).unwrap();
+    one_sentence(&run_with_model(&[]), "--text-length 1000000000");
+    std::fs::write(model.join("skyreels.json"), [0xff, 0xfe, 0x00, 0x81]).unwrap();
+    one_sentence(&run_with_model(&[]), "not UTF-8");
+    std::fs::remove_file(model.join("skyreels.json")).unwrap();
+    assert!(!out.exists());
+
+    // A FIFO where a config belongs is refused, not read forever.
+    let transformer = model.join("transformer");
+    std::fs::remove_file(transformer.join("config.json")).unwrap();
+    let made = Command::new("mkfifo").arg(transformer.join("config.json")).status();
+    if made.is_ok_and(|s| s.success()) {
+        one_sentence(&skyreels(&["info", transformer.to_str().unwrap()]), "not a regular file");
+    }
+
+    // Other commands check their numbers and paths before working.
+    let missing = d.join("missing/report.json");
+    one_sentence(&skyreels(&["eval", "stability", "--frames", "0"]), "--frames must be positive");
+    one_sentence(
+        &skyreels(&["eval", "adherence", "--ground-truth", "--prompts", "2", "--report", missing.to_str().unwrap()]),
+        "does not exist",
+    );
+    let clip = d.join("clip.gif");
+    std::fs::write(&clip, b"keep me").unwrap();
+    one_sentence(&skyreels(&["world", "--frames", "5", "-o", clip.to_str().unwrap()]), "--overwrite");
+    assert_eq!(std::fs::read(&clip).unwrap(), b"keep me");
+    let runs = d.join("runs");
+    one_sentence(&skyreels(&["train", "vae", "--batch", "0", "-o", runs.to_str().unwrap()]), "--batch");
+    one_sentence(&skyreels(&["train", "vae", "--resume", "-o", runs.to_str().unwrap()]), "no training run to resume");
+
+    // A frame folder a killed run left a temporary frame in can still be overwritten.
+    let frames = d.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    std::fs::write(frames.join("frame_000003.png.tmp"), b"partial").unwrap();
+    let mut flags = fast(9);
+    flags.push("--overwrite".into());
+    assert_ok(&run(&mut generate(&frames, &flags)));
+}

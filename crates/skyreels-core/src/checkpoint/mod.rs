@@ -59,3 +59,16 @@ impl Weights for WeightStore {
         WeightStore::tensor(self, name, shape, dtype, device)
     }
 }
+
+/// Reads a small text file (a config, a story), refusing anything that is not a regular file:
+/// a FIFO or a device named `config.json` would otherwise block or never end.
+pub fn read_text(path: &std::path::Path) -> crate::Result<String> {
+    use std::io::{Error as IoError, ErrorKind};
+    let io = |source| crate::Error::Io { path: path.to_path_buf(), source };
+    let metadata = std::fs::metadata(path).map_err(io)?;
+    if !metadata.is_file() {
+        return Err(io(IoError::new(ErrorKind::InvalidInput, "not a regular file")));
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    String::from_utf8(bytes).map_err(|_| io(IoError::new(ErrorKind::InvalidData, "not UTF-8 text")))
+}

@@ -130,7 +130,7 @@ impl TransformerConfig {
     /// Reads `dir/config.json` (either format) and completes it from the weight shapes in `store`.
     pub fn load(dir: &Path, store: &dyn TensorShapes) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let text = crate::checkpoint::read_text(&path)?;
         let json: Value = serde_json::from_str(&text).map_err(|e| bad(&path, format!("not valid JSON ({e})")))?;
         let config = if json.get("num_attention_heads").is_some() {
             Self::from_diffusers(&json, &path)?

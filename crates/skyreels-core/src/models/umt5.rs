@@ -56,7 +56,7 @@ impl UmT5Config {
     /// Reads an HF `config.json` (`UMT5Config`).
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let bad = |reason: String| Error::BadConfig { path: path.to_path_buf(), reason };
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = crate::checkpoint::read_text(path)?;
         let json: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         if let Some(proj) = json.get("feed_forward_proj").and_then(Value::as_str) {
             if proj != "gated-gelu" {

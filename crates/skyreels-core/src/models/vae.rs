@@ -69,7 +69,7 @@ impl VaeConfig {
     /// Reads a diffusers `vae/config.json`.
     pub fn from_diffusers_json(path: &Path) -> Result<Self> {
         let bad = |reason: String| Error::BadConfig { path: path.to_path_buf(), reason };
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = crate::checkpoint::read_text(path)?;
         let json: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         if json.get("is_residual").and_then(Value::as_bool) == Some(true) {
             return Err(bad("this is a Wan2.2 VAE (is_residual = true), which is not supported".into()));

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
-use skyreels_core::checkpoint::{Component, WeightStore};
 use serde::{Deserialize, Serialize};
+use skyreels_core::checkpoint::{Component, WeightStore};
 
 use super::export::write_json;
 use super::log::LossLog;
@@ -80,8 +80,8 @@ pub struct RunOptions {
 fn read_checkpoint(dir: &Path, stage: &str) -> anyhow::Result<(CheckpointInfo, BTreeMap<String, Tensor>)> {
     let info_path = dir.join("checkpoint.json");
     let bytes = std::fs::read(&info_path).with_context(|| format!("cannot read {}", info_path.display()))?;
-    let info: CheckpointInfo =
-        serde_json::from_slice(&bytes).with_context(|| format!("{} is not a training checkpoint", info_path.display()))?;
+    let info: CheckpointInfo = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a training checkpoint", info_path.display()))?;
     if info.stage != stage {
         bail!("{} holds a `{}` run, not `{stage}`", dir.display(), info.stage);
     }
@@ -103,7 +103,10 @@ const EXPORTED_EMA_UPDATES: u64 = 10_000;
 /// The models a stage trains, as (parameter prefix, folder of an exported model, component).
 fn exported_components(stage: &str) -> &'static [(&'static str, &'static str, Component)] {
     match stage {
-        "dit" => &[("transformer.", "transformer", Component::Transformer), ("text_encoder.", "text_encoder", Component::TextEncoder)],
+        "dit" => &[
+            ("transformer.", "transformer", Component::Transformer),
+            ("text_encoder.", "text_encoder", Component::TextEncoder),
+        ],
         "vae" => &[("", "vae", Component::Vae)],
         _ => &[],
     }
@@ -121,10 +124,17 @@ fn starting_weights(source: &Path, stage: &str) -> anyhow::Result<StartingWeight
     let components = exported_components(stage);
     let folder_of = |sub: &str| {
         let nested = source.join(sub);
-        if nested.is_dir() || components.len() > 1 { nested } else { source.to_path_buf() }
+        if nested.is_dir() || components.len() > 1 {
+            nested
+        } else {
+            source.to_path_buf()
+        }
     };
     if components.is_empty() || !folder_of(components[0].1).join("config.json").exists() {
-        bail!("{} is neither a `{stage}` training run (no checkpoint.json) nor an exported model folder", source.display());
+        bail!(
+            "{} is neither a `{stage}` training run (no checkpoint.json) nor an exported model folder",
+            source.display()
+        );
     }
     let mut weights = BTreeMap::new();
     for &(prefix, sub, component) in components {
@@ -177,7 +187,16 @@ impl Run {
         let (resume, quiet) = (options.resume, options.quiet);
         let info_path = dir.join("checkpoint.json");
         if !resume && info_path.exists() {
-            bail!("{} already holds a training run; pass --resume to continue it or choose another --out", dir.display());
+            bail!(
+                "{} already holds a training run; pass --resume to continue it or choose another --out",
+                dir.display()
+            );
+        }
+        if resume && !info_path.exists() {
+            bail!(
+                "there is no training run to resume in {} (no checkpoint.json); drop --resume to start one",
+                dir.display()
+            );
         }
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let device = Device::Cpu;
@@ -306,9 +325,10 @@ fn progress_bar(total: u64, done: u64, quiet: bool) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total).with_position(done);
-    let style = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, {msg}, eta {eta}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style =
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, {msg}, eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
     bar.set_style(style);
     bar
 }

@@ -468,7 +468,8 @@ fn holds_only_frames(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|entries| {
         entries.flatten().all(|e| {
             let name = e.file_name().to_string_lossy().to_string();
-            name.starts_with("frame_") && name.ends_with(".png")
+            // `.png.tmp`: a frame a killed run was writing.
+            name.starts_with("frame_") && (name.ends_with(".png") || name.ends_with(".png.tmp"))
         })
     })
 }

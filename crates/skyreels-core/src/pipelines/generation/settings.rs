@@ -212,14 +212,11 @@ impl ModelDefaults {
     /// Reads `<model>/skyreels.json` when the model is a folder that has one.
     pub fn of_model(model: &str) -> Result<Self> {
         let path = Path::new(model).join("skyreels.json");
-        let text = match std::fs::read(&path) {
-            Ok(bytes) => String::from_utf8(bytes)
-                .map_err(|_| GenerationError::Model(format!("{} is not UTF-8 text", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+        if !path.exists() {
             // A folder model without the file, or a hub id (not a folder at all).
-            Err(_) if !path.is_file() => return Ok(Self::default()),
-            Err(e) => return Err(GenerationError::Model(format!("cannot read {}: {e}", path.display()))),
-        };
+            return Ok(Self::default());
+        }
+        let text = crate::checkpoint::read_text(&path).map_err(|e| GenerationError::Model(e.to_string()))?;
         #[derive(serde::Deserialize)]
         struct File {
             generation_defaults: Option<ModelDefaults>,

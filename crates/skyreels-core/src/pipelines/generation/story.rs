@@ -37,8 +37,7 @@ enum StoryJson {
 /// Reads a story file into segments.
 pub fn load_story(path: &Path) -> Result<Vec<Segment>, GenerationError> {
     let input = GenerationError::Input;
-    let text =
-        std::fs::read_to_string(path).map_err(|e| input(format!("cannot read the story {}: {e}", path.display())))?;
+    let text = crate::checkpoint::read_text(path).map_err(|e| input(format!("the story: {e}")))?;
     let is_json =
         path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) || text.trim_start().starts_with(['[', '{']);
     let segments = if is_json {
