@@ -328,3 +328,46 @@ fn damaged_settings_files_and_hostile_paths_get_one_sentence_before_any_work() {
     flags.push("--overwrite".into());
     assert_ok(&run(&mut generate(&frames, &flags)));
 }
+
+/// A full disk, simulated with a file-size limit (`ulimit -f`, with SIGXFSZ ignored so that
+/// writes fail with EFBIG as on a full disk): the run fails with one sentence, and whatever it
+/// had committed resumes, once there is room again, to the bytes of an uninterrupted run.
+#[test]
+fn a_full_disk_leaves_the_last_commit_resumable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut resumed, mut nothing) = (0, 0);
+    for name in ["full.mp4", "full.gif"] {
+        let reference_path = dir.path().join(format!("reference-{name}"));
+        assert_ok(&run(&mut generate(&reference_path, &fast(10))));
+        let expected = std::fs::read(&reference_path).unwrap();
+        for fraction in [0.2, 0.45, 0.7, 0.95] {
+            let out = dir.path().join(name);
+            let _ = std::fs::remove_file(&out);
+            let _ = std::fs::remove_file(state(&out));
+            let limit_kib = ((expected.len() as f64 * fraction) / 1024.0).ceil() as u64;
+            let mut command = generate(&out, &fast(10));
+            let argv: Vec<String> = std::iter::once(command.get_program().to_string_lossy().into_owned())
+                .chain(command.get_args().map(|a| a.to_string_lossy().into_owned()))
+                .collect();
+            let quoted: Vec<String> = argv.iter().map(|a| format!("'{a}'")).collect();
+            let script = format!("trap '' XFSZ; ulimit -f {limit_kib}; exec {}", quoted.join(" "));
+            let failed = run(Command::new("bash").args(["-c", &script]));
+            if failed.status.success() {
+                continue; // everything fitted under this limit
+            }
+            let stderr = String::from_utf8_lossy(&failed.stderr);
+            assert!(stderr.starts_with("error: ") && stderr.trim().lines().count() == 1, "{stderr}");
+            assert!(stderr.contains("cannot write"), "{stderr}");
+            if state(&out).exists() {
+                assert_ok(&resume(&out));
+                assert!(std::fs::read(&out).unwrap() == expected, "{name} at {limit_kib} KiB: resumed bytes differ");
+                resumed += 1;
+            } else {
+                assert!(!out.exists(), "{name} at {limit_kib} KiB: an output without a state");
+                nothing += 1;
+            }
+        }
+    }
+    eprintln!("{resumed} resumed after a full disk, {nothing} failed before their first window");
+    assert!(resumed >= 2, "the limits never interrupted a run mid-video");
+}

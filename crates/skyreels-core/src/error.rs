@@ -13,12 +13,28 @@ pub enum Error {
         /// The operating-system error.
         source: std::io::Error,
     },
+    /// A file could not be written (a full disk, a read-only folder, …).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file or directory that failed.
+        path: PathBuf,
+        /// The operating-system error.
+        source: std::io::Error,
+    },
     /// A safetensors file is truncated, corrupted or not a safetensors file at all.
     #[error("{path} is not a valid safetensors file ({reason})")]
     BadCheckpointFile {
         /// The offending file.
         path: PathBuf,
         /// What the parser said.
+        reason: String,
+    },
+    /// A model file other than a safetensors shard (a tokenizer, a `.pth`) is unusable.
+    #[error("{path} is not usable: {reason}")]
+    BadModelFile {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
         reason: String,
     },
     /// A `config.json` is missing, malformed or describes an impossible model.

@@ -78,5 +78,6 @@ fn missing_or_broken_tokenizer_is_a_clear_error() {
     let broken = dir.path().join("tokenizer.json");
     std::fs::write(&broken, "{\"version\": \"1.0\", \"model\": ").unwrap();
     let err = PromptTokenizer::load(&broken).err().unwrap().to_string();
-    assert!(err.contains("tokenizer.json") && err.contains("not a usable"), "{err}");
+    assert!(err.contains("tokenizer.json") && err.contains("is not usable"), "{err}");
+    assert!(!err.contains("safetensors"), "a tokenizer is not a safetensors file: {err}");
 }

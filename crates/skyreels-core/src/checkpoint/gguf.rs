@@ -61,7 +61,7 @@ pub struct GgufFile {
 impl GgufFile {
     /// Reads the header and tensor table, checking that every tensor lies inside the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let bad = |reason: String| Error::BadCheckpointFile { path: path.to_path_buf(), reason };
+        let bad = |reason: String| Error::BadModelFile { path: path.to_path_buf(), reason };
         let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
         let file_len = file.metadata().map_err(|source| Error::Io { path: path.to_path_buf(), source })?.len();
         let mut reader = Header { inner: BufReader::new(&file) };

@@ -55,7 +55,7 @@ pub fn open_model(path: &Path, files: &ModelFiles) -> Result<LocatedModel> {
 
 fn checked(store: WeightStore, location: &Path, config: Option<PathBuf>, files: &ModelFiles) -> Result<LocatedModel> {
     if !files.signature.iter().all(|name| store.contains(name)) {
-        return Err(Error::BadCheckpointFile {
+        return Err(Error::BadModelFile {
             path: location.to_path_buf(),
             reason: format!("this is not {}", files.description),
         });

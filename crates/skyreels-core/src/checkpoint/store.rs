@@ -180,7 +180,7 @@ impl WeightStore {
                 found: info.shape.clone(),
             });
         }
-        let unreadable = |reason: String| Error::BadCheckpointFile {
+        let unreadable = |reason: String| Error::BadModelFile {
             path: self.files[info.file].clone(),
             reason: format!("tensor `{}`: {reason}", info.stored_name),
         };
@@ -217,7 +217,7 @@ fn open_shard(path: &Path) -> Result<Shard> {
 }
 
 fn open_pth(path: &Path, len: u64) -> Result<PthTensors> {
-    let bad = |reason: String| Error::BadCheckpointFile { path: path.to_path_buf(), reason };
+    let bad = |reason: String| Error::BadModelFile { path: path.to_path_buf(), reason };
     let pth = PthTensors::new(path, None).map_err(|e| {
         let text = describe_candle_error(&e);
         if text.contains("EOCD") || text.contains("end of central directory") || text.contains("invalid Zip archive") {

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use gif::{ColorOutput, DecodeOptions, DisposalMethod, Repeat};
 
 use super::{
-    check_frames, check_prefix, continue_crc, io_error, Aside, RgbFrame, VideoFormat, VideoReader, VideoWriter,
-    WriterCheckpoint,
+    check_frames, check_prefix, continue_crc, io_error, write_error, Aside, RgbFrame, VideoFormat, VideoReader,
+    VideoWriter, WriterCheckpoint,
 };
 use crate::error::{invalid_input, Error, Result};
 
@@ -48,8 +48,8 @@ impl GifWriter {
         header.push(TRAILER);
         let aside = Aside::new(path);
         let partial = aside.partial();
-        let mut file = File::create(partial).map_err(io_error(partial))?;
-        file.write_all(&header).and_then(|()| file.sync_all()).map_err(io_error(partial))?;
+        let mut file = File::create(partial).map_err(write_error(partial))?;
+        file.write_all(&header).and_then(|()| file.sync_all()).map_err(write_error(partial))?;
         let checkpoint = WriterCheckpoint {
             format: VideoFormat::Gif,
             bytes: header.len() as u64,
@@ -94,7 +94,7 @@ impl GifWriter {
             .and_then(|()| file.seek(SeekFrom::Start(data)))
             .and_then(|_| file.write_all(&[TRAILER]))
             .and_then(|()| file.sync_all())
-            .map_err(io_error(path))?;
+            .map_err(write_error(path))?;
         Ok(Self {
             file,
             path: path.to_path_buf(),
@@ -141,8 +141,8 @@ impl VideoWriter for GifWriter {
         // Overwrite the old trailer: the file is valid again the moment the write completes.
         let at = self.checkpoint.bytes - 1;
         let path = &self.path;
-        self.file.seek(SeekFrom::Start(at)).map_err(io_error(path))?;
-        self.file.write_all(&bytes).and_then(|()| self.file.sync_all()).map_err(io_error(path))?;
+        self.file.seek(SeekFrom::Start(at)).map_err(write_error(path))?;
+        self.file.write_all(&bytes).and_then(|()| self.file.sync_all()).map_err(write_error(path))?;
         self.checkpoint.prefix_crc = continue_crc(self.checkpoint.prefix_crc, &bytes[..bytes.len() - 1]);
         self.checkpoint.bytes = at + bytes.len() as u64;
         self.checkpoint.frames += self.pending_frames;

@@ -128,7 +128,7 @@ impl Aside {
 
     /// Renames the (committed, fsynced) file over the target.
     pub(crate) fn publish(&mut self) -> Result<()> {
-        std::fs::rename(&self.partial, &self.target).map_err(io_error(&self.target))?;
+        std::fs::rename(&self.partial, &self.target).map_err(write_error(&self.target))?;
         self.published = true;
         sync_parent_dir(&self.target)
     }
@@ -287,6 +287,11 @@ fn check_frames(frames: &[RgbFrame], width: u32, height: u32) -> Result<()> {
     Ok(())
 }
 
+/// Wraps a write error with the path it happened on.
+fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Write { path: path.to_path_buf(), source }
+}
+
 /// Wraps an I/O error with the path it happened on.
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
@@ -314,7 +319,7 @@ fn sync_parent_dir(path: &Path) -> Result<()> {
 fn sync_dir(dir: &Path) -> Result<()> {
     // Directories cannot be opened as files on Windows; there, renames are durable on their own.
     if cfg!(unix) {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(write_error(dir))?;
     }
     Ok(())
 }

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use super::h264::{encoder_config_record, AvcConfig, EncodedFrame, FragmentEncoder};
 use super::{
-    check_frames, check_prefix, continue_crc, io_error, Aside, RgbFrame, VideoFormat, VideoWriter, WriterCheckpoint,
+    check_frames, check_prefix, continue_crc, io_error, write_error, Aside, RgbFrame, VideoFormat, VideoWriter,
+    WriterCheckpoint,
 };
 use crate::error::{invalid_input, Result};
 
@@ -47,8 +48,8 @@ impl Mp4Writer {
         let header = init_segment(width, height, fps)?;
         let aside = Aside::new(path);
         let partial = aside.partial();
-        let mut file = File::create(partial).map_err(io_error(partial))?;
-        file.write_all(&header).and_then(|()| file.sync_all()).map_err(io_error(partial))?;
+        let mut file = File::create(partial).map_err(write_error(partial))?;
+        file.write_all(&header).and_then(|()| file.sync_all()).map_err(write_error(partial))?;
         let checkpoint = WriterCheckpoint {
             format: VideoFormat::Mp4,
             bytes: header.len() as u64,
@@ -86,7 +87,7 @@ impl Mp4Writer {
             ));
         }
         check_prefix(&mut file, checkpoint.bytes, checkpoint.prefix_crc, path)?;
-        file.set_len(checkpoint.bytes).and_then(|()| file.sync_all()).map_err(io_error(path))?;
+        file.set_len(checkpoint.bytes).and_then(|()| file.sync_all()).map_err(write_error(path))?;
         Ok(Self::new(file, path, width, height, fps, *checkpoint))
     }
 
@@ -117,8 +118,8 @@ impl VideoWriter for Mp4Writer {
         let start_time = self.checkpoint.frames * u64::from(SAMPLE_DURATION);
         let bytes = fragment(sequence, start_time, &self.pending)?;
         let path = &self.path;
-        self.file.seek(SeekFrom::Start(self.checkpoint.bytes)).map_err(io_error(path))?;
-        self.file.write_all(&bytes).and_then(|()| self.file.sync_all()).map_err(io_error(path))?;
+        self.file.seek(SeekFrom::Start(self.checkpoint.bytes)).map_err(write_error(path))?;
+        self.file.write_all(&bytes).and_then(|()| self.file.sync_all()).map_err(write_error(path))?;
         self.checkpoint.bytes += bytes.len() as u64;
         self.checkpoint.prefix_crc = continue_crc(self.checkpoint.prefix_crc, &bytes);
         self.checkpoint.frames += self.pending.len() as u64;

@@ -11,7 +11,9 @@ use ::image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use ::image::{ExtendedColorType, ImageEncoder};
 
 use super::image::load_image;
-use super::{check_frames, io_error, sync_dir, RgbFrame, VideoFormat, VideoReader, VideoWriter, WriterCheckpoint};
+use super::{
+    check_frames, io_error, sync_dir, write_error, RgbFrame, VideoFormat, VideoReader, VideoWriter, WriterCheckpoint,
+};
 use crate::error::{invalid_input, Result};
 
 const PREFIX: &str = "frame_";
@@ -30,7 +32,7 @@ impl PngFolderWriter {
     /// Creates the folder if needed and removes frames of an earlier run.
     pub(crate) fn create(dir: &Path, width: u32, height: u32) -> Result<Self> {
         super::frame::rgb_len(width, height)?;
-        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        fs::create_dir_all(dir).map_err(write_error(dir))?;
         remove_frames_from(dir, 0)?;
         sync_dir(dir)?;
         Ok(Self { dir: dir.to_path_buf(), width, height, frames: 0 })
@@ -56,15 +58,15 @@ impl PngFolderWriter {
     fn write_frame(&self, frame: &RgbFrame, index: u64) -> Result<()> {
         let path = frame_path(&self.dir, index);
         let temp = self.dir.join(format!("{PREFIX}{index:06}{TEMP_SUFFIX}"));
-        let file = File::create(&temp).map_err(io_error(&temp))?;
+        let file = File::create(&temp).map_err(write_error(&temp))?;
         let mut out = BufWriter::new(file);
         // Fast compression: these folders are lossless intermediates, where speed matters more.
         PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
             .write_image(&frame.data, frame.width, frame.height, ExtendedColorType::Rgb8)
             .map_err(|e| invalid_input!("cannot encode {}: {e}", path.display()))?;
-        let file = out.into_inner().map_err(|e| e.into_error()).map_err(io_error(&temp))?;
-        file.sync_all().map_err(io_error(&temp))?;
-        fs::rename(&temp, &path).map_err(io_error(&path))
+        let file = out.into_inner().map_err(|e| e.into_error()).map_err(write_error(&temp))?;
+        file.sync_all().map_err(write_error(&temp))?;
+        fs::rename(&temp, &path).map_err(write_error(&path))
     }
 }
 
@@ -114,7 +116,7 @@ fn remove_frames_from(dir: &Path, first: u64) -> Result<()> {
             _ => rest.ends_with(TEMP_SUFFIX),
         };
         if stale {
-            fs::remove_file(&path).map_err(io_error(&path))?;
+            fs::remove_file(&path).map_err(write_error(&path))?;
         }
     }
     Ok(())

@@ -53,12 +53,12 @@ impl PromptTokenizer {
     /// pipeline and `google/umt5-xxl/` of an original SkyReels model folder).
     pub fn load(path: &Path) -> Result<Self> {
         let file = find_tokenizer_json(path)?;
-        let inner = tokenizers::Tokenizer::from_file(&file).map_err(|e| Error::BadCheckpointFile {
+        let inner = tokenizers::Tokenizer::from_file(&file).map_err(|e| Error::BadModelFile {
             path: file.clone(),
-            reason: format!("not a usable tokenizer.json: {e}"),
+            reason: format!("it is not a tokenizer.json ({e})"),
         })?;
         let special = |token: &str| {
-            inner.token_to_id(token).ok_or_else(|| Error::BadCheckpointFile {
+            inner.token_to_id(token).ok_or_else(|| Error::BadModelFile {
                 path: file.clone(),
                 reason: format!("the vocabulary has no `{token}` token, which umT5 needs"),
             })

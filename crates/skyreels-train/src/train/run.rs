@@ -85,7 +85,11 @@ fn read_checkpoint(dir: &Path, stage: &str) -> anyhow::Result<(CheckpointInfo, B
     if info.stage != stage {
         bail!("{} holds a `{}` run, not `{stage}`", dir.display(), info.stage);
     }
-    let tensors = candle_core::safetensors::load(dir.join(&info.tensors), &Device::Cpu)?.into_iter().collect();
+    let path = dir.join(&info.tensors);
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+        .with_context(|| format!("the training checkpoint {} is damaged", path.display()))?
+        .into_iter()
+        .collect();
     Ok((info, tensors))
 }
 
