@@ -345,7 +345,7 @@ fn a_full_disk_leaves_the_last_commit_resumable() {
             let _ = std::fs::remove_file(&out);
             let _ = std::fs::remove_file(state(&out));
             let limit_kib = ((expected.len() as f64 * fraction) / 1024.0).ceil() as u64;
-            let mut command = generate(&out, &fast(10));
+            let command = generate(&out, &fast(10));
             let argv: Vec<String> = std::iter::once(command.get_program().to_string_lossy().into_owned())
                 .chain(command.get_args().map(|a| a.to_string_lossy().into_owned()))
                 .collect();
