@@ -371,3 +371,44 @@ fn a_full_disk_leaves_the_last_commit_resumable() {
     eprintln!("{resumed} resumed after a full disk, {nothing} failed before their first window");
     assert!(resumed >= 2, "the limits never interrupted a run mid-video");
 }
+
+/// A crash injected at every step of a window's commit (frames appended, file committed,
+/// state saved, new file published, sidecar written) and of the end of a run, in each of the first two windows,
+/// for a GIF and an MP4: `--resume` always gives the bytes of an uninterrupted run.
+#[test]
+fn a_crash_between_any_two_write_steps_resumes_byte_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = 0;
+    for name in ["steps.gif", "steps.mp4"] {
+        let reference_path = dir.path().join(format!("reference-{name}"));
+        assert_ok(&run(&mut generate(&reference_path, &fast(11))));
+        let expected = std::fs::read(&reference_path).unwrap();
+        let points = [
+            ("decoded", 2),
+            ("committed", 2),
+            ("saved", 2),
+            ("published", 2),
+            ("sidecar", 2),
+            ("finished", 1),
+            ("completed", 1),
+        ];
+        for (point, times) in points {
+            for n in 1..=times {
+                let out = dir.path().join(name);
+                let _ = std::fs::remove_file(&out);
+                let crashed = run(generate(&out, &fast(11)).env("SKYREELS_TEST_ABORT_AT", format!("{point}:{n}")));
+                assert!(!crashed.status.success(), "{name}: the crash at {point}:{n} did not happen");
+                if state(&out).exists() {
+                    assert_ok(&resume(&out));
+                } else {
+                    // Nothing of this run was committed yet: it runs again from the start.
+                    assert!(!out.exists(), "{name} {point}:{n}: an output without a state");
+                    assert_ok(&run(&mut generate(&out, &fast(11))));
+                }
+                assert!(std::fs::read(&out).unwrap() == expected, "{name}: crash at {point}:{n} changed the bytes");
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 24);
+}

@@ -147,10 +147,16 @@ impl VideoWriter for GifWriter {
         self.checkpoint.bytes = at + bytes.len() as u64;
         self.checkpoint.frames += self.pending_frames;
         self.pending_frames = 0;
-        if let Some(mut aside) = self.aside.take() {
-            aside.publish()?;
-        }
         Ok(self.checkpoint)
+    }
+
+    fn publish(&mut self) -> Result<()> {
+        if self.checkpoint.frames > 0 {
+            if let Some(mut aside) = self.aside.take() {
+                aside.publish()?;
+            }
+        }
+        Ok(())
     }
 
     fn frames_written(&self) -> u64 {

@@ -35,7 +35,14 @@ pub trait VideoWriter: Send {
     /// Adds frames (all of the writer's size); they reach the disk at the next commit.
     fn append(&mut self, frames: &[RgbFrame]) -> Result<()>;
     /// Writes the appended frames and fsyncs: the file is now a valid video of all frames so far.
+    /// A new file stays beside its target until [`publish`](Self::publish).
     fn commit(&mut self) -> Result<WriterCheckpoint>;
+    /// Puts a new file that holds committed frames in place of its target (atomically); a no-op
+    /// once done, before any frame is committed, and for PNG folders. Call it after saving what
+    /// a resume needs, so the video and its state always move together.
+    fn publish(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Frames appended so far, committed or not.
     fn frames_written(&self) -> u64;
     /// Commits what is left and closes the output.
@@ -141,6 +148,25 @@ impl Drop for Aside {
             let _ = std::fs::remove_file(&self.partial);
         }
     }
+}
+
+/// After a crash between saving a resume state and publishing the new file it describes:
+/// moves that file (beside `path`) into place when it matches `checkpoint`. Returns whether it
+/// did; anything that does not match is left alone.
+pub fn recover_unpublished(path: &Path, checkpoint: &WriterCheckpoint) -> Result<bool> {
+    if checkpoint.frames == 0 || checkpoint.format == VideoFormat::PngFolder {
+        return Ok(false);
+    }
+    let mut aside = Aside::new(path);
+    let Ok(mut file) = File::open(aside.partial()) else { return Ok(false) };
+    let prefix =
+        if checkpoint.format == VideoFormat::Gif { checkpoint.bytes.saturating_sub(1) } else { checkpoint.bytes };
+    if check_prefix(&mut file, prefix, checkpoint.prefix_crc, aside.partial()).is_err() {
+        aside.published = true; // not ours to remove either
+        return Ok(false);
+    }
+    aside.publish()?;
+    Ok(true)
 }
 
 /// Continues the CRC-32 `previous` (of some prefix) over `bytes`.

@@ -126,10 +126,16 @@ impl VideoWriter for Mp4Writer {
         self.checkpoint.fragments = sequence;
         self.pending.clear();
         self.encoder = None;
-        if let Some(mut aside) = self.aside.take() {
-            aside.publish()?;
-        }
         Ok(self.checkpoint)
+    }
+
+    fn publish(&mut self) -> Result<()> {
+        if self.checkpoint.frames > 0 {
+            if let Some(mut aside) = self.aside.take() {
+                aside.publish()?;
+            }
+        }
+        Ok(())
     }
 
     fn frames_written(&self) -> u64 {

@@ -125,6 +125,7 @@ fn mp4_survives_a_crash_after_a_commit() {
     let mut writer = create_writer(&path, w, h, 24.0).unwrap();
     writer.append(&chunks[0]).unwrap();
     writer.commit().unwrap();
+    writer.publish().unwrap();
     writer.append(&chunks[1]).unwrap();
     let second = writer.commit().unwrap();
     // Appended but never committed: a copy taken now is what a kill would leave.
@@ -181,6 +182,7 @@ fn check_resume(name: &str) {
     writer.commit().unwrap();
     writer.append(&chunks[1]).unwrap();
     let checkpoint = writer.commit().unwrap();
+    writer.publish().unwrap();
     writer.append(&chunks[2][..2]).unwrap();
     drop(writer);
     if resumed.is_file() {
@@ -392,6 +394,7 @@ fn resume_from_an_older_checkpoint_than_the_last_commit() {
         let mut writer = create_writer(&resumed, w, h, 24.0).unwrap();
         writer.append(&chunks[0]).unwrap();
         let saved = writer.commit().unwrap();
+        writer.publish().unwrap();
         writer.append(&chunks[1]).unwrap();
         writer.commit().unwrap(); // committed, but its checkpoint is lost with the process
         drop(writer);
@@ -447,6 +450,8 @@ fn new_files_are_written_aside_and_renamed_in() {
         assert_eq!(fs::read(&output).unwrap(), original, "{name}: replaced before holding frames");
         writer.append(&chunks[1]).unwrap();
         writer.commit().unwrap();
+        assert_eq!(fs::read(&output).unwrap(), original, "{name}: replaced before being published");
+        writer.publish().unwrap();
         assert_ne!(fs::read(&output).unwrap(), original);
         writer.finish().unwrap();
         assert_eq!(fs::read(&input).unwrap(), original, "{name}: the hard-linked input changed");

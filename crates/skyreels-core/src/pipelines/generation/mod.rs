@@ -215,6 +215,8 @@ impl Generation {
         }
         let lock = OutputLock::acquire(output)?;
         let saved = ResumeState::load(&state_path, &Device::Cpu)?;
+        crate::media::recover_unpublished(output, &saved.info.writer)
+            .map_err(|e| GenerationError::Resume(strip_invalid_input(&e.to_string())))?;
         crate::media::verify_checkpoint(output, &saved.info.writer)
             .map_err(|e| GenerationError::Resume(strip_invalid_input(&e.to_string())))?;
         let params = GenerateParams { output: output.to_path_buf(), ..saved.info.params.clone() };
@@ -326,6 +328,7 @@ fn fresh(
         // output keeps its own state, and a kill leaves nothing of this run to resume.
         if checkpoint.frames > 0 {
             run.save(&checkpoint, 0.0)?;
+            writer.publish().map_err(|e| GenerationError::Output(e.to_string()))?;
         }
         Ok(run)
     })();
@@ -628,11 +631,17 @@ impl Run<'_> {
                     self.video.set_history(history).map_err(engine_error)?;
                 }
             }
+            crash_point("decoded");
             let checkpoint = writer.commit().map_err(|e| GenerationError::Output(e.to_string()))?;
+            crash_point("committed");
             let seconds = self.seconds_before + started.elapsed().as_secs_f64();
             self.save(&checkpoint, seconds)?;
+            crash_point("saved");
+            writer.publish().map_err(|e| GenerationError::Output(e.to_string()))?;
+            crash_point("published");
             self.memory.sample(&self.models.device);
             write_sidecar(p, self.run_record(writer.frames_written(), seconds, false))?;
+            crash_point("sidecar");
             observer(Event::WindowDone {
                 window: spec.index,
                 new_frames: writer.frames_written() - before,
@@ -642,8 +651,10 @@ impl Run<'_> {
         }
         let frames = writer.frames_written();
         writer.finish().map_err(|e| GenerationError::Output(e.to_string()))?;
+        crash_point("finished");
         let seconds = self.seconds_before + started.elapsed().as_secs_f64();
         write_sidecar(p, self.run_record(frames, seconds, true))?;
+        crash_point("completed");
         let _ = std::fs::remove_file(p.state_path());
         let outcome =
             GenerationOutcome { output: p.output.clone(), frames, seconds, peak_device_mib: self.memory.peak_mib() };
@@ -680,6 +691,29 @@ impl Run<'_> {
             decoder: self.decoder.state().map_err(engine_error)?,
         }
         .save(&self.params.state_path())
+    }
+}
+
+/// Test hook for crash safety: with `SKYREELS_TEST_ABORT_AT=<point>:<n>` the process aborts the
+/// `n`-th time a run reaches `point` — `decoded` (frames appended, not committed), `committed`
+/// (before the resume state is saved), `saved` (before a new file is published), `published`
+/// (before the sidecar), `sidecar`, `finished`
+/// (before the final sidecar), `completed` (before the state is removed) — exactly as a crash
+/// there would. Unset, it costs one lookup per run.
+fn crash_point(point: &str) {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::OnceLock;
+    static TARGET: OnceLock<Option<(String, usize)>> = OnceLock::new();
+    static REACHED: AtomicUsize = AtomicUsize::new(0);
+    let target = TARGET.get_or_init(|| {
+        let value = std::env::var("SKYREELS_TEST_ABORT_AT").ok()?;
+        let (name, n) = value.split_once(':')?;
+        Some((name.to_string(), n.parse().ok()?))
+    });
+    if let Some((name, n)) = target {
+        if name == point && REACHED.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+            std::process::abort();
+        }
     }
 }
 
