@@ -412,3 +412,72 @@ fn a_crash_between_any_two_write_steps_resumes_byte_identically() {
     }
     assert_eq!(cases, 24);
 }
+
+/// Rewrites one F32 tensor of a safetensors file in place: `edit` gets its header entry (to
+/// change the dtype) and its data.
+fn edit_first_f32_tensor(file: &Path, edit: impl FnOnce(&mut serde_json::Value, &mut [u8])) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let name = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, v)| *k != "__metadata__" && v["dtype"] == "F32")
+        .map(|(k, _)| k.clone())
+        .unwrap();
+    let [start, end] = [0, 1].map(|i| header[&name]["data_offsets"][i].as_u64().unwrap() as usize);
+    let data_start = 8 + header_len;
+    edit(&mut header[&name], &mut bytes[data_start + start..data_start + end]);
+    let mut new_header = serde_json::to_vec(&header).unwrap();
+    assert!(new_header.len() <= header_len, "the edited header grew");
+    new_header.resize(header_len, b' ');
+    bytes[8..8 + header_len].copy_from_slice(&new_header);
+    std::fs::write(file, bytes).unwrap();
+}
+
+#[test]
+fn nan_weights_integer_weights_and_a_zero_latent_std_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.mp4");
+    let generate_with = |model: &Path| {
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "-p", "x", "-o", out.to_str().unwrap()];
+        args.extend([
+            "--quiet",
+            "--height",
+            "32",
+            "--width",
+            "48",
+            "--steps",
+            "1",
+            "--frames",
+            "5",
+            "--text-length",
+            "16",
+        ]);
+        skyreels(&args)
+    };
+    let nan = dir.path().join("nan");
+    let model = model_copy(&nan);
+    edit_first_f32_tensor(&model.join("transformer/diffusion_pytorch_model.safetensors"), |_, data| {
+        data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    });
+    one_sentence(&generate_with(&model), "NaN or infinite");
+
+    let ints = dir.path().join("ints");
+    let model = model_copy(&ints);
+    edit_first_f32_tensor(&model.join("vae/diffusion_pytorch_model.safetensors"), |entry, _| {
+        entry["dtype"] = "I32".into();
+    });
+    one_sentence(&generate_with(&model), "floating point");
+
+    let zero = dir.path().join("zero");
+    let model = model_copy(&zero);
+    let config_path = model.join("vae/config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let n = config["latents_std"].as_array().unwrap().len();
+    config["latents_std"] = serde_json::json!(vec![0.0; n]);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    one_sentence(&generate_with(&model), "latents_std");
+    assert!(!out.exists());
+}

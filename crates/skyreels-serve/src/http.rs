@@ -251,6 +251,8 @@ async fn create_job(
             jobs::check_completed_caps(job.params(), &app2.limits).map_err(ApiError::bad)?;
             // The seed is fixed now, so that any worker, on any attempt, makes the same video.
             request.seed = Some(job.params().seed);
+            // The checked job holds the output's lock: free it before a worker can claim the job.
+            drop(job);
             let new = NewJob {
                 id: id.clone(),
                 owner: token.id.clone(),

@@ -192,6 +192,14 @@ impl WeightStore {
                 .ok_or_else(|| unreadable("listed in the checkpoint but not readable".into()))?
                 .to_device(device)?,
         };
+        if !tensor.dtype().is_float() {
+            return Err(unreadable(format!("stored as {:?}, but a weight must be floating point", tensor.dtype())));
+        }
+        // One pass over the weight: a NaN or an infinity would silently turn every video black.
+        let sum = tensor.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+        if !sum.is_finite() {
+            return Err(unreadable("it holds NaN or infinite values".into()));
+        }
         Ok(tensor.to_dtype(dtype)?)
     }
 

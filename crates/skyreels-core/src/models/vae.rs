@@ -111,6 +111,12 @@ impl VaeConfig {
         if self.base_dim == 0 || self.z_dim == 0 || self.num_res_blocks == 0 {
             return Err("`base_dim`, `z_dim` and `num_res_blocks` must be positive".into());
         }
+        // Latents are divided by the std: zero or non-finite values make every video NaN.
+        if self.latents_std.iter().any(|s| !s.is_finite() || *s <= 0.0)
+            || self.latents_mean.iter().any(|m| !m.is_finite())
+        {
+            return Err("`latents_std` must be positive and `latents_mean` finite".into());
+        }
         Ok(())
     }
 
