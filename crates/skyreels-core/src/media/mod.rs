@@ -159,14 +159,21 @@ pub fn recover_unpublished(path: &Path, checkpoint: &WriterCheckpoint) -> Result
     }
     let mut aside = Aside::new(path);
     let Ok(mut file) = File::open(aside.partial()) else { return Ok(false) };
-    let prefix =
-        if checkpoint.format == VideoFormat::Gif { checkpoint.bytes.saturating_sub(1) } else { checkpoint.bytes };
+    let prefix = checksummed_bytes(checkpoint);
     if check_prefix(&mut file, prefix, checkpoint.prefix_crc, aside.partial()).is_err() {
         aside.published = true; // not ours to remove either
         return Ok(false);
     }
     aside.publish()?;
     Ok(true)
+}
+
+/// How many leading bytes `prefix_crc` covers: all committed bytes but a GIF's trailer.
+fn checksummed_bytes(checkpoint: &WriterCheckpoint) -> u64 {
+    match checkpoint.format {
+        VideoFormat::Gif => checkpoint.bytes.saturating_sub(1),
+        _ => checkpoint.bytes,
+    }
 }
 
 /// Continues the CRC-32 `previous` (of some prefix) over `bytes`.
@@ -269,7 +276,7 @@ pub fn verify_checkpoint(path: &Path, checkpoint: &WriterCheckpoint) -> Result<(
         }
         VideoFormat::Mp4 | VideoFormat::Gif => {
             let mut file = File::open(path).map_err(io_error(path))?;
-            let prefix = if format == VideoFormat::Gif { checkpoint.bytes.saturating_sub(1) } else { checkpoint.bytes };
+            let prefix = checksummed_bytes(checkpoint);
             check_prefix(&mut file, prefix, checkpoint.prefix_crc, path)
         }
     }
