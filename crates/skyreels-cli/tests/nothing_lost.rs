@@ -100,33 +100,72 @@ fn a_hard_linked_output_never_touches_the_input() {
 #[test]
 fn overwrite_killed_at_any_moment_keeps_the_old_video_or_a_resumable_new_one() {
     let dir = tempfile::tempdir().unwrap();
-    let old = reference(dir.path(), 3);
-    let new = reference(dir.path(), 4);
-    let out = dir.path().join("out.mp4");
     let mut outcomes = (0, 0);
-    for delay_ms in [0, 5, 20, 50, 100, 200, 400, 800, 1600] {
-        std::fs::write(&out, &old).unwrap();
-        let _ = std::fs::remove_file(state(&out));
-        let mut flags = fast(4);
-        flags.push("--overwrite".into());
-        let mut child = generate(&out, &flags).stderr(Stdio::null()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        let bytes = std::fs::read(&out).expect("the output vanished");
-        if bytes == old {
-            outcomes.0 += 1;
-            continue;
+    for name in ["out.mp4", "out.gif", "frames"] {
+        let made = |seed: u64| {
+            let path = dir.path().join(format!("seed{seed}-{name}"));
+            assert_ok(&run(&mut generate(&path, &fast(seed))));
+            path
+        };
+        let (old_path, new_path) = (made(3), made(4));
+        let (old, new) = (snapshot(&old_path), snapshot(&new_path));
+        let out = dir.path().join(name);
+        for delay_ms in [0, 5, 20, 50, 100, 200, 400, 800, 1600] {
+            remove(&out);
+            copy_output(&old_path, &out);
+            let _ = std::fs::remove_file(state(&out));
+            let mut flags = fast(4);
+            flags.push("--overwrite".into());
+            let mut child = generate(&out, &flags).stderr(Stdio::null()).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let _ = child.kill();
+            let _ = child.wait();
+            let now = snapshot(&out);
+            if now == old {
+                outcomes.0 += 1;
+                continue;
+            }
+            // Not the old video: then a valid new one, complete or resumable to completion.
+            assert!(frames(&out) > 0, "{name} after {delay_ms} ms: neither the old nor a playable new video");
+            if state(&out).exists() {
+                assert_ok(&resume(&out));
+            }
+            assert!(snapshot(&out) == new, "{name} after {delay_ms} ms: the new video differs");
+            outcomes.1 += 1;
         }
-        // Not the old video: then a valid new one, complete or resumable to completion.
-        assert!(frames(&out) > 0, "after {delay_ms} ms: neither the old nor a playable new video");
-        if state(&out).exists() {
-            assert_ok(&resume(&out));
-        }
-        assert!(std::fs::read(&out).unwrap() == new, "after {delay_ms} ms: the new video differs");
-        outcomes.1 += 1;
     }
     eprintln!("old kept {} times, new video {} times", outcomes.0, outcomes.1);
+    assert!(outcomes.0 > 0 && outcomes.1 > 0, "the kills never fell on both sides of the swap");
+}
+
+/// A file's bytes, or a folder's visible files with their bytes.
+fn snapshot(path: &Path) -> Vec<(String, Vec<u8>)> {
+    if path.is_file() {
+        return vec![(String::new(), std::fs::read(path).unwrap())];
+    }
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(path)
+        .expect("the output vanished")
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+fn remove(path: &Path) {
+    let _ = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+}
+
+fn copy_output(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    } else {
+        std::fs::copy(from, to).unwrap();
+    }
 }
 
 #[test]

@@ -154,7 +154,20 @@ impl Drop for Aside {
 /// moves that file (beside `path`) into place when it matches `checkpoint`. Returns whether it
 /// did; anything that does not match is left alone.
 pub fn recover_unpublished(path: &Path, checkpoint: &WriterCheckpoint) -> Result<bool> {
-    if checkpoint.frames == 0 || checkpoint.format == VideoFormat::PngFolder {
+    if checkpoint.frames == 0 {
+        return Ok(false);
+    }
+    if checkpoint.format == VideoFormat::PngFolder {
+        let partial = png_folder::partial_folder(path);
+        let holds = |dir: &Path| {
+            dir.is_dir()
+                && png_folder::PngFolderReader::open(dir).ok().and_then(|r| r.frame_count()).unwrap_or(0)
+                    >= checkpoint.frames
+        };
+        if holds(&partial) && !holds(path) {
+            png_folder::swap_in(&partial, path)?;
+            return Ok(true);
+        }
         return Ok(false);
     }
     let mut aside = Aside::new(path);

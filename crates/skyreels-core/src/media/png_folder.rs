@@ -22,20 +22,93 @@ const TEMP_SUFFIX: &str = ".png.tmp";
 
 /// Writes each frame as `frame_NNNNNN.png` in a folder.
 pub(crate) struct PngFolderWriter {
+    /// Where frames are written: the target, or the folder beside it until published.
     dir: PathBuf,
     width: u32,
     height: u32,
     frames: u64,
+    /// Set while the frames of a run replacing an existing frame folder are written aside.
+    aside: Option<FolderAside>,
+}
+
+/// A new frame folder written beside an existing one (`.<name>.partial`) and swapped in when
+/// it holds frames, so the old frames stay whole until then.
+struct FolderAside {
+    partial: PathBuf,
+    target: PathBuf,
+    published: bool,
+}
+
+impl Drop for FolderAside {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_dir_all(&self.partial);
+        }
+    }
+}
+
+/// `.<name>.partial` beside a frame folder.
+pub(crate) fn partial_folder(target: &Path) -> PathBuf {
+    let trimmed = PathBuf::from(target.to_string_lossy().trim_end_matches(['/', '\\']).to_string());
+    let name = trimmed.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    trimmed.with_file_name(format!(".{name}.partial"))
+}
+
+/// Puts the folder `partial` in place of `target`, atomically where the system can (Linux's
+/// `renameat2(RENAME_EXCHANGE)`), then removes what was at `target`.
+pub(crate) fn swap_in(partial: &Path, target: &Path) -> Result<()> {
+    let trimmed = PathBuf::from(target.to_string_lossy().trim_end_matches(['/', '\\']).to_string());
+    if !trimmed.exists() {
+        fs::rename(partial, &trimmed).map_err(write_error(&trimmed))?;
+        return super::sync_parent_dir(&trimmed);
+    }
+    if !exchange(partial, &trimmed)? {
+        // No atomic exchange here: move the old folder aside first; a crash in between leaves
+        // both folders beside the target, and a resume moves the new one in.
+        let old = trimmed.with_file_name(format!(
+            ".{}.old",
+            trimmed.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+        let _ = fs::remove_dir_all(&old);
+        fs::rename(&trimmed, &old).map_err(write_error(&trimmed))?;
+        fs::rename(partial, &trimmed).map_err(write_error(&trimmed))?;
+        let _ = fs::remove_dir_all(&old);
+        return super::sync_parent_dir(&trimmed);
+    }
+    // After the exchange the old frames are at `partial`.
+    let _ = fs::remove_dir_all(partial);
+    super::sync_parent_dir(&trimmed)
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c =
+        |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| invalid_input!("{} has a NUL byte", p.display()));
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths, resolved against the working directory.
+    let status =
+        unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    Ok(status == 0)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> Result<bool> {
+    Ok(false)
 }
 
 impl PngFolderWriter {
-    /// Creates the folder if needed and removes frames of an earlier run.
+    /// Starts a frame folder beside `dir` (`.<name>.partial`); it takes `dir`'s place when its
+    /// first frames are published, so frames of an earlier run stay whole until then.
     pub(crate) fn create(dir: &Path, width: u32, height: u32) -> Result<Self> {
         super::frame::rgb_len(width, height)?;
-        fs::create_dir_all(dir).map_err(write_error(dir))?;
-        remove_frames_from(dir, 0)?;
-        sync_dir(dir)?;
-        Ok(Self { dir: dir.to_path_buf(), width, height, frames: 0 })
+        let partial = partial_folder(dir);
+        let _ = fs::remove_dir_all(&partial);
+        fs::create_dir_all(&partial).map_err(write_error(&partial))?;
+        sync_dir(&partial)?;
+        let aside = Some(FolderAside { partial: partial.clone(), target: dir.to_path_buf(), published: false });
+        Ok(Self { dir: partial, width, height, frames: 0, aside })
     }
 
     /// Keeps the first `checkpoint.frames` frames, removes the rest, and continues after them.
@@ -52,7 +125,7 @@ impl PngFolderWriter {
         }
         remove_frames_from(dir, checkpoint.frames)?;
         sync_dir(dir)?;
-        Ok(Self { dir: dir.to_path_buf(), width, height, frames: checkpoint.frames })
+        Ok(Self { dir: dir.to_path_buf(), width, height, frames: checkpoint.frames, aside: None })
     }
 
     fn write_frame(&self, frame: &RgbFrame, index: u64) -> Result<()> {
@@ -92,12 +165,29 @@ impl VideoWriter for PngFolderWriter {
         })
     }
 
+    fn publish(&mut self) -> Result<()> {
+        if self.frames == 0 {
+            return Ok(());
+        }
+        if let Some(mut aside) = self.aside.take() {
+            swap_in(&aside.partial, &aside.target)?;
+            aside.published = true;
+            self.dir = aside.target.clone();
+        }
+        Ok(())
+    }
+
     fn frames_written(&self) -> u64 {
         self.frames
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
-        self.commit().map(|_| ())
+        self.commit()?;
+        if let Some(mut aside) = self.aside.take() {
+            swap_in(&aside.partial, &aside.target)?;
+            aside.published = true;
+        }
+        Ok(())
     }
 }
 

@@ -335,8 +335,8 @@ fn fresh(
     match outcome {
         Ok(run) => run.generate(writer, total_rows, observer, cancel),
         Err(e) => {
-            // Nothing worth keeping was produced: the unpublished file goes with the writer, an
-            // old output stays. Only a PNG folder, emptied at creation, is removed.
+            // Nothing worth keeping was produced: the unpublished file or folder goes with the
+            // writer, an old output stays.
             drop(writer);
             remove_unpublished(params);
             Err(e)
@@ -477,14 +477,9 @@ fn holds_only_frames(dir: &Path) -> bool {
     })
 }
 
-/// Cleans up after a run that failed before its first frames: a frame folder it emptied, and a
-/// resume state it saved (which describes a video with no frames).
+/// Cleans up after a run that failed before its first frames were published (the writer has
+/// already removed its unpublished file or folder): a resume state describing no frames.
 fn remove_unpublished(params: &GenerateParams) {
-    let out = &params.output;
-    if out.is_dir() {
-        let _ = std::fs::remove_dir_all(out);
-        let _ = std::fs::remove_file(params.sidecar_path());
-    }
     if let Ok(state) = ResumeState::load(&params.state_path(), &Device::Cpu) {
         if state.info.writer.frames == 0 {
             let _ = std::fs::remove_file(params.state_path());
