@@ -520,3 +520,29 @@ fn nan_weights_integer_weights_and_a_zero_latent_std_are_refused_at_load() {
     one_sentence(&generate_with(&model), "latents_std");
     assert!(!out.exists());
 }
+
+/// An output that is a bind mount of an input (in a private mount namespace, as an
+/// unprivileged user can make one): the new video cannot be renamed over a mount point, so the
+/// run fails with one sentence, and the input is untouched.
+#[test]
+fn a_bind_mounted_output_never_touches_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mp4");
+    std::fs::write(&input, reference(dir.path(), 12)).unwrap();
+    let original = std::fs::read(&input).unwrap();
+    let mounted = dir.path().join("mounted.mp4");
+    std::fs::write(&mounted, b"mount point").unwrap();
+    let mut flags = fast(13);
+    flags.extend(["--extend", input.to_str().unwrap(), "--overwrite"].map(String::from));
+    let command = generate(&mounted, &flags);
+    let argv: Vec<String> = std::iter::once(command.get_program().to_string_lossy().into_owned())
+        .chain(command.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .map(|a| format!("'{a}'"))
+        .collect();
+    let script = format!("mount --bind '{}' '{}' && exec {}", input.display(), mounted.display(), argv.join(" "));
+    let out = run(Command::new("unshare").args(["-rm", "sh", "-c", &script]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("unshare:") && !stderr.contains("mount:"), "no mount namespace here: {stderr}");
+    one_sentence(&out, "cannot write");
+    assert_eq!(std::fs::read(&input).unwrap(), original, "the input was changed through the bind mount");
+}
