@@ -51,6 +51,12 @@ fn frames(path: &Path) -> usize {
     reader.inspect(|f| assert!(f.is_ok(), "{f:?}")).count()
 }
 
+/// A command as one shell line (single-quoted words; the tests' paths hold no quotes).
+fn shell_line(command: &Command) -> String {
+    let words = std::iter::once(command.get_program()).chain(command.get_args());
+    words.map(|w| format!("'{}'", w.to_string_lossy())).collect::<Vec<_>>().join(" ")
+}
+
 fn state(out: &Path) -> PathBuf {
     PathBuf::from(format!("{}.resume", out.display()))
 }
@@ -384,12 +390,8 @@ fn a_full_disk_leaves_the_last_commit_resumable() {
             let _ = std::fs::remove_file(&out);
             let _ = std::fs::remove_file(state(&out));
             let limit_kib = ((expected.len() as f64 * fraction) / 1024.0).ceil() as u64;
-            let command = generate(&out, &fast(10));
-            let argv: Vec<String> = std::iter::once(command.get_program().to_string_lossy().into_owned())
-                .chain(command.get_args().map(|a| a.to_string_lossy().into_owned()))
-                .collect();
-            let quoted: Vec<String> = argv.iter().map(|a| format!("'{a}'")).collect();
-            let script = format!("trap '' XFSZ; ulimit -f {limit_kib}; exec {}", quoted.join(" "));
+            let script =
+                format!("trap '' XFSZ; ulimit -f {limit_kib}; exec {}", shell_line(&generate(&out, &fast(10))));
             let failed = run(Command::new("bash").args(["-c", &script]));
             if failed.status.success() {
                 continue; // everything fitted under this limit
@@ -534,12 +536,12 @@ fn a_bind_mounted_output_never_touches_the_input() {
     std::fs::write(&mounted, b"mount point").unwrap();
     let mut flags = fast(13);
     flags.extend(["--extend", input.to_str().unwrap(), "--overwrite"].map(String::from));
-    let command = generate(&mounted, &flags);
-    let argv: Vec<String> = std::iter::once(command.get_program().to_string_lossy().into_owned())
-        .chain(command.get_args().map(|a| a.to_string_lossy().into_owned()))
-        .map(|a| format!("'{a}'"))
-        .collect();
-    let script = format!("mount --bind '{}' '{}' && exec {}", input.display(), mounted.display(), argv.join(" "));
+    let script = format!(
+        "mount --bind '{}' '{}' && exec {}",
+        input.display(),
+        mounted.display(),
+        shell_line(&generate(&mounted, &flags))
+    );
     let out = run(Command::new("unshare").args(["-rm", "sh", "-c", &script]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("unshare:") && !stderr.contains("mount:"), "no mount namespace here: {stderr}");
