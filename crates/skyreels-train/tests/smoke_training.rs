@@ -299,3 +299,19 @@ fn noise_level_shares_outside_zero_to_one_are_refused_before_any_work() {
     }
     assert!(!dir.exists(), "nothing is written for a refused configuration");
 }
+
+#[test]
+fn a_damaged_checkpoint_is_refused_naming_its_file() -> anyhow::Result<()> {
+    use skyreels_train::train::vae::train_vae;
+    let stage = tiny_vae_stage();
+    let dir = temp_dir("damaged");
+    train_vae(&dir, &stage, RunSettings { checkpoint_every: 1, ..settings(1, 1e-3) }, &fresh())?;
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("checkpoint.json"))?)?;
+    let tensors = dir.join(info["tensors"].as_str().unwrap());
+    std::fs::write(&tensors, b"tiny")?;
+    let resume = RunOptions { resume: true, quiet: true, ..RunOptions::default() };
+    let err = format!("{:#}", train_vae(&dir, &stage, settings(2, 1e-3), &resume).unwrap_err());
+    assert!(err.contains(&tensors.display().to_string()) && err.contains("damaged"), "{err}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
