@@ -9,6 +9,7 @@
 set -euo pipefail
 
 dir="${SKYREELS_PG_DIR:-/tmp/skyreels-test-pg}"
+case "$dir" in /*) ;; *) dir="$PWD/$dir" ;; esac
 port="${SKYREELS_PG_PORT:-55432}"
 url="postgres://postgres@127.0.0.1:${port}/postgres"
 
@@ -34,7 +35,8 @@ install_postgres() {
 
 as_owner() {
   if [ "$(id -u)" = 0 ]; then
-    runuser -u postgres -- "$@"
+    # From /, which the postgres user can enter (it may not enter the caller's folder).
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi
