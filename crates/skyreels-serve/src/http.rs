@@ -92,6 +92,7 @@ pub fn router(app: Arc<App>, max_upload: usize) -> Router {
         .route("/v1/jobs/{id}/video", get(job_video))
         .route("/v1/jobs/{id}/preview", get(job_preview))
         .route("/v1/uploads", post(upload).layer(DefaultBodyLimit::max(max_upload)))
+        .route("/v1/uploads/{id}", axum::routing::delete(delete_upload))
         .route("/v1/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
@@ -204,6 +205,20 @@ async fn upload(State(app): State<Arc<App>>, Extension(token): Extension<Token>,
     })
     .await?;
     Ok((StatusCode::CREATED, Json(Upload { id, bytes })).into_response())
+}
+
+/// Deletes one of the caller's uploads (jobs already queued with it then fail when they run).
+#[utoipa::path(delete, path = "/v1/uploads/{id}", params(("id" = String, Path, description = "Upload id")),
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn delete_upload(
+    State(app): State<Arc<App>>,
+    Extension(token): Extension<Token>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let path = app.data.upload(&token.id, &id).filter(|p| p.is_file());
+    let Some(path) = path else { return Err(ApiError(StatusCode::NOT_FOUND, "no such upload".into())) };
+    blocking(move || std::fs::remove_file(&path).map_err(ApiError::internal)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Parses a JSON body with the serde message as the error sentence.
@@ -524,7 +539,7 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "skyreels-rs", description = "SkyReels-V2 video generation jobs"),
-    paths(health, upload, create_job, list_jobs, get_job, cancel_job, delete_job, job_events, job_video, job_preview, metrics, openapi),
+    paths(health, upload, delete_upload, create_job, list_jobs, get_job, cancel_job, delete_job, job_events, job_video, job_preview, metrics, openapi),
     components(schemas(Job, JobRequest, JobList, ErrorBody, Health, Upload)),
     modifiers(&BearerAuth)
 )]

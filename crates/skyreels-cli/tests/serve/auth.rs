@@ -37,6 +37,11 @@ fn requests_without_a_valid_token_or_for_others_jobs_are_refused() {
     let reply = other.post_json("/v1/jobs", &json!({"prompt": "x", "image": upload}));
     assert_eq!(reply.status, 400, "{}", reply.text());
     assert!(reply.json()["error"].as_str().unwrap().contains("no upload"));
+    // Nor delete it; its owner can, once.
+    let upload_path = format!("/v1/uploads/{}", upload.as_str().unwrap());
+    assert_eq!(other.delete(&upload_path).status, 404);
+    assert_eq!(server.client(&alice).delete(&upload_path).status, 204);
+    assert_eq!(server.client(&alice).delete(&upload_path).status, 404);
 
     // An admin sees every job.
     let everyone = server.client(&admin).get("/v1/jobs").json();

@@ -181,6 +181,10 @@ fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
     for path in ["/", "/v1", "/v1/", "/../../etc/passwd", "/v1/jobs/../../etc/passwd", "/v1/uploads/x", "/v2/jobs"] {
         check("GET", path, "application/json", b"");
     }
+    for id in ["x", "..", "..%2F..%2Fskyreels.db", "%2e%2e", "0123456789abcdef0123456789abcdef"] {
+        assert!(check("DELETE", &format!("/v1/uploads/{id}"), "application/json", b"") >= 400);
+    }
+    assert!(data.join("skyreels.db").is_file());
     // Uploads: names in the query are ignored (files get generated names), empty, oversized
     // (over --max-upload-mib 1).
     for query in ["?name=../../escape.png", "?filename=%2e%2e%2fescape.png", "?id=../x"] {
@@ -218,6 +222,7 @@ fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
     for path in [
         "/v1/health",
         "/v1/uploads",
+        "/v1/uploads/{id}",
         "/v1/jobs",
         "/v1/jobs/{id}",
         "/v1/jobs/{id}/cancel",
