@@ -257,19 +257,14 @@ impl Generation {
             observer(Event::Notice(notice));
         }
         let files = resolve_pipeline(&self.params.model).map_err(|e| GenerationError::Model(e.to_string()))?;
+        let texts = encode_texts(&files, &self.params, devices, observer)?;
+        observer(Event::Stage("loading the transformer and the VAE"));
+        let loaded = models.get_or_load(&files, &self.params, devices)?;
         let outcome = match self.begin {
             Begin::Fresh { start_frame, end_frame } => {
-                let texts = encode_texts(&files, &self.params, devices, observer)?;
-                observer(Event::Stage("loading the transformer and the VAE"));
-                let loaded = models.get_or_load(&files, &self.params, devices)?;
                 fresh(&self.params, self.total_rows, loaded, texts, (start_frame, end_frame), observer, cancel)
             }
-            Begin::Resume(saved) => {
-                let texts = encode_texts(&files, &self.params, devices, observer)?;
-                observer(Event::Stage("loading the transformer and the VAE"));
-                let loaded = models.get_or_load(&files, &self.params, devices)?;
-                resumed(&self.params, self.total_rows, loaded, texts, *saved, observer, cancel)
-            }
+            Begin::Resume(saved) => resumed(&self.params, self.total_rows, loaded, texts, *saved, observer, cancel),
         };
         models.trim();
         drop(self.lock);
@@ -332,16 +327,9 @@ fn fresh(
         }
         Ok(run)
     })();
-    match outcome {
-        Ok(run) => run.generate(writer, total_rows, observer, cancel),
-        Err(e) => {
-            // Nothing worth keeping was produced: the unpublished file or folder goes with the
-            // writer, an old output stays.
-            drop(writer);
-            remove_unpublished(params);
-            Err(e)
-        }
-    }
+    // On an error nothing worth keeping was produced: the unpublished file or folder goes with
+    // the writer, and an old output stays.
+    outcome?.generate(writer, total_rows, observer, cancel)
 }
 
 /// Continues the video at `params.output` from `saved`.
@@ -475,16 +463,6 @@ fn holds_only_frames(dir: &Path) -> bool {
             name.starts_with("frame_") && (name.ends_with(".png") || name.ends_with(".png.tmp"))
         })
     })
-}
-
-/// Cleans up after a run that failed before its first frames were published (the writer has
-/// already removed its unpublished file or folder): a resume state describing no frames.
-fn remove_unpublished(params: &GenerateParams) {
-    if let Ok(state) = ResumeState::load(&params.state_path(), &Device::Cpu) {
-        if state.info.writer.frames == 0 {
-            let _ = std::fs::remove_file(params.state_path());
-        }
-    }
 }
 
 fn load_conditioning_image(path: &Path, params: &GenerateParams) -> Result<RgbFrame> {

@@ -416,6 +416,13 @@ impl GenerateParams {
             None if args.story.is_some() => Some(story_frames(&segments, &start, base_frames, overlap_history)?),
             None => Some(d.frames.unwrap_or(97)),
         };
+        // A story's windows or a model's default can make the length too, unchecked above.
+        if let Some(frames) = frames.filter(|&f| f > limits::MAX_FRAMES) {
+            return Err(bad(format!(
+                "the video would have {frames} frames, more than {}: shorten the story or pass --frames",
+                limits::MAX_FRAMES
+            )));
+        }
         if frames.is_none() && args.end_image.is_some() {
             return Err(bad("--end-image needs a finite --frames: an endless video has no last frame"));
         }
@@ -669,6 +676,11 @@ mod tests {
         assert!(params(|r| r.shift = Some(f64::NAN)).is_err());
         assert!(params(|r| r.guidance = Some(-1.0)).is_err());
         assert!(params(|r| r.story = Some(vec![])).is_err());
+        let endless_story = |r: &mut GenerationRequest| {
+            r.prompt = None;
+            r.story = Some(vec![Segment { prompt: "a".into(), windows: 1 << 40 }]);
+        };
+        assert!(params(endless_story).unwrap_err().to_string().contains("shorten the story"));
     }
 
     #[test]
