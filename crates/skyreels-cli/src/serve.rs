@@ -83,6 +83,9 @@ pub struct ServeArgs {
     /// Most jobs waiting or running; more are refused with 429.
     #[arg(long, default_value_t = Limits::default().max_queue)]
     max_queue: usize,
+    /// Accept endless jobs (frames 0): they run until cancelled, holding a worker meanwhile.
+    #[arg(long)]
+    endless: bool,
     /// Largest upload, in MiB.
     #[arg(long, default_value_t = 256)]
     max_upload_mib: usize,
@@ -125,6 +128,7 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
         max_side: args.max_side,
         max_steps: args.max_steps,
         max_queue: args.max_queue,
+        endless: args.endless,
     };
     skyreels_serve::serve(ServeConfig {
         listen: args.listen,

@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use futures_util::stream::{self, Stream};
 use serde::{Deserialize, Serialize};
-use skyreels_core::pipelines::generation::{Generation, GenerationError};
+use skyreels_core::pipelines::generation::{Defaults, Generation, GenerationError, ModelDefaults};
 use tower::ServiceExt;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -37,34 +37,50 @@ pub struct App {
     pub limits: Limits,
     /// Wakes the in-process worker.
     pub wake: Arc<Wake>,
+    /// Largest upload in bytes.
+    pub max_upload: usize,
 }
 
 /// An error answer.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+}
 
 /// The body of every error answer.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// One sentence.
     pub error: String,
+    /// The request field the sentence is about, when there is one (e.g. `height`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), field: None }
+    }
     fn bad(message: impl Into<String>) -> Self {
-        Self(StatusCode::BAD_REQUEST, message.into())
+        Self::new(StatusCode::BAD_REQUEST, message)
     }
     fn not_found() -> Self {
-        Self(StatusCode::NOT_FOUND, "no such job".into())
+        Self::new(StatusCode::NOT_FOUND, "no such job")
     }
     fn internal(message: impl std::fmt::Display) -> Self {
-        Self(StatusCode::INTERNAL_SERVER_ERROR, message.to_string())
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message.to_string())
+    }
+    /// A 400 about one field of the request.
+    fn refused(refusal: jobs::Refusal) -> Self {
+        Self { field: refusal.field, ..Self::bad(refusal.message) }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+        (self.status, Json(ErrorBody { error: self.message, field: self.field })).into_response()
     }
 }
 
@@ -85,12 +101,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + '
 pub fn router(app: Arc<App>, max_upload: usize) -> Router {
     let json_limit = 1 << 20;
     let authed = Router::new()
+        .route("/v1/session", get(session))
+        .route("/v1/config", get(config))
+        .route("/v1/events", get(all_events))
         .route("/v1/jobs", post(create_job).get(list_jobs).layer(DefaultBodyLimit::max(json_limit)))
         .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/jobs/{id}/video", get(job_video))
         .route("/v1/jobs/{id}/preview", get(job_preview))
+        .route("/v1/jobs/{id}/sidecar", get(job_sidecar))
         .route("/v1/uploads", post(upload).layer(DefaultBodyLimit::max(max_upload)))
         .route("/v1/uploads/{id}", axum::routing::delete(delete_upload))
         .route("/v1/metrics", get(metrics))
@@ -98,8 +118,10 @@ pub fn router(app: Arc<App>, max_upload: usize) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/session", post(sign_in).delete(sign_out).layer(DefaultBodyLimit::max(4096)))
         .merge(authed)
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .merge(crate::studio::routes())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::map_response(json_errors))
         .with_state(app)
 }
@@ -118,7 +140,7 @@ async fn json_errors(response: Response) -> Response {
     if message.is_empty() {
         message = status.canonical_reason().unwrap_or("error").to_lowercase();
     }
-    let mut wrapped = (status, Json(ErrorBody { error: message })).into_response();
+    let mut wrapped = (status, Json(ErrorBody { error: message, field: None })).into_response();
     for name in [header::CONTENT_RANGE, header::ALLOW, header::WWW_AUTHENTICATE] {
         if let Some(v) = parts.headers.get(&name) {
             wrapped.headers_mut().insert(name, v.clone());
@@ -127,22 +149,51 @@ async fn json_errors(response: Response) -> Response {
     wrapped
 }
 
-/// Requires `Authorization: Bearer <token>` of a token that still exists.
-async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
-    let secret = request
-        .headers()
+/// The cookie the studio page signs in with (the token itself, HttpOnly and SameSite=Strict).
+const SESSION_COOKIE: &str = "skyreels_token";
+/// Header the page adds to requests that change something: a cross-site form cannot send it,
+/// so a session cookie alone never authorises a change.
+const STUDIO_HEADER: &str = "x-skyreels-studio";
+
+/// The token of `Authorization: Bearer <token>`, or else of the session cookie (then flagged).
+fn presented_secret(headers: &axum::http::HeaderMap) -> Option<(String, bool)> {
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(|s| s.trim().to_string());
+        .map(|s| (s.trim().to_string(), false));
+    bearer.or_else(|| {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+            .map(|s| (s.trim().to_string(), true))
+    })
+}
+
+/// Requires a token that still exists: `Authorization: Bearer <token>`, or the studio's
+/// session cookie (with [`STUDIO_HEADER`] on anything but GET and HEAD).
+async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     let unauthorized = |message: &str| {
-        let mut r = ApiError(StatusCode::UNAUTHORIZED, message.into()).into_response();
+        let mut r = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
     };
-    let Some(secret) = secret.filter(|s| !s.is_empty() && s.len() <= 200) else {
+    let Some((secret, by_cookie)) =
+        presented_secret(request.headers()).filter(|(s, _)| !s.is_empty() && s.len() <= 200)
+    else {
         return unauthorized("a bearer token is required (Authorization: Bearer <token>)");
     };
+    let safe = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    if by_cookie && !safe && !request.headers().contains_key(STUDIO_HEADER) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("a change signed in by cookie needs the {STUDIO_HEADER} header"),
+        )
+        .into_response();
+    }
     let store = app.store.clone();
     match blocking(move || store.token_by_secret(&secret).map_err(ApiError::from)).await {
         Ok(Some(token)) => {
@@ -152,6 +203,64 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
         Ok(None) => unauthorized("the token is not valid (it may have been deleted)"),
         Err(e) => e.into_response(),
     }
+}
+
+/// A sign-in.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    /// An API token (`skyreels serve token create`).
+    pub token: String,
+}
+
+/// Who is signed in.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    /// The token's name.
+    pub name: String,
+    /// Whether it sees every user's jobs.
+    pub admin: bool,
+}
+
+/// Signs the browser in: checks the token and keeps it in an HttpOnly, SameSite=Strict cookie,
+/// so that the page's `<video>`, `<img>` and event streams are authorised too.
+#[utoipa::path(post, path = "/v1/session", request_body = SignIn,
+    responses((status = 200, body = Session), (status = 401, body = ErrorBody)))]
+async fn sign_in(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<Response> {
+    let sign_in: SignIn = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::refused(jobs::Refusal::of("token", format!("the sign-in is not valid: {e}"))))?;
+    let secret = sign_in.token.trim().to_string();
+    let invalid = || {
+        let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "this token is not valid");
+        e.field = Some("token".into());
+        e
+    };
+    if secret.is_empty() || secret.len() > 200 || !secret.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+        return Err(invalid());
+    }
+    let store = app.store.clone();
+    let lookup = secret.clone();
+    let token = blocking(move || store.token_by_secret(&lookup).map_err(ApiError::from)).await?.ok_or_else(invalid)?;
+    let cookie = format!("{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000");
+    let mut response = Json(Session { name: token.name, admin: token.admin }).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(ApiError::internal)?);
+    Ok(response)
+}
+
+/// Who the request is signed in as.
+#[utoipa::path(get, path = "/v1/session", responses((status = 200, body = Session), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn session(Extension(token): Extension<Token>) -> Json<Session> {
+    Json(Session { name: token.name, admin: token.admin })
+}
+
+/// Signs the browser out (forgets the cookie).
+#[utoipa::path(delete, path = "/v1/session", responses((status = 204)))]
+async fn sign_out() -> Response {
+    const FORGET: &str = "skyreels_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0";
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_static(FORGET));
+    response
 }
 
 /// Server status.
@@ -176,6 +285,67 @@ async fn health(State(app): State<Arc<App>>) -> Json<Health> {
         database: app.store.kind().into(),
         models: app.models.iter().map(|(n, _)| n.clone()).collect(),
     })
+}
+
+/// A model offered here and the settings its jobs get when they leave them out.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ModelInfo {
+    /// Name to give as `model`.
+    pub name: String,
+    /// height, width, fps, frames, base_frames, overlap_history, steps, shift, guidance,
+    /// text_length, negative_prompt.
+    #[schema(value_type = Object)]
+    pub defaults: Defaults,
+}
+
+/// The caps this server puts on jobs.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct LimitsInfo {
+    /// Most frames of one video.
+    pub max_frames: u64,
+    /// Most pixels on either side.
+    pub max_side: u64,
+    /// Most denoising steps.
+    pub max_steps: u64,
+    /// Largest upload in bytes.
+    pub max_upload_bytes: u64,
+    /// Whether endless jobs (frames 0) are accepted.
+    pub endless: bool,
+}
+
+/// What a client needs to fill a job form.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Config {
+    /// The models; the first is the default.
+    pub models: Vec<ModelInfo>,
+    /// The caps.
+    pub limits: LimitsInfo,
+}
+
+/// The models with their defaults, and this server's caps.
+#[utoipa::path(get, path = "/v1/config", responses((status = 200, body = Config), (status = 500, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn config(State(app): State<Arc<App>>) -> ApiResult<Json<Config>> {
+    let app2 = app.clone();
+    let models = blocking(move || {
+        app2.models
+            .iter()
+            .map(|(name, dir)| {
+                let defaults = ModelDefaults::of_model(&dir.to_string_lossy()).map_err(ApiError::internal)?;
+                Ok(ModelInfo { name: name.clone(), defaults: defaults.resolve() })
+            })
+            .collect::<ApiResult<Vec<_>>>()
+    })
+    .await?;
+    let l = &app.limits;
+    let limits = LimitsInfo {
+        max_frames: l.max_frames,
+        max_side: l.max_side,
+        max_steps: l.max_steps,
+        max_upload_bytes: app.max_upload as u64,
+        endless: l.endless,
+    };
+    Ok(Json(Config { models, limits }))
 }
 
 /// An upload's id, to name it in a job.
@@ -216,7 +386,7 @@ async fn delete_upload(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let path = app.data.upload(&token.id, &id).filter(|p| p.is_file());
-    let Some(path) = path else { return Err(ApiError(StatusCode::NOT_FOUND, "no such upload".into())) };
+    let Some(path) = path else { return Err(ApiError::new(StatusCode::NOT_FOUND, "no such upload")) };
     blocking(move || std::fs::remove_file(&path).map_err(ApiError::internal)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -236,34 +406,35 @@ async fn create_job(
     body: Bytes,
 ) -> ApiResult<Response> {
     let mut request: JobRequest = parse_json(&body)?;
-    jobs::check_caps(&request, &app.limits).map_err(ApiError::bad)?;
-    let output_name = jobs::output_name(&request).map_err(ApiError::bad)?;
+    jobs::check_caps(&request, &app.limits).map_err(ApiError::refused)?;
+    let output_name = jobs::output_name(&request).map_err(ApiError::refused)?;
     let (model, model_dir) = match &request.model {
         None => app.models.first().cloned().ok_or_else(|| ApiError::internal("this server offers no model"))?,
-        Some(name) => app
-            .models
-            .iter()
-            .find(|(n, _)| n == name)
-            .cloned()
-            .ok_or_else(|| ApiError::bad(format!("model `{name}` is not offered here (see /v1/health)")))?,
+        Some(name) => app.models.iter().find(|(n, _)| n == name).cloned().ok_or_else(|| {
+            ApiError::refused(jobs::Refusal::of(
+                "model",
+                format!("model `{name}` is not offered here (see /v1/health)"),
+            ))
+        })?,
     };
     request.model = Some(model.clone());
     let id = store::random_hex(16);
     let job_dir = app.data.job(&id);
     let app2 = app.clone();
     let created = blocking(move || {
-        let generation_request =
-            jobs::to_generation_request(&request, &token.id, &job_dir, output_name, &app2.data, &model_dir)
-                .map_err(ApiError::bad)?;
-        std::fs::create_dir_all(&job_dir).map_err(ApiError::internal)?;
+        let mut copied_upload = None;
+        if let Some(source) = request.extend_job.take() {
+            let upload = upload_from_job(&app2, &token, &source)?;
+            copied_upload = app2.data.upload(&token.id, &upload);
+            request.extend = Some(upload);
+        }
         let outcome = (|| {
-            let job = Generation::new(&generation_request, false).map_err(|e| match e {
-                GenerationError::Model(m) | GenerationError::Device(m) | GenerationError::Engine(m) => {
-                    ApiError::internal(m)
-                }
-                other => ApiError::bad(other.to_string()),
-            })?;
-            jobs::check_completed_caps(job.params(), &app2.limits).map_err(ApiError::bad)?;
+            let generation_request =
+                jobs::to_generation_request(&request, &token.id, &job_dir, output_name, &app2.data, &model_dir)
+                    .map_err(ApiError::refused)?;
+            std::fs::create_dir_all(&job_dir).map_err(ApiError::internal)?;
+            let job = Generation::new(&generation_request, false).map_err(engine_refusal)?;
+            jobs::check_completed_caps(job.params(), &app2.limits).map_err(ApiError::refused)?;
             // The seed is fixed now, so that any worker, on any attempt, makes the same video.
             request.seed = Some(job.params().seed);
             // The checked job holds the output's lock: free it before a worker can claim the job.
@@ -277,18 +448,59 @@ async fn create_job(
                 output_name: output_name.into(),
             };
             app2.store.insert_job(&new, app2.limits.max_queue).map_err(|e| match e {
-                QueueError::Full(_) => ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+                QueueError::Full(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
                 QueueError::Db(e) => ApiError::internal(e),
             })
         })();
         if outcome.is_err() {
             let _ = std::fs::remove_dir_all(&job_dir);
+            if let Some(upload) = copied_upload {
+                let _ = std::fs::remove_file(upload);
+            }
         }
         outcome
     })
     .await?;
     app.wake.notify();
     Ok((StatusCode::CREATED, Json(Job::from_row(&created, now_ms()))).into_response())
+}
+
+/// The engine's refusal of a job as an answer: the user's mistakes are 400s naming the field
+/// when the sentence names one, the server's own problems 500s.
+fn engine_refusal(e: GenerationError) -> ApiError {
+    match e {
+        GenerationError::Model(m) | GenerationError::Device(m) | GenerationError::Engine(m) => ApiError::internal(m),
+        other => {
+            let field = other.setting().filter(|f| jobs::FIELDS.contains(&f.as_str()));
+            ApiError::refused(jobs::Refusal { field, message: other.to_string() })
+        }
+    }
+}
+
+/// Copies the video of `source`, a finished job the caller may see, into the caller's uploads
+/// (so that the new job does not depend on the old one staying); returns the upload's id.
+fn upload_from_job(app: &App, token: &Token, source: &str) -> ApiResult<String> {
+    let refuse = |message: &str| ApiError::refused(jobs::Refusal::of("extend_job", message));
+    let job = is_id(source).then(|| app.store.job(source)).transpose()?.flatten();
+    let Some(job) = job.filter(|j| (token.admin || j.owner == token.id) && j.state != store::state::DELETING) else {
+        return Err(refuse("extend_job: there is no such job"));
+    };
+    let video = app.data.job(&job.id).join(&job.output_name);
+    // A stopped job's video is complete up to its last window, so it can be extended too.
+    let ended = job.state == store::state::DONE || job.state == store::state::CANCELLED;
+    if !ended || !video.is_file() {
+        return Err(refuse("extend_job: only a finished or stopped job's video can be extended"));
+    }
+    let dir = app.data.uploads(&token.id);
+    let id = store::random_hex(16);
+    let partial = dir.join(format!(".{id}.partial"));
+    std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
+    let copied = std::fs::copy(&video, &partial).and_then(|_| std::fs::rename(&partial, dir.join(&id)));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&partial);
+        return Err(ApiError::internal(format!("cannot copy the video of job {source}: {e}")));
+    }
+    Ok(id)
 }
 
 /// Filters of the job list.
@@ -442,6 +654,94 @@ async fn job_events(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
+/// Server-Sent Events of all the caller's jobs (every job for an admin; the newest 500): first
+/// one `job` event per job, then one whenever a job changes, and `deleted` (`{"id"}`) when one
+/// goes. A client that reconnects gets the whole list again.
+#[utoipa::path(get, path = "/v1/events",
+    responses((status = 200, description = "text/event-stream of Job objects", body = Job)), security(("bearer" = [])))]
+async fn all_events(
+    State(app): State<Arc<App>>,
+    Extension(token): Extension<Token>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    struct Follow {
+        app: Arc<App>,
+        token: Token,
+        /// The last text sent per job.
+        sent: std::collections::HashMap<String, String>,
+        pending: std::collections::VecDeque<SseEvent>,
+        /// Whether the first list was sent (later ones wait a moment first).
+        listed: bool,
+    }
+    let start = Follow { app, token, sent: Default::default(), pending: Default::default(), listed: false };
+    let events = stream::unfold(start, |mut f| async move {
+        loop {
+            if let Some(event) = f.pending.pop_front() {
+                return Some((Ok(event), f));
+            }
+            if f.listed {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            f.listed = true;
+            let (store, token) = (f.app.store.clone(), f.token.clone());
+            let known: Vec<String> = f.sent.keys().cloned().collect();
+            let found = blocking(move || {
+                let owner = (!token.admin).then_some(token.id.as_str());
+                let rows = store.jobs(owner, None, 500, 0)?;
+                // Jobs no longer listed are gone only if they no longer exist (or are being
+                // deleted); others merely fell off the end of the list.
+                let mut gone = Vec::new();
+                for id in known.iter().filter(|id| !rows.iter().any(|r| &&r.id == id)) {
+                    let row = store.job(id)?;
+                    gone.push((id.clone(), row.is_none_or(|r| r.state == store::state::DELETING)));
+                }
+                Ok((rows, gone))
+            })
+            .await;
+            let Ok((rows, gone)) = found else { continue };
+            for (id, deleted) in gone {
+                f.sent.remove(&id);
+                if deleted {
+                    let data = serde_json::json!({ "id": id }).to_string();
+                    f.pending.push_back(SseEvent::default().event("deleted").data(data));
+                }
+            }
+            let now = now_ms();
+            // Oldest first, so that a client adding cards in arrival order keeps the newest on top.
+            for row in rows.iter().rev() {
+                if row.state == store::state::DELETING {
+                    if f.sent.remove(&row.id).is_some() {
+                        let data = serde_json::json!({ "id": row.id }).to_string();
+                        f.pending.push_back(SseEvent::default().event("deleted").data(data));
+                    }
+                    continue;
+                }
+                let text = serde_json::to_string(&Job::from_row(row, now)).unwrap_or_default();
+                if f.sent.get(&row.id) != Some(&text) {
+                    f.sent.insert(row.id.clone(), text.clone());
+                    f.pending.push_back(SseEvent::default().event("job").data(text));
+                }
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// The settings sidecar of a job's video (JSON: every setting, the seed, the device, timings).
+#[utoipa::path(get, path = "/v1/jobs/{id}/sidecar", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn job_sidecar(
+    State(app): State<Arc<App>>,
+    Extension(token): Extension<Token>,
+    Path(id): Path<String>,
+    request: Request,
+) -> ApiResult<Response> {
+    job_file(&app, &token, &id, request, |job| {
+        (format!("{}.json", job.output_name), "the video has no settings file yet")
+    })
+    .await
+}
+
 /// The video (MP4 or GIF), with HTTP Range support; playable while it is still being written.
 #[utoipa::path(get, path = "/v1/jobs/{id}/video", params(("id" = String, Path, description = "Job id")),
     responses((status = 200, description = "the video", content_type = "video/mp4"), (status = 206, description = "a range of it"),
@@ -483,7 +783,7 @@ async fn job_file(
 
 async fn serve_file(path: PathBuf, request: Request, missing: &str) -> ApiResult<Response> {
     if !path.is_file() {
-        return Err(ApiError(StatusCode::NOT_FOUND, missing.into()));
+        return Err(ApiError::new(StatusCode::NOT_FOUND, missing));
     }
     let response = tower_http::services::ServeFile::new(path)
         .oneshot(request)
@@ -539,8 +839,8 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "skyreels-rs", description = "SkyReels-V2 video generation jobs"),
-    paths(health, upload, delete_upload, create_job, list_jobs, get_job, cancel_job, delete_job, job_events, job_video, job_preview, metrics, openapi),
-    components(schemas(Job, JobRequest, JobList, ErrorBody, Health, Upload)),
+    paths(health, sign_in, session, sign_out, config, all_events, job_sidecar, upload, delete_upload, create_job, list_jobs, get_job, cancel_job, delete_job, job_events, job_video, job_preview, metrics, openapi),
+    components(schemas(Job, JobRequest, JobList, ErrorBody, Health, Upload, SignIn, Session, Config, ModelInfo, LimitsInfo)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

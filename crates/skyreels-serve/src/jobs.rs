@@ -35,6 +35,10 @@ pub struct JobRequest {
     /// Upload id of a video (MP4/GIF) to extend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extend: Option<String>,
+    /// Id of one of the caller's finished jobs to extend (its video is copied to a new upload,
+    /// which the stored job then names as `extend`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extend_job: Option<String>,
     /// `mp4` (default) or `gif`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
@@ -99,6 +103,38 @@ pub struct JobRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weights: Option<String>,
 }
+
+/// The fields of [`JobRequest`], as JSON spells them.
+pub const FIELDS: &[&str] = &[
+    "prompt",
+    "story",
+    "negative_prompt",
+    "image",
+    "end_image",
+    "extend",
+    "extend_job",
+    "format",
+    "model",
+    "frames",
+    "base_frames",
+    "overlap_history",
+    "height",
+    "width",
+    "fps",
+    "steps",
+    "shift",
+    "guidance",
+    "seed",
+    "ar_step",
+    "causal_block_size",
+    "addnoise_condition",
+    "continuation",
+    "sigma_grid",
+    "causal_attention",
+    "dtype",
+    "vae_dtype",
+    "weights",
+];
 
 /// One prompt of a story.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -223,6 +259,34 @@ pub fn is_id(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Why a request is refused: one sentence, and the request field it is about when there is one
+/// (a form shows the sentence beside that field).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The field of [`JobRequest`], e.g. `height`.
+    pub field: Option<String>,
+    /// The sentence.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal about `field`.
+    pub fn of(field: &str, message: impl Into<String>) -> Self {
+        Self { field: Some(field.to_string()), message: message.into() }
+    }
+
+    /// A refusal of the request as a whole.
+    pub fn general(message: impl Into<String>) -> Self {
+        Self { field: None, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// The kind of job a request makes.
 pub fn kind_of(request: &JobRequest) -> &'static str {
     if request.story.is_some() {
@@ -239,62 +303,83 @@ pub fn kind_of(request: &JobRequest) -> &'static str {
 }
 
 /// The output's file name for the requested format.
-pub fn output_name(request: &JobRequest) -> Result<&'static str, String> {
+pub fn output_name(request: &JobRequest) -> Result<&'static str, Refusal> {
     match request.format.as_deref().unwrap_or("mp4") {
         "mp4" => Ok("video.mp4"),
         "gif" => Ok("video.gif"),
-        other => Err(format!("format `{other}` is not one of mp4, gif")),
+        other => Err(Refusal::of("format", format!("format `{other}` is not one of mp4, gif"))),
     }
 }
 
 /// Refuses values above the server's caps before the engine sees them.
-pub fn check_caps(request: &JobRequest, limits: &Limits) -> Result<(), String> {
+pub fn check_caps(request: &JobRequest, limits: &Limits) -> Result<(), Refusal> {
     if let Some(frames) = request.frames {
-        if frames == 0 {
-            return Err("frames 0 (an endless video) is not accepted by this server".into());
+        if frames == 0 && !limits.endless {
+            return Err(Refusal::of(
+                "frames",
+                "frames 0 (an endless video) is not accepted by this server (it would need --endless)",
+            ));
         }
         if frames > limits.max_frames {
-            return Err(format!("frames {frames} is above this server's limit of {}", limits.max_frames));
+            let message = format!("frames {frames} is above this server's limit of {}", limits.max_frames);
+            return Err(Refusal::of("frames", message));
         }
     }
     for (name, value) in [("height", request.height), ("width", request.width)] {
-        if value.is_some_and(|v| v > limits.max_side) {
-            return Err(format!("{name} {} is above this server's limit of {}", value.unwrap_or(0), limits.max_side));
+        if let Some(v) = value.filter(|&v| v > limits.max_side) {
+            return Err(Refusal::of(name, format!("{name} {v} is above this server's limit of {}", limits.max_side)));
         }
     }
     if let Some(steps) = request.steps.filter(|&s| s > limits.max_steps) {
-        return Err(format!("steps {steps} is above this server's limit of {}", limits.max_steps));
+        return Err(Refusal::of(
+            "steps",
+            format!("steps {steps} is above this server's limit of {}", limits.max_steps),
+        ));
     }
     for (name, value) in [("base_frames", request.base_frames), ("overlap_history", request.overlap_history)] {
         if value.is_some_and(|v| v > limits.max_frames) {
-            return Err(format!("{name} is above this server's frame limit of {}", limits.max_frames));
+            return Err(Refusal::of(
+                name,
+                format!("{name} is above this server's frame limit of {}", limits.max_frames),
+            ));
         }
     }
     if let Some(story) = &request.story {
         if story.len() > 1000 || story.iter().any(|s| s.windows.is_some_and(|w| w > limits.max_frames)) {
-            return Err("the story is longer than this server accepts".into());
+            return Err(Refusal::of("story", "the story is longer than this server accepts"));
         }
     }
-    if request.ar_step.is_some_and(|a| a > 1000) || request.causal_block_size.is_some_and(|c| c > 1000) {
-        return Err("ar_step and causal_block_size must be at most 1000".into());
+    for (name, value) in [("ar_step", request.ar_step), ("causal_block_size", request.causal_block_size)] {
+        if value.is_some_and(|v| v > 1000) {
+            return Err(Refusal::of(name, format!("{name} must be at most 1000")));
+        }
+    }
+    if request.extend.is_some() && request.extend_job.is_some() {
+        return Err(Refusal::of("extend_job", "give extend (an upload) or extend_job (a finished job), not both"));
     }
     Ok(())
 }
 
 /// Refuses completed settings above the caps (a story or the model's defaults may have made
 /// them larger than the request said).
-pub fn check_completed_caps(params: &GenerateParams, limits: &Limits) -> Result<(), String> {
+pub fn check_completed_caps(params: &GenerateParams, limits: &Limits) -> Result<(), Refusal> {
     match params.frames {
-        None => Err("an endless video is not accepted by this server".into()),
-        Some(f) if f as u64 > limits.max_frames => {
-            Err(format!("the video would have {f} frames, above this server's limit of {}", limits.max_frames))
-        }
+        None if !limits.endless => Err(Refusal::of("frames", "an endless video is not accepted by this server")),
+        Some(f) if f as u64 > limits.max_frames => Err(Refusal::of(
+            "frames",
+            format!("the video would have {f} frames, above this server's limit of {}", limits.max_frames),
+        )),
         _ if params.width as u64 > limits.max_side || params.height as u64 > limits.max_side => {
-            Err(format!("the video size is above this server's limit of {} pixels a side", limits.max_side))
+            let field = if params.width as u64 > limits.max_side { "width" } else { "height" };
+            Err(Refusal::of(
+                field,
+                format!("the video size is above this server's limit of {} pixels a side", limits.max_side),
+            ))
         }
-        _ if params.sampler.steps as u64 > limits.max_steps => {
-            Err(format!("steps {} is above this server's limit of {}", params.sampler.steps, limits.max_steps))
-        }
+        _ if params.sampler.steps as u64 > limits.max_steps => Err(Refusal::of(
+            "steps",
+            format!("steps {} is above this server's limit of {}", params.sampler.steps, limits.max_steps),
+        )),
         _ => Ok(()),
     }
 }
@@ -308,18 +393,21 @@ pub fn to_generation_request(
     output_name: &str,
     data: &DataDir,
     model_dir: &Path,
-) -> Result<GenerationRequest, String> {
-    let upload = |field: &str, id: &Option<String>| -> Result<Option<PathBuf>, String> {
+) -> Result<GenerationRequest, Refusal> {
+    let upload = |field: &str, id: &Option<String>| -> Result<Option<PathBuf>, Refusal> {
         let Some(id) = id else { return Ok(None) };
         match data.upload(owner, id) {
             Some(path) if path.is_file() => Ok(Some(path)),
-            _ => Err(format!("{field}: there is no upload `{id}` (upload the file to /v1/uploads first)")),
+            _ => Err(Refusal::of(
+                field,
+                format!("{field}: there is no upload `{id}` (upload the file to /v1/uploads first)"),
+            )),
         }
     };
     let size = |v: Option<u64>| v.map(|v| usize::try_from(v).unwrap_or(usize::MAX));
     let defaults = GenerationRequest::default();
     let weights = match &request.weights {
-        Some(w) => w.parse().map_err(|e: skyreels_core::Error| e.to_string())?,
+        Some(w) => w.parse().map_err(|e: skyreels_core::Error| Refusal::of("weights", e.to_string()))?,
         None => defaults.weights,
     };
     Ok(GenerationRequest {
@@ -372,6 +460,17 @@ mod tests {
         for bad in ["../etc/passwd", "..", "0123456789ABCDEF0123456789abcdef", "a/b", ""] {
             assert!(data.upload("o", bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_field_list_is_the_schema() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(JobRequest::schema()).unwrap();
+        let mut properties: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut fields = FIELDS.to_vec();
+        properties.sort_unstable();
+        fields.sort_unstable();
+        assert_eq!(properties, fields);
     }
 
     #[test]

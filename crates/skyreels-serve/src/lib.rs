@@ -14,6 +14,7 @@ pub mod db;
 pub mod http;
 pub mod jobs;
 pub mod store;
+mod studio;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -39,11 +40,13 @@ pub struct Limits {
     pub max_steps: u64,
     /// Most jobs waiting or running; more are refused with 429.
     pub max_queue: usize,
+    /// Whether endless jobs (frames 0, running until cancelled) are accepted.
+    pub endless: bool,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_frames: 1457, max_side: 1280, max_steps: 100, max_queue: 1000 }
+        Self { max_frames: 1457, max_side: 1280, max_steps: 100, max_queue: 1000, endless: false }
     }
 }
 
@@ -179,7 +182,14 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     } else {
         None
     };
-    let app = Arc::new(http::App { store, data: DataDir(data), models, limits: config.limits.clone(), wake });
+    let app = Arc::new(http::App {
+        store,
+        data: DataDir(data),
+        models,
+        limits: config.limits.clone(),
+        wake,
+        max_upload: config.max_upload,
+    });
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the server: {e}"))?;
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)

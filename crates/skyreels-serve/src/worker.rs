@@ -213,7 +213,7 @@ fn generate(
         Generation::resume(&output)?
     } else {
         let request = to_generation_request(&request, &job.owner, &job_dir, &job.output_name, &config.data, model_dir)
-            .map_err(GenerationError::Settings)?;
+            .map_err(|e| GenerationError::Settings(e.message))?;
         // Whatever an attempt that died before its first window left behind is replaced.
         Generation::new(&request, true)?
     };

@@ -2,14 +2,17 @@
 //! on a loopback port with the built-in demo model.
 
 mod client;
+#[path = "../common/server.rs"]
+mod server;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use client::{Client, Reply};
+pub use server::{create_token, skyreels, Server};
 use serde_json::{json, Value};
 use skyreels_core::media::open_video;
 
@@ -26,60 +29,9 @@ pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub fn skyreels() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_skyreels"))
-}
-
-/// Creates a token in the queue of `data` (and `database`), returning its secret.
-pub fn create_token(data: &Path, database: Option<&str>, name: &str, admin: bool) -> String {
-    let mut cmd = skyreels();
-    cmd.args(["serve", "token", "create", "--name", name, "--data", data.to_str().unwrap()]);
-    if let Some(url) = database {
-        cmd.args(["--database", url]);
-    }
-    if admin {
-        cmd.arg("--admin");
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// A running `skyreels serve`, killed with SIGKILL when dropped.
-pub struct Server {
-    pub child: Child,
-    pub base: String,
-}
-
 impl Server {
-    /// Starts a server on a free loopback port.
-    pub fn start(data: &Path, extra: &[&str]) -> Server {
-        let mut cmd = skyreels();
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap(), "--lease-seconds", "2"]);
-        cmd.args(extra).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let base =
-            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("server said `{line}`")).to_string();
-        Server { child, base }
-    }
-
     pub fn client(&self, token: &str) -> Client {
         Client::new(&self.base, token)
-    }
-
-    /// SIGKILL, as a crash or an OOM kill would.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

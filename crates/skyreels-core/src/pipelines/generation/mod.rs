@@ -40,7 +40,7 @@ use serde_json::json;
 pub use lock::OutputLock;
 pub use models::{Devices, LoadedModels, ModelCache, RunOptions};
 pub use settings::{
-    demo_model_dir, limits, with_suffix, GenerateParams, GenerationRequest, ModelDefaults, Notice, Start,
+    demo_model_dir, limits, with_suffix, Defaults, GenerateParams, GenerationRequest, ModelDefaults, Notice, Start,
     DEFAULT_NEGATIVE_PROMPT,
 };
 pub use state::{write_atomically, ResumeInfo, ResumeState, STATE_VERSION};
@@ -84,6 +84,21 @@ pub enum GenerationError {
     /// Computing failed.
     #[error("{0}")]
     Engine(String),
+}
+
+impl GenerationError {
+    /// The request field a settings or input error is about: the first `--flag` its sentence
+    /// names, as the field is spelled in a [`GenerationRequest`] (`--base-frames` →
+    /// `base_frames`), so that a form can show the sentence beside that field.
+    pub fn setting(&self) -> Option<String> {
+        let (Self::Settings(message) | Self::Input(message)) = self else { return None };
+        let start = message.find("--")? + 2;
+        let name: String = message[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+            .collect();
+        (!name.is_empty()).then(|| name.replace('-', "_"))
+    }
 }
 
 type Result<T> = std::result::Result<T, GenerationError>;

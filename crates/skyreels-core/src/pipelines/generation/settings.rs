@@ -225,6 +225,51 @@ impl ModelDefaults {
             .map_err(|e| GenerationError::Model(format!("{} is not valid: {e}", path.display())))?;
         Ok(file.generation_defaults.unwrap_or_default())
     }
+
+    /// These recommendations completed with the SkyReels-V2 defaults: the values a request
+    /// that sets nothing gets (what a front end shows in its empty form).
+    pub fn resolve(self) -> Defaults {
+        Defaults {
+            height: self.height.unwrap_or(544),
+            width: self.width.unwrap_or(960),
+            fps: self.fps.unwrap_or(24),
+            frames: self.frames.unwrap_or(97),
+            base_frames: self.base_frames.unwrap_or(97),
+            overlap_history: self.overlap_history.unwrap_or(17),
+            steps: self.steps.unwrap_or(30),
+            shift: self.shift.unwrap_or(8.0),
+            guidance: self.guidance.unwrap_or(6.0),
+            text_length: self.text_length.unwrap_or(512),
+            negative_prompt: self.negative_prompt.unwrap_or_else(|| DEFAULT_NEGATIVE_PROMPT.to_string()),
+        }
+    }
+}
+
+/// The settings a model runs with when a request leaves them out ([`ModelDefaults::resolve`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Defaults {
+    /// Height in pixels.
+    pub height: usize,
+    /// Width in pixels.
+    pub width: usize,
+    /// Frames per second.
+    pub fps: u32,
+    /// Video frames.
+    pub frames: usize,
+    /// Frames per window.
+    pub base_frames: usize,
+    /// Frames shared by consecutive windows.
+    pub overlap_history: usize,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Flow shift.
+    pub shift: f64,
+    /// Guidance scale (1 turns guidance off).
+    pub guidance: f64,
+    /// Tokens per prompt.
+    pub text_length: usize,
+    /// Negative prompt.
+    pub negative_prompt: String,
 }
 
 /// The built-in demo model's folder: `$SKYREELS_DEMO_MODEL`, else `models/skyreels-demo` of the
@@ -359,14 +404,14 @@ impl GenerateParams {
         // A folder is recorded by its absolute path so that --resume works from anywhere.
         let model = std::fs::canonicalize(&model).map_or(model, |p| p.to_string_lossy().to_string());
         let output = args.output.clone().ok_or_else(|| bad("--output is required (e.g. -o video.mp4)"))?;
-        let d = ModelDefaults::of_model(&model)?;
-        let height = args.height.or(d.height).unwrap_or(544);
-        let width = args.width.or(d.width).unwrap_or(960);
-        let fps = args.fps.or(d.fps).unwrap_or(24);
-        let steps = args.steps.or(d.steps).unwrap_or(30);
-        let shift = args.shift.or(d.shift).unwrap_or(8.0);
-        let guidance = args.guidance.or(d.guidance).unwrap_or(6.0);
-        let text_length = args.text_length.or(d.text_length).unwrap_or(512);
+        let d = ModelDefaults::of_model(&model)?.resolve();
+        let height = args.height.unwrap_or(d.height);
+        let width = args.width.unwrap_or(d.width);
+        let fps = args.fps.unwrap_or(d.fps);
+        let steps = args.steps.unwrap_or(d.steps);
+        let shift = args.shift.unwrap_or(d.shift);
+        let guidance = args.guidance.unwrap_or(d.guidance);
+        let text_length = args.text_length.unwrap_or(d.text_length);
         check_ranges(Ranges { height, width, fps, steps, shift, guidance, text_length })?;
         check_at_most("--ar-step", args.ar_step, limits::MAX_STEPS)?;
         check_at_most("--causal-block-size", args.causal_block_size, limits::MAX_WINDOW_FRAMES)?;
@@ -383,8 +428,8 @@ impl GenerateParams {
             (None, Some(video)) => Start::Extend(video.clone()),
             (None, None) => Start::Text,
         };
-        let base_frames = args.base_frames.or(d.base_frames).unwrap_or(97);
-        let overlap_history = args.overlap_history.or(d.overlap_history).unwrap_or(17);
+        let base_frames = args.base_frames.unwrap_or(d.base_frames);
+        let overlap_history = args.overlap_history.unwrap_or(d.overlap_history);
         check_at_most("--base-frames", base_frames, limits::MAX_WINDOW_FRAMES)?;
         check_at_most("--overlap-history", overlap_history, limits::MAX_WINDOW_FRAMES)?;
         let base_frames = round_frames("--base-frames", base_frames, &mut notices);
@@ -414,7 +459,7 @@ impl GenerateParams {
             Some(n) => Some(round_frames("--frames", n, &mut notices)),
             // A story without --frames lasts exactly as many windows as its segments ask for.
             None if args.story.is_some() => Some(story_frames(&segments, &start, base_frames, overlap_history)?),
-            None => Some(d.frames.unwrap_or(97)),
+            None => Some(d.frames),
         };
         // A story's windows or a model's default can make the length too, unchecked above.
         if let Some(frames) = frames.filter(|&f| f > limits::MAX_FRAMES) {
@@ -437,11 +482,7 @@ impl GenerateParams {
         let params = Self {
             model,
             segments,
-            negative_prompt: args
-                .negative_prompt
-                .clone()
-                .or(d.negative_prompt)
-                .unwrap_or_else(|| DEFAULT_NEGATIVE_PROMPT.to_string()),
+            negative_prompt: args.negative_prompt.clone().unwrap_or(d.negative_prompt),
             start,
             end_image: args.end_image.clone(),
             width,
@@ -630,6 +671,17 @@ mod tests {
     fn sizes_must_be_multiples_of_16() {
         assert!(params(|r| r.height = Some(540)).unwrap_err().to_string().contains("multiple of 16"));
         assert!(params(|r| r.width = Some(0)).is_err());
+    }
+
+    #[test]
+    fn errors_name_the_field_they_are_about() {
+        let setting = |edit: fn(&mut GenerationRequest)| params(edit).unwrap_err().setting();
+        assert_eq!(setting(|r| r.height = Some(540)).as_deref(), Some("height"));
+        assert_eq!(setting(|r| r.overlap_history = Some(97)).as_deref(), Some("overlap_history"));
+        assert_eq!(setting(|r| r.prompt = None).as_deref(), Some("prompt"));
+        assert_eq!(setting(|r| r.vae_dtype = "f16".into()).as_deref(), Some("vae_dtype"));
+        let (p, _) = params(|r| r.frames = Some(97)).unwrap();
+        assert_eq!(p.frames, Some(ModelDefaults::default().resolve().frames));
     }
 
     #[test]
