@@ -94,23 +94,29 @@ impl Client {
 
     /// Reads a Server-Sent Events stream to its end: (event name, JSON data) pairs.
     pub fn events(&self, path: &str) -> Vec<(String, Value)> {
-        let mut response =
+        self.event_stream(path).collect()
+    }
+
+    /// A Server-Sent Events stream, event by event, as (event name, JSON data) pairs.
+    pub fn event_stream(&self, path: &str) -> impl Iterator<Item = (String, Value)> {
+        let response =
             self.agent.get(format!("{}{path}", self.base)).header("Authorization", self.auth()).call().unwrap();
         assert_eq!(response.status().as_u16(), 200);
-        let reader = BufReader::new(response.body_mut().as_reader());
-        let mut events = Vec::new();
+        let mut lines = BufReader::new(response.into_body().into_reader()).lines();
         let mut name = String::from("message");
-        for line in reader.lines() {
-            let line = line.unwrap();
-            if let Some(n) = line.strip_prefix("event:") {
-                name = n.trim().to_string();
-            } else if let Some(data) = line.strip_prefix("data:") {
-                events.push((name.clone(), serde_json::from_str(data.trim()).unwrap()));
-            } else if line.is_empty() {
-                name = String::from("message");
+        std::iter::from_fn(move || {
+            for line in lines.by_ref() {
+                let line = line.unwrap();
+                if let Some(n) = line.strip_prefix("event:") {
+                    name = n.trim().to_string();
+                } else if let Some(data) = line.strip_prefix("data:") {
+                    return Some((name.clone(), serde_json::from_str(data.trim()).unwrap()));
+                } else if line.is_empty() {
+                    name = String::from("message");
+                }
             }
-        }
-        events
+            None
+        })
     }
 }
 

@@ -20,6 +20,7 @@ mod auth;
 mod fuzz;
 mod jobs;
 mod resume;
+mod studio_api;
 
 /// Kill tests and long jobs share two cores: one at a time keeps their timing meaningful.
 pub static HEAVY: Mutex<()> = Mutex::new(());

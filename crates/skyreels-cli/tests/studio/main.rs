@@ -35,6 +35,13 @@ async fn new_card(b: &Browser, known: usize) -> String {
     id.as_str().unwrap().to_string()
 }
 
+/// Presses Generate and returns the new job's id.
+async fn submit(b: &Browser) -> String {
+    let known = cards(b).await;
+    b.click("#generate").await;
+    new_card(b, known).await
+}
+
 fn card(id: &str) -> String {
     format!(".job[data-id='{id}']")
 }
@@ -128,8 +135,7 @@ async fn makes_watches_plays_extends_and_refuses() {
     b.type_into("#prompt", prompt).await;
     b.click("#advanced summary").await;
     b.type_into("#steps", "10").await;
-    b.click("#generate").await;
-    let text_job = new_card(&b, 0).await;
+    let text_job = submit(&b).await;
     // The progress bar moves and the newest decoded frame appears while it runs.
     let moving = "const e = document.querySelector(arguments[0] + ' .bar'); return e && e.value > 0 ? e.value : null;";
     let first = b.wait_for("the bar to move", MINUTE, moving, vec![json!(card(&text_job))]).await.as_f64().unwrap();
@@ -188,21 +194,45 @@ async fn makes_watches_plays_extends_and_refuses() {
     b.type_into("#prompt", "a blue square drifts").await;
     b.type_into("#frames", "33").await;
     b.type_into("#steps", "3").await;
-    b.click("#generate").await;
-    let image_job = new_card(&b, 1).await;
+    let image_job = submit(&b).await;
     wait_state(&b, &image_job, "done").await;
     assert!(b.text(&format!("{} .job-meta", card(&image_job))).await.contains("first frame"));
     let stored = b.api(&format!("/v1/jobs/{image_job}")).await;
     assert_eq!(stored["kind"], "image", "{stored}");
     b.screenshot("06-image-to-video").await;
 
+    // Start and end frames: two uploads.
+    let last = files.path().join("last.png");
+    write_png(&last);
+    b.click("#mode-end_image").await;
+    b.choose_file("#image", &png).await;
+    b.choose_file("#end_image", &last).await;
+    b.type_into("#prompt", "a square grows").await;
+    let framed = submit(&b).await;
+    wait_state(&b, &framed, "done").await;
+    assert_eq!(b.api(&format!("/v1/jobs/{framed}")).await["kind"], "end_image");
+
+    // A story of two shots, one window each: 33 + 16 frames.
+    b.click("#mode-story").await;
+    assert!(!b.js("return document.querySelector('#prompt').offsetParent !== null;", vec![]).await.as_bool().unwrap());
+    b.type_into(".shot:nth-child(1) .shot-prompt", "a red circle moves right").await;
+    b.click("#add-shot").await;
+    b.type_into(".shot:nth-child(2) .shot-prompt", "a red circle moves left").await;
+    let story = submit(&b).await;
+    wait_state(&b, &story, "done").await;
+    let stored = b.api(&format!("/v1/jobs/{story}")).await;
+    assert_eq!((stored["kind"].as_str(), stored["frames"].as_u64()), (Some("story"), Some(49)), "{stored}");
+    assert_eq!(stored["settings"]["story"][1]["prompt"], "a red circle moves left");
+    assert!(b.text(&format!("{} .job-title", card(&story))).await.ends_with("(+1 more shot)"));
+    b.screenshot("06-story").await;
+    b.click("#mode-text").await;
+
     // Extend the finished text video from its card.
     b.click(&format!("{} .extend", card(&text_job))).await;
     b.wait_visible("#extend-source").await;
     assert!(b.text("#extend-source-text").await.starts_with("Extending: <img"));
     b.type_into("#frames", "33").await;
-    b.click("#generate").await;
-    let extension = new_card(&b, 2).await;
+    let extension = submit(&b).await;
     wait_state(&b, &extension, "done").await;
     let stored = b.api(&format!("/v1/jobs/{extension}")).await;
     assert_eq!(stored["kind"], "extend", "{stored}");
@@ -210,8 +240,9 @@ async fn makes_watches_plays_extends_and_refuses() {
     b.screenshot("07-extended").await;
 
     // Again with a new seed: same settings, another seed.
+    let known = cards(&b).await;
     b.click(&format!("{} .again", card(&image_job))).await;
-    let again = new_card(&b, 3).await;
+    let again = new_card(&b, known).await;
     let (old, new) = (b.api(&format!("/v1/jobs/{image_job}")).await, b.api(&format!("/v1/jobs/{again}")).await);
     assert_eq!(old["settings"]["image"], new["settings"]["image"]);
     assert_ne!(old["settings"]["seed"], new["settings"]["seed"]);
@@ -223,8 +254,7 @@ async fn makes_watches_plays_extends_and_refuses() {
     b.click("#endless").await;
     assert!(b.js("return document.querySelector('#frames').disabled;", vec![]).await.as_bool().unwrap());
     b.type_into("#steps", "4").await;
-    b.click("#generate").await;
-    let endless = new_card(&b, 4).await;
+    let endless = submit(&b).await;
     let frames = "const v = document.querySelector(arguments[0] + ' video'); return v && !v.hidden;";
     b.wait_for("the endless video's first window", MINUTE, frames, vec![json!(card(&endless))]).await;
     b.wait_text(&format!("{} .progress-text", card(&endless)), "of ∞").await;
@@ -297,8 +327,7 @@ async fn follows_a_job_across_a_server_restart() {
     // Nine windows: long enough to restart the server in the middle.
     b.type_into("#prompt", "a paper boat on a stream").await;
     b.type_into("#frames", "161").await;
-    b.click("#generate").await;
-    let job = new_card(&b, 0).await;
+    let job = submit(&b).await;
     let window = "const j = arguments[0]; const t = document.querySelector(j + ' .progress-text');
         const m = t && t.textContent.match(/Window (\\d+) of (\\d+)/); return m && Number(m[1]) >= 3 ? Number(m[1]) : null;";
     let reached = b.wait_for("window 3", MINUTE, window, vec![json!(card(&job))]).await.as_u64().unwrap();
