@@ -130,8 +130,8 @@ async fn makes_watches_plays_extends_and_refuses() {
     assert!(!b.js("return document.querySelector('#advanced').open;", vec![]).await.as_bool().unwrap());
     b.screenshot("02-signed-in").await;
 
-    // A text job whose prompt is HTML: it is shown as text and nothing in it runs.
-    let prompt = r#"<img src=x onerror="window.__xss=1"><script>window.__xss=1</script> a red ball rolls left"#;
+    // A text job of four windows.
+    let prompt = "a red ball rolls left";
     b.type_into("#prompt", prompt).await;
     b.click("#advanced summary").await;
     b.type_into("#steps", "10").await;
@@ -148,8 +148,6 @@ async fn makes_watches_plays_extends_and_refuses() {
     b.wait_for("the preview", MINUTE, preview, vec![json!(card(&text_job))]).await;
     b.screenshot("03-running").await;
     assert_eq!(b.text(&format!("{} .job-title", card(&text_job))).await, prompt);
-    assert_eq!(b.js("return typeof window.__xss;", vec![]).await, json!("undefined"));
-    assert_eq!(b.js("return document.querySelectorAll('img[src=\"x\"], .job script').length;", vec![]).await, json!(0));
 
     // Finished: it moves to the gallery and its video plays in the page.
     wait_state(&b, &text_job, "done").await;
@@ -207,10 +205,18 @@ async fn makes_watches_plays_extends_and_refuses() {
     b.click("#mode-end_image").await;
     b.choose_file("#image", &png).await;
     b.choose_file("#end_image", &last).await;
-    b.type_into("#prompt", "a square grows").await;
+    // Its prompt is HTML: it is shown as text, and nothing in it runs.
+    let html = r#"<img src=x onerror="window.__xss=1"><script>window.__xss=1</script> a square grows"#;
+    b.type_into("#prompt", html).await;
     let framed = submit(&b).await;
+    assert_eq!(b.text(&format!("{} .job-title", card(&framed))).await, html);
     wait_state(&b, &framed, "done").await;
+    assert_eq!(b.text(&format!("{} .job-title", card(&framed))).await, html);
+    assert_eq!(b.js("return typeof window.__xss;", vec![]).await, json!("undefined"));
+    let injected = "return document.querySelectorAll('img[src=\"x\"], .job script').length;";
+    assert_eq!(b.js(injected, vec![]).await, json!(0));
     assert_eq!(b.api(&format!("/v1/jobs/{framed}")).await["kind"], "end_image");
+    b.screenshot("06-html-prompt-as-text").await;
 
     // A story of two shots, one window each: 33 + 16 frames.
     b.click("#mode-story").await;
@@ -230,7 +236,7 @@ async fn makes_watches_plays_extends_and_refuses() {
     // Extend the finished text video from its card.
     b.click(&format!("{} .extend", card(&text_job))).await;
     b.wait_visible("#extend-source").await;
-    assert!(b.text("#extend-source-text").await.starts_with("Extending: <img"));
+    assert_eq!(b.text("#extend-source-text").await, format!("Extending: {prompt}"));
     b.type_into("#frames", "33").await;
     let extension = submit(&b).await;
     wait_state(&b, &extension, "done").await;
@@ -247,6 +253,16 @@ async fn makes_watches_plays_extends_and_refuses() {
     assert_eq!(old["settings"]["image"], new["settings"]["image"]);
     assert_ne!(old["settings"]["seed"], new["settings"]["seed"]);
     wait_state(&b, &again, "done").await;
+
+    // Delete takes two presses.
+    let before = cards(&b).await;
+    b.click(&format!("{} .delete", card(&framed))).await;
+    assert_eq!(b.text(&format!("{} .delete", card(&framed))).await, "Really delete?");
+    b.click(&format!("{} .delete", card(&framed))).await;
+    let gone = "return document.querySelector(arguments[0]) === null;";
+    b.wait_for("the deleted card to go", Duration::from_secs(10), gone, vec![json!(card(&framed))]).await;
+    assert_eq!(cards(&b).await, before - 1);
+    assert!(b.api(&format!("/v1/jobs/{framed}")).await["error"].is_string());
 
     // An endless job runs until it is stopped from the page; what it made stays playable.
     b.click("#mode-text").await;
@@ -269,16 +285,6 @@ async fn makes_watches_plays_extends_and_refuses() {
     let stored = b.api(&format!("/v1/jobs/{endless}")).await;
     assert!(stored["progress"]["frames"].as_u64().unwrap() >= 33, "{stored}");
     b.click("#endless").await;
-
-    // Delete takes two presses.
-    let before = cards(&b).await;
-    b.click(&format!("{} .delete", card(&again))).await;
-    assert_eq!(b.text(&format!("{} .delete", card(&again))).await, "Really delete?");
-    b.click(&format!("{} .delete", card(&again))).await;
-    let gone = "return document.querySelector(arguments[0]) === null;";
-    b.wait_for("the deleted card to go", Duration::from_secs(10), gone, vec![json!(card(&again))]).await;
-    assert_eq!(cards(&b).await, before - 1);
-    assert!(b.api(&format!("/v1/jobs/{again}")).await["error"].is_string());
 
     // Keyboard and screen readers: every control has a label, nothing forces a focus order,
     // Tab from the prompt goes on through the form, and text keeps 4.5:1 contrast.

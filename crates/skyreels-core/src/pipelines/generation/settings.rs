@@ -635,13 +635,13 @@ pub fn with_suffix(output: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{trimmed}{suffix}"))
 }
 
-/// A seed from the clock and the process's hash keys; kept below 2⁶³ so that JSON readers that
-/// parse numbers as signed 64-bit integers (or doubles, approximately) can read it back.
+/// A seed from the clock and the process's hash keys; kept below 2⁵³ so that every JSON reader
+/// reads it back exactly, JavaScript's doubles included (a seed shown in a page must reproduce).
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    h.finish() >> 1
+    h.finish() >> 11
 }
 
 #[cfg(test)]
@@ -671,6 +671,13 @@ mod tests {
     fn sizes_must_be_multiples_of_16() {
         assert!(params(|r| r.height = Some(540)).unwrap_err().to_string().contains("multiple of 16"));
         assert!(params(|r| r.width = Some(0)).is_err());
+    }
+
+    #[test]
+    fn drawn_seeds_are_exact_in_javascript() {
+        for _ in 0..100 {
+            assert!(random_seed() < 1 << 53);
+        }
     }
 
     #[test]
