@@ -273,6 +273,10 @@ async fn makes_watches_plays_extends_and_refuses() {
     let endless = submit(&b).await;
     let frames = "const v = document.querySelector(arguments[0] + ' video'); return v && !v.hidden;";
     b.wait_for("the endless video's first window", MINUTE, frames, vec![json!(card(&endless))]).await;
+    // The video written so far plays while the job goes on (served with Range requests).
+    let growing = "const c = document.querySelector(arguments[0]); const v = c.querySelector('video');
+        return c.dataset.state === 'running' && v.readyState >= 1 && v.duration > 0;";
+    b.wait_for("the growing video to load", MINUTE, growing, vec![json!(card(&endless))]).await;
     b.wait_text(&format!("{} .progress-text", card(&endless)), "of ∞").await;
     // The README's picture (docs/studio.png): finished videos and a running job.
     b.click("#advanced summary").await;
