@@ -149,58 +149,79 @@ async fn json_errors(response: Response) -> Response {
     wrapped
 }
 
-/// The cookie the studio page signs in with (the token itself, HttpOnly and SameSite=Strict).
-const SESSION_COOKIE: &str = "skyreels_token";
+/// The cookie of a studio session: a random secret of its own (not the API token), HttpOnly and
+/// SameSite=Strict, that signing out revokes on the server.
+const SESSION_COOKIE: &str = "skyreels_session";
+/// How long a browser session lasts.
+const SESSION_DAYS: i64 = 30;
 /// Header the page adds to requests that change something: a cross-site form cannot send it,
 /// so a session cookie alone never authorises a change.
 const STUDIO_HEADER: &str = "x-skyreels-studio";
 
-/// The token of `Authorization: Bearer <token>`, or else of the session cookie (then flagged).
-fn presented_secret(headers: &axum::http::HeaderMap) -> Option<(String, bool)> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(|s| (s.trim().to_string(), false));
-    bearer.or_else(|| {
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
-            .map(|s| (s.trim().to_string(), true))
-    })
+/// What a request presents to authenticate.
+enum Credential {
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+    /// The studio's session cookie.
+    Session(String),
 }
 
-/// Requires a token that still exists: `Authorization: Bearer <token>`, or the studio's
-/// session cookie (with [`STUDIO_HEADER`] on anything but GET and HEAD).
+fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let secret = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
+    Some(secret.trim().to_string())
+}
+
+fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+        .map(|s| s.trim().to_string())
+}
+
+/// The bearer token if there is one, else the session cookie; empty or oversized ones are none.
+fn credential(headers: &axum::http::HeaderMap) -> Option<Credential> {
+    let plausible = |s: &String| !s.is_empty() && s.len() <= 200;
+    match bearer(headers) {
+        Some(token) => Some(token).filter(plausible).map(Credential::Bearer),
+        None => session_cookie(headers).filter(plausible).map(Credential::Session),
+    }
+}
+
+/// Requires a token that still exists: `Authorization: Bearer <token>`, or a live studio session
+/// cookie (with [`STUDIO_HEADER`] on anything but GET and HEAD).
 async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     let unauthorized = |message: &str| {
         let mut r = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
     };
-    let Some((secret, by_cookie)) =
-        presented_secret(request.headers()).filter(|(s, _)| !s.is_empty() && s.len() <= 200)
-    else {
+    let Some(credential) = credential(request.headers()) else {
         return unauthorized("a bearer token is required (Authorization: Bearer <token>)");
     };
     let safe = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
-    if by_cookie && !safe && !request.headers().contains_key(STUDIO_HEADER) {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("a change signed in by cookie needs the {STUDIO_HEADER} header"),
-        )
-        .into_response();
+    if matches!(credential, Credential::Session(_)) && !safe && !request.headers().contains_key(STUDIO_HEADER) {
+        let message = format!("a change signed in by cookie needs the {STUDIO_HEADER} header");
+        return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
     }
     let store = app.store.clone();
-    match blocking(move || store.token_by_secret(&secret).map_err(ApiError::from)).await {
+    let found = blocking(move || {
+        match &credential {
+            Credential::Bearer(secret) => store.token_by_secret(secret),
+            Credential::Session(secret) => store.token_by_session(secret),
+        }
+        .map_err(ApiError::from)
+    })
+    .await;
+    match found {
         Ok(Some(token)) => {
             request.extensions_mut().insert(token);
             next.run(request).await
         }
-        Ok(None) => unauthorized("the token is not valid (it may have been deleted)"),
+        Ok(None) => unauthorized("the token or session is not valid (it may have been deleted or ended)"),
         Err(e) => e.into_response(),
     }
 }
@@ -222,28 +243,46 @@ pub struct Session {
     pub admin: bool,
 }
 
-/// Signs the browser in: checks the token and keeps it in an HttpOnly, SameSite=Strict cookie,
-/// so that the page's `<video>`, `<img>` and event streams are authorised too.
+/// A `Set-Cookie` for the session cookie; `Secure` when the request came over HTTPS through a
+/// proxy (a plain-HTTP server on a LAN address could not set a secure cookie at all).
+fn session_set_cookie(headers: &axum::http::HeaderMap, value: &str, max_age_s: i64) -> ApiResult<HeaderValue> {
+    let https = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let secure = if https { "; Secure" } else { "" };
+    let cookie = format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}");
+    HeaderValue::from_str(&cookie).map_err(ApiError::internal)
+}
+
+/// Signs the browser in: checks the token and starts a session whose HttpOnly, SameSite=Strict
+/// cookie authorises the page's requests, `<video>`, `<img>` and event stream. Like every
+/// change made from the page, it needs the studio's header and a JSON body.
 #[utoipa::path(post, path = "/v1/session", request_body = SignIn,
     responses((status = 200, body = Session), (status = 401, body = ErrorBody)))]
-async fn sign_in(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<Response> {
+async fn sign_in(State(app): State<Arc<App>>, headers: axum::http::HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let is_json = headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !is_json || !headers.contains_key(STUDIO_HEADER) {
+        let message = format!("signing in needs a JSON body and the {STUDIO_HEADER} header");
+        return Err(ApiError::new(StatusCode::FORBIDDEN, message));
+    }
     let sign_in: SignIn = serde_json::from_slice(&body)
         .map_err(|e| ApiError::refused(jobs::Refusal::of("token", format!("the sign-in is not valid: {e}"))))?;
     let secret = sign_in.token.trim().to_string();
-    let invalid = || {
-        let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "this token is not valid");
-        e.field = Some("token".into());
-        e
+    let invalid = || ApiError {
+        field: Some("token".into()),
+        ..ApiError::new(StatusCode::UNAUTHORIZED, "this token is not valid")
     };
-    if secret.is_empty() || secret.len() > 200 || !secret.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+    if secret.is_empty() || secret.len() > 200 {
         return Err(invalid());
     }
     let store = app.store.clone();
-    let lookup = secret.clone();
-    let token = blocking(move || store.token_by_secret(&lookup).map_err(ApiError::from)).await?.ok_or_else(invalid)?;
-    let cookie = format!("{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000");
+    let (token, session) = blocking(move || {
+        let token = store.token_by_secret(&secret)?.ok_or_else(invalid)?;
+        let session = store.create_session(&token, SESSION_DAYS * 86_400_000)?;
+        Ok((token, session))
+    })
+    .await?;
+    let cookie = session_set_cookie(&headers, &session, SESSION_DAYS * 86_400)?;
     let mut response = Json(Session { name: token.name, admin: token.admin }).into_response();
-    response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(ApiError::internal)?);
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(response)
 }
 
@@ -254,13 +293,16 @@ async fn session(Extension(token): Extension<Token>) -> Json<Session> {
     Json(Session { name: token.name, admin: token.admin })
 }
 
-/// Signs the browser out (forgets the cookie).
+/// Signs the browser out: ends the session on the server and forgets the cookie.
 #[utoipa::path(delete, path = "/v1/session", responses((status = 204)))]
-async fn sign_out() -> Response {
-    const FORGET: &str = "skyreels_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0";
+async fn sign_out(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> ApiResult<Response> {
+    if let Some(secret) = session_cookie(&headers).filter(|s| !s.is_empty() && s.len() <= 200) {
+        let store = app.store.clone();
+        blocking(move || store.delete_session(&secret).map_err(ApiError::from)).await?;
+    }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_static(FORGET));
-    response
+    response.headers_mut().insert(header::SET_COOKIE, session_set_cookie(&headers, "", 0)?);
+    Ok(response)
 }
 
 /// Server status.
@@ -327,16 +369,21 @@ pub struct Config {
     security(("bearer" = [])))]
 async fn config(State(app): State<Arc<App>>) -> ApiResult<Json<Config>> {
     let app2 = app.clone();
-    let models = blocking(move || {
+    let models = tokio::task::spawn_blocking(move || {
         app2.models
             .iter()
-            .map(|(name, dir)| {
-                let defaults = ModelDefaults::of_model(&dir.to_string_lossy()).map_err(ApiError::internal)?;
-                Ok(ModelInfo { name: name.clone(), defaults: defaults.resolve() })
+            .filter_map(|(name, dir)| match ModelDefaults::of_model(&dir.to_string_lossy()) {
+                Ok(defaults) => Some(ModelInfo { name: name.clone(), defaults: defaults.resolve() }),
+                Err(e) => {
+                    // One broken skyreels.json must not lock everyone out of the page.
+                    eprintln!("model {name}: {e}");
+                    None
+                }
             })
-            .collect::<ApiResult<Vec<_>>>()
+            .collect::<Vec<_>>()
     })
-    .await?;
+    .await
+    .map_err(|e| ApiError::internal(format!("a task failed: {e}")))?;
     let l = &app.limits;
     let limits = LimitsInfo {
         max_frames: l.max_frames,
@@ -685,6 +732,10 @@ async fn all_events(
             let (store, token) = (f.app.store.clone(), f.token.clone());
             let known: Vec<String> = f.sent.keys().cloned().collect();
             let found = blocking(move || {
+                // A token deleted while the stream is open ends it.
+                if !store.token_exists(&token.id)? {
+                    return Ok(None);
+                }
                 let owner = (!token.admin).then_some(token.id.as_str());
                 let rows = store.jobs(owner, None, 500, 0)?;
                 // Jobs no longer listed are gone only if they no longer exist (or are being
@@ -694,10 +745,14 @@ async fn all_events(
                     let row = store.job(id)?;
                     gone.push((id.clone(), row.is_none_or(|r| r.state == store::state::DELETING)));
                 }
-                Ok((rows, gone))
+                Ok(Some((rows, gone)))
             })
             .await;
-            let Ok((rows, gone)) = found else { continue };
+            let (rows, gone) = match found {
+                Ok(Some(found)) => found,
+                Ok(None) => return None,
+                Err(_) => continue,
+            };
             for (id, deleted) in gone {
                 f.sent.remove(&id);
                 if deleted {
@@ -726,7 +781,9 @@ async fn all_events(
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 
-/// The settings sidecar of a job's video (JSON: every setting, the seed, the device, timings).
+/// The settings sidecar of a job's video (JSON: every setting, the seed, the device, timings),
+/// with the server's own paths replaced by what the client knows them as: the model's name, the
+/// upload ids, the output's file name.
 #[utoipa::path(get, path = "/v1/jobs/{id}/sidecar", params(("id" = String, Path, description = "Job id")),
     responses((status = 200, description = "JSON", content_type = "application/json"), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -734,12 +791,46 @@ async fn job_sidecar(
     State(app): State<Arc<App>>,
     Extension(token): Extension<Token>,
     Path(id): Path<String>,
-    request: Request,
 ) -> ApiResult<Response> {
-    job_file(&app, &token, &id, request, |job| {
-        (format!("{}.json", job.output_name), "the video has no settings file yet")
+    let job = visible_job(&app, &token, &id).await?;
+    let path = app.data.job(&job.id).join(format!("{}.json", job.output_name));
+    let model_dir = app.models.iter().find(|(n, _)| *n == job.model).map(|(_, d)| d.clone());
+    let data_dir = app.data.0.clone();
+    let value = blocking(move || {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ApiError::new(StatusCode::NOT_FOUND, "the video has no settings file yet"))
+            }
+            Err(e) => return Err(ApiError::internal(format!("cannot read the settings file: {e}"))),
+        };
+        let mut value: serde_json::Value = serde_json::from_str(&text).map_err(ApiError::internal)?;
+        let mut prefixes = vec![(data_dir, None)];
+        if let Some(dir) = model_dir {
+            prefixes.insert(0, (dir, Some(job.model.clone())));
+        }
+        redact_paths(&mut value, &prefixes);
+        Ok(value)
     })
-    .await
+    .await?;
+    Ok(Json(value).into_response())
+}
+
+/// Replaces every string that is a path under one of `prefixes` by the replacement given with it,
+/// or by the path's last component (an upload id, a file name) when there is none.
+fn redact_paths(value: &mut serde_json::Value, prefixes: &[(PathBuf, Option<String>)]) {
+    match value {
+        serde_json::Value::String(s) => {
+            let path = std::path::Path::new(s.as_str());
+            if let Some((_, replacement)) = prefixes.iter().find(|(prefix, _)| path.starts_with(prefix)) {
+                let last = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                *s = replacement.clone().unwrap_or(last);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| redact_paths(v, prefixes)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| redact_paths(v, prefixes)),
+        _ => {}
+    }
 }
 
 /// The video (MP4 or GIF), with HTTP Range support; playable while it is still being written.

@@ -26,6 +26,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     admin BIGINT NOT NULL,
     created_ms BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sessions (
+    hash TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -269,9 +274,47 @@ impl Store {
             .collect())
     }
 
-    /// Deletes the token named `name`; its requests are refused from now on.
+    /// Deletes the token named `name`; its requests (and browser sessions) are refused from now on.
     pub fn delete_token(&self, name: &str) -> Result<bool, DbError> {
+        self.db
+            .execute("DELETE FROM sessions WHERE token IN (SELECT id FROM tokens WHERE name = $1)", &[name.into()])?;
         Ok(self.db.execute("DELETE FROM tokens WHERE name = $1", &[name.into()])? > 0)
+    }
+
+    /// Whether the token with this id still exists.
+    pub fn token_exists(&self, id: &str) -> Result<bool, DbError> {
+        Ok(!self.db.query("SELECT id FROM tokens WHERE id = $1", &[id.into()])?.is_empty())
+    }
+
+    // ----- browser sessions -----
+
+    /// Starts a browser session for `token` lasting `ttl_ms`; returns its secret (only its hash is
+    /// stored). Expired sessions are swept at the same time.
+    pub fn create_session(&self, token: &Token, ttl_ms: i64) -> Result<String, DbError> {
+        let now = now_ms();
+        self.db.execute("DELETE FROM sessions WHERE expires_ms <= $1", &[now.into()])?;
+        let secret = format!("ss_{}", random_hex(32));
+        self.db.execute(
+            "INSERT INTO sessions (hash, token, expires_ms) VALUES ($1, $2, $3)",
+            &[hash_secret(&secret).into(), token.id.clone().into(), (now + ttl_ms).into()],
+        )?;
+        Ok(secret)
+    }
+
+    /// The token of a live session.
+    pub fn token_by_session(&self, secret: &str) -> Result<Option<Token>, DbError> {
+        let rows = self.db.query(
+            "SELECT t.id, t.name, t.admin FROM sessions s JOIN tokens t ON t.id = s.token \
+             WHERE s.hash = $1 AND s.expires_ms > $2",
+            &[hash_secret(secret).into(), now_ms().into()],
+        )?;
+        Ok(rows.first().map(token_from_row))
+    }
+
+    /// Ends a session (signing out).
+    pub fn delete_session(&self, secret: &str) -> Result<(), DbError> {
+        self.db.execute("DELETE FROM sessions WHERE hash = $1", &[hash_secret(secret).into()])?;
+        Ok(())
     }
 
     /// The stored hashes (for tests that check no secret is stored).

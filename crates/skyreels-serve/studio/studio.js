@@ -21,6 +21,8 @@ const state = {
   events: null,
   retry: null,
   extendJob: null,
+  /** Counts sign-ins and sign-outs: work started under an older one is dropped. */
+  generation: 0,
 };
 
 class ApiError extends Error {
@@ -106,6 +108,7 @@ async function signIn(event) {
 }
 
 async function enter(session) {
+  const generation = ++state.generation;
   $('who-name').textContent = session.admin ? `${session.name} (admin)` : session.name;
   state.config = await api('GET', '/v1/config');
   const models = $('model');
@@ -126,13 +129,15 @@ async function enter(session) {
   $('who').hidden = false;
   $('studio').hidden = false;
   await reloadJobs();
+  if (generation !== state.generation) return;
   connect();
   $('prompt').focus();
 }
 
 async function signOut() {
-  try { await api('DELETE', '/v1/session'); } catch (e) { /* signed out locally anyway */ }
+  state.generation += 1;
   disconnect();
+  try { await api('DELETE', '/v1/session'); } catch (e) { /* signed out locally anyway */ }
   state.jobs.clear();
   state.cards.forEach((card) => card.remove());
   state.cards.clear();
@@ -160,10 +165,13 @@ function showMode() {
   document.querySelectorAll('[data-modes]').forEach((el) => {
     el.hidden = !el.dataset.modes.split(' ').includes(mode);
   });
+  // A story lasts as many windows as its shots ask for.
   const lengthHidden = mode === 'story';
   for (const id of ['seconds', 'frames']) $(id).closest('.field').hidden = lengthHidden;
   $('frames-hint').hidden = lengthHidden;
+  $('endless-field').hidden = lengthHidden || !state.config.limits.endless;
   if (mode !== 'extend') setExtendJob(null);
+  syncLength();
 }
 
 function setExtendJob(job) {
@@ -175,16 +183,27 @@ function setExtendJob(job) {
 
 function addShot(prompt, windows, focus) {
   const item = $('shot-template').content.firstElementChild.cloneNode(true);
-  const number = $('shots').children.length + 1;
   item.querySelector('.shot-prompt').value = prompt;
-  item.querySelector('.shot-prompt').setAttribute('aria-label', `Shot ${number} prompt`);
   item.querySelector('.shot-windows').value = windows;
-  item.querySelector('.shot-windows').setAttribute('aria-label', `Shot ${number} windows`);
   item.querySelector('.shot-remove').addEventListener('click', () => {
-    if ($('shots').children.length > 1) item.remove();
+    if ($('shots').children.length < 2) return;
+    const neighbour = item.previousElementSibling || item.nextElementSibling;
+    item.remove();
+    numberShots();
+    neighbour.querySelector('.shot-prompt').focus();
   });
   $('shots').append(item);
+  numberShots();
   if (focus) item.querySelector('.shot-prompt').focus();
+}
+
+/** Names each shot's controls by its place in the list (screen readers hear "Shot 2 prompt"). */
+function numberShots() {
+  [...$('shots').children].forEach((item, i) => {
+    item.querySelector('.shot-prompt').setAttribute('aria-label', `Shot ${i + 1} prompt`);
+    item.querySelector('.shot-windows').setAttribute('aria-label', `Shot ${i + 1} windows`);
+    item.querySelector('.shot-remove').setAttribute('aria-label', `Remove shot ${i + 1}`);
+  });
 }
 
 const latent = (frames) => Math.floor((frames - 1) / 4) + 1;
@@ -207,6 +226,9 @@ function syncLength(changed) {
   let text;
   if (endless) {
     text = `Runs until you stop it, window after window of ${base} frames.`;
+  } else if (frames > 0 && currentMode() === 'extend') {
+    text = `${frames} frames at ${fps} fps, counting the ${overlap} taken from the clip: ` +
+      `${Math.max(0, frames - overlap)} new frames.`;
   } else if (frames > 0 && base > overlap && overlap > 0) {
     const [l, lb, lo] = [latent(frames), latent(base), latent(overlap)];
     const windows = l <= lb ? 1 : 1 + Math.ceil((l - lb) / (lb - lo));
@@ -219,6 +241,7 @@ function syncLength(changed) {
 }
 
 function numberOrUndefined(id) {
+  if ($(id).validity.badInput) throw new ApiError(400, 'This is not a number.', id);
   const raw = $(id).value.trim();
   return raw === '' ? undefined : Number(raw);
 }
@@ -232,7 +255,8 @@ function collect() {
   request.negative_prompt = $('negative_prompt').value;
   if ($('schedule').value === 'async') {
     request.ar_step = 5;
-    request.causal_block_size = 5;
+    // A window that starts from a clean image frame cannot be split into blocks of 5.
+    request.causal_block_size = mode === 'image' || mode === 'end_image' ? 1 : 5;
   }
   if (mode === 'story') {
     request.story = [...$('shots').children].map((li) => ({
@@ -247,11 +271,13 @@ function collect() {
   return request;
 }
 
-async function uploadFile(field, message) {
+async function uploadFile(field, message, uploaded) {
   const file = $(field).files[0];
   if (!file) throw new ApiError(400, message, field);
   try {
-    return (await api('POST', '/v1/uploads', file)).id;
+    const id = (await api('POST', '/v1/uploads', file)).id;
+    uploaded.push(id);
+    return id;
   } catch (e) {
     throw new ApiError(e.status, e.message, field);
   }
@@ -263,19 +289,27 @@ async function submitJob(event) {
   const mode = currentMode();
   const button = $('generate');
   button.disabled = true;
+  const uploaded = [];
   try {
     const request = collect();
     if (mode === 'image' || mode === 'end_image') {
-      request.image = await uploadFile('image', 'Choose the first frame.');
+      request.image = await uploadFile('image', 'Choose the first frame.', uploaded);
     }
     if (mode === 'end_image') {
-      request.end_image = await uploadFile('end_image', 'Choose the last frame.');
+      request.end_image = await uploadFile('end_image', 'Choose the last frame.', uploaded);
     }
     if (mode === 'extend') {
       if (state.extendJob) request.extend_job = state.extendJob.id;
-      else request.extend = await uploadFile('extend', 'Choose the clip to extend.');
+      else request.extend = await uploadFile('extend', 'Choose the clip to extend.', uploaded);
     }
-    const job = await api('POST', '/v1/jobs', request);
+    let job;
+    try {
+      job = await api('POST', '/v1/jobs', request);
+    } catch (e) {
+      // The job was refused: its uploads would never be used.
+      for (const id of uploaded) api('DELETE', `/v1/uploads/${id}`).catch(() => {});
+      throw e;
+    }
     upsert(job);
     if (mode === 'extend') {
       setExtendJob(null);
@@ -291,8 +325,10 @@ async function submitJob(event) {
 
 function errorHome(field) {
   if (!field) return null;
-  const home = FIELD_HOME[field] || field;
-  return $(`${home}-error`) ? home : null;
+  let home = FIELD_HOME[field] || field;
+  if (home === 'frames' && currentMode() === 'story') home = 'story';
+  const box = $(`${home}-error`);
+  return box && !box.closest('[hidden]') ? home : null;
 }
 
 function setError(field, message) {
@@ -325,7 +361,7 @@ function showApiError(e) {
   if (details) details.open = true;
   setError(home, e.message);
   const input = $(home) || $('shots').querySelector('textarea');
-  if (input && !input.hidden) input.focus();
+  if (input && !input.closest('[hidden]')) input.focus();
 }
 
 // ---------------------------------------------------------------- jobs
@@ -353,11 +389,13 @@ function disconnect() {
 }
 
 async function reconnect() {
+  const generation = state.generation;
   try {
     await api('GET', '/v1/session');
     await reloadJobs();
-    connect();
+    if (generation === state.generation) connect();
   } catch (e) {
+    if (generation !== state.generation) return;
     if (e.status === 401) {
       disconnect();
       showSignIn('Your session ended: sign in again.');
@@ -378,9 +416,33 @@ async function reloadJobs() {
 function removeJob(id) {
   state.jobs.delete(id);
   const card = state.cards.get(id);
-  if (card) card.remove();
+  if (card) {
+    // Keep keyboard users in place: focus moves to the next card, or the list's heading.
+    const hadFocus = card.contains(document.activeElement);
+    const next = card.nextElementSibling || card.previousElementSibling;
+    const heading = card.closest('section').querySelector('h2');
+    card.remove();
+    if (hadFocus) focusIn(next, heading);
+  }
   state.cards.delete(id);
+  if (state.extendJob && state.extendJob.id === id) setExtendJob(null);
   updateEmpty();
+}
+
+/** Focuses the first button of `card`, or `fallback` (made focusable) when there is no card. */
+function focusIn(card, fallback) {
+  const target = card && card.querySelector('button, a');
+  if (target) {
+    target.focus();
+  } else {
+    fallback.tabIndex = -1;
+    fallback.focus();
+  }
+}
+
+/** Says something to screen-reader users without moving their focus. */
+function announce(text) {
+  $('announcer').textContent = text;
 }
 
 function updateEmpty() {
@@ -446,7 +508,9 @@ function progressText(job) {
 function newCard(job) {
   const card = $('card-template').content.firstElementChild.cloneNode(true);
   card.dataset.id = job.id;
-  card.setAttribute('aria-label', `Video job ${job.id.slice(0, 8)}`);
+  const title = card.querySelector('.job-title');
+  title.id = `title-${job.id}`;
+  card.setAttribute('aria-labelledby', title.id);
   const sidecar = card.querySelector('.sidecar');
   sidecar.addEventListener('toggle', async () => {
     if (!sidecar.open) return;
@@ -455,6 +519,13 @@ function newCard(job) {
       pre.textContent = JSON.stringify(await api('GET', `/v1/jobs/${job.id}/sidecar`), null, 2);
     } catch (e) {
       pre.textContent = e.message;
+    }
+  });
+  const video = card.querySelector('.player');
+  video.addEventListener('ended', () => {
+    if (video.dataset.pending) {
+      video.src = video.dataset.pending;
+      delete video.dataset.pending;
     }
   });
   state.cards.set(job.id, card);
@@ -474,7 +545,11 @@ function upsert(job) {
   state.jobs.set(job.id, job);
   const card = state.cards.get(job.id) || newCard(job);
   const active = ACTIVE.includes(job.state);
+  const hadFocus = card.contains(document.activeElement);
   place(card, active ? $('queue') : $('gallery'), job.created_ms);
+  if (previous && previous.state !== job.state && !active) {
+    announce(`“${titleOf(job)}” is ${job.state === 'done' ? 'done' : job.state}.`);
+  }
   card.dataset.state = job.state;
   card.querySelector('.job-title').textContent = titleOf(job);
   card.querySelector('.badge').textContent = job.state;
@@ -504,24 +579,33 @@ function upsert(job) {
   const video = card.querySelector('.player');
   video.hidden = frames === 0;
   if (frames > 0) {
-    // A growing video is reloaded when a window is added, unless someone is watching it.
+    // A growing video is reloaded when a window is added, but never under someone watching or
+    // paused mid-way: then the newer file waits until the video ends.
     const src = `${job.video_url}?frames=${frames}`;
-    if (video.getAttribute('src') !== src && (video.paused || video.ended)) video.src = src;
+    if (video.getAttribute('src') !== src) {
+      const untouched = video.currentTime === 0 || video.ended;
+      if (untouched && (video.paused || video.ended)) video.src = src;
+      else video.dataset.pending = src;
+    }
     video.setAttribute('aria-label', `Video: ${titleOf(job)}`);
   }
   card.querySelector('.sidecar').hidden = frames === 0;
 
   if (!previous || previous.state !== job.state || !card.querySelector('.actions').children.length) {
     renderActions(card, job);
+    showCardMessage(card, '');
+    if (hadFocus) focusIn(card, card.querySelector('.job-title'));
   }
   updateEmpty();
 }
 
-function actionButton(label, className, onClick) {
+function actionButton(label, className, onClick, card) {
   const button = document.createElement('button');
   button.type = 'button';
   button.textContent = label;
   if (className) button.className = className;
+  // "Delete" on its own is ambiguous in a list of cards: each button is described by its card's title.
+  button.setAttribute('aria-describedby', card.querySelector('.job-title').id);
   button.addEventListener('click', onClick);
   return button;
 }
@@ -529,13 +613,18 @@ function actionButton(label, className, onClick) {
 function renderActions(card, job) {
   const actions = card.querySelector('.actions');
   actions.replaceChildren();
-  const title = titleOf(job);
   if (ACTIVE.includes(job.state)) {
     actions.append(actionButton('Stop', 'danger stop', async (e) => {
       e.target.disabled = true;
-      try { upsert(await api('POST', `/v1/jobs/${job.id}/cancel`)); } catch (err) { showCardError(card, err); }
-    }));
-    actions.lastChild.setAttribute('aria-label', `Stop ${title}`);
+      try {
+        upsert(await api('POST', `/v1/jobs/${job.id}/cancel`));
+        showCardMessage(card, 'Stopping at the next step…');
+      } catch (err) {
+        showCardError(card, err);
+      } finally {
+        e.target.disabled = false;
+      }
+    }, card));
     return;
   }
   if (framesOf(job) > 0) {
@@ -544,6 +633,7 @@ function renderActions(card, job) {
     link.href = job.video_url;
     link.download = `skyreels-${job.id.slice(0, 8)}.${job.settings.format === 'gif' ? 'gif' : 'mp4'}`;
     link.textContent = 'Download';
+    link.setAttribute('aria-describedby', card.querySelector('.job-title').id);
     actions.append(link);
   }
   actions.append(actionButton('Again, new seed', 'quiet again', async (e) => {
@@ -552,26 +642,34 @@ function renderActions(card, job) {
     e.target.disabled = true;
     try { upsert(await api('POST', '/v1/jobs', settings)); } catch (err) { showCardError(card, err); }
     e.target.disabled = false;
-  }));
+  }, card));
   if (job.state === 'done' || (job.state === 'cancelled' && framesOf(job) > 0)) {
-    actions.append(actionButton('Extend this video', 'quiet extend', () => startExtension(job)));
+    actions.append(actionButton('Extend this video', 'quiet extend', () => startExtension(job), card));
   }
   actions.append(actionButton('Delete', 'danger delete', async (e) => {
     const button = e.target;
-    if (!button.dataset.armed) {
+    const armedAt = Number(button.dataset.armed || 0);
+    if (!armedAt) {
       // Two presses: a stray click or key never deletes a video.
-      button.dataset.armed = '1';
+      button.dataset.armed = String(Date.now());
       button.textContent = 'Really delete?';
       setTimeout(() => { delete button.dataset.armed; button.textContent = 'Delete'; }, 4000);
       return;
     }
+    // A double click or a held key is one gesture, not a confirmation.
+    if (Date.now() - armedAt < 400) return;
     try { await api('DELETE', `/v1/jobs/${job.id}`); removeJob(job.id); } catch (err) { showCardError(card, err); }
-  }));
+  }, card));
 }
 
 function showCardError(card, e) {
   if (e.status === 401) showSignIn('Your session ended: sign in again.');
-  else card.querySelector('.job-error').textContent = e.message;
+  else showCardMessage(card, e.message);
+}
+
+/** A message about an action on the card (kept apart from the job's own error, which events rewrite). */
+function showCardMessage(card, text) {
+  card.querySelector('.card-message').textContent = text;
 }
 
 function startExtension(job) {

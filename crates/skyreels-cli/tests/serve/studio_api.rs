@@ -49,33 +49,53 @@ fn the_page_signs_in_with_a_cookie_that_cannot_change_anything_alone() {
         assert!(!body.is_empty());
     }
 
-    // A wrong token is refused, naming the field; the right one sets an HttpOnly cookie.
-    let (status, _, body) = request(base, "POST", "/v1/session", &[], r#"{"token": "sk_wrong"}"#);
+    // Signing in takes JSON and the page's header (no plain form can sign anyone in); a wrong
+    // token is refused naming the field; the right one starts a session with an HttpOnly cookie
+    // that is not the token.
+    let json_type = ("content-type", "application/json");
+    let studio = ("x-skyreels-studio", "1");
+    let good = json!({"token": alice}).to_string();
+    assert_eq!(request(base, "POST", "/v1/session", &[json_type], &good).0, 403);
+    assert_eq!(request(base, "POST", "/v1/session", &[("content-type", "text/plain"), studio], &good).0, 403);
+    let (status, _, body) = request(base, "POST", "/v1/session", &[json_type, studio], r#"{"token": "sk_wrong"}"#);
     assert_eq!(status, 401);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["field"], "token");
-    let (status, headers, body) = request(base, "POST", "/v1/session", &[], &json!({"token": alice}).to_string());
+    let (status, headers, body) = request(base, "POST", "/v1/session", &[json_type, studio], &good);
     assert_eq!(status, 200, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["name"], "alice");
-    let cookie = header(&headers, "set-cookie");
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
-    let cookie = cookie.split(';').next().unwrap().to_string();
+    let set_cookie = header(&headers, "set-cookie");
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    assert!(!set_cookie.contains(&alice), "the cookie must not carry the API token");
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
 
     // The cookie reads; a change also needs the page's header, which a cross-site form cannot send.
     assert_eq!(request(base, "GET", "/v1/session", &[("cookie", &cookie)], "").0, 200);
     assert_eq!(request(base, "GET", "/v1/jobs", &[("cookie", &cookie)], "").0, 200);
     let job = json!({"prompt": "a red ball", "frames": 33, "steps": 3}).to_string();
-    let json_type = ("content-type", "application/json");
     let (status, _, body) = request(base, "POST", "/v1/jobs", &[("cookie", &cookie), json_type], &job);
     assert_eq!(status, 403, "{body}");
-    let with_header = [("cookie", cookie.as_str()), json_type, ("x-skyreels-studio", "1")];
+    let with_header = [("cookie", cookie.as_str()), json_type, studio];
     assert_eq!(request(base, "POST", "/v1/jobs", &with_header, &job).0, 201);
-    assert_eq!(request(base, "GET", "/v1/jobs", &[("cookie", "skyreels_token=sk_wrong")], "").0, 401);
+    assert_eq!(request(base, "GET", "/v1/jobs", &[("cookie", "skyreels_session=ss_wrong")], "").0, 401);
+    let (status, headers, _) =
+        request(base, "POST", "/v1/session", &[json_type, studio], &json!({"token": alice}).to_string());
+    let second = header(&headers, "set-cookie").split(';').next().unwrap().to_string();
+    assert_eq!(status, 200);
 
-    // Signing out forgets the cookie.
-    let (status, headers, _) = request(base, "DELETE", "/v1/session", &[], "");
+    // Signing out ends that session on the server, not only in the browser.
+    let (status, headers, _) = request(base, "DELETE", "/v1/session", &[("cookie", &cookie)], "");
     assert_eq!(status, 204);
     assert!(header(&headers, "set-cookie").contains("Max-Age=0"));
+    assert_eq!(request(base, "GET", "/v1/session", &[("cookie", &cookie)], "").0, 401);
     assert_eq!(raw(base, b"GET /v1/session HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 401);
+    // Deleting the token ends its other sessions too.
+    assert_eq!(request(base, "GET", "/v1/session", &[("cookie", &second)], "").0, 200);
+    let out = skyreels()
+        .args(["serve", "token", "delete", "alice", "--data", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(request(base, "GET", "/v1/session", &[("cookie", &second)], "").0, 401);
 }
 
 #[test]
@@ -130,9 +150,14 @@ fn config_refusals_events_sidecar_and_extending_a_finished_job() {
     assert!(states.contains(&"running".to_string()), "{states:?}");
 
     // The settings file of the video.
+    // The settings file, naming the model and the output as the client knows them, not by the
+    // server's paths.
     let sidecar = client.get(&format!("/v1/jobs/{id}/sidecar"));
     assert_eq!(sidecar.status, 200);
-    assert_eq!(sidecar.json()["settings"]["seed"], 5, "{}", sidecar.text());
+    let settings = &sidecar.json()["settings"];
+    assert_eq!(settings["seed"], 5, "{}", sidecar.text());
+    assert_eq!((settings["model"].as_str(), settings["output"].as_str()), (Some("skyreels-demo"), Some("video.mp4")));
+    assert!(!sidecar.text().contains(dir.path().to_str().unwrap()), "{}", sidecar.text());
 
     // Extending the finished job: its video is copied to a new upload, so the extension does not
     // depend on the original staying.

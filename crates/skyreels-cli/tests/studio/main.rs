@@ -258,6 +258,14 @@ async fn makes_watches_plays_extends_and_refuses() {
     let before = cards(&b).await;
     b.click(&format!("{} .delete", card(&framed))).await;
     assert_eq!(b.text(&format!("{} .delete", card(&framed))).await, "Really delete?");
+    // A second press at once counts as a double click, not a confirmation.
+    b.click(&format!("{} .delete", card(&framed))).await;
+    assert!(b
+        .js("return document.querySelector(arguments[0]) !== null;", vec![json!(card(&framed))])
+        .await
+        .as_bool()
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
     b.click(&format!("{} .delete", card(&framed))).await;
     let gone = "return document.querySelector(arguments[0]) === null;";
     b.wait_for("the deleted card to go", Duration::from_secs(10), gone, vec![json!(card(&framed))]).await;
