@@ -7,6 +7,7 @@
 //! ([`GgufFile`]), whose matrices stay quantised in memory ([`Weights::quantized`]).
 
 mod gguf;
+mod image_encoder;
 mod locate;
 pub mod names;
 pub mod pipeline;
@@ -14,6 +15,7 @@ mod random;
 mod store;
 
 pub use gguf::{GgufFile, GgufTensor};
+pub use image_encoder::ClipVisionWeights;
 pub use locate::{open_model, LocatedModel, ModelFiles};
 pub use names::{Component, NamingScheme};
 pub use pipeline::{resolve_pipeline, PipelineFiles, PipelineLayout};

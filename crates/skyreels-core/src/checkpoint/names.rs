@@ -10,6 +10,11 @@
 //!   (`decoder.upsamples.7` is up block 1's upsampler).
 //! - **Text encoder**: canonical = the original Wan `t5.py` keys (`blocks.3.attn.q.weight`);
 //!   HF transformers' `UMT5EncoderModel` uses `encoder.block.3.layer.0.SelfAttention.q.weight`.
+//! - **Image encoder** (CLIP's vision tower): canonical = transformers' `CLIPVisionModel` keys
+//!   without their optional `vision_model.` prefix (`encoder.layers.3.self_attn.q_proj.weight`).
+//!   The original open-clip file nests it under `visual.` with its own names and one fused
+//!   `attn.to_qkv` per block, which maps to the canonical `self_attn.qkv_proj` (split into q, k,
+//!   v by [`super::ClipVisionWeights`]).
 
 /// Which key naming a checkpoint uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +34,8 @@ pub enum Component {
     Vae,
     /// The umT5 text encoder.
     TextEncoder,
+    /// CLIP's vision tower (the image branch of I2V models).
+    ImageEncoder,
 }
 
 impl Component {
@@ -41,10 +48,14 @@ impl Component {
                 names.any(|n| n.contains(".downsamples.") || n.contains(".upsamples.") || n == "conv1.weight")
             }
             Component::TextEncoder => names.any(|n| n.starts_with("encoder.") || n.starts_with("shared.")),
+            Component::ImageEncoder => names.any(|n| n.starts_with("visual.")),
         };
-        // For the VAE `found` marks the original layout, for the text encoder the HF one.
+        // For the VAE and the image encoder `found` marks the original layout, for the text
+        // encoder the HF one.
         match (self, found) {
-            (Component::Vae, true) | (Component::TextEncoder, false) => NamingScheme::Original,
+            (Component::Vae | Component::ImageEncoder, true) | (Component::TextEncoder, false) => {
+                NamingScheme::Original
+            }
             _ => NamingScheme::Diffusers,
         }
     }
@@ -55,6 +66,10 @@ impl Component {
             (Component::Transformer, NamingScheme::Diffusers) => diffusers_to_canonical(stored),
             (Component::Vae, NamingScheme::Original) => vae_original_to_diffusers(stored),
             (Component::TextEncoder, NamingScheme::Diffusers) => umt5_hf_to_original(stored),
+            (Component::ImageEncoder, NamingScheme::Diffusers) => {
+                stored.strip_prefix("vision_model.").unwrap_or(stored).to_string()
+            }
+            (Component::ImageEncoder, NamingScheme::Original) => clip_original_to_canonical(stored),
             _ => stored.to_string(),
         }
     }
@@ -65,9 +80,50 @@ impl Component {
             (Component::Transformer, NamingScheme::Diffusers) => canonical_to_diffusers(canonical),
             (Component::Vae, NamingScheme::Original) => vae_diffusers_to_original(canonical),
             (Component::TextEncoder, NamingScheme::Diffusers) => umt5_original_to_hf(canonical),
+            (Component::ImageEncoder, NamingScheme::Original) => clip_canonical_to_original(canonical),
             _ => canonical.to_string(),
         }
     }
+}
+
+/// (canonical `CLIPVisionModel`, original open-clip) names outside the blocks.
+const CLIP_FIXED: &[(&str, &str)] = &[
+    ("embeddings.class_embedding", "visual.cls_embedding"),
+    ("embeddings.patch_embedding.weight", "visual.patch_embedding.weight"),
+    ("embeddings.position_embedding.weight", "visual.pos_embedding"),
+    ("pre_layrnorm.", "visual.pre_norm."),
+    ("post_layernorm.", "visual.post_norm."),
+];
+
+/// (canonical, original) names inside block N (`encoder.layers.N.` / `visual.transformer.N.`).
+const CLIP_BLOCK: &[(&str, &str)] = &[
+    ("layer_norm1.", "norm1."),
+    ("layer_norm2.", "norm2."),
+    ("self_attn.qkv_proj.", "attn.to_qkv."),
+    ("self_attn.out_proj.", "attn.proj."),
+    ("mlp.fc1.", "mlp.0."),
+    ("mlp.fc2.", "mlp.2."),
+];
+
+/// Original open-clip key → canonical image-encoder key; keys outside the vision tower
+/// (`textual.*`, `log_scale`) are kept as they are and never asked for.
+pub fn clip_original_to_canonical(name: &str) -> String {
+    if let Some((i, rest)) = numbered(name, "visual.transformer.") {
+        if let Some(mapped) = replace_prefix(rest, CLIP_BLOCK, false) {
+            return format!("encoder.layers.{i}.{mapped}");
+        }
+    }
+    replace_prefix(name, CLIP_FIXED, false).unwrap_or_else(|| name.to_string())
+}
+
+/// Canonical image-encoder key → original open-clip key.
+pub fn clip_canonical_to_original(name: &str) -> String {
+    if let Some((i, rest)) = numbered(name, "encoder.layers.") {
+        if let Some(mapped) = replace_prefix(rest, CLIP_BLOCK, true) {
+            return format!("visual.transformer.{i}.{mapped}");
+        }
+    }
+    replace_prefix(name, CLIP_FIXED, true).unwrap_or_else(|| name.to_string())
 }
 
 /// (diffusers, original) names of a VAE residual block's parameters.

@@ -1,10 +1,12 @@
 //! The neural networks of SkyReels-V2, one file per model.
 
+pub mod clip;
 pub mod transformer;
 pub mod transformer_config;
 pub mod umt5;
 pub mod vae;
 
+pub use clip::{ClipActivation, ClipVisionConfig, ClipVisionEncoder};
 pub use transformer::{TransformerInput, WanTransformer3d};
 pub use transformer_config::{TransformerConfig, TransformerKind};
 pub use umt5::{UmT5Config, UmT5Encoder};
