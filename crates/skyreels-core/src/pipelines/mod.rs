@@ -7,12 +7,14 @@
 //! - [`continuation`]: decoding windows into frames and carrying the overlap to the next window.
 //! - [`prompt`]: prompt text to text-encoder states.
 //! - [`noise`]: the seeded, resumable noise every draw comes from.
+//! - [`text_to_video`]: the non-DF checkpoints' single-window text- and image-to-video loop.
 
 pub mod continuation;
 pub mod diffusion_forcing;
 pub mod generation;
 pub mod noise;
 pub mod prompt;
+pub mod text_to_video;
 
 pub use continuation::{from_rgb_frames, to_rgb_frames, Continuation, WindowDecoder, WindowDecoderState};
 pub use diffusion_forcing::{
@@ -20,3 +22,4 @@ pub use diffusion_forcing::{
 };
 pub use noise::{NoiseSource, NoiseState, SeededNoise};
 pub use prompt::{encode_prompt, EncodedPrompt};
+pub use text_to_video::{denoise_video, image_condition, ImageConditioning, VideoSampler};

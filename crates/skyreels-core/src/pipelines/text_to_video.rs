@@ -1,0 +1,139 @@
+//! Text-to-video and image-to-video with the non-DF checkpoints (SkyReels-V2-T2V-14B,
+//! SkyReels-V2-I2V-1.3B/14B; spec §7): one window, every frame at the same noise level, one
+//! flow-UniPC solver over the whole latent, classifier-free guidance.
+//!
+//! Image-to-video differs only in what the model is given besides the noise: a 20-channel
+//! condition concatenated to it (4 mask channels marking the given frames, then the VAE latents
+//! of the first frame followed by black frames — and of the last frame, when there is one) and
+//! CLIP tokens of the image for its image cross-attention ([`ImageConditioning`]).
+
+use candle_core::{DType, Device, Tensor};
+
+use super::diffusion_forcing::TextConditioning;
+use crate::error::{invalid_input, Result};
+use crate::models::transformer::fps_index;
+use crate::schedulers::{FlowSchedule, FlowScheduler, FlowUniPc, SigmaGrid};
+use crate::{TransformerInput, WanTransformer3d, WanVae};
+
+/// Sampler settings of a non-DF run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoSampler {
+    /// Scheduler steps.
+    pub steps: usize,
+    /// Flow shift of the sigma schedule.
+    pub shift: f64,
+    /// Which reference's sigma grid to use.
+    pub sigma_grid: SigmaGrid,
+    /// Classifier-free guidance scale; at most 1 disables the unconditional pass.
+    pub guidance_scale: f64,
+    /// Frame rate told to models with the fps embedding (ignored by the others).
+    pub fps: u32,
+}
+
+/// What an image-to-video model is given besides the noise and the prompt.
+#[derive(Debug, Clone)]
+pub struct ImageConditioning {
+    /// `[1, 4 + z, T, h, w]`: the mask channels, then the normalised latents of the condition
+    /// video ([`image_condition`]).
+    pub condition: Tensor,
+    /// CLIP tokens `[1, L, image_dim]` of the image(s) (the penultimate block's states).
+    pub image_context: Tensor,
+}
+
+/// Denoises `noise` `[1, z, T, h, w]` into the video's latents (normalised, as the VAE's
+/// [`denormalize`](WanVae::denormalize) expects them). `on_step(done, steps)` is called after every
+/// step; an error it returns (e.g. a cancellation) stops the run.
+pub fn denoise_video(
+    model: &WanTransformer3d,
+    noise: &Tensor,
+    text: &TextConditioning,
+    image: Option<&ImageConditioning>,
+    sampler: &VideoSampler,
+    on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
+) -> Result<Tensor> {
+    check_channels(model, noise, image)?;
+    let schedule = FlowSchedule::new(sampler.sigma_grid, sampler.steps, sampler.shift)?;
+    let timesteps = schedule.timesteps().to_vec();
+    let mut solver = FlowUniPc::new(schedule);
+    // Host values the transformer reads on the host: no device round trip per step.
+    let fps = Tensor::new(&[fps_index(sampler.fps)], &Device::Cpu)?;
+    let fps = model.config().inject_sample_info.then_some(&fps);
+    let mut x = noise.clone();
+    for (i, &t) in timesteps.iter().enumerate() {
+        let input = match image {
+            Some(image) => Tensor::cat(&[&x, &image.condition.to_dtype(x.dtype())?], 1)?,
+            None => x.clone(),
+        };
+        let t = Tensor::new(&[t], &Device::Cpu)?;
+        let run = |context: &Tensor| {
+            model.forward(&TransformerInput {
+                latents: &input,
+                timesteps: &t,
+                context,
+                image_context: image.map(|i| &i.image_context),
+                fps_index: fps,
+            })
+        };
+        let conditional = run(&text.positive)?;
+        let velocity = if sampler.guidance_scale > 1.0 {
+            let unconditional = run(&text.negative)?;
+            (&unconditional + (conditional - &unconditional)?.affine(sampler.guidance_scale, 0.0)?)?
+        } else {
+            conditional
+        };
+        x = solver.step(&velocity, &x)?;
+        on_step(i + 1, timesteps.len())?;
+    }
+    Ok(x)
+}
+
+/// Refuses a model that expects another input width (a T2V model given an image, or the reverse).
+fn check_channels(model: &WanTransformer3d, noise: &Tensor, image: Option<&ImageConditioning>) -> Result<()> {
+    let given = noise.dim(1)? + image.map_or(Ok(0), |i| i.condition.dim(1))?;
+    let expected = model.config().in_channels;
+    if given != expected {
+        let kind = if image.is_some() { "an image-to-video" } else { "a text-to-video" };
+        return Err(invalid_input!(
+            "this transformer takes {expected} input channels, but {kind} run gives it {given}: use a model of that kind"
+        ));
+    }
+    Ok(())
+}
+
+/// The 20-channel condition of image-to-video (spec §7.2): the VAE latents of a `frames`-long
+/// video that is `first` (`[1, 3, H, W]` in [−1, 1]) followed by black frames — ending on `last`
+/// when given — normalised, after 4 mask channels that are 1 where a pixel frame was given.
+/// The mask lists the first pixel frame 4 times (a latent frame stands for 4 pixel frames, the
+/// first for 1), so latent frame `t`, channel `c` marks pixel frame `4t + c − 3`.
+pub fn image_condition(vae: &WanVae, first: &Tensor, last: Option<&Tensor>, frames: usize) -> Result<Tensor> {
+    if frames == 0 || !(frames - 1).is_multiple_of(4) || (last.is_some() && frames < 2) {
+        return Err(invalid_input!(
+            "an image-to-video condition needs 4k + 1 frames (at least 5 with a last frame), got {frames}"
+        ));
+    }
+    let (_, _, height, width) = first.dims4()?;
+    let first = first.to_dtype(DType::F32)?.unsqueeze(2)?;
+    let device = first.device().clone();
+    let black = |n: usize| Tensor::zeros((1, 3, n, height, width), DType::F32, &device);
+    let video = match last {
+        None => Tensor::cat(&[first, black(frames - 1)?], 2)?,
+        Some(last) => {
+            let last = last.to_dtype(DType::F32)?.unsqueeze(2)?;
+            Tensor::cat(&[first, black(frames - 2)?, last], 2)?
+        }
+    };
+    let latents = vae.encode_latents(&video.to_dtype(vae.dtype())?)?.to_dtype(DType::F32)?;
+    let (_, _, latent_frames, h, w) = latents.dims5()?;
+    let given = |pixel: usize| pixel == 0 || (last.is_some() && pixel == frames - 1);
+    let mut mask = Vec::with_capacity(4 * latent_frames);
+    for c in 0..4 {
+        for t in 0..latent_frames {
+            let pixel = (4 * t + c).saturating_sub(3);
+            mask.push(if given(pixel) { 1f32 } else { 0f32 });
+        }
+    }
+    let mask = Tensor::from_vec(mask, (1, 4, latent_frames, 1, 1), latents.device())?
+        .broadcast_as((1, 4, latent_frames, h, w))?
+        .contiguous()?;
+    Ok(Tensor::cat(&[mask, latents], 1)?)
+}
