@@ -18,6 +18,8 @@ UniPC scheduler, and writes `t2v_i2v.safetensors`:
               (`image_embeds`, width 24 = the transformer's image_dim), and the 20-channel
               condition `prepare_latents` builds (mask + normalised VAE latents of the frame
               followed by zeros)
+    models/t2v_pipeline/, models/i2v_pipeline/
+              complete tiny pipelines for the binary's integration tests (see pipeline_folders)
 
 Settings (steps, shift, guidance, frames, size) are in the file's `json` metadata. The prompt
 states and image embeddings are given to the pipelines directly, so no text encoder or image
@@ -119,6 +121,58 @@ def i2v_case(models, tensors, settings):
     settings["i2v"] = s
 
 
+def pipeline_folders(models):
+    """Complete tiny pipelines for `skyreels generate` (no parity: they exercise the binary).
+
+    models/t2v_pipeline/   model_index.json of SkyReelsV2Pipeline, the flow UniPC scheduler, and
+                           symlinks to df_pipeline's transformer (text width 48), the tiny VAE,
+                           umT5 and tokenizer
+    models/i2v_pipeline/   SkyReelsV2ImageToVideoPipeline: a new tiny I2V transformer (36 input
+                           channels, text width 48, CLIP width 24) and image_encoder -> clip_hf_b
+    """
+    def index(folder, cls, extra):
+        components = {
+            "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+            "text_encoder": ["transformers", "UMT5EncoderModel"],
+            "tokenizer": ["transformers", "T5Tokenizer"],
+            "transformer": ["diffusers", "SkyReelsV2Transformer3DModel"],
+            "vae": ["diffusers", "AutoencoderKLWan"],
+            **extra,
+        }
+        with open(os.path.join(folder, "model_index.json"), "w") as f:
+            json.dump({"_class_name": cls, "_diffusers_version": "0.42.1", **components}, f, indent=2, sort_keys=True)
+            f.write("\n")
+        scheduler(5.0).save_pretrained(os.path.join(folder, "scheduler"))
+
+    def link(folder, name, target):
+        path = os.path.join(folder, name)
+        if os.path.islink(path) or os.path.exists(path):
+            os.remove(path)
+        os.symlink(target, path)
+
+    t2v = os.path.join(models, "t2v_pipeline")
+    os.makedirs(t2v, exist_ok=True)
+    index(t2v, "SkyReelsV2Pipeline", {})
+    for name, target in [("transformer", "../df_pipeline/transformer"), ("vae", "../vae_diffusers"),
+                         ("text_encoder", "../umt5_hf"), ("tokenizer", "../tokenizer")]:
+        link(t2v, name, target)
+
+    i2v = os.path.join(models, "i2v_pipeline")
+    os.makedirs(i2v, exist_ok=True)
+    index(i2v, "SkyReelsV2ImageToVideoPipeline",
+          {"image_encoder": ["transformers", "CLIPVisionModel"], "image_processor": ["transformers", "CLIPImageProcessor"]})
+    torch.manual_seed(23)
+    transformer = SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=36, out_channels=16,
+        text_dim=48, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        eps=1e-6, image_dim=24, added_kv_proj_dim=32, rope_max_seq_len=1024, inject_sample_info=False,
+    ).eval()
+    transformer.save_pretrained(os.path.join(i2v, "transformer"))
+    for name, target in [("vae", "../vae_diffusers"), ("text_encoder", "../umt5_hf"), ("tokenizer", "../tokenizer"),
+                         ("image_encoder", "../clip_hf_b")]:
+        link(i2v, name, target)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -130,6 +184,7 @@ def main():
     t2v_case(models, tensors, settings, "t2v_nocfg", 1.0)
     i2v_case(models, tensors, settings)
     save_file(tensors, os.path.join(args.out, "t2v_i2v.safetensors"), metadata={"json": json.dumps(settings)})
+    pipeline_folders(models)
 
 
 if __name__ == "__main__":

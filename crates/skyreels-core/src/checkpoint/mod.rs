@@ -18,7 +18,7 @@ pub use gguf::{GgufFile, GgufTensor};
 pub use image_encoder::ClipVisionWeights;
 pub use locate::{open_model, LocatedModel, ModelFiles};
 pub use names::{Component, NamingScheme};
-pub use pipeline::{resolve_pipeline, PipelineFiles, PipelineLayout};
+pub use pipeline::{resolve_pipeline, PipelineFiles, PipelineKind, PipelineLayout};
 pub use random::RandomWeights;
 pub use store::{list_safetensors, TensorInfo, WeightStore};
 

@@ -45,6 +45,63 @@ pub struct PipelineFiles {
     pub text_encoder: PathBuf,
     /// `tokenizer.json`.
     pub tokenizer: PathBuf,
+    /// CLIP's vision tower, when the folder has one (image-to-video models): the diffusers
+    /// `image_encoder/` or the original open-clip `.pth`.
+    pub image_encoder: Option<PathBuf>,
+    /// Which pipeline the model is for.
+    pub kind: PipelineKind,
+}
+
+/// Which sampling loop a model is made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineKind {
+    /// Diffusion forcing: windows of per-frame noise levels, any length (the DF models).
+    DiffusionForcing,
+    /// One window from text (SkyReels-V2-T2V).
+    TextToVideo,
+    /// One window from a first frame, with CLIP tokens and a 20-channel condition
+    /// (SkyReels-V2-I2V).
+    ImageToVideo,
+}
+
+impl std::fmt::Display for PipelineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PipelineKind::DiffusionForcing => "diffusion-forcing (DF)",
+            PipelineKind::TextToVideo => "text-to-video (T2V)",
+            PipelineKind::ImageToVideo => "image-to-video (I2V)",
+        })
+    }
+}
+
+/// The pipeline a folder is for: image-to-video when its transformer takes the 36 channels of
+/// noise + condition (or says `model_type: i2v`); text-to-video when a diffusers folder names
+/// `SkyReelsV2Pipeline` or an original folder is named like a T2V release
+/// (`SkyReels-V2-T2V-14B-540P`: T2V and DF-14B share one architecture); diffusion forcing
+/// otherwise.
+fn detect_kind(root: &Path, transformer: &Path, layout: PipelineLayout) -> PipelineKind {
+    let read =
+        |path: &Path| -> Option<serde_json::Value> { serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok() };
+    if let Some(config) = read(&transformer.join("config.json")) {
+        let channels = config.get("in_channels").or_else(|| config.get("in_dim")).and_then(|v| v.as_u64());
+        if channels == Some(36) || config.get("model_type").and_then(|v| v.as_str()) == Some("i2v") {
+            return PipelineKind::ImageToVideo;
+        }
+    }
+    let text_to_video = match layout {
+        PipelineLayout::Diffusers => read(&root.join("model_index.json"))
+            .and_then(|index| index.get("_class_name")?.as_str().map(|c| c == "SkyReelsV2Pipeline"))
+            .unwrap_or(false),
+        PipelineLayout::Original => {
+            root.file_name().is_some_and(|name| name.to_string_lossy().to_ascii_uppercase().contains("-T2V-"))
+        }
+    };
+    if text_to_video {
+        PipelineKind::TextToVideo
+    } else {
+        PipelineKind::DiffusionForcing
+    }
 }
 
 /// Resolves `model` (a directory or a hub id) to the files of every component.
@@ -142,6 +199,7 @@ fn resolve_dir(root: &Path, id: &str) -> Result<PipelineFiles> {
     if !has_extension(&files.transformer, "safetensors") {
         files.transformer_gguf = single_gguf(&files.transformer);
     }
+    files.kind = detect_kind(root, &files.transformer, files.layout);
     let missing: Vec<String> = required(&files).into_iter().filter(|(_, ok)| !ok).map(|(what, _)| what).collect();
     if missing.is_empty() {
         return Ok(files);
@@ -160,6 +218,8 @@ fn diffusers_files(root: &Path, id: &str) -> PipelineFiles {
         vae: root.join("vae"),
         text_encoder: root.join("text_encoder"),
         tokenizer: root.join("tokenizer/tokenizer.json"),
+        image_encoder: Some(root.join("image_encoder")).filter(|d| d.is_dir()),
+        kind: PipelineKind::DiffusionForcing,
     }
 }
 
@@ -173,6 +233,9 @@ fn original_files(root: &Path, id: &str) -> PipelineFiles {
         vae: root.join("Wan2.1_VAE.pth"),
         text_encoder: root.join("models_t5_umt5-xxl-enc-bf16.pth"),
         tokenizer: root.join("google/umt5-xxl/tokenizer.json"),
+        image_encoder: Some(root.join("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"))
+            .filter(|f| f.is_file()),
+        kind: PipelineKind::DiffusionForcing,
     }
 }
 
@@ -213,6 +276,13 @@ fn required(f: &PipelineFiles) -> Vec<(String, bool)> {
         out.push((format!("{} (text encoder)", rel(&f.text_encoder)), f.text_encoder.is_file()));
     }
     out.push((format!("{} (tokenizer)", rel(&f.tokenizer)), f.tokenizer.is_file()));
+    if f.kind == PipelineKind::ImageToVideo {
+        let clip = match f.layout {
+            PipelineLayout::Diffusers => "image_encoder/ (CLIP image encoder)",
+            PipelineLayout::Original => "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth (CLIP image encoder)",
+        };
+        out.push((clip.to_string(), f.image_encoder.is_some()));
+    }
     out
 }
 
@@ -252,6 +322,24 @@ mod tests {
         {
             assert!(err.contains(part), "{err} should name {part}");
         }
+    }
+
+    #[test]
+    fn the_pipeline_kind_comes_from_the_folder() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+        let kind = |name: &str| resolve_pipeline(fixtures.join(name).to_str().unwrap()).unwrap().kind;
+        assert_eq!(kind("df_pipeline"), PipelineKind::DiffusionForcing);
+        assert_eq!(kind("t2v_pipeline"), PipelineKind::TextToVideo);
+        assert_eq!(kind("i2v_pipeline"), PipelineKind::ImageToVideo);
+        let i2v = resolve_pipeline(fixtures.join("i2v_pipeline").to_str().unwrap()).unwrap();
+        assert!(i2v.image_encoder.is_some_and(|p| p.ends_with("image_encoder")));
+        // An original folder is T2V when it is named like the T2V release.
+        let dir = tempfile::tempdir().unwrap();
+        let t2v = dir.path().join("SkyReels-V2-T2V-14B-540P");
+        std::fs::create_dir_all(&t2v).unwrap();
+        assert_eq!(detect_kind(&t2v, &t2v, PipelineLayout::Original), PipelineKind::TextToVideo);
+        std::fs::write(t2v.join("config.json"), r#"{"model_type": "i2v", "in_dim": 36}"#).unwrap();
+        assert_eq!(detect_kind(&t2v, &t2v, PipelineLayout::Original), PipelineKind::ImageToVideo);
     }
 
     /// A transformer folder with one GGUF file and no safetensors is a quantised transformer;

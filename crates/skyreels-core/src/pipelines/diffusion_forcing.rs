@@ -401,11 +401,19 @@ impl DfVideo {
         };
         let end = if spec.is_last { end_latent } else { None };
         let out = denoise_window(model, &latents, prefix, end, text, settings, noise, on_row)?;
+        self.record_window(&spec, &out)?;
+        Ok((spec, out))
+    }
+
+    /// Counts `spec`'s window as done with latents `out` (its last `overlap` frames become the
+    /// next window's prefix). [`generate_window`](Self::generate_window) does this itself; other
+    /// samplers that fill a window call it.
+    pub fn record_window(&mut self, spec: &WindowSpec, out: &Tensor) -> Result<()> {
         let keep = self.plan.overlap.min(spec.frames);
         self.history = Some(out.narrow(2, spec.frames - keep, keep)?);
         self.progress.windows_done += 1;
         self.progress.produced += spec.frames - spec.history;
-        Ok((spec, out))
+        Ok(())
     }
 }
 

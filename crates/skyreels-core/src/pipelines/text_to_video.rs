@@ -9,7 +9,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::diffusion_forcing::TextConditioning;
+use super::diffusion_forcing::{DfSettings, DfVideo, TextConditioning, WindowSpec};
+use super::noise::NoiseSource;
 use crate::error::{invalid_input, Result};
 use crate::models::transformer::fps_index;
 use crate::schedulers::{FlowSchedule, FlowScheduler, FlowUniPc, SigmaGrid};
@@ -85,6 +86,33 @@ pub fn denoise_video(
         on_step(i + 1, timesteps.len())?;
     }
     Ok(x)
+}
+
+/// Fills the next (and only) window of `video` with [`denoise_video`]: fresh noise from `noise`,
+/// the sampler settings of `settings`. Returns the window and its latents.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_single_window(
+    video: &mut DfVideo,
+    model: &WanTransformer3d,
+    (h, w): (usize, usize),
+    image: Option<&ImageConditioning>,
+    text: &TextConditioning,
+    settings: &DfSettings,
+    noise: &mut dyn NoiseSource,
+    on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
+) -> Result<(WindowSpec, Tensor)> {
+    let spec = video.next_window(1).ok_or_else(|| invalid_input!("the video is already complete"))?;
+    let latents = noise.randn(&[1, model.config().out_channels, spec.frames, h, w], model.device())?;
+    let sampler = VideoSampler {
+        steps: settings.steps,
+        shift: settings.shift,
+        sigma_grid: settings.sigma_grid,
+        guidance_scale: settings.guidance_scale,
+        fps: settings.fps,
+    };
+    let out = denoise_video(model, &latents, text, image, &sampler, on_step)?;
+    video.record_window(&spec, &out)?;
+    Ok((spec, out))
 }
 
 /// Refuses a model that expects another input width (a T2V model given an image, or the reverse).

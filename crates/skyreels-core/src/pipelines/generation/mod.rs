@@ -46,11 +46,13 @@ pub use settings::{
 pub use state::{write_atomically, ResumeInfo, ResumeState, STATE_VERSION};
 pub use story::{load_story, Segment};
 
-use crate::checkpoint::resolve_pipeline;
+use crate::checkpoint::{resolve_pipeline, PipelineFiles, PipelineKind};
 use crate::device::{DeviceInfo, DeviceMemoryMeter};
 use crate::media::{create_writer, fit_to, load_image, open_video, resume_writer, RgbFrame, VideoReader, VideoWriter};
+use crate::models::ClipVisionEncoder;
 use crate::pipelines::{
-    encode_prompt, from_rgb_frames, to_rgb_frames, DfVideo, SeededNoise, TextConditioning, WindowDecoder,
+    encode_prompt, from_rgb_frames, generate_single_window, image_condition, to_rgb_frames, DfVideo, ImageConditioning,
+    SeededNoise, TextConditioning, WindowDecoder,
 };
 use crate::text::PromptTokenizer;
 use crate::UmT5Encoder;
@@ -185,6 +187,8 @@ pub struct Generation {
     params: GenerateParams,
     notices: Vec<Notice>,
     total_rows: Option<usize>,
+    /// The sampling loop the model is for.
+    kind: PipelineKind,
     begin: Begin,
 }
 
@@ -202,7 +206,9 @@ impl Generation {
     /// heavy runs.
     pub fn new(request: &GenerationRequest, overwrite: bool) -> Result<Self> {
         let (params, notices) = GenerateParams::from_request(request)?;
-        let total_rows = params.check_windows()?;
+        let kind = pipeline_kind(&params.model);
+        check_pipeline_fits(&params, kind)?;
+        let total_rows = total_rows(&params, kind)?;
         check_output_is_free(&params, overwrite)?;
         let lock = OutputLock::acquire(&params.output)?;
         let start_frame = match &params.start {
@@ -213,7 +219,7 @@ impl Generation {
         if let Start::Extend(path) = &params.start {
             open_extension(path, &params)?;
         }
-        Ok(Self { lock, params, notices, total_rows, begin: Begin::Fresh { start_frame, end_frame } })
+        Ok(Self { lock, params, notices, total_rows, kind, begin: Begin::Fresh { start_frame, end_frame } })
     }
 
     /// Prepares to continue the interrupted run whose output is `output` (settings come from
@@ -235,8 +241,9 @@ impl Generation {
         crate::media::verify_checkpoint(output, &saved.info.writer)
             .map_err(|e| GenerationError::Resume(strip_invalid_input(&e.to_string())))?;
         let params = GenerateParams { output: output.to_path_buf(), ..saved.info.params.clone() };
-        let total_rows = params.check_windows()?;
-        Ok(Self { lock, params, notices: Vec::new(), total_rows, begin: Begin::Resume(Box::new(saved)) })
+        let kind = pipeline_kind(&params.model);
+        let total_rows = total_rows(&params, kind)?;
+        Ok(Self { lock, params, notices: Vec::new(), total_rows, kind, begin: Begin::Resume(Box::new(saved)) })
     }
 
     /// Whether there is an interrupted run of `output` to resume.
@@ -275,11 +282,27 @@ impl Generation {
         let texts = encode_texts(&files, &self.params, devices, observer)?;
         observer(Event::Stage("loading the transformer and the VAE"));
         let loaded = models.get_or_load(&files, &self.params, devices)?;
-        let outcome = match self.begin {
-            Begin::Fresh { start_frame, end_frame } => {
-                fresh(&self.params, self.total_rows, loaded, texts, (start_frame, end_frame), observer, cancel)
+        let sampling = match (&self.begin, self.kind) {
+            (_, PipelineKind::DiffusionForcing) => Sampling::DiffusionForcing,
+            (Begin::Fresh { start_frame: Some(frame), .. }, PipelineKind::ImageToVideo) => {
+                Sampling::Single(Some(encode_first_frame(&files, &self.params, frame, loaded, observer)?))
             }
-            Begin::Resume(saved) => resumed(&self.params, self.total_rows, loaded, texts, *saved, observer, cancel),
+            // A resumed single-window run has committed its only window: nothing is sampled.
+            _ => Sampling::Single(None),
+        };
+        let outcome = match self.begin {
+            Begin::Fresh { start_frame, end_frame } => fresh(
+                &self.params,
+                self.total_rows,
+                loaded,
+                (texts, sampling),
+                (start_frame, end_frame),
+                observer,
+                cancel,
+            ),
+            Begin::Resume(saved) => {
+                resumed(&self.params, self.total_rows, loaded, (texts, sampling), *saved, observer, cancel)
+            }
         };
         models.trim();
         drop(self.lock);
@@ -292,7 +315,7 @@ fn fresh(
     params: &GenerateParams,
     total_rows: Option<usize>,
     models: &LoadedModels,
-    texts: Vec<TextConditioning>,
+    (texts, sampling): (Vec<TextConditioning>, Sampling),
     (start_frame, end_frame): (Option<RgbFrame>, Option<RgbFrame>),
     observer: &mut dyn FnMut(Event<'_>),
     cancel: &CancelToken,
@@ -302,7 +325,8 @@ fn fresh(
         let video = from_rgb_frames(&[frame], &models.device).map_err(engine_error)?;
         models.vae.encode_latents(&video).map_err(engine_error)
     };
-    let image_latent = start_frame.map(encode).transpose()?;
+    // Diffusion forcing starts from the image's latent; the other pipelines condition on it.
+    let image_latent = start_frame.filter(|_| sampling.is_diffusion_forcing()).map(encode).transpose()?;
     let end_latent = end_frame.map(encode).transpose()?;
     let extend_input = match &params.start {
         Start::Extend(path) => Some((path.clone(), open_extension(path, params)?)),
@@ -330,6 +354,7 @@ fn fresh(
             noise: SeededNoise::new(params.seed),
             image_latent,
             end_latent,
+            sampling,
             rows_done: 0,
             seconds_before: 0.0,
             memory: DeviceMemoryMeter::new(),
@@ -352,7 +377,7 @@ fn resumed(
     params: &GenerateParams,
     total_rows: Option<usize>,
     models: &LoadedModels,
-    texts: Vec<TextConditioning>,
+    (texts, sampling): (Vec<TextConditioning>, Sampling),
     saved: ResumeState,
     observer: &mut dyn FnMut(Event<'_>),
     cancel: &CancelToken,
@@ -381,6 +406,7 @@ fn resumed(
         noise: SeededNoise::from_state(saved.info.noise),
         image_latent: saved.image_latent,
         end_latent: saved.end_latent,
+        sampling,
         rows_done: saved.info.rows_done,
         seconds_before: saved.info.seconds,
         memory: DeviceMemoryMeter::new(),
@@ -545,6 +571,8 @@ struct Run<'a> {
     noise: SeededNoise,
     image_latent: Option<Tensor>,
     end_latent: Option<Tensor>,
+    /// How windows are filled.
+    sampling: Sampling,
     rows_done: usize,
     seconds_before: f64,
     memory: DeviceMemoryMeter,
@@ -580,24 +608,39 @@ impl Run<'_> {
             let before = writer.frames_written();
             let mut rows_this_window = 0;
             let (memory, device) = (&mut self.memory, &self.models.device);
-            let generated = self.video.generate_window(
-                &self.models.transformer.borrow(),
-                latent_size,
-                self.image_latent.as_ref(),
-                self.end_latent.as_ref(),
-                text,
-                &p.sampler,
-                &mut self.noise,
-                &mut |row, rows| {
-                    rows_this_window += 1;
-                    memory.sample(device);
-                    observer(Event::Step { window: next.index, row, rows });
-                    if cancel.is_cancelled() {
-                        return Err(crate::Error::Cancelled);
-                    }
-                    Ok(())
-                },
-            );
+            let mut on_row = |row, rows| {
+                rows_this_window += 1;
+                memory.sample(device);
+                observer(Event::Step { window: next.index, row, rows });
+                if cancel.is_cancelled() {
+                    return Err(crate::Error::Cancelled);
+                }
+                Ok(())
+            };
+            let model = self.models.transformer.borrow();
+            let generated = match &self.sampling {
+                Sampling::DiffusionForcing => self.video.generate_window(
+                    &model,
+                    latent_size,
+                    self.image_latent.as_ref(),
+                    self.end_latent.as_ref(),
+                    text,
+                    &p.sampler,
+                    &mut self.noise,
+                    &mut on_row,
+                ),
+                Sampling::Single(image) => generate_single_window(
+                    &mut self.video,
+                    &model,
+                    latent_size,
+                    image.as_ref(),
+                    text,
+                    &p.sampler,
+                    &mut self.noise,
+                    &mut on_row,
+                ),
+            };
+            drop(model);
             let (spec, latents) = match generated {
                 Ok(done) => done,
                 Err(crate::Error::Cancelled) => return Err(GenerationError::Cancelled),
@@ -680,6 +723,103 @@ impl Run<'_> {
         }
         .save(&self.params.state_path())
     }
+}
+
+/// How a run fills its windows.
+enum Sampling {
+    /// Diffusion forcing, window after window.
+    DiffusionForcing,
+    /// One window with one noise level per step (T2V, or I2V with its conditioning; `None` when
+    /// a resumed run has nothing left to sample).
+    Single(Option<ImageConditioning>),
+}
+
+impl Sampling {
+    fn is_diffusion_forcing(&self) -> bool {
+        matches!(self, Sampling::DiffusionForcing)
+    }
+}
+
+/// The pipeline `model` is for; a model that cannot be found yet is taken as diffusion forcing
+/// (the run itself then says what is missing).
+fn pipeline_kind(model: &str) -> PipelineKind {
+    resolve_pipeline(model).map_or(PipelineKind::DiffusionForcing, |files| files.kind)
+}
+
+/// Model rows of the whole video: diffusion forcing's plan, or the steps of the one window.
+fn total_rows(params: &GenerateParams, kind: PipelineKind) -> Result<Option<usize>> {
+    match kind {
+        PipelineKind::DiffusionForcing => params.check_windows(),
+        _ => Ok(Some(params.sampler.steps)),
+    }
+}
+
+/// Refuses what a single-window (T2V / I2V) model cannot do, naming the model kind that can.
+fn check_pipeline_fits(params: &GenerateParams, kind: PipelineKind) -> Result<()> {
+    if kind == PipelineKind::DiffusionForcing {
+        return Ok(());
+    }
+    let df = "a diffusion-forcing (DF) model";
+    let refuse = |message: String| Err(GenerationError::Settings(message));
+    if params.segments.len() > 1 {
+        return refuse(format!("--story needs {df}: a {kind} model makes one shot"));
+    }
+    match (&params.start, kind) {
+        (Start::Extend(_), _) => return refuse(format!("--extend needs {df}: a {kind} model cannot continue a video")),
+        (Start::Image(_), PipelineKind::TextToVideo) => {
+            return refuse(format!("--image needs an image-to-video (I2V) model or {df}: this is a {kind} model"))
+        }
+        (Start::Text, PipelineKind::ImageToVideo) => {
+            return refuse(format!("--image is required: an {kind} model starts from a first frame"))
+        }
+        _ => {}
+    }
+    if params.end_image.is_some() {
+        return refuse(format!("--end-image needs {df}"));
+    }
+    match params.frames {
+        None => return refuse(format!("--frames 0 (an endless video) needs {df}: a {kind} model makes one window")),
+        Some(frames) if frames > params.base_frames => {
+            return refuse(format!(
+                "--frames {frames} is longer than one window (--base-frames {}): a {kind} model makes one window; \
+                 use {df} for longer videos",
+                params.base_frames
+            ))
+        }
+        _ => {}
+    }
+    if params.sampler.ar_step > 0 {
+        return refuse(format!("--ar-step needs {df}: a {kind} model denoises every frame together"));
+    }
+    Ok(())
+}
+
+/// The image-to-video conditioning of the first frame: its CLIP tokens (the original
+/// `encode_video` preprocessing) and the 20-channel condition of the window.
+fn encode_first_frame(
+    files: &PipelineFiles,
+    params: &GenerateParams,
+    frame: &RgbFrame,
+    models: &LoadedModels,
+    observer: &mut dyn FnMut(Event<'_>),
+) -> Result<ImageConditioning> {
+    observer(Event::Stage("encoding the first frame"));
+    let path = files.image_encoder.as_ref().ok_or_else(|| {
+        GenerationError::Model(
+            "this image-to-video model has no CLIP image encoder (image_encoder/ or models_clip_….pth)".into(),
+        )
+    })?;
+    let device = &models.device;
+    let dtype = if device.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
+    let clip = ClipVisionEncoder::load(path, device, dtype)
+        .map_err(|e| GenerationError::Model(format!("image encoder: {e}")))?;
+    let image =
+        from_rgb_frames(std::slice::from_ref(frame), device).and_then(|v| Ok(v.squeeze(2)?)).map_err(engine_error)?;
+    let image_context = clip.encode_images(&image).map_err(engine_error)?;
+    let frames =
+        params.frames.ok_or_else(|| GenerationError::Settings("an image-to-video run needs --frames".into()))?;
+    let condition = image_condition(&models.vae, &image, None, frames).map_err(engine_error)?;
+    Ok(ImageConditioning { condition, image_context })
 }
 
 /// Test hook for crash safety: with `SKYREELS_TEST_ABORT_AT=<point>:<n>` the process aborts the

@@ -294,14 +294,13 @@ fn dir_size(path: &Path) -> u64 {
 
 fn check_compatible(transformer: &WanTransformer3d, vae: &WanVae) -> Result<()> {
     let c = transformer.config();
-    if c.image_dim.is_some() {
-        return Err(GenerationError::Model("this is an image-to-video model with a CLIP branch; generate runs diffusion-forcing (DF) and text-to-video checkpoints".into()));
-    }
-    if c.in_channels != vae.config().z_dim {
+    let z = vae.config().z_dim;
+    // Image-to-video models take the noise and a condition of 4 mask channels + the latents.
+    let expected = if c.image_dim.is_some() { 2 * z + 4 } else { z };
+    if c.in_channels != expected || c.out_channels != z {
         return Err(GenerationError::Model(format!(
-            "the transformer takes {} latent channels but the VAE makes {}",
-            c.in_channels,
-            vae.config().z_dim
+            "the transformer takes {} input channels and makes {} but the VAE's latents have {z} channels",
+            c.in_channels, c.out_channels
         )));
     }
     Ok(())
