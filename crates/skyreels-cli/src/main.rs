@@ -168,6 +168,25 @@ fn render(s: &TransformerSummary) -> String {
     );
     line("fps embed:", if c.inject_sample_info { "yes (16 / 24 fps)".into() } else { "no".into() });
     line("image branch:", c.image_dim.map_or("no".into(), |d| format!("yes (CLIP tokens of width {d})")));
+    if let Some(kind) = s.pipeline {
+        line("pipeline:", kind.to_string());
+    }
+    if let Some(e) = &s.image_encoder {
+        line(
+            "CLIP encoder:",
+            format!(
+                "ViT, {} px in {} px patches, width {} = {} heads, {} blocks (the last unused), {} parameters ({}), {} naming",
+                e.image_size,
+                e.patch_size,
+                e.hidden_size,
+                e.num_heads,
+                e.num_layers,
+                group_digits(e.parameters),
+                human(e.parameters),
+                e.naming
+            ),
+        );
+    }
     out
 }
 

@@ -123,3 +123,24 @@ fn unknown_flags_are_rejected() {
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+#[test]
+fn pipeline_folders_name_their_pipeline_and_clip_encoder() {
+    let out = info(&models_dir().join("i2v_pipeline"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("pipeline:     image-to-video (I2V)"), "{text}");
+    // 14,016 = sum(p.numel()) of the transformers CLIPVisionModel in clip_hf_b.
+    assert!(
+        text.contains("CLIP encoder: ViT, 35 px in 7 px patches, width 24 = 2 heads") && text.contains("14,016"),
+        "{text}"
+    );
+    let t2v = info(&models_dir().join("t2v_pipeline"));
+    assert!(String::from_utf8_lossy(&t2v.stdout).contains("pipeline:     text-to-video (T2V)"));
+    let json = skyreels(&["info".as_ref(), models_dir().join("i2v_pipeline").as_os_str(), "--json".as_ref()]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        (value["pipeline"].as_str(), value["image_encoder"]["parameters"].as_u64()),
+        (Some("image_to_video"), Some(14016))
+    );
+}

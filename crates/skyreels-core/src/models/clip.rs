@@ -228,6 +228,55 @@ const CLIP_FILES: ModelFiles<'static> = ModelFiles {
     description: "a CLIP vision encoder checkpoint (no patch embedding, class token or pre-norm)",
 };
 
+/// What `skyreels info` says about an image encoder, read from headers only.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageEncoderSummary {
+    /// Where the weights are.
+    pub location: std::path::PathBuf,
+    /// `original SkyReels/Wan` or `diffusers`.
+    pub naming: String,
+    /// Scalar parameters of the vision tower (an original file's text tower not counted).
+    pub parameters: usize,
+    /// Side of the input image in pixels.
+    pub image_size: usize,
+    /// Side of a patch in pixels.
+    pub patch_size: usize,
+    /// Width of the hidden states (the tokens the transformer attends to).
+    pub hidden_size: usize,
+    /// Blocks in the checkpoint (all but the last are run).
+    pub num_layers: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+}
+
+/// Describes the CLIP vision tower at `path` (see [`ClipVisionEncoder::load`]) without loading
+/// any weights.
+pub fn inspect_image_encoder(path: &Path) -> Result<ImageEncoderSummary> {
+    let found = open_model(path, &CLIP_FILES)?;
+    let weights = ClipVisionWeights(found.store);
+    let config = match &found.config {
+        Some(json) => ClipVisionConfig::from_hf_json(json)?,
+        None => ClipVisionConfig::from_weights(&weights)?,
+    };
+    let tower = ["embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm."];
+    let parameters = weights
+        .0
+        .iter()
+        .filter(|(name, _)| tower.iter().any(|prefix| name.starts_with(prefix)))
+        .map(|(_, info)| info.shape.iter().product::<usize>())
+        .sum();
+    Ok(ImageEncoderSummary {
+        location: found.location,
+        naming: weights.0.scheme().to_string(),
+        parameters,
+        image_size: config.image_size,
+        patch_size: config.patch_size,
+        hidden_size: config.hidden_size,
+        num_layers: config.num_layers,
+        num_heads: config.num_heads,
+    })
+}
+
 /// CLIP's vision transformer up to its penultimate block.
 pub struct ClipVisionEncoder {
     config: ClipVisionConfig,

@@ -410,13 +410,25 @@ pub struct TransformerSummary {
     pub parameters_by_dtype: std::collections::BTreeMap<String, usize>,
     /// The full configuration.
     pub config: TransformerConfig,
+    /// The pipeline the folder is for, when it is a whole pipeline (not a bare transformer).
+    pub pipeline: Option<crate::checkpoint::PipelineKind>,
+    /// The folder's CLIP image encoder (image-to-video models).
+    pub image_encoder: Option<crate::models::clip::ImageEncoderSummary>,
 }
 
 /// Reads the config and every shard header of a transformer directory (validating that no
 /// shard is truncated or corrupted) without loading any weights.
 pub fn inspect(dir: &Path) -> Result<TransformerSummary> {
+    let root = dir;
     let (dir, store, config) = open_checkpoint(dir)?;
+    let pipeline = root.to_str().and_then(|r| crate::checkpoint::resolve_pipeline(r).ok());
+    let image_encoder = match pipeline.as_ref().and_then(|p| p.image_encoder.as_ref()) {
+        Some(path) => Some(crate::models::clip::inspect_image_encoder(path)?),
+        None => None,
+    };
     Ok(TransformerSummary {
+        pipeline: pipeline.map(|p| p.kind),
+        image_encoder,
         kind: config.kind(),
         model_name: store.model_name().map(str::to_string),
         size_class: config.size_class(),
