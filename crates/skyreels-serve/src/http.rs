@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use futures_util::stream::{self, Stream};
 use serde::{Deserialize, Serialize};
+use skyreels_core::checkpoint::{resolve_pipeline, PipelineKind};
 use skyreels_core::pipelines::generation::{Defaults, Generation, GenerationError, ModelDefaults};
 use tower::ServiceExt;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -338,6 +339,10 @@ pub struct ModelInfo {
     /// text_length, negative_prompt.
     #[schema(value_type = Object)]
     pub defaults: Defaults,
+    /// `diffusion_forcing` (every mode, any length), `text_to_video` (one shot from text) or
+    /// `image_to_video` (one shot from a first frame).
+    #[schema(value_type = String)]
+    pub pipeline: PipelineKind,
 }
 
 /// The caps this server puts on jobs.
@@ -373,7 +378,12 @@ async fn config(State(app): State<Arc<App>>) -> ApiResult<Json<Config>> {
         app2.models
             .iter()
             .filter_map(|(name, dir)| match ModelDefaults::of_model(&dir.to_string_lossy()) {
-                Ok(defaults) => Some(ModelInfo { name: name.clone(), defaults: defaults.resolve() }),
+                Ok(defaults) => Some(ModelInfo {
+                    name: name.clone(),
+                    defaults: defaults.resolve(),
+                    pipeline: resolve_pipeline(&dir.to_string_lossy())
+                        .map_or(PipelineKind::DiffusionForcing, |files| files.kind),
+                }),
                 Err(e) => {
                     // One broken skyreels.json must not lock everyone out of the page.
                     eprintln!("model {name}: {e}");

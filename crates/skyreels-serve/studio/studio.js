@@ -147,9 +147,27 @@ async function signOut() {
 
 // ---------------------------------------------------------------- the form
 
+/** The start modes each kind of model can do (one-shot models: one mode each). */
+const MODES_OF = {
+  diffusion_forcing: ['text', 'image', 'end_image', 'extend', 'story'],
+  text_to_video: ['text'],
+  image_to_video: ['image'],
+};
+
 function applyDefaults(modelName) {
   const model = state.config.models.find((m) => m.name === modelName) || state.config.models[0];
   state.defaults = model.defaults;
+  // Modes the model cannot do are disabled (and left if chosen).
+  const modes = MODES_OF[model.pipeline] || MODES_OF.diffusion_forcing;
+  document.querySelectorAll('input[name=mode]').forEach((radio) => {
+    radio.disabled = !modes.includes(radio.value);
+  });
+  if (!modes.includes(currentMode())) {
+    document.querySelector(`#mode-${modes[0]}`).checked = true;
+    showMode();
+  }
+  $('endless').disabled = model.pipeline !== 'diffusion_forcing';
+  $('schedule').disabled = model.pipeline !== 'diffusion_forcing';
   for (const id of NUMBER_FIELDS) $(id).value = model.defaults[id];
   $('negative_prompt').value = model.defaults.negative_prompt;
   $('frames').value = model.defaults.frames;
@@ -211,7 +229,7 @@ const latent = (frames) => Math.floor((frames - 1) / 4) + 1;
 /** Keeps seconds and frames in step (frames are 4k+1) and explains the window plan. */
 function syncLength(changed) {
   const fps = Number($('fps').value) || state.defaults.fps;
-  const endless = $('endless').checked && !$('endless-field').hidden;
+  const endless = $('endless').checked && !$('endless').disabled && !$('endless-field').hidden;
   $('seconds').disabled = endless;
   $('frames').disabled = endless;
   if (changed === 'seconds') {
@@ -253,7 +271,7 @@ function collect() {
   for (const id of NUMBER_FIELDS) request[id] = numberOrUndefined(id);
   request.seed = numberOrUndefined('seed');
   request.negative_prompt = $('negative_prompt').value;
-  if ($('schedule').value === 'async') {
+  if ($('schedule').value === 'async' && !$('schedule').disabled) {
     request.ar_step = 5;
     // A window that starts from a clean image frame cannot be split into blocks of 5.
     request.causal_block_size = mode === 'image' || mode === 'end_image' ? 1 : 5;
@@ -265,7 +283,7 @@ function collect() {
     }));
   } else {
     request.prompt = $('prompt').value;
-    const endless = $('endless').checked && !$('endless-field').hidden;
+    const endless = $('endless').checked && !$('endless').disabled && !$('endless-field').hidden;
     request.frames = endless ? 0 : numberOrUndefined('frames');
   }
   return request;

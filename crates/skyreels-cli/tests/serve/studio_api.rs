@@ -103,11 +103,19 @@ fn config_refusals_events_sidecar_and_extending_a_finished_job() {
     let _heavy = heavy();
     let dir = temp();
     let token = create_token(dir.path(), None, "bob", false);
-    let server = Server::start(dir.path(), &[]);
+    let demo_dir = skyreels_core::pipelines::generation::demo_model_dir();
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../skyreels-core/tests/fixtures/models");
+    let (t2v, i2v) = (format!("{fixtures}/t2v_pipeline"), format!("{fixtures}/i2v_pipeline"));
+    let models = ["--model", demo_dir.to_str().unwrap(), "--model", &t2v, "--model", &i2v];
+    let server = Server::start(dir.path(), &models);
     let client = server.client(&token);
 
-    // The models with their defaults (the demo model's skyreels.json, completed) and the caps.
+    // The models with their defaults (the demo model's skyreels.json, completed), the pipeline
+    // each runs, and the caps.
     let config = client.get("/v1/config").json();
+    let pipelines: Vec<&str> =
+        config["models"].as_array().unwrap().iter().map(|m| m["pipeline"].as_str().unwrap()).collect();
+    assert_eq!(pipelines, ["diffusion_forcing", "text_to_video", "image_to_video"]);
     let demo = &config["models"][0];
     assert_eq!(demo["name"], "skyreels-demo");
     assert_eq!((demo["defaults"]["height"].as_u64(), demo["defaults"]["frames"].as_u64()), (Some(64), Some(81)));

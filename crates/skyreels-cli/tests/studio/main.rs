@@ -110,7 +110,9 @@ async fn makes_watches_plays_extends_and_refuses() {
     let data = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
     let token = create_token(data.path(), None, "ada", false);
-    let server = Server::start(data.path(), &["--endless"]);
+    let demo = skyreels_core::pipelines::generation::demo_model_dir();
+    let t2v = concat!(env!("CARGO_MANIFEST_DIR"), "/../skyreels-core/tests/fixtures/models/t2v_pipeline");
+    let server = Server::start(data.path(), &["--endless", "--model", demo.to_str().unwrap(), "--model", t2v]);
     let b = Browser::start(1280, 900).await;
 
     // Signing in: a wrong token is refused beside the field; the right one opens the studio
@@ -297,6 +299,18 @@ async fn makes_watches_plays_extends_and_refuses() {
     let stored = b.api(&format!("/v1/jobs/{endless}")).await;
     assert!(stored["progress"]["frames"].as_u64().unwrap() >= 33, "{stored}");
     b.click("#endless").await;
+
+    // A one-shot text-to-video model: the modes and settings only diffusion forcing has are
+    // disabled, and come back with the DF model.
+    let choose =
+        "const s = document.querySelector('#model'); s.value = arguments[0]; s.dispatchEvent(new Event('change'));";
+    b.click("#mode-story").await;
+    b.js(choose, vec![json!("t2v_pipeline")]).await;
+    let disabled = "return ['#mode-image', '#mode-story', '#mode-extend', '#endless', '#schedule']
+        .every((css) => document.querySelector(css).disabled) && document.querySelector('#mode-text').checked;";
+    assert!(b.js(disabled, vec![]).await.as_bool().unwrap());
+    b.js(choose, vec![json!("skyreels-demo")]).await;
+    assert!(!b.js("return document.querySelector('#mode-story').disabled;", vec![]).await.as_bool().unwrap());
 
     // Keyboard and screen readers: every control has a label, nothing forces a focus order,
     // Tab from the prompt goes on through the form, and text keeps 4.5:1 contrast.
