@@ -24,14 +24,9 @@ struct Case {
 }
 
 fn case() -> Case {
-    let path = fixture("t2v_i2v.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let json: serde_json::Value =
-        serde_json::from_str(metadata.metadata().as_ref().unwrap().get("json").unwrap()).unwrap();
-    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    let text_rows = json["text_rows"].as_u64().unwrap() as usize;
-    Case { tensors, settings: json, text_rows }
+    let (tensors, settings) = common::load_with_settings("t2v_i2v.safetensors");
+    let text_rows = settings["text_rows"].as_u64().unwrap() as usize;
+    Case { tensors, settings, text_rows }
 }
 
 impl Case {

@@ -22,4 +22,7 @@ pub use diffusion_forcing::{
 };
 pub use noise::{NoiseSource, NoiseState, SeededNoise};
 pub use prompt::{encode_prompt, EncodedPrompt};
-pub use text_to_video::{denoise_video, generate_single_window, image_condition, ImageConditioning, VideoSampler};
+pub use text_to_video::{
+    denoise_video, denoise_with_references, generate_single_window, image_condition, ImageConditioning,
+    ReferenceConditioning, VideoSampler,
+};

@@ -41,6 +41,20 @@ pub struct ImageConditioning {
     pub image_context: Tensor,
 }
 
+/// SkyReels-V3 reference-to-video's conditioning: clean latents of up to four reference images
+/// appended after the noisy frames along time (RoPE runs over both), the model's prediction for
+/// the appended frames dropped.
+#[derive(Debug, Clone)]
+pub struct ReferenceConditioning {
+    /// `[1, z, R, h, w]`: one normalised latent frame per reference, zero frames for missing
+    /// ones (upstream always appends four).
+    pub latents: Tensor,
+    /// Image guidance scale (upstream `guidance_scale_img`), used with text guidance: the
+    /// prediction is `u_ti + g_img·(u_t − u_ti) + g·(c − u_t)`, where `u_t` drops the prompt and
+    /// `u_ti` the prompt and the references.
+    pub image_guidance: f64,
+}
+
 /// Denoises `noise` `[1, z, T, h, w]` into the video's latents (normalised, as the VAE's
 /// [`denormalize`](WanVae::denormalize) expects them). `on_step(done, steps)` is called after every
 /// step; an error it returns (e.g. a cancellation) stops the run.
@@ -53,39 +67,103 @@ pub fn denoise_video(
     on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<Tensor> {
     check_channels(model, noise, image)?;
+    sample(model, noise, sampler, on_step, &mut |input| {
+        let predict = |context: &Tensor| predict(model, input, context, image, None);
+        let conditional = predict(&text.positive)?;
+        if sampler.guidance_scale <= 1.0 {
+            return Ok(conditional);
+        }
+        let unconditional = predict(&text.negative)?;
+        guide(&unconditional, &conditional, sampler.guidance_scale)
+    })
+}
+
+/// [`denoise_video`] for reference-to-video: `references` ride along after the noise.
+pub fn denoise_with_references(
+    model: &WanTransformer3d,
+    noise: &Tensor,
+    text: &TextConditioning,
+    references: &ReferenceConditioning,
+    sampler: &VideoSampler,
+    on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
+) -> Result<Tensor> {
+    check_channels(model, noise, None)?;
+    let blank = references.latents.zeros_like()?;
+    sample(model, noise, sampler, on_step, &mut |input| {
+        let predict = |context: &Tensor, refs: &Tensor| predict(model, input, context, None, Some(refs));
+        let conditional = predict(&text.positive, &references.latents)?;
+        if sampler.guidance_scale <= 1.0 {
+            return Ok(conditional);
+        }
+        let without_text = predict(&text.negative, &references.latents)?;
+        let without_either = predict(&text.negative, &blank)?;
+        let image_guided = guide(&without_either, &without_text, references.image_guidance)?;
+        Ok((image_guided + (conditional - &without_text)?.affine(sampler.guidance_scale, 0.0)?)?)
+    })
+}
+
+/// The sampled latents and the step they are at, as a prediction closure sees them.
+struct StepInput<'a> {
+    x: &'a Tensor,
+    t: Tensor,
+    fps: Option<Tensor>,
+}
+
+/// The solver loop shared by every one-window pipeline; `velocity` gives the guided
+/// prediction at a step.
+fn sample(
+    model: &WanTransformer3d,
+    noise: &Tensor,
+    sampler: &VideoSampler,
+    on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
+    velocity: &mut dyn FnMut(&StepInput<'_>) -> Result<Tensor>,
+) -> Result<Tensor> {
     let schedule = FlowSchedule::new(sampler.sigma_grid, sampler.steps, sampler.shift)?;
     let timesteps = schedule.timesteps().to_vec();
     let mut solver = FlowUniPc::new(schedule);
     // Host values the transformer reads on the host: no device round trip per step.
-    let fps = Tensor::new(&[fps_index(sampler.fps)], &Device::Cpu)?;
-    let fps = model.config().inject_sample_info.then_some(&fps);
+    let fps =
+        model.config().inject_sample_info.then(|| Tensor::new(&[fps_index(sampler.fps)], &Device::Cpu)).transpose()?;
     let mut x = noise.clone();
     for (i, &t) in timesteps.iter().enumerate() {
-        let input = match image {
-            Some(image) => Tensor::cat(&[&x, &image.condition.to_dtype(x.dtype())?], 1)?,
-            None => x.clone(),
-        };
-        let t = Tensor::new(&[t], &Device::Cpu)?;
-        let run = |context: &Tensor| {
-            model.forward(&TransformerInput {
-                latents: &input,
-                timesteps: &t,
-                context,
-                image_context: image.map(|i| &i.image_context),
-                fps_index: fps,
-            })
-        };
-        let conditional = run(&text.positive)?;
-        let velocity = if sampler.guidance_scale > 1.0 {
-            let unconditional = run(&text.negative)?;
-            (&unconditional + (conditional - &unconditional)?.affine(sampler.guidance_scale, 0.0)?)?
-        } else {
-            conditional
-        };
-        x = solver.step(&velocity, &x)?;
+        let input = StepInput { x: &x, t: Tensor::new(&[t], &Device::Cpu)?, fps: fps.clone() };
+        let v = velocity(&input)?;
+        x = solver.step(&v, &x)?;
         on_step(i + 1, timesteps.len())?;
     }
     Ok(x)
+}
+
+/// One model call: the image condition concatenated along channels, references along time (and
+/// their prediction dropped).
+fn predict(
+    model: &WanTransformer3d,
+    input: &StepInput<'_>,
+    context: &Tensor,
+    image: Option<&ImageConditioning>,
+    references: Option<&Tensor>,
+) -> Result<Tensor> {
+    let x = input.x;
+    let mut latents = match image {
+        Some(image) => Tensor::cat(&[x, &image.condition.to_dtype(x.dtype())?], 1)?,
+        None => x.clone(),
+    };
+    if let Some(refs) = references {
+        latents = Tensor::cat(&[&latents, &refs.to_dtype(x.dtype())?], 2)?;
+    }
+    let out = model.forward(&TransformerInput {
+        latents: &latents,
+        timesteps: &input.t,
+        context,
+        image_context: image.map(|i| &i.image_context),
+        fps_index: input.fps.as_ref(),
+    })?;
+    Ok(if references.is_some() { out.narrow(2, 0, x.dim(2)?)? } else { out })
+}
+
+/// Classifier-free guidance `u + g·(c − u)`.
+fn guide(unconditional: &Tensor, conditional: &Tensor, scale: f64) -> Result<Tensor> {
+    Ok((unconditional + (conditional - unconditional)?.affine(scale, 0.0)?)?)
 }
 
 /// Fills the next (and only) window of `video` with [`denoise_video`]: fresh noise from `noise`,

@@ -58,3 +58,12 @@ pub fn assert_close(what: &str, actual: &Tensor, reference: &Tensor) {
     }
     assert!(err <= REL_L2_TOL, "{what}: relative L2 error {err:.3e} > {REL_L2_TOL:.0e}");
 }
+
+/// A fixture file's tensors and the JSON of its `json` metadata entry.
+pub fn load_with_settings(name: &str) -> (HashMap<String, Tensor>, serde_json::Value) {
+    let path = fixture(name);
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let json = metadata.metadata().as_ref().and_then(|m| m.get("json")).expect("a `json` metadata entry");
+    (load(name), serde_json::from_str(json).unwrap())
+}
