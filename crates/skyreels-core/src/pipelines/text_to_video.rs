@@ -1,11 +1,13 @@
-//! Text-to-video and image-to-video with the non-DF checkpoints (SkyReels-V2-T2V-14B,
-//! SkyReels-V2-I2V-1.3B/14B; spec §7): one window, every frame at the same noise level, one
-//! flow-UniPC solver over the whole latent, classifier-free guidance.
+//! The one-window pipelines of the non-DF checkpoints: text-to-video (SkyReels-V2-T2V-14B),
+//! image-to-video (SkyReels-V2-I2V-1.3B/14B; spec §7) and SkyReels-V3 reference-to-video. One
+//! window, every frame at the same noise level, one flow-UniPC solver over the whole latent,
+//! classifier-free guidance.
 //!
-//! Image-to-video differs only in what the model is given besides the noise: a 20-channel
-//! condition concatenated to it (4 mask channels marking the given frames, then the VAE latents
-//! of the first frame followed by black frames — and of the last frame, when there is one) and
-//! CLIP tokens of the image for its image cross-attention ([`ImageConditioning`]).
+//! They differ only in what the model is given besides the noise. Image-to-video: a 20-channel
+//! condition concatenated along channels (4 mask channels marking the given frames, then the VAE
+//! latents of the first frame followed by black frames — and of the last frame, when there is
+//! one) and CLIP tokens of the image for its image cross-attention ([`ImageConditioning`]).
+//! Reference-to-video: the references' latents appended along time ([`ReferenceConditioning`]).
 
 use candle_core::{DType, Device, Tensor};
 
