@@ -5,9 +5,9 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use common::{load_with_settings, rel_l2};
-use skyreels_core::pipelines::{denoise_with_references, ReferenceConditioning, TextConditioning, VideoSampler};
+use skyreels_core::pipelines::{denoise_with_references, ReferenceConditioning, VideoSampler};
 use skyreels_core::schedulers::SigmaGrid;
 use skyreels_core::WanTransformer3d;
 
@@ -16,19 +16,11 @@ const PIPELINE_TOL: f64 = 1e-4;
 #[test]
 fn reference_to_video_matches_the_upstream_pipeline_with_and_without_guidance() {
     let (t, settings) = load_with_settings("r2v.safetensors");
-    let rows = settings["text_rows"].as_u64().unwrap() as usize;
     let model = WanTransformer3d::load(&common::fixture("models/t2v_diffusers"), &Device::Cpu, DType::F32).unwrap();
     for case in ["plain", "guided"] {
         let s = &settings[case];
         let length = s["text_length"].as_u64().unwrap() as usize;
-        let pad = |x: &Tensor| {
-            let zeros = Tensor::zeros((1, length - rows, x.dim(2).unwrap()), DType::F32, &Device::Cpu).unwrap();
-            Tensor::cat(&[x, &zeros], 1).unwrap()
-        };
-        let text = TextConditioning {
-            positive: pad(&t[&format!("{case}.positive")]),
-            negative: pad(&t[&format!("{case}.negative")]),
-        };
+        let text = common::padded_prompt_states(&t, case, length);
         let sampler = VideoSampler {
             steps: s["steps"].as_u64().unwrap() as usize,
             shift: s["shift"].as_f64().unwrap(),

@@ -20,28 +20,18 @@ const PIPELINE_TOL: f64 = 1e-4;
 struct Case {
     tensors: HashMap<String, Tensor>,
     settings: serde_json::Value,
-    text_rows: usize,
 }
 
 fn case() -> Case {
     let (tensors, settings) = common::load_with_settings("t2v_i2v.safetensors");
-    let text_rows = settings["text_rows"].as_u64().unwrap() as usize;
-    Case { tensors, settings, text_rows }
+    Case { tensors, settings }
 }
 
 impl Case {
     /// The prompt states of `run`, padded with zero rows to the run's text length.
     fn text(&self, run: &str) -> TextConditioning {
         let length = self.settings[run]["text_length"].as_u64().unwrap() as usize;
-        let pad = |t: &Tensor| {
-            let width = t.dim(2).unwrap();
-            let zeros = Tensor::zeros((1, length - self.text_rows, width), DType::F32, &Device::Cpu).unwrap();
-            Tensor::cat(&[t, &zeros], 1).unwrap()
-        };
-        TextConditioning {
-            positive: pad(&self.tensors[&format!("{run}.positive")]),
-            negative: pad(&self.tensors[&format!("{run}.negative")]),
-        }
+        common::padded_prompt_states(&self.tensors, run, length)
     }
 
     fn sampler(&self, run: &str) -> VideoSampler {

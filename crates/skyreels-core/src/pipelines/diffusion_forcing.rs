@@ -183,7 +183,12 @@ fn guided_velocity(
         return Ok(conditional);
     }
     let unconditional = run(&text.negative)?;
-    Ok((&unconditional + (conditional - &unconditional)?.affine(settings.guidance_scale, 0.0)?)?)
+    guide(&unconditional, &conditional, settings.guidance_scale)
+}
+
+/// Classifier-free guidance `u + g·(c − u)`.
+pub(super) fn guide(unconditional: &Tensor, conditional: &Tensor, scale: f64) -> Result<Tensor> {
+    Ok((unconditional + (conditional - unconditional)?.affine(scale, 0.0)?)?)
 }
 
 /// How a video is cut into windows, in latent frames.

@@ -11,7 +11,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::diffusion_forcing::{DfSettings, DfVideo, TextConditioning, WindowSpec};
+use super::diffusion_forcing::{guide, DfSettings, DfVideo, TextConditioning, WindowSpec};
 use super::noise::NoiseSource;
 use crate::error::{invalid_input, Result};
 use crate::models::transformer::fps_index;
@@ -161,11 +161,6 @@ fn predict(
         fps_index: input.fps.as_ref(),
     })?;
     Ok(if references.is_some() { out.narrow(2, 0, x.dim(2)?)? } else { out })
-}
-
-/// Classifier-free guidance `u + g·(c − u)`.
-fn guide(unconditional: &Tensor, conditional: &Tensor, scale: f64) -> Result<Tensor> {
-    Ok((unconditional + (conditional - unconditional)?.affine(scale, 0.0)?)?)
 }
 
 /// Fills the next (and only) window of `video` with [`denoise_video`]: fresh noise from `noise`,

@@ -67,3 +67,21 @@ pub fn load_with_settings(name: &str) -> (HashMap<String, Tensor>, serde_json::V
     let json = metadata.metadata().as_ref().and_then(|m| m.get("json")).expect("a `json` metadata entry");
     (load(name), serde_json::from_str(json).unwrap())
 }
+
+/// The prompt states `<case>.positive` / `<case>.negative` of a pipeline fixture, which stores
+/// only their first rows, padded with the zero rows umT5 gives padding to `length` tokens.
+pub fn padded_prompt_states(
+    tensors: &HashMap<String, Tensor>,
+    case: &str,
+    length: usize,
+) -> skyreels_core::pipelines::TextConditioning {
+    let pad = |t: &Tensor| {
+        let (_, rows, width) = t.dims3().unwrap();
+        let zeros = Tensor::zeros((1, length - rows, width), DType::F32, &Device::Cpu).unwrap();
+        Tensor::cat(&[t, &zeros], 1).unwrap()
+    };
+    skyreels_core::pipelines::TextConditioning {
+        positive: pad(&tensors[&format!("{case}.positive")]),
+        negative: pad(&tensors[&format!("{case}.negative")]),
+    }
+}
