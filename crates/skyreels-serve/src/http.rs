@@ -339,8 +339,9 @@ pub struct ModelInfo {
     /// text_length, negative_prompt.
     #[schema(value_type = Object)]
     pub defaults: Defaults,
-    /// `diffusion_forcing` (every mode, any length), `text_to_video` (one shot from text) or
-    /// `image_to_video` (one shot from a first frame).
+    /// `diffusion_forcing` (every mode, any length), `text_to_video` (one shot from text),
+    /// `image_to_video` (one shot from a first frame) or `reference_to_video` (one shot composed
+    /// from 1–4 `references`).
     #[schema(value_type = String)]
     pub pipeline: PipelineKind,
 }
@@ -378,12 +379,11 @@ async fn config(State(app): State<Arc<App>>) -> ApiResult<Json<Config>> {
         app2.models
             .iter()
             .filter_map(|(name, dir)| match ModelDefaults::of_model(&dir.to_string_lossy()) {
-                Ok(defaults) => Some(ModelInfo {
-                    name: name.clone(),
-                    defaults: defaults.resolve(),
-                    pipeline: resolve_pipeline(&dir.to_string_lossy())
-                        .map_or(PipelineKind::DiffusionForcing, |files| files.kind),
-                }),
+                Ok(defaults) => {
+                    let pipeline = resolve_pipeline(&dir.to_string_lossy())
+                        .map_or(PipelineKind::DiffusionForcing, |files| files.kind);
+                    Some(ModelInfo { name: name.clone(), defaults: defaults.resolve(pipeline), pipeline })
+                }
                 Err(e) => {
                     // One broken skyreels.json must not lock everyone out of the page.
                     eprintln!("model {name}: {e}");
@@ -408,7 +408,7 @@ async fn config(State(app): State<Arc<App>>) -> ApiResult<Json<Config>> {
 /// An upload's id, to name it in a job.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct Upload {
-    /// Refer to the file by this id (`image`, `end_image`, `extend`).
+    /// Refer to the file by this id (`image`, `end_image`, `extend`, `references`).
     pub id: String,
     /// Its size.
     pub bytes: u64,

@@ -32,6 +32,12 @@ pub struct JobRequest {
     /// Upload id of the frame the video must end on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_image: Option<String>,
+    /// Upload ids of 1–4 reference images (a reference-to-video model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub references: Option<Vec<String>>,
+    /// Image guidance of reference-to-video (used with `guidance` above 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_guidance: Option<f64>,
     /// Upload id of a video (MP4/GIF) to extend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extend: Option<String>,
@@ -111,6 +117,8 @@ pub const FIELDS: &[&str] = &[
     "negative_prompt",
     "image",
     "end_image",
+    "references",
+    "reference_guidance",
     "extend",
     "extend_job",
     "format",
@@ -297,6 +305,8 @@ pub fn kind_of(request: &JobRequest) -> &'static str {
         "end_image"
     } else if request.image.is_some() {
         "image"
+    } else if request.references.as_ref().is_some_and(|r| !r.is_empty()) {
+        "references"
     } else {
         "text"
     }
@@ -424,6 +434,13 @@ pub fn to_generation_request(
         negative_prompt: request.negative_prompt.clone(),
         image: upload("image", &request.image)?,
         end_image: upload("end_image", &request.end_image)?,
+        references: request
+            .references
+            .iter()
+            .flatten()
+            .map(|id| upload("references", &Some(id.clone())).map(Option::unwrap_or_default))
+            .collect::<Result<_, _>>()?,
+        reference_guidance: request.reference_guidance,
         extend: upload("extend", &request.extend)?,
         output: Some(job_dir.join(output_name)),
         frames: size(request.frames),
@@ -440,7 +457,7 @@ pub fn to_generation_request(
         causal_block_size: size(request.causal_block_size).unwrap_or(defaults.causal_block_size),
         addnoise_condition: request.addnoise_condition.unwrap_or(defaults.addnoise_condition),
         continuation: request.continuation.clone().unwrap_or(defaults.continuation),
-        sigma_grid: request.sigma_grid.clone().unwrap_or(defaults.sigma_grid),
+        sigma_grid: request.sigma_grid.clone(),
         causal_attention: request.causal_attention.unwrap_or(defaults.causal_attention),
         dtype: request.dtype.clone().unwrap_or(defaults.dtype),
         vae_dtype: request.vae_dtype.clone().unwrap_or(defaults.vae_dtype),

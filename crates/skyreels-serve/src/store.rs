@@ -98,7 +98,7 @@ pub struct JobRow {
     pub owner: String,
     /// The model name it runs.
     pub model: String,
-    /// text, image, end_image, extend or story.
+    /// text, image, end_image, references, extend or story.
     pub kind: String,
     /// See [`state`].
     pub state: String,

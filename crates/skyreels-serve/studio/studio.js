@@ -152,6 +152,7 @@ const MODES_OF = {
   diffusion_forcing: ['text', 'image', 'end_image', 'extend', 'story'],
   text_to_video: ['text'],
   image_to_video: ['image'],
+  reference_to_video: ['references'],
 };
 
 function applyDefaults(modelName) {
@@ -289,6 +290,23 @@ function collect() {
   return request;
 }
 
+/** Uploads the 1–4 files of the references field. */
+async function uploadReferences(uploaded) {
+  const files = [...$('references').files];
+  if (files.length === 0) throw new ApiError(400, 'Choose 1 to 4 reference images.', 'references');
+  if (files.length > 4) throw new ApiError(400, `${files.length} images chosen: at most 4 references.`, 'references');
+  const ids = [];
+  for (const file of files) {
+    try {
+      ids.push((await api('POST', '/v1/uploads', file)).id);
+      uploaded.push(ids[ids.length - 1]);
+    } catch (e) {
+      throw new ApiError(e.status, e.message, 'references');
+    }
+  }
+  return ids;
+}
+
 async function uploadFile(field, message, uploaded) {
   const file = $(field).files[0];
   if (!file) throw new ApiError(400, message, field);
@@ -313,6 +331,7 @@ async function submitJob(event) {
     if (mode === 'image' || mode === 'end_image') {
       request.image = await uploadFile('image', 'Choose the first frame.', uploaded);
     }
+    if (mode === 'references') request.references = await uploadReferences(uploaded);
     if (mode === 'end_image') {
       request.end_image = await uploadFile('end_image', 'Choose the last frame.', uploaded);
     }
@@ -477,7 +496,14 @@ function titleOf(job) {
   return s.prompt || '(no prompt)';
 }
 
-const KIND = { text: 'text', image: 'first frame', end_image: 'start + end frame', extend: 'extension', story: 'story' };
+const KIND = {
+  text: 'text',
+  image: 'first frame',
+  end_image: 'start + end frame',
+  extend: 'extension',
+  story: 'story',
+  references: 'references',
+};
 
 function framesOf(job) {
   if (job.frames != null) return job.frames;

@@ -42,6 +42,14 @@ pub struct GenerateArgs {
     /// The last frame the video must reach.
     #[arg(long)]
     pub end_image: Option<PathBuf>,
+    /// A reference image for a reference-to-video (SkyReels-V3-R2V) model: a character, an
+    /// object or a scene to keep consistent; give it up to 4 times. Each is fitted inside the
+    /// frame on white; without --width/--height the size follows the first one's aspect ratio.
+    #[arg(long = "ref", value_name = "IMAGE")]
+    pub references: Vec<PathBuf>,
+    /// Image guidance of reference-to-video, used when --guidance is above 1. [default: 1.0]
+    #[arg(long)]
+    pub ref_guidance: Option<f64>,
     /// Extend this video (MP4/GIF/PNG folder): its last --overlap-history frames start the new
     /// part, and all of its frames are kept in the output.
     #[arg(long)]
@@ -54,7 +62,8 @@ pub struct GenerateArgs {
     pub overwrite: bool,
     /// Continue an interrupted run of this output (settings come from its saved state).
     #[arg(long, value_name = "OUTPUT", conflicts_with_all = [
-        "prompt", "story", "output", "model", "negative_prompt", "image", "end_image", "extend", "frames",
+        "prompt", "story", "output", "model", "negative_prompt", "image", "end_image", "references", "ref_guidance",
+        "extend", "frames",
         "seed", "overwrite", "continuation", "causal_attention", "base_frames", "overlap_history", "height",
         "width", "fps", "steps", "shift", "guidance", "ar_step", "causal_block_size", "addnoise_condition",
         "sigma_grid", "dtype", "weights", "vae_dtype", "text_length",
@@ -63,28 +72,28 @@ pub struct GenerateArgs {
     /// Video frames (4k+1; counts the overlap when extending); 0 or `inf` runs until interrupted.
     #[arg(long)]
     pub frames: Option<String>,
-    /// Frames generated together in one window. [default: the model's, else 97]
+    /// Frames generated together in one window. [default: the model's, else 97; 121 for R2V]
     #[arg(long)]
     pub base_frames: Option<usize>,
     /// Frames shared by consecutive windows. [default: the model's, else 17]
     #[arg(long)]
     pub overlap_history: Option<usize>,
-    /// Height in pixels (multiple of 16). [default: the model's, else 544]
+    /// Height in pixels (multiple of 16). [default: the model's, else 544; R2V: from the first --ref]
     #[arg(long)]
     pub height: Option<usize>,
-    /// Width in pixels (multiple of 16). [default: the model's, else 960]
+    /// Width in pixels (multiple of 16). [default: the model's, else 960; R2V: from the first --ref]
     #[arg(long)]
     pub width: Option<usize>,
     /// Frame rate of the output (and of the fps embedding: 16 or other). [default: the model's, else 24]
     #[arg(long)]
     pub fps: Option<u32>,
-    /// Denoising steps per frame. [default: the model's, else 30]
+    /// Denoising steps per frame. [default: the model's, else 30; 8 for R2V]
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Flow shift of the sigma schedule. [default: the model's, else 8.0]
+    /// Flow shift of the sigma schedule. [default: the model's, else 8.0; 5.0 for R2V]
     #[arg(long)]
     pub shift: Option<f64>,
-    /// Classifier-free guidance scale (1 turns guidance off). [default: the model's, else 6.0]
+    /// Classifier-free guidance scale (1 turns guidance off). [default: the model's, else 6.0; 1.0 for R2V]
     #[arg(long)]
     pub guidance: Option<f64>,
     /// Random seed (random when omitted; always recorded in the sidecar).
@@ -102,9 +111,10 @@ pub struct GenerateArgs {
     /// How windows are joined: `latent` (no colour drift) or `pixel` (the original's re-encode).
     #[arg(long, default_value = "latent")]
     pub continuation: String,
-    /// Sigma grid: `skyreels` (original code) or `diffusers`.
-    #[arg(long, default_value = "skyreels")]
-    pub sigma_grid: String,
+    /// Sigma grid: `skyreels` (original code) or `diffusers`. [default: the model's: diffusers
+    /// for reference-to-video, else skyreels]
+    #[arg(long)]
+    pub sigma_grid: Option<String>,
     /// Block-causal attention in asynchronous mode (diffusers always does this; the released
     /// weights were not trained for it).
     #[arg(long)]
@@ -182,6 +192,8 @@ pub fn request_from_args(args: &GenerateArgs) -> Result<GenerationRequest, Gener
         negative_prompt: args.negative_prompt.clone(),
         image: args.image.clone(),
         end_image: args.end_image.clone(),
+        references: args.references.clone(),
+        reference_guidance: args.ref_guidance,
         extend: args.extend.clone(),
         output: args.output.clone(),
         frames,

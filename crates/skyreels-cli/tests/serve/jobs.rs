@@ -66,6 +66,44 @@ fn every_kind_of_job_runs_and_its_video_downloads() {
     assert!(metrics.contains("skyreels_queue_length 0"), "{metrics}");
 }
 
+/// A reference-to-video model takes its references as uploads; a model without reference input
+/// refuses them beside the field.
+#[test]
+fn reference_jobs_take_uploaded_references() {
+    let _heavy = heavy();
+    let dir = temp();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let token = create_token(&data, None, "alice", false);
+    let r2v = format!("{}/../skyreels-core/tests/fixtures/models/r2v_pipeline", env!("CARGO_MANIFEST_DIR"));
+    let demo = skyreels_core::pipelines::generation::demo_model_dir();
+    let server = Server::start(&data, &["--model", &r2v, "--model", demo.to_str().unwrap()]);
+    let client = server.client(&token);
+    let mut png = Vec::new();
+    let pixels: Vec<u8> = (0..40 * 24 * 3).map(|i| (i * 7 % 256) as u8).collect();
+    image::RgbImage::from_raw(40, 24, pixels)
+        .unwrap()
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let reference = client.post("/v1/uploads", "image/png", &png).json()["id"].as_str().unwrap().to_string();
+    let config = client.get("/v1/config").json();
+    assert_eq!(config["models"][0]["pipeline"], "reference_to_video", "{config}");
+    assert_eq!(config["models"][0]["defaults"]["steps"], 8, "{config}");
+    let job = json!({"prompt": "a kite", "references": [reference], "frames": 5, "steps": 2,
+        "height": 32, "width": 48, "model": "r2v_pipeline"});
+    let id = client.create(&job);
+    let (events, last) = follow(&client, &id);
+    assert_eq!(events.last().map(String::as_str), Some("done"), "{last}");
+    assert_eq!(last["kind"], "references");
+    let (frames, w, h, _) = download_and_decode(&client, &id, dir.path());
+    assert_eq!((frames, w, h), (5, 48, 32));
+    // The demo model has no reference input.
+    let demo_name = config["models"][1]["name"].as_str().unwrap();
+    let refused = client.post_json("/v1/jobs", &json!({"prompt": "x", "references": [reference], "model": demo_name}));
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(refused.json()["field"], "references", "{}", refused.text());
+}
+
 #[test]
 fn running_jobs_cancel_and_deleted_jobs_leave_nothing() {
     let _heavy = heavy();

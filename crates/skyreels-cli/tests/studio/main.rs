@@ -112,7 +112,9 @@ async fn makes_watches_plays_extends_and_refuses() {
     let token = create_token(data.path(), None, "ada", false);
     let demo = skyreels_core::pipelines::generation::demo_model_dir();
     let t2v = concat!(env!("CARGO_MANIFEST_DIR"), "/../skyreels-core/tests/fixtures/models/t2v_pipeline");
-    let server = Server::start(data.path(), &["--endless", "--model", demo.to_str().unwrap(), "--model", t2v]);
+    let r2v = concat!(env!("CARGO_MANIFEST_DIR"), "/../skyreels-core/tests/fixtures/models/r2v_pipeline");
+    let server =
+        Server::start(data.path(), &["--endless", "--model", demo.to_str().unwrap(), "--model", t2v, "--model", r2v]);
     let b = Browser::start(1280, 900).await;
 
     // Signing in: a wrong token is refused beside the field; the right one opens the studio
@@ -309,6 +311,22 @@ async fn makes_watches_plays_extends_and_refuses() {
     let disabled = "return ['#mode-image', '#mode-story', '#mode-extend', '#endless', '#schedule']
         .every((css) => document.querySelector(css).disabled) && document.querySelector('#mode-text').checked;";
     assert!(b.js(disabled, vec![]).await.as_bool().unwrap());
+    // A reference-to-video model has one mode: its references, uploaded with the job.
+    b.js(choose, vec![json!("r2v_pipeline")]).await;
+    let only_references = "return [...document.querySelectorAll('input[name=mode]')]
+        .every((r) => r.disabled === (r.value !== 'references')) && document.querySelector('#mode-references').checked;";
+    assert!(b.js(only_references, vec![]).await.as_bool().unwrap());
+    b.choose_file("#references", &png).await;
+    b.type_into("#prompt", "the square and a friend").await;
+    b.js("document.querySelector('#advanced').open = true;", vec![]).await;
+    for (field, value) in [("#width", "48"), ("#height", "32"), ("#frames", "5"), ("#steps", "2")] {
+        b.type_into(field, value).await;
+    }
+    let reference_job = submit(&b).await;
+    wait_state(&b, &reference_job, "done").await;
+    assert!(b.text(&format!("{} .job-meta", card(&reference_job))).await.contains("references"));
+    let stored = b.api(&format!("/v1/jobs/{reference_job}")).await;
+    assert_eq!(stored["settings"]["references"].as_array().map(Vec::len), Some(1), "{stored}");
     b.js(choose, vec![json!("skyreels-demo")]).await;
     assert!(!b.js("return document.querySelector('#mode-story').disabled;", vec![]).await.as_bool().unwrap());
 

@@ -63,6 +63,9 @@ pub enum PipelineKind {
     /// One window from a first frame, with CLIP tokens and a 20-channel condition
     /// (SkyReels-V2-I2V).
     ImageToVideo,
+    /// One window composed from up to four reference images appended along time
+    /// (SkyReels-V3-R2V).
+    ReferenceToVideo,
 }
 
 impl std::fmt::Display for PipelineKind {
@@ -71,15 +74,18 @@ impl std::fmt::Display for PipelineKind {
             PipelineKind::DiffusionForcing => "diffusion-forcing (DF)",
             PipelineKind::TextToVideo => "text-to-video (T2V)",
             PipelineKind::ImageToVideo => "image-to-video (I2V)",
+            PipelineKind::ReferenceToVideo => "reference-to-video (R2V)",
         })
     }
 }
 
 /// The pipeline a folder is for: image-to-video when its transformer takes the 36 channels of
-/// noise + condition (or says `model_type: i2v`); text-to-video when a diffusers folder names
-/// `SkyReelsV2Pipeline` or an original folder is named like a T2V release
-/// (`SkyReels-V2-T2V-14B-540P`: T2V and DF-14B share one architecture); diffusion forcing
-/// otherwise.
+/// noise + condition (or says `model_type: i2v`); reference-to-video when the transformer is
+/// SkyReels-V3's (`SkyReelsA2WanI2v3DModel`, or `SkyReelsC1WanI2v3DModel` as some published
+/// configs spell it: the same Wan DiT, which only the sequence layout tells apart);
+/// text-to-video when a diffusers folder names `SkyReelsV2Pipeline` or an original folder is
+/// named like a T2V release (`SkyReels-V2-T2V-14B-540P`: T2V and DF-14B share one
+/// architecture); diffusion forcing otherwise.
 fn detect_kind(root: &Path, transformer: &Path, layout: PipelineLayout) -> PipelineKind {
     let read =
         |path: &Path| -> Option<serde_json::Value> { serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok() };
@@ -87,6 +93,10 @@ fn detect_kind(root: &Path, transformer: &Path, layout: PipelineLayout) -> Pipel
         let channels = config.get("in_channels").or_else(|| config.get("in_dim")).and_then(|v| v.as_u64());
         if channels == Some(36) || config.get("model_type").and_then(|v| v.as_str()) == Some("i2v") {
             return PipelineKind::ImageToVideo;
+        }
+        let class = config.get("_class_name").and_then(|v| v.as_str()).unwrap_or_default();
+        if class.starts_with("SkyReels") && class.ends_with("WanI2v3DModel") {
+            return PipelineKind::ReferenceToVideo;
         }
     }
     let text_to_video = match layout {
@@ -331,6 +341,7 @@ mod tests {
         assert_eq!(kind("df_pipeline"), PipelineKind::DiffusionForcing);
         assert_eq!(kind("t2v_pipeline"), PipelineKind::TextToVideo);
         assert_eq!(kind("i2v_pipeline"), PipelineKind::ImageToVideo);
+        assert_eq!(kind("r2v_pipeline"), PipelineKind::ReferenceToVideo);
         let i2v = resolve_pipeline(fixtures.join("i2v_pipeline").to_str().unwrap()).unwrap();
         assert!(i2v.image_encoder.is_some_and(|p| p.ends_with("image_encoder")));
         // An original folder is T2V when it is named like the T2V release.

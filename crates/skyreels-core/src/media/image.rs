@@ -44,6 +44,31 @@ pub fn fit_to(frame: &RgbFrame, width: u32, height: u32) -> Result<RgbFrame> {
     RgbFrame::new(width, height, resized.into_raw())
 }
 
+/// Fits `frame` inside `width x height` keeping its aspect ratio (Lanczos), centred on white:
+/// how SkyReels-V3 prepares reference images (`resize_ref_images`), so nothing of a character or
+/// product is cropped away.
+pub fn letterbox(frame: &RgbFrame, width: u32, height: u32) -> Result<RgbFrame> {
+    frame.validate()?;
+    rgb_len(width, height)?;
+    let (fw, fh) = (u64::from(frame.width), u64::from(frame.height));
+    // Upstream truncates the scaled side (`int(w / ratio)`); an image is never scaled to nothing.
+    let (new_w, new_h) = if fw * u64::from(height) > u64::from(width) * fh {
+        (width, ((u64::from(width) * fh / fw) as u32).max(1))
+    } else {
+        (((u64::from(height) * fw / fh) as u32).max(1), height)
+    };
+    let source = RgbImage::from_raw(frame.width, frame.height, frame.data.clone())
+        .ok_or_else(|| invalid_input!("image buffer does not match its size"))?;
+    let resized = if (new_w, new_h) == (frame.width, frame.height) {
+        source
+    } else {
+        imageops::resize(&source, new_w, new_h, FilterType::Lanczos3)
+    };
+    let mut canvas = RgbImage::from_pixel(width, height, ::image::Rgb([255, 255, 255]));
+    imageops::replace(&mut canvas, &resized, i64::from((width - new_w) / 2), i64::from((height - new_h) / 2));
+    RgbFrame::new(width, height, canvas.into_raw())
+}
+
 /// The largest centred `(w, h)` inside `src_w x src_h` with the aspect ratio `dst_w : dst_h`.
 fn crop_size(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> (u32, u32) {
     let (sw, sh, dw, dh) = (u64::from(src_w), u64::from(src_h), u64::from(dst_w), u64::from(dst_h));
@@ -60,6 +85,27 @@ fn crop_size(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn letterbox_pads_with_white_and_keeps_the_aspect() {
+        // A black 40x20 image in a 16x16 frame: 16x8 of black, centred, white above and below.
+        let frame = RgbFrame::new(40, 20, vec![0; 40 * 20 * 3]).unwrap();
+        let out = letterbox(&frame, 16, 16).unwrap();
+        assert_eq!((out.width, out.height), (16, 16));
+        assert_eq!(out.pixel(8, 0), [255, 255, 255]);
+        assert_eq!(out.pixel(8, 3), [255, 255, 255]);
+        assert_eq!(out.pixel(8, 4), [0, 0, 0]);
+        assert_eq!(out.pixel(8, 11), [0, 0, 0]);
+        assert_eq!(out.pixel(8, 12), [255, 255, 255]);
+        // A tall image is padded at the sides; odd padding puts the extra column on the right.
+        let tall = RgbFrame::new(10, 30, vec![0; 10 * 30 * 3]).unwrap();
+        let out = letterbox(&tall, 16, 15).unwrap();
+        // 10x30 → 5x15, 11 columns of padding: 5 on the left, 6 on the right.
+        assert_eq!(out.pixel(4, 7), [255, 255, 255]);
+        assert_eq!(out.pixel(5, 7), [0, 0, 0]);
+        assert_eq!(out.pixel(9, 7), [0, 0, 0]);
+        assert_eq!(out.pixel(10, 7), [255, 255, 255]);
+    }
 
     #[test]
     fn crop_keeps_the_target_aspect() {

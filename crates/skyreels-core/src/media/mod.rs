@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use self::frame::RgbFrame;
-pub use self::image::{fit_to, load_image};
+pub use self::image::{fit_to, letterbox, load_image};
 use crate::error::{invalid_input, Error, Result};
 
 /// A video output that frames are appended to and that can be made durable at any point.

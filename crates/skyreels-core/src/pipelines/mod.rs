@@ -8,12 +8,14 @@
 //! - [`prompt`]: prompt text to text-encoder states.
 //! - [`noise`]: the seeded, resumable noise every draw comes from.
 //! - [`text_to_video`]: the non-DF checkpoints' single-window text- and image-to-video loop.
+//! - [`reference_to_video`]: SkyReels-V3's composition of up to four reference images.
 
 pub mod continuation;
 pub mod diffusion_forcing;
 pub mod generation;
 pub mod noise;
 pub mod prompt;
+pub mod reference_to_video;
 pub mod text_to_video;
 
 pub use continuation::{from_rgb_frames, to_rgb_frames, Continuation, WindowDecoder, WindowDecoderState};
@@ -22,7 +24,7 @@ pub use diffusion_forcing::{
 };
 pub use noise::{NoiseSource, NoiseState, SeededNoise};
 pub use prompt::{encode_prompt, EncodedPrompt};
-pub use text_to_video::{
-    denoise_video, denoise_with_references, generate_single_window, image_condition, ImageConditioning,
-    ReferenceConditioning, VideoSampler,
+pub use reference_to_video::{
+    denoise_with_references, generate_reference_window, reference_latents, ReferenceConditioning, REFERENCE_SLOTS,
 };
+pub use text_to_video::{denoise_video, generate_single_window, image_condition, ImageConditioning, VideoSampler};

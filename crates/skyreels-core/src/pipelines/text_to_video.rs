@@ -1,13 +1,12 @@
-//! The one-window pipelines of the non-DF checkpoints: text-to-video (SkyReels-V2-T2V-14B),
-//! image-to-video (SkyReels-V2-I2V-1.3B/14B; spec §7) and SkyReels-V3 reference-to-video. One
-//! window, every frame at the same noise level, one flow-UniPC solver over the whole latent,
-//! classifier-free guidance.
+//! The one-window pipelines of the non-DF checkpoints: text-to-video (SkyReels-V2-T2V-14B) and
+//! image-to-video (SkyReels-V2-I2V-1.3B/14B; spec §7). One window, every frame at the same noise
+//! level, one flow-UniPC solver over the whole latent, classifier-free guidance. The solver loop
+//! is shared with [reference-to-video](super::reference_to_video).
 //!
-//! They differ only in what the model is given besides the noise. Image-to-video: a 20-channel
-//! condition concatenated along channels (4 mask channels marking the given frames, then the VAE
-//! latents of the first frame followed by black frames — and of the last frame, when there is
-//! one) and CLIP tokens of the image for its image cross-attention ([`ImageConditioning`]).
-//! Reference-to-video: the references' latents appended along time ([`ReferenceConditioning`]).
+//! Image-to-video gives the model a 20-channel condition concatenated along channels (4 mask
+//! channels marking the given frames, then the VAE latents of the first frame followed by black
+//! frames — and of the last frame, when there is one) and CLIP tokens of the image for its image
+//! cross-attention ([`ImageConditioning`]).
 
 use candle_core::{DType, Device, Tensor};
 
@@ -33,6 +32,19 @@ pub struct VideoSampler {
     pub fps: u32,
 }
 
+impl VideoSampler {
+    /// The one-window sampler of a job's settings (their DF-only fields unused).
+    pub fn from_settings(settings: &DfSettings) -> Self {
+        Self {
+            steps: settings.steps,
+            shift: settings.shift,
+            sigma_grid: settings.sigma_grid,
+            guidance_scale: settings.guidance_scale,
+            fps: settings.fps,
+        }
+    }
+}
+
 /// What an image-to-video model is given besides the noise and the prompt.
 #[derive(Debug, Clone)]
 pub struct ImageConditioning {
@@ -41,20 +53,6 @@ pub struct ImageConditioning {
     pub condition: Tensor,
     /// CLIP tokens `[1, L, image_dim]` of the image(s) (the penultimate block's states).
     pub image_context: Tensor,
-}
-
-/// SkyReels-V3 reference-to-video's conditioning: clean latents of up to four reference images
-/// appended after the noisy frames along time (RoPE runs over both), the model's prediction for
-/// the appended frames dropped.
-#[derive(Debug, Clone)]
-pub struct ReferenceConditioning {
-    /// `[1, z, R, h, w]`: one normalised latent frame per reference, zero frames for missing
-    /// ones (upstream always appends four).
-    pub latents: Tensor,
-    /// Image guidance scale (upstream `guidance_scale_img`), used with text guidance: the
-    /// prediction is `u_ti + g_img·(u_t − u_ti) + g·(c − u_t)`, where `u_t` drops the prompt and
-    /// `u_ti` the prompt and the references.
-    pub image_guidance: f64,
 }
 
 /// Denoises `noise` `[1, z, T, h, w]` into the video's latents (normalised, as the VAE's
@@ -80,32 +78,8 @@ pub fn denoise_video(
     })
 }
 
-/// [`denoise_video`] for reference-to-video: `references` ride along after the noise.
-pub fn denoise_with_references(
-    model: &WanTransformer3d,
-    noise: &Tensor,
-    text: &TextConditioning,
-    references: &ReferenceConditioning,
-    sampler: &VideoSampler,
-    on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
-) -> Result<Tensor> {
-    check_channels(model, noise, None)?;
-    let blank = references.latents.zeros_like()?;
-    sample(model, noise, sampler, on_step, &mut |input| {
-        let predict = |context: &Tensor, refs: &Tensor| predict(model, input, context, None, Some(refs));
-        let conditional = predict(&text.positive, &references.latents)?;
-        if sampler.guidance_scale <= 1.0 {
-            return Ok(conditional);
-        }
-        let without_text = predict(&text.negative, &references.latents)?;
-        let without_either = predict(&text.negative, &blank)?;
-        let image_guided = guide(&without_either, &without_text, references.image_guidance)?;
-        Ok((image_guided + (conditional - &without_text)?.affine(sampler.guidance_scale, 0.0)?)?)
-    })
-}
-
 /// The sampled latents and the step they are at, as a prediction closure sees them.
-struct StepInput<'a> {
+pub(super) struct StepInput<'a> {
     x: &'a Tensor,
     t: Tensor,
     fps: Option<Tensor>,
@@ -113,7 +87,7 @@ struct StepInput<'a> {
 
 /// The solver loop shared by every one-window pipeline; `velocity` gives the guided
 /// prediction at a step.
-fn sample(
+pub(super) fn sample(
     model: &WanTransformer3d,
     noise: &Tensor,
     sampler: &VideoSampler,
@@ -138,7 +112,7 @@ fn sample(
 
 /// One model call: the image condition concatenated along channels, references along time (and
 /// their prediction dropped).
-fn predict(
+pub(super) fn predict(
     model: &WanTransformer3d,
     input: &StepInput<'_>,
     context: &Tensor,
@@ -178,20 +152,17 @@ pub fn generate_single_window(
 ) -> Result<(WindowSpec, Tensor)> {
     let spec = video.next_window(1).ok_or_else(|| invalid_input!("the video is already complete"))?;
     let latents = noise.randn(&[1, model.config().out_channels, spec.frames, h, w], model.device())?;
-    let sampler = VideoSampler {
-        steps: settings.steps,
-        shift: settings.shift,
-        sigma_grid: settings.sigma_grid,
-        guidance_scale: settings.guidance_scale,
-        fps: settings.fps,
-    };
-    let out = denoise_video(model, &latents, text, image, &sampler, on_step)?;
+    let out = denoise_video(model, &latents, text, image, &VideoSampler::from_settings(settings), on_step)?;
     video.record_window(&spec, &out)?;
     Ok((spec, out))
 }
 
 /// Refuses a model that expects another input width (a T2V model given an image, or the reverse).
-fn check_channels(model: &WanTransformer3d, noise: &Tensor, image: Option<&ImageConditioning>) -> Result<()> {
+pub(super) fn check_channels(
+    model: &WanTransformer3d,
+    noise: &Tensor,
+    image: Option<&ImageConditioning>,
+) -> Result<()> {
     let given = noise.dim(1)? + image.map_or(Ok(0), |i| i.condition.dim(1))?;
     let expected = model.config().in_channels;
     if given != expected {

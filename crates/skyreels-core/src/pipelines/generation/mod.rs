@@ -40,19 +40,22 @@ use serde_json::json;
 pub use lock::OutputLock;
 pub use models::{Devices, LoadedModels, ModelCache, RunOptions};
 pub use settings::{
-    demo_model_dir, limits, with_suffix, Defaults, GenerateParams, GenerationRequest, ModelDefaults, Notice, Start,
-    DEFAULT_NEGATIVE_PROMPT,
+    demo_model_dir, limits, reference_bucket, with_suffix, Defaults, GenerateParams, GenerationRequest, ModelDefaults,
+    Notice, Start, DEFAULT_NEGATIVE_PROMPT, MAX_REFERENCES,
 };
 pub use state::{write_atomically, ResumeInfo, ResumeState, STATE_VERSION};
 pub use story::{load_story, Segment};
 
 use crate::checkpoint::{resolve_pipeline, PipelineFiles, PipelineKind};
 use crate::device::{DeviceInfo, DeviceMemoryMeter};
-use crate::media::{create_writer, fit_to, load_image, open_video, resume_writer, RgbFrame, VideoReader, VideoWriter};
+use crate::media::{
+    create_writer, fit_to, letterbox, load_image, open_video, resume_writer, RgbFrame, VideoReader, VideoWriter,
+};
 use crate::models::ClipVisionEncoder;
 use crate::pipelines::{
-    encode_prompt, from_rgb_frames, generate_single_window, image_condition, to_rgb_frames, DfVideo, ImageConditioning,
-    SeededNoise, TextConditioning, WindowDecoder,
+    encode_prompt, from_rgb_frames, generate_reference_window, generate_single_window, image_condition,
+    reference_latents, to_rgb_frames, DfVideo, ImageConditioning, NoiseState, ReferenceConditioning, SeededNoise,
+    TextConditioning, WindowDecoder,
 };
 use crate::text::PromptTokenizer;
 use crate::UmT5Encoder;
@@ -99,7 +102,14 @@ impl GenerationError {
             .chars()
             .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
             .collect();
-        (!name.is_empty()).then(|| name.replace('-', "_"))
+        let field = match name.as_str() {
+            "" => return None,
+            // Flags spelled unlike their field.
+            "ref" => "references".to_string(),
+            "ref-guidance" => "reference_guidance".to_string(),
+            _ => name.replace('-', "_"),
+        };
+        Some(field)
     }
 }
 
@@ -195,7 +205,7 @@ pub struct Generation {
 /// How the run begins.
 enum Begin {
     /// From nothing: the conditioning frames are already read and fitted.
-    Fresh { start_frame: Option<RgbFrame>, end_frame: Option<RgbFrame> },
+    Fresh { start_frame: Option<RgbFrame>, end_frame: Option<RgbFrame>, references: Vec<RgbFrame> },
     /// From a saved state (tensors on the CPU until the run's device is known).
     Resume(Box<ResumeState>),
 }
@@ -219,7 +229,9 @@ impl Generation {
         if let Start::Extend(path) = &params.start {
             open_extension(path, &params)?;
         }
-        Ok(Self { lock, params, notices, total_rows, kind, begin: Begin::Fresh { start_frame, end_frame } })
+        let references = params.references.iter().map(|p| load_reference_image(p, &params)).collect::<Result<_>>()?;
+        let begin = Begin::Fresh { start_frame, end_frame, references };
+        Ok(Self { lock, params, notices, total_rows, kind, begin })
     }
 
     /// Prepares to continue the interrupted run whose output is `output` (settings come from
@@ -287,11 +299,15 @@ impl Generation {
             (Begin::Fresh { start_frame: Some(frame), .. }, PipelineKind::ImageToVideo) => {
                 Sampling::Single(Some(encode_first_frame(&files, &self.params, frame, loaded, observer)?))
             }
-            // A resumed single-window run has committed its only window: nothing is sampled.
-            _ => Sampling::Single(None),
+            (Begin::Fresh { references, .. }, PipelineKind::ReferenceToVideo) => {
+                Sampling::References(encode_references(&self.params, references, loaded, observer)?)
+            }
+            (Begin::Fresh { .. }, _) => Sampling::Single(None),
+            // A resumed single-window run has committed its only window.
+            (Begin::Resume(_), _) => Sampling::Finished,
         };
         let outcome = match self.begin {
-            Begin::Fresh { start_frame, end_frame } => fresh(
+            Begin::Fresh { start_frame, end_frame, .. } => fresh(
                 &self.params,
                 self.total_rows,
                 loaded,
@@ -639,6 +655,19 @@ impl Run<'_> {
                     &mut self.noise,
                     &mut on_row,
                 ),
+                Sampling::References(references) => generate_reference_window(
+                    &mut self.video,
+                    &model,
+                    latent_size,
+                    references,
+                    text,
+                    &p.sampler,
+                    &mut self.noise,
+                    &mut on_row,
+                ),
+                Sampling::Finished => {
+                    Err(crate::error::invalid_input!("this one-window video was complete when it was resumed"))
+                }
             };
             drop(model);
             let (spec, latents) = match generated {
@@ -729,9 +758,12 @@ impl Run<'_> {
 enum Sampling {
     /// Diffusion forcing, window after window.
     DiffusionForcing,
-    /// One window with one noise level per step (T2V, or I2V with its conditioning; `None` when
-    /// a resumed run has nothing left to sample).
+    /// One window with one noise level per step (T2V, or I2V with its conditioning).
     Single(Option<ImageConditioning>),
+    /// One window composed from reference images (R2V).
+    References(ReferenceConditioning),
+    /// A resumed one-window run: its only window is committed, nothing is left to sample.
+    Finished,
 }
 
 impl Sampling {
@@ -754,13 +786,23 @@ fn total_rows(params: &GenerateParams, kind: PipelineKind) -> Result<Option<usiz
     }
 }
 
-/// Refuses what a single-window (T2V / I2V) model cannot do, naming the model kind that can.
+/// Refuses what a single-window (T2V / I2V / R2V) model cannot do, and references given to a
+/// model without reference input, naming the model kind that can.
 fn check_pipeline_fits(params: &GenerateParams, kind: PipelineKind) -> Result<()> {
+    let refuse = |message: String| Err(GenerationError::Settings(message));
+    let r2v = PipelineKind::ReferenceToVideo;
+    if !params.references.is_empty() && kind != r2v {
+        return refuse(format!("--ref needs a SkyReels-V3 {r2v} model: this is a {kind} model"));
+    }
+    if kind == r2v && params.references.is_empty() {
+        return refuse(format!(
+            "--ref is required: a {kind} model composes the video from 1 to {MAX_REFERENCES} reference images"
+        ));
+    }
     if kind == PipelineKind::DiffusionForcing {
         return Ok(());
     }
     let df = "a diffusion-forcing (DF) model";
-    let refuse = |message: String| Err(GenerationError::Settings(message));
     if params.segments.len() > 1 {
         return refuse(format!("--story needs {df}: a {kind} model makes one shot"));
     }
@@ -768,6 +810,11 @@ fn check_pipeline_fits(params: &GenerateParams, kind: PipelineKind) -> Result<()
         (Start::Extend(_), _) => return refuse(format!("--extend needs {df}: a {kind} model cannot continue a video")),
         (Start::Image(_), PipelineKind::TextToVideo) => {
             return refuse(format!("--image needs an image-to-video (I2V) model or {df}: this is a {kind} model"))
+        }
+        (Start::Image(_), PipelineKind::ReferenceToVideo) => {
+            return refuse(format!(
+                "--image needs an image-to-video (I2V) model: give a {kind} model its images as --ref"
+            ))
         }
         (Start::Text, PipelineKind::ImageToVideo) => {
             return refuse(format!("--image is required: an {kind} model starts from a first frame"))
@@ -820,6 +867,36 @@ fn encode_first_frame(
         params.frames.ok_or_else(|| GenerationError::Settings("an image-to-video run needs --frames".into()))?;
     let condition = image_condition(&models.vae, &image, None, frames).map_err(engine_error)?;
     Ok(ImageConditioning { condition, image_context })
+}
+
+/// Reads a reference image and letterboxes it to the video's size (SkyReels-V3's preparation).
+fn load_reference_image(path: &Path, params: &GenerateParams) -> Result<RgbFrame> {
+    let input = |e: crate::Error| GenerationError::Input(format!("--ref {}", strip_invalid_input(&e.to_string())));
+    let image = load_image(path).map_err(input)?;
+    letterbox(&image, params.width as u32, params.height as u32).map_err(input)
+}
+
+/// Where the draws of the references' VAE posterior start in the seed's Philox stream: far
+/// beyond anything a window draws, so the two never overlap and a seed still fixes the video.
+const REFERENCE_NOISE_COUNTER: u64 = 1 << 62;
+
+/// Reference-to-video's conditioning: the references' sampled latents, zero frames for the
+/// missing slots.
+fn encode_references(
+    params: &GenerateParams,
+    frames: &[RgbFrame],
+    models: &LoadedModels,
+    observer: &mut dyn FnMut(Event<'_>),
+) -> Result<ReferenceConditioning> {
+    observer(Event::Stage("encoding the reference images"));
+    let images = frames
+        .iter()
+        .map(|frame| Ok(from_rgb_frames(std::slice::from_ref(frame), &models.device)?.squeeze(2)?))
+        .collect::<crate::Result<Vec<_>>>()
+        .map_err(engine_error)?;
+    let mut noise = SeededNoise::from_state(NoiseState { seed: params.seed, counter: REFERENCE_NOISE_COUNTER });
+    let latents = reference_latents(&models.vae, &images, &mut noise).map_err(engine_error)?;
+    Ok(ReferenceConditioning { latents, image_guidance: params.reference_guidance })
 }
 
 /// Test hook for crash safety: with `SKYREELS_TEST_ABORT_AT=<point>:<n>` the process aborts the

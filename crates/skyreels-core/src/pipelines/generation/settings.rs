@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::story::Segment;
 use super::GenerationError;
+use crate::checkpoint::PipelineKind;
 use crate::nn::WeightFormat;
 use crate::pipelines::{Continuation, DfSettings, WindowPlan, WindowSpec};
 use crate::SigmaGrid;
@@ -31,6 +32,10 @@ pub struct GenerationRequest {
     pub negative_prompt: Option<String>,
     /// Image-to-video: the first frame.
     pub image: Option<PathBuf>,
+    /// Reference-to-video: up to four images of the characters, objects or scene to compose.
+    pub references: Vec<PathBuf>,
+    /// Reference-to-video: the image guidance scale (used with `guidance` above 1).
+    pub reference_guidance: Option<f64>,
     /// The last frame the video must reach.
     pub end_image: Option<PathBuf>,
     /// A video to extend.
@@ -66,7 +71,7 @@ pub struct GenerationRequest {
     /// How windows are joined: `latent` or `pixel`.
     pub continuation: String,
     /// Sigma grid: `skyreels` or `diffusers`.
-    pub sigma_grid: String,
+    pub sigma_grid: Option<String>,
     /// Block-causal attention in asynchronous mode.
     pub causal_attention: bool,
     /// Transformer precision: `auto`, `f32`, `bf16`.
@@ -87,6 +92,8 @@ impl Default for GenerationRequest {
             story: None,
             negative_prompt: None,
             image: None,
+            references: Vec::new(),
+            reference_guidance: None,
             end_image: None,
             extend: None,
             output: None,
@@ -104,7 +111,7 @@ impl Default for GenerationRequest {
             causal_block_size: 1,
             addnoise_condition: 0,
             continuation: "latent".into(),
-            sigma_grid: "skyreels".into(),
+            sigma_grid: None,
             causal_attention: false,
             dtype: "auto".into(),
             vae_dtype: "f32".into(),
@@ -142,6 +149,12 @@ pub struct GenerateParams {
     pub start: Start,
     /// Image the video must end on.
     pub end_image: Option<PathBuf>,
+    /// Reference images a reference-to-video model composes the video from.
+    #[serde(default)]
+    pub references: Vec<PathBuf>,
+    /// The image guidance scale of reference-to-video.
+    #[serde(default = "one")]
+    pub reference_guidance: f64,
     /// Output size in pixels.
     pub width: usize,
     /// Output size in pixels.
@@ -178,6 +191,10 @@ fn f32_name() -> String {
     "f32".into()
 }
 
+fn one() -> f64 {
+    1.0
+}
+
 /// Generation settings a model folder recommends in its `skyreels.json`
 /// (`{"generation_defaults": {...}}`); flags override them, and the SkyReels-V2 defaults fill
 /// whatever neither gives.
@@ -206,6 +223,8 @@ pub struct ModelDefaults {
     pub text_length: Option<usize>,
     /// `--negative-prompt`.
     pub negative_prompt: Option<String>,
+    /// `--sigma-grid`.
+    pub sigma_grid: Option<String>,
 }
 
 impl ModelDefaults {
@@ -226,21 +245,34 @@ impl ModelDefaults {
         Ok(file.generation_defaults.unwrap_or_default())
     }
 
-    /// These recommendations completed with the SkyReels-V2 defaults: the values a request
-    /// that sets nothing gets (what a front end shows in its empty form).
-    pub fn resolve(self) -> Defaults {
+    /// These recommendations completed with the defaults of the model's pipeline: the values a
+    /// request that sets nothing gets (what a front end shows in its empty form). SkyReels-V2's
+    /// for its models; SkyReels-V3's for reference-to-video, whose distilled model runs 8 steps
+    /// at shift 5 without guidance on diffusers' sigma grid, 5 s at 24 fps, 720P (the size then
+    /// follows the first reference's aspect ratio, [`reference_bucket`]).
+    pub fn resolve(self, kind: PipelineKind) -> Defaults {
+        let v3 = kind == PipelineKind::ReferenceToVideo;
+        let pick = |v2: f64, v3_value: f64| if v3 { v3_value } else { v2 };
+        let frames = if v3 { 121 } else { 97 };
         Defaults {
-            height: self.height.unwrap_or(544),
-            width: self.width.unwrap_or(960),
+            height: self.height.unwrap_or(if v3 { 720 } else { 544 }),
+            width: self.width.unwrap_or(if v3 { 1280 } else { 960 }),
             fps: self.fps.unwrap_or(24),
-            frames: self.frames.unwrap_or(97),
-            base_frames: self.base_frames.unwrap_or(97),
+            frames: self.frames.unwrap_or(frames),
+            base_frames: self.base_frames.unwrap_or(frames),
             overlap_history: self.overlap_history.unwrap_or(17),
-            steps: self.steps.unwrap_or(30),
-            shift: self.shift.unwrap_or(8.0),
-            guidance: self.guidance.unwrap_or(6.0),
+            steps: self.steps.unwrap_or(if v3 { 8 } else { 30 }),
+            shift: self.shift.unwrap_or(pick(8.0, 5.0)),
+            guidance: self.guidance.unwrap_or(pick(6.0, 1.0)),
             text_length: self.text_length.unwrap_or(512),
-            negative_prompt: self.negative_prompt.unwrap_or_else(|| DEFAULT_NEGATIVE_PROMPT.to_string()),
+            negative_prompt: self.negative_prompt.unwrap_or_else(|| {
+                if v3 {
+                    String::new()
+                } else {
+                    DEFAULT_NEGATIVE_PROMPT.to_string()
+                }
+            }),
+            sigma_grid: self.sigma_grid.unwrap_or_else(|| if v3 { "diffusers" } else { "skyreels" }.to_string()),
         }
     }
 }
@@ -270,6 +302,52 @@ pub struct Defaults {
     pub text_length: usize,
     /// Negative prompt.
     pub negative_prompt: String,
+    /// Sigma grid: `skyreels` or `diffusers`.
+    pub sigma_grid: String,
+}
+
+/// Reference images a reference-to-video model takes (SkyReels-V3's `MAX_ALLOWED_REF_IMG_LENGTH`).
+pub const MAX_REFERENCES: usize = 4;
+
+/// SkyReels-V3's size buckets, `(height / width, height, width)` per resolution class
+/// (`skyreels_v3/config.py`, `ASPECT_RATIO_CONFIG`).
+#[rustfmt::skip]
+const BUCKETS_480P: &[(f64, usize, usize)] = &[
+    (0.38, 392, 1046), (0.43, 420, 980), (0.48, 444, 925), (0.50, 452, 904), (0.53, 466, 880), (0.54, 470, 870),
+    (0.56, 480, 854), (0.62, 506, 810), (0.67, 522, 784), (0.75, 554, 738), (1.00, 640, 640), (1.33, 740, 555),
+    (1.50, 784, 522), (1.78, 854, 480), (1.89, 880, 466), (2.00, 906, 454), (2.08, 924, 444),
+];
+#[rustfmt::skip]
+const BUCKETS_540P: &[(f64, usize, usize)] = &[
+    (0.34, 416, 1216), (0.38, 464, 1216), (0.40, 464, 1152), (0.43, 496, 1152), (0.48, 496, 1024),
+    (0.50, 512, 1024), (0.53, 512, 960), (0.57, 544, 960), (0.60, 544, 912), (0.63, 576, 912), (0.67, 576, 864),
+    (0.72, 624, 864), (0.75, 624, 832), (0.79, 656, 832), (0.84, 656, 784), (0.92, 720, 784), (1.00, 720, 720),
+    (1.09, 784, 720), (1.26, 784, 624), (1.33, 832, 624), (1.40, 832, 592), (1.49, 880, 592), (1.62, 880, 544),
+    (1.78, 960, 544), (1.88, 960, 512), (2.00, 1024, 512), (2.13, 1024, 480),
+];
+#[rustfmt::skip]
+const BUCKETS_720P: &[(f64, usize, usize)] = &[
+    (0.38, 588, 1568), (0.43, 628, 1466), (0.48, 666, 1388), (0.50, 678, 1356), (0.53, 698, 1318), (0.54, 706, 1306),
+    (0.56, 720, 1280), (0.62, 758, 1212), (0.67, 784, 1176), (0.75, 832, 1110), (1.00, 960, 960), (1.33, 1108, 832),
+    (1.50, 1176, 784), (1.78, 1280, 720), (1.89, 1320, 698), (2.00, 1358, 680), (2.08, 1386, 666),
+];
+
+/// The `(width, height)` SkyReels-V3 gives a reference-to-video run whose first reference is
+/// `width × height`: the bucket of the class (480P, 540P or 720P, the one nearest
+/// `class_height`) whose height/width ratio is nearest the image's, floored to multiples of 16.
+pub fn reference_bucket(width: u32, height: u32, class_height: usize) -> (usize, usize) {
+    let table = match class_height {
+        0..=510 => BUCKETS_480P,
+        511..=630 => BUCKETS_540P,
+        _ => BUCKETS_720P,
+    };
+    let ratio = f64::from(height) / f64::from(width.max(1));
+    // The first of equally near buckets, as Python's `min` picks.
+    let &(_, h, w) = table
+        .iter()
+        .min_by(|a, b| (a.0 - ratio).abs().total_cmp(&(b.0 - ratio).abs()))
+        .expect("the bucket tables are not empty");
+    (w / 16 * 16, h / 16 * 16)
 }
 
 /// The built-in demo model's folder: `$SKYREELS_DEMO_MODEL`, else `models/skyreels-demo` of the
@@ -404,9 +482,27 @@ impl GenerateParams {
         // A folder is recorded by its absolute path so that --resume works from anywhere.
         let model = std::fs::canonicalize(&model).map_or(model, |p| p.to_string_lossy().to_string());
         let output = args.output.clone().ok_or_else(|| bad("--output is required (e.g. -o video.mp4)"))?;
-        let d = ModelDefaults::of_model(&model)?.resolve();
-        let height = args.height.unwrap_or(d.height);
-        let width = args.width.unwrap_or(d.width);
+        let kind = super::pipeline_kind(&model);
+        let recommended = ModelDefaults::of_model(&model)?;
+        let sized_by_model = recommended.height.is_some() || recommended.width.is_some();
+        let d = recommended.resolve(kind);
+        if args.references.len() > MAX_REFERENCES {
+            return Err(bad(format!(
+                "--ref was given {} times: reference-to-video takes at most {MAX_REFERENCES} reference images",
+                args.references.len()
+            )));
+        }
+        let (height, width) = match (args.height, args.width, args.references.first()) {
+            // Reference-to-video takes its size from the first reference, as SkyReels-V3 does.
+            (None, None, Some(first)) if kind == PipelineKind::ReferenceToVideo && !sized_by_model => {
+                let (w, h) = ::image::image_dimensions(first).map_err(|e| {
+                    GenerationError::Input(format!("--ref {} is not a readable image: {e}", first.display()))
+                })?;
+                let (w, h) = reference_bucket(w, h, d.height);
+                (h, w)
+            }
+            (height, width, _) => (height.unwrap_or(d.height), width.unwrap_or(d.width)),
+        };
         let fps = args.fps.unwrap_or(d.fps);
         let steps = args.steps.unwrap_or(d.steps);
         let shift = args.shift.unwrap_or(d.shift);
@@ -471,7 +567,16 @@ impl GenerateParams {
         if frames.is_none() && args.end_image.is_some() {
             return Err(bad("--end-image needs a finite --frames: an endless video has no last frame"));
         }
-        let sigma_grid: SigmaGrid = args.sigma_grid.parse().map_err(|e: crate::Error| bad(e.to_string()))?;
+        let sigma_grid: SigmaGrid = args
+            .sigma_grid
+            .as_deref()
+            .unwrap_or(&d.sigma_grid)
+            .parse()
+            .map_err(|e: crate::Error| bad(e.to_string()))?;
+        let reference_guidance = args.reference_guidance.unwrap_or(1.0);
+        if !reference_guidance.is_finite() || reference_guidance < 0.0 {
+            return Err(bad(format!("--ref-guidance {reference_guidance} must be a number of at least 0")));
+        }
         let continuation: Continuation = args.continuation.parse().map_err(|e: crate::Error| bad(e.to_string()))?;
         if !["f32", "bf16"].contains(&args.vae_dtype.as_str()) {
             return Err(bad(format!("--vae-dtype `{}` is not one of f32, bf16", args.vae_dtype)));
@@ -485,6 +590,8 @@ impl GenerateParams {
             negative_prompt: args.negative_prompt.clone().unwrap_or(d.negative_prompt),
             start,
             end_image: args.end_image.clone(),
+            references: args.references.clone(),
+            reference_guidance,
             width,
             height,
             frames,
@@ -599,7 +706,7 @@ impl GenerateParams {
             Start::Image(p) | Start::Extend(p) => Some(p.as_path()),
             Start::Text => None,
         };
-        start.into_iter().chain(self.end_image.as_deref()).collect()
+        start.into_iter().chain(self.end_image.as_deref()).chain(self.references.iter().map(PathBuf::as_path)).collect()
     }
 
     /// Whether writing the output or its companions would replace `input`.
@@ -688,7 +795,27 @@ mod tests {
         assert_eq!(setting(|r| r.prompt = None).as_deref(), Some("prompt"));
         assert_eq!(setting(|r| r.vae_dtype = "f16".into()).as_deref(), Some("vae_dtype"));
         let (p, _) = params(|r| r.frames = Some(97)).unwrap();
-        assert_eq!(p.frames, Some(ModelDefaults::default().resolve().frames));
+        assert_eq!(p.frames, Some(ModelDefaults::default().resolve(PipelineKind::DiffusionForcing).frames));
+    }
+
+    #[test]
+    fn reference_sizes_follow_skyreels_v3_buckets() {
+        // 16:9 landscape → the 0.56 bucket of each class.
+        assert_eq!(reference_bucket(1920, 1080, 720), (1280, 720));
+        assert_eq!(reference_bucket(1920, 1080, 544), (960, 544));
+        assert_eq!(reference_bucket(1920, 1080, 480), (848, 480));
+        // 720P 0.53 → 698 × 1318, floored to multiples of 16.
+        assert_eq!(reference_bucket(1318, 698, 720), (1312, 688));
+        // Portrait and square.
+        assert_eq!(reference_bucket(1080, 1920, 720), (720, 1280));
+        assert_eq!(reference_bucket(500, 500, 480), (640, 640));
+    }
+
+    #[test]
+    fn a_fifth_reference_is_refused_naming_its_field() {
+        let err = params(|r| r.references = vec!["a.png".into(); 5]).unwrap_err();
+        assert_eq!(err.to_string(), "--ref was given 5 times: reference-to-video takes at most 4 reference images");
+        assert_eq!(err.setting().as_deref(), Some("references"));
     }
 
     #[test]
