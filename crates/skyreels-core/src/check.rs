@@ -248,6 +248,7 @@ fn recorded_input<'t>(t: &'t HashMap<String, Tensor>, file: &str) -> Result<Tran
         context: tensor(t, file, "encoder_hidden_states")?,
         image_context: t.get("encoder_hidden_states_image"),
         fps_index: t.get("fps"),
+        frame_positions: None,
     })
 }
 

@@ -42,6 +42,7 @@
 //!     context: &context,
 //!     image_context: None,
 //!     fps_index: Some(&fps),
+//!     frame_positions: None,
 //! })?;
 //! assert_eq!(velocity.dims(), latents.dims());
 //! # Ok(()) }

@@ -70,6 +70,7 @@ fn bad_inputs_to_forward_are_errors_not_panics() {
         context: &ctx,
         image_context: None,
         fps_index: Some(&fps),
+        frame_positions: None,
     };
     assert!(model.forward(&input).is_ok());
     let cases = [

@@ -68,6 +68,7 @@ pub fn run(args: &TransformerArgs) -> Result<(), String> {
         context: &context,
         image_context: image.as_ref(),
         fps_index: Some(&fps),
+        frame_positions: None,
     };
     let mut memory = DeviceMemoryMeter::new();
     let (best, mean) = super::time_runs(args.repeat, || {

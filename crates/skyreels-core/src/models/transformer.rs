@@ -32,7 +32,15 @@ pub struct TransformerInput<'a> {
     /// Index into the fps table (`0` for 16 fps, `1` otherwise), `[B]`; required by models with
     /// the fps embedding (DF-1.3B), ignored by others. See [`fps_index`].
     pub fps_index: Option<&'a Tensor>,
+    /// The temporal rotary position of each latent frame (`F/patch_t` of them); `None` numbers
+    /// them 0, 1, …. SkyReels-V3 shot switching gives its clean prefix, placed after the noisy
+    /// frames, positions from 1024 ([`CONTEXT_FRAME_POSITION`]).
+    pub frame_positions: Option<&'a [usize]>,
 }
+
+/// Where SkyReels-V3's shot-switching model places the first frame of its clean context along
+/// the rotary time axis (its table covers 2048 positions, the noisy frames start at 0).
+pub const CONTEXT_FRAME_POSITION: usize = 1024;
 
 /// The fps-table row SkyReels uses for a frame rate: 0 for 16 fps, 1 for anything else (24).
 pub fn fps_index(fps: u32) -> u32 {
@@ -248,7 +256,19 @@ impl WanTransformer3d {
             _ => None,
         };
 
-        let (cos, sin) = self.rope.tables(shape.grid, &self.device)?;
+        let (cos, sin) = match input.frame_positions {
+            None => self.rope.tables(shape.grid, &self.device)?,
+            Some(positions) if positions.len() == shape.grid[0] => {
+                self.rope.tables_at(positions, shape.grid[1], shape.grid[2], &self.device)?
+            }
+            Some(positions) => {
+                return Err(invalid_input!(
+                    "{} frame positions given for {} latent frames per patch column",
+                    positions.len(),
+                    shape.grid[0]
+                ))
+            }
+        };
         let mask = match self.config.causal_block_size {
             1 => AttentionMask::Full,
             block => {

@@ -42,14 +42,29 @@ impl Rope3d {
                 ));
             }
         }
+        let frames: Vec<usize> = (0..grid[0]).collect();
+        self.tables_at(&frames, grid[1], grid[2], device)
+    }
+
+    /// [`tables`](Self::tables) for frames at the given temporal positions (one per patch
+    /// column, in token order) instead of 0, 1, …: SkyReels-V3 shot switching puts the clean
+    /// prefix after the noisy frames at positions from 1024. The angles are computed, not read
+    /// from a table, so any position is exact.
+    pub fn tables_at(
+        &self,
+        frame_positions: &[usize],
+        rows: usize,
+        columns: usize,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let axis_angles: Vec<Vec<f64>> = self.dims.iter().map(|&n| self.inverse_frequencies(n)).collect();
         let half: usize = self.dims.iter().sum::<usize>() / 2;
-        let tokens = grid.iter().product::<usize>();
+        let tokens = frame_positions.len() * rows * columns;
         let mut cos = Vec::with_capacity(tokens * half);
         let mut sin = Vec::with_capacity(tokens * half);
-        for f in 0..grid[0] {
-            for h in 0..grid[1] {
-                for w in 0..grid[2] {
+        for &f in frame_positions {
+            for h in 0..rows {
+                for w in 0..columns {
                     for (pos, freqs) in [f, h, w].into_iter().zip(&axis_angles) {
                         for &freq in freqs {
                             let angle = pos as f64 * freq;

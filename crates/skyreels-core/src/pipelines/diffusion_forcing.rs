@@ -176,6 +176,7 @@ fn guided_velocity(
             context,
             image_context: None,
             fps_index: Some(fps),
+            frame_positions: None,
         })
     };
     let conditional = run(&text.positive)?;

@@ -9,6 +9,7 @@
 //! - [`noise`]: the seeded, resumable noise every draw comes from.
 //! - [`text_to_video`]: the non-DF checkpoints' single-window text- and image-to-video loop.
 //! - [`reference_to_video`]: SkyReels-V3's composition of up to four reference images.
+//! - [`video_extension`]: SkyReels-V3's continuation of a clip, in the same shot or a new one.
 
 pub mod continuation;
 pub mod diffusion_forcing;
@@ -17,6 +18,7 @@ pub mod noise;
 pub mod prompt;
 pub mod reference_to_video;
 pub mod text_to_video;
+pub mod video_extension;
 
 pub use continuation::{from_rgb_frames, to_rgb_frames, Continuation, WindowDecoder, WindowDecoderState};
 pub use diffusion_forcing::{
@@ -28,3 +30,4 @@ pub use reference_to_video::{
     denoise_with_references, generate_reference_window, reference_latents, ReferenceConditioning, REFERENCE_SLOTS,
 };
 pub use text_to_video::{denoise_video, generate_single_window, image_condition, ImageConditioning, VideoSampler};
+pub use video_extension::{denoise_extension, ExtensionLayout};

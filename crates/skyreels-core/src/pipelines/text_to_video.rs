@@ -80,9 +80,12 @@ pub fn denoise_video(
 
 /// The sampled latents and the step they are at, as a prediction closure sees them.
 pub(super) struct StepInput<'a> {
-    x: &'a Tensor,
-    t: Tensor,
-    fps: Option<Tensor>,
+    pub(super) x: &'a Tensor,
+    /// The step's timestep, `[1]` on the host.
+    pub(super) t: Tensor,
+    /// The same timestep as a number.
+    pub(super) timestep: i64,
+    pub(super) fps: Option<Tensor>,
 }
 
 /// The solver loop shared by every one-window pipeline; `velocity` gives the guided
@@ -102,7 +105,7 @@ pub(super) fn sample(
         model.config().inject_sample_info.then(|| Tensor::new(&[fps_index(sampler.fps)], &Device::Cpu)).transpose()?;
     let mut x = noise.clone();
     for (i, &t) in timesteps.iter().enumerate() {
-        let input = StepInput { x: &x, t: Tensor::new(&[t], &Device::Cpu)?, fps: fps.clone() };
+        let input = StepInput { x: &x, t: Tensor::new(&[t], &Device::Cpu)?, timestep: t, fps: fps.clone() };
         let v = velocity(&input)?;
         x = solver.step(&v, &x)?;
         on_step(i + 1, timesteps.len())?;
@@ -133,6 +136,7 @@ pub(super) fn predict(
         context,
         image_context: image.map(|i| &i.image_context),
         fps_index: input.fps.as_ref(),
+        frame_positions: None,
     })?;
     Ok(if references.is_some() { out.narrow(2, 0, x.dim(2)?)? } else { out })
 }

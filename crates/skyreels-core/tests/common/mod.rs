@@ -27,6 +27,7 @@ pub fn transformer_input(t: &HashMap<String, Tensor>) -> skyreels_core::Transfor
         context: &t["encoder_hidden_states"],
         image_context: t.get("encoder_hidden_states_image"),
         fps_index: t.get("fps"),
+        frame_positions: None,
     }
 }
 

@@ -312,6 +312,7 @@ impl Trainer<'_> {
             context: &context,
             image_context: None,
             fps_index: Some(&fps),
+            frame_positions: None,
         })?;
         // Weights per latent cell, shared by its channels; the mean is over the weights, so the
         // loss keeps its scale whatever the subject weight.
