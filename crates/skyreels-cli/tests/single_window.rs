@@ -155,3 +155,109 @@ fn what_a_model_cannot_do_is_refused_in_one_sentence() {
         assert!(!out.exists());
     }
 }
+
+/// A `frames`-frame 48 × 32 MP4 clip to extend.
+fn write_clip(path: &Path, frames: usize) {
+    let mut writer = create_writer(path, 48, 32, 24.0).unwrap();
+    for k in 0..frames {
+        let data = (0..48 * 32).flat_map(|i| [(i % 48 * 5) as u8, (k * 9) as u8, (i / 48 * 7) as u8]).collect();
+        writer.append(&[RgbFrame::new(48, 32, data).unwrap()]).unwrap();
+    }
+    writer.finish().unwrap();
+}
+
+#[test]
+fn a_video_extension_model_continues_the_shot_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip.mp4");
+    write_clip(&clip, 11);
+    let clip = clip.to_str().unwrap();
+    // Windows of 4 latent frames overlapping by 2: 21 frames counting the 5 shared → 2 windows.
+    let args =
+        ["-p", "it walks on", "--extend", clip, "--frames", "21", "--base-frames", "13", "--overlap-history", "5"];
+    let out = dir.path().join("longer.mp4");
+    let run = generate("v2v_pipeline", &out, &args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(frames_of(&out), (11 + 21 - 5, 48, 32));
+    let record = sidecar(&out);
+    assert_eq!(record["settings"]["continuation"], "pixel", "SkyReels-V3's pixel round trip is the default");
+    assert_eq!(record["settings"]["transition"], serde_json::Value::Null);
+    // Killed after the first window is committed, then resumed: the same video.
+    let killed = dir.path().join("killed.mp4");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyreels"));
+    cmd.args(["generate", "--model", &fixture("v2v_pipeline"), "-o", killed.to_str().unwrap()]);
+    cmd.args(["--height", "32", "--width", "48", "--steps", "3", "--seed", "7", "--text-length", "16", "--quiet"]);
+    let aborted = cmd.args(args).env("SKYREELS_TEST_ABORT_AT", "published:1").output().unwrap();
+    assert!(!aborted.status.success());
+    assert!(dir.path().join("killed.mp4.resume").exists());
+    let resumed = Command::new(env!("CARGO_BIN_EXE_skyreels"))
+        .args(["generate", "--resume", killed.to_str().unwrap(), "--quiet"])
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&killed).unwrap());
+}
+
+#[test]
+fn a_video_extension_model_cuts_to_a_new_shot() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip.mp4");
+    write_clip(&clip, 10);
+    let clip = clip.to_str().unwrap();
+    let out = dir.path().join("cut.mp4");
+    let run = generate(
+        "v2v_pipeline",
+        &out,
+        &["-p", "a close-up", "--extend", clip, "--transition", "zoom-in-cut", "--frames", "49"],
+    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    // The clip, then the whole new shot (2 s), cut from the clip's last 9 frames.
+    assert_eq!(frames_of(&out), (10 + 49, 48, 32));
+    let settings = &sidecar(&out)["settings"];
+    assert_eq!(settings["transition"], "[ZOOM_IN_CUT]");
+    assert_eq!(settings["segments"][0]["prompt"], "[ZOOM_IN_CUT] a close-up");
+    assert_eq!(settings["overlap_history"], 9);
+    // A tag at the start of the prompt asks for the same thing.
+    let tagged = dir.path().join("tagged.mp4");
+    let run =
+        generate("v2v_pipeline", &tagged, &["-p", "[ZOOM_IN_CUT] a close-up", "--extend", clip, "--frames", "49"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&tagged).unwrap());
+    // Killed while the new shot is decoded (the clip is committed): resumed, the same video.
+    let killed = dir.path().join("killed.mp4");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyreels"));
+    cmd.args(["generate", "--model", &fixture("v2v_pipeline"), "-o", killed.to_str().unwrap()]);
+    cmd.args(["--height", "32", "--width", "48", "--steps", "3", "--seed", "7", "--text-length", "16", "--quiet"]);
+    cmd.args(["-p", "a close-up", "--extend", clip, "--transition", "zoom-in-cut", "--frames", "49"]);
+    assert!(!cmd.env("SKYREELS_TEST_ABORT_AT", "decoded:1").output().unwrap().status.success());
+    let resumed = Command::new(env!("CARGO_BIN_EXE_skyreels"))
+        .args(["generate", "--resume", killed.to_str().unwrap(), "--quiet"])
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&killed).unwrap());
+}
+
+#[test]
+fn what_a_video_extension_model_cannot_do_is_refused_in_one_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip.mp4");
+    write_clip(&clip, 10);
+    let clip = clip.to_str().unwrap();
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("v2v_pipeline", &["-p", "x", "--extend", clip, "--transition", "wipe"], "`wipe` is not a transition"),
+        ("v2v_pipeline", &["-p", "x", "--extend", clip, "--transition", "cut", "--frames", "50"], "not a shot"),
+        ("v2v_pipeline", &["-p", "x"], "--extend is required"),
+        ("v2v_pipeline", &["-p", "[ZOOM_IN_CUT] x", "--extend", clip, "--transition", "cut"], "keep one"),
+        ("df_pipeline", &["-p", "x", "--extend", clip, "--transition", "cut"], "--transition needs a SkyReels-V3"),
+    ];
+    for (model, args, mentions) in cases {
+        let out = dir.path().join("refused.mp4");
+        let run = generate(model, &out, args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{model} {args:?} should fail");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(mentions), "`{stderr}` should mention `{mentions}`");
+        assert!(!out.exists());
+    }
+}

@@ -94,3 +94,4 @@ fn the_extension_loops_match_the_upstream_pipelines_with_and_without_guidance() 
         assert!(err <= PIPELINE_TOL, "{case}: output latents differ by {err:.3e} (relative L2)");
     }
 }
+

@@ -41,6 +41,10 @@ pub struct JobRequest {
     /// Upload id of a video (MP4/GIF) to extend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extend: Option<String>,
+    /// With a SkyReels-V3 video-extension model: cut to a new shot (`zoom-in-cut`,
+    /// `zoom-out-cut`, `cut`) instead of continuing the same one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transition: Option<String>,
     /// Id of one of the caller's finished jobs to extend (its video is copied to a new upload,
     /// which the stored job then names as `extend`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,6 +124,7 @@ pub const FIELDS: &[&str] = &[
     "references",
     "reference_guidance",
     "extend",
+    "transition",
     "extend_job",
     "format",
     "model",
@@ -442,6 +447,7 @@ pub fn to_generation_request(
             .collect::<Result<_, _>>()?,
         reference_guidance: request.reference_guidance,
         extend: upload("extend", &request.extend)?,
+        transition: request.transition.clone(),
         output: Some(job_dir.join(output_name)),
         frames: size(request.frames),
         base_frames: size(request.base_frames),
@@ -456,7 +462,7 @@ pub fn to_generation_request(
         ar_step: size(request.ar_step).unwrap_or(defaults.ar_step),
         causal_block_size: size(request.causal_block_size).unwrap_or(defaults.causal_block_size),
         addnoise_condition: request.addnoise_condition.unwrap_or(defaults.addnoise_condition),
-        continuation: request.continuation.clone().unwrap_or(defaults.continuation),
+        continuation: request.continuation.clone(),
         sigma_grid: request.sigma_grid.clone(),
         causal_attention: request.causal_attention.unwrap_or(defaults.causal_attention),
         dtype: request.dtype.clone().unwrap_or(defaults.dtype),

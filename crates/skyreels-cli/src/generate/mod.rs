@@ -54,6 +54,11 @@ pub struct GenerateArgs {
     /// part, and all of its frames are kept in the output.
     #[arg(long)]
     pub extend: Option<PathBuf>,
+    /// With a SkyReels-V3 video-extension model and --extend: cut to a new shot instead of
+    /// continuing the same one — zoom-in-cut, zoom-out-cut, or cut (any other cut, which the
+    /// prompt describes). A prompt starting with a tag such as [ZOOM_IN_CUT] does the same.
+    #[arg(long)]
+    pub transition: Option<String>,
     /// Output: .mp4 (H.264), .gif, or a folder (PNG frames).
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
@@ -63,7 +68,7 @@ pub struct GenerateArgs {
     /// Continue an interrupted run of this output (settings come from its saved state).
     #[arg(long, value_name = "OUTPUT", conflicts_with_all = [
         "prompt", "story", "output", "model", "negative_prompt", "image", "end_image", "references", "ref_guidance",
-        "extend", "frames",
+        "extend", "transition", "frames",
         "seed", "overwrite", "continuation", "causal_attention", "base_frames", "overlap_history", "height",
         "width", "fps", "steps", "shift", "guidance", "ar_step", "causal_block_size", "addnoise_condition",
         "sigma_grid", "dtype", "weights", "vae_dtype", "text_length",
@@ -109,8 +114,9 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     pub addnoise_condition: u32,
     /// How windows are joined: `latent` (no colour drift) or `pixel` (the original's re-encode).
-    #[arg(long, default_value = "latent")]
-    pub continuation: String,
+    /// [default: the model's: pixel for SkyReels-V3 video extension, else latent]
+    #[arg(long)]
+    pub continuation: Option<String>,
     /// Sigma grid: `skyreels` (original code) or `diffusers`. [default: the model's: diffusers
     /// for reference-to-video, else skyreels]
     #[arg(long)]
@@ -195,6 +201,7 @@ pub fn request_from_args(args: &GenerateArgs) -> Result<GenerationRequest, Gener
         references: args.references.clone(),
         reference_guidance: args.ref_guidance,
         extend: args.extend.clone(),
+        transition: args.transition.clone(),
         output: args.output.clone(),
         frames,
         base_frames: args.base_frames,

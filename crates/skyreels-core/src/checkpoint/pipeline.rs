@@ -5,6 +5,9 @@
 //!   top, `Wan2.1_VAE.pth`, `models_t5_umt5-xxl-enc-bf16.pth` and `google/umt5-xxl/tokenizer.json`;
 //! - a diffusers-layout directory: `model_index.json`, `transformer/`, `vae/`, `text_encoder/`,
 //!   `tokenizer/` (and `scheduler/`, which is not needed: the schedule comes from the flags);
+//! - SkyReels-V3's video-extension release: the original layout's VAE, text encoder and tokenizer
+//!   at the top, its two transformers in `transformer/` (same shot) and `shot_transformer/`
+//!   (shot switching);
 //! - a Hugging Face hub id such as `Skywork/SkyReels-V2-DF-1.3B-540P`, looked up in the local hub
 //!   cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`). Nothing is
 //!   downloaded.
@@ -48,6 +51,9 @@ pub struct PipelineFiles {
     /// CLIP's vision tower, when the folder has one (image-to-video models): the diffusers
     /// `image_encoder/` or the original open-clip `.pth`.
     pub image_encoder: Option<PathBuf>,
+    /// SkyReels-V3's shot-switching transformer directory (`shot_transformer/`), when the folder
+    /// is a video-extension release that has one.
+    pub shot_transformer: Option<PathBuf>,
     /// Which pipeline the model is for.
     pub kind: PipelineKind,
 }
@@ -66,6 +72,9 @@ pub enum PipelineKind {
     /// One window composed from up to four reference images appended along time
     /// (SkyReels-V3-R2V).
     ReferenceToVideo,
+    /// A clip continued from clean latents of its last frames, in the same shot or cut to a new
+    /// one (SkyReels-V3-V2V).
+    VideoExtension,
 }
 
 impl std::fmt::Display for PipelineKind {
@@ -75,6 +84,7 @@ impl std::fmt::Display for PipelineKind {
             PipelineKind::TextToVideo => "text-to-video (T2V)",
             PipelineKind::ImageToVideo => "image-to-video (I2V)",
             PipelineKind::ReferenceToVideo => "reference-to-video (R2V)",
+            PipelineKind::VideoExtension => "video-extension (V2V)",
         })
     }
 }
@@ -204,12 +214,20 @@ fn find_in_hub_cache(id: &str) -> Result<PathBuf> {
 }
 
 fn resolve_dir(root: &Path, id: &str) -> Result<PipelineFiles> {
-    let diffusers = root.join("model_index.json").is_file() || root.join("transformer").is_dir();
+    let index = root.join("model_index.json").is_file();
+    // SkyReels-V3-V2V: original-layout files at the top, its transformers in subfolders.
+    let v3_extension = !index && root.join("transformer").is_dir() && root.join("Wan2.1_VAE.pth").is_file();
+    let diffusers = !v3_extension && (index || root.join("transformer").is_dir());
     let mut files = if diffusers { diffusers_files(root, id) } else { original_files(root, id) };
+    if v3_extension {
+        files.transformer = root.join("transformer");
+        files.shot_transformer = Some(root.join("shot_transformer")).filter(|d| d.is_dir());
+    }
     if !has_extension(&files.transformer, "safetensors") {
         files.transformer_gguf = single_gguf(&files.transformer);
     }
-    files.kind = detect_kind(root, &files.transformer, files.layout);
+    files.kind =
+        if v3_extension { PipelineKind::VideoExtension } else { detect_kind(root, &files.transformer, files.layout) };
     let missing: Vec<String> = required(&files).into_iter().filter(|(_, ok)| !ok).map(|(what, _)| what).collect();
     if missing.is_empty() {
         return Ok(files);
@@ -229,6 +247,7 @@ fn diffusers_files(root: &Path, id: &str) -> PipelineFiles {
         text_encoder: root.join("text_encoder"),
         tokenizer: root.join("tokenizer/tokenizer.json"),
         image_encoder: Some(root.join("image_encoder")).filter(|d| d.is_dir()),
+        shot_transformer: None,
         kind: PipelineKind::DiffusionForcing,
     }
 }
@@ -245,6 +264,7 @@ fn original_files(root: &Path, id: &str) -> PipelineFiles {
         tokenizer: root.join("google/umt5-xxl/tokenizer.json"),
         image_encoder: Some(root.join("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"))
             .filter(|f| f.is_file()),
+        shot_transformer: None,
         kind: PipelineKind::DiffusionForcing,
     }
 }
@@ -342,6 +362,10 @@ mod tests {
         assert_eq!(kind("t2v_pipeline"), PipelineKind::TextToVideo);
         assert_eq!(kind("i2v_pipeline"), PipelineKind::ImageToVideo);
         assert_eq!(kind("r2v_pipeline"), PipelineKind::ReferenceToVideo);
+        assert_eq!(kind("v2v_pipeline"), PipelineKind::VideoExtension);
+        let v2v = resolve_pipeline(fixtures.join("v2v_pipeline").to_str().unwrap()).unwrap();
+        assert!(v2v.transformer.ends_with("transformer"));
+        assert!(v2v.shot_transformer.is_some_and(|p| p.ends_with("shot_transformer")));
         let i2v = resolve_pipeline(fixtures.join("i2v_pipeline").to_str().unwrap()).unwrap();
         assert!(i2v.image_encoder.is_some_and(|p| p.ends_with("image_encoder")));
         // An original folder is T2V when it is named like the T2V release.

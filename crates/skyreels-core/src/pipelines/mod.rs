@@ -30,4 +30,4 @@ pub use reference_to_video::{
     denoise_with_references, generate_reference_window, reference_latents, ReferenceConditioning, REFERENCE_SLOTS,
 };
 pub use text_to_video::{denoise_video, generate_single_window, image_condition, ImageConditioning, VideoSampler};
-pub use video_extension::{denoise_extension, ExtensionLayout};
+pub use video_extension::{denoise_extension, generate_extension_window, ExtensionLayout};

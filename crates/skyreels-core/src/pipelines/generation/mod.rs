@@ -40,8 +40,8 @@ use serde_json::json;
 pub use lock::OutputLock;
 pub use models::{Devices, LoadedModels, ModelCache, RunOptions};
 pub use settings::{
-    demo_model_dir, limits, reference_bucket, with_suffix, Defaults, GenerateParams, GenerationRequest, ModelDefaults,
-    Notice, Start, DEFAULT_NEGATIVE_PROMPT, MAX_REFERENCES,
+    demo_model_dir, limits, v3_bucket_size, with_suffix, Defaults, GenerateParams, GenerationRequest, ModelDefaults,
+    Notice, Start, DEFAULT_NEGATIVE_PROMPT, MAX_REFERENCES, SHOT_FRAMES, TRANSITIONS,
 };
 pub use state::{write_atomically, ResumeInfo, ResumeState, STATE_VERSION};
 pub use story::{load_story, Segment};
@@ -53,9 +53,9 @@ use crate::media::{
 };
 use crate::models::ClipVisionEncoder;
 use crate::pipelines::{
-    encode_prompt, from_rgb_frames, generate_reference_window, generate_single_window, image_condition,
-    reference_latents, to_rgb_frames, DfVideo, ImageConditioning, NoiseState, ReferenceConditioning, SeededNoise,
-    TextConditioning, WindowDecoder,
+    encode_prompt, from_rgb_frames, generate_extension_window, generate_reference_window, generate_single_window,
+    image_condition, reference_latents, to_rgb_frames, DfVideo, ExtensionLayout, ImageConditioning, NoiseState,
+    ReferenceConditioning, SeededNoise, TextConditioning, WindowDecoder,
 };
 use crate::text::PromptTokenizer;
 use crate::UmT5Encoder;
@@ -218,6 +218,10 @@ impl Generation {
         let (params, notices) = GenerateParams::from_request(request)?;
         let kind = pipeline_kind(&params.model);
         check_pipeline_fits(&params, kind)?;
+        if params.transition.is_some() {
+            // Refused now rather than after the clip is copied.
+            transformer_files(&params)?;
+        }
         let total_rows = total_rows(&params, kind)?;
         check_output_is_free(&params, overwrite)?;
         let lock = OutputLock::acquire(&params.output)?;
@@ -290,7 +294,7 @@ impl Generation {
         for notice in &self.notices {
             observer(Event::Notice(notice));
         }
-        let files = resolve_pipeline(&self.params.model).map_err(|e| GenerationError::Model(e.to_string()))?;
+        let files = transformer_files(&self.params)?;
         let texts = encode_texts(&files, &self.params, devices, observer)?;
         observer(Event::Stage("loading the transformer and the VAE"));
         let loaded = models.get_or_load(&files, &self.params, devices)?;
@@ -302,6 +306,10 @@ impl Generation {
             (Begin::Fresh { references, .. }, PipelineKind::ReferenceToVideo) => {
                 Sampling::References(encode_references(&self.params, references, loaded, observer)?)
             }
+            (_, PipelineKind::VideoExtension) => Sampling::Extension(match self.params.transition {
+                Some(_) => ExtensionLayout::ShotSwitch,
+                None => ExtensionLayout::SameShot,
+            }),
             (Begin::Fresh { .. }, _) => Sampling::Single(None),
             // A resumed single-window run has committed its only window.
             (Begin::Resume(_), _) => Sampling::Finished,
@@ -355,10 +363,14 @@ fn fresh(
             .map_err(|e| GenerationError::Output(e.to_string()))?;
     let outcome = (|| {
         let mut decoder = WindowDecoder::new(&models.vae, params.continuation, params.overlap_history);
-        let history = match extend_input {
+        let mut history = match extend_input {
             Some((path, reader)) => Some(copy_extension(&path, reader, params, writer.as_mut(), &mut decoder, models)?),
             None => None,
         };
+        // A shot switch cuts away from the clip's last frames: they condition the new shot
+        // instead of being continued.
+        let context =
+            if matches!(sampling, Sampling::Extension(ExtensionLayout::ShotSwitch)) { history.take() } else { None };
         let video = DfVideo::new(params.window_plan(), history).map_err(engine_error)?;
         let checkpoint = writer.commit().map_err(|e| GenerationError::Output(e.to_string()))?;
         let run = Run {
@@ -370,6 +382,7 @@ fn fresh(
             noise: SeededNoise::new(params.seed),
             image_latent,
             end_latent,
+            context,
             sampling,
             rows_done: 0,
             seconds_before: 0.0,
@@ -422,6 +435,7 @@ fn resumed(
         noise: SeededNoise::from_state(saved.info.noise),
         image_latent: saved.image_latent,
         end_latent: saved.end_latent,
+        context: saved.context_latents,
         sampling,
         rows_done: saved.info.rows_done,
         seconds_before: saved.info.seconds,
@@ -587,6 +601,8 @@ struct Run<'a> {
     noise: SeededNoise,
     image_latent: Option<Tensor>,
     end_latent: Option<Tensor>,
+    /// The clip's last frames a shot switch cuts from.
+    context: Option<Tensor>,
     /// How windows are filled.
     sampling: Sampling,
     rows_done: usize,
@@ -660,6 +676,17 @@ impl Run<'_> {
                     &model,
                     latent_size,
                     references,
+                    text,
+                    &p.sampler,
+                    &mut self.noise,
+                    &mut on_row,
+                ),
+                Sampling::Extension(layout) => generate_extension_window(
+                    &mut self.video,
+                    &model,
+                    latent_size,
+                    *layout,
+                    self.context.as_ref(),
                     text,
                     &p.sampler,
                     &mut self.noise,
@@ -748,6 +775,7 @@ impl Run<'_> {
             history: self.video.history().cloned(),
             image_latent: self.image_latent.clone(),
             end_latent: self.end_latent.clone(),
+            context_latents: self.context.clone(),
             decoder: self.decoder.state().map_err(engine_error)?,
         }
         .save(&self.params.state_path())
@@ -762,6 +790,8 @@ enum Sampling {
     Single(Option<ImageConditioning>),
     /// One window composed from reference images (R2V).
     References(ReferenceConditioning),
+    /// SkyReels-V3 video extension: windows continuing the clip, or one new shot.
+    Extension(ExtensionLayout),
     /// A resumed one-window run: its only window is committed, nothing is left to sample.
     Finished,
 }
@@ -782,8 +812,29 @@ fn pipeline_kind(model: &str) -> PipelineKind {
 fn total_rows(params: &GenerateParams, kind: PipelineKind) -> Result<Option<usize>> {
     match kind {
         PipelineKind::DiffusionForcing => params.check_windows(),
+        // Same-shot extension: diffusion forcing's windows, every one `steps` model rows.
+        PipelineKind::VideoExtension if params.transition.is_none() => {
+            params.check_windows()?;
+            let windows = params.window_plan().window_count(params.initial_history());
+            Ok(windows.map(|n| n.saturating_mul(params.sampler.steps)))
+        }
         _ => Ok(Some(params.sampler.steps)),
     }
+}
+
+/// The model's files, the transformer being the shot-switching one when the run cuts to a new
+/// shot.
+fn transformer_files(params: &GenerateParams) -> Result<PipelineFiles> {
+    let mut files = resolve_pipeline(&params.model).map_err(|e| GenerationError::Model(e.to_string()))?;
+    if params.transition.is_some() {
+        files.transformer = files.shot_transformer.clone().ok_or_else(|| {
+            GenerationError::Model(format!(
+                "{} has no shot_transformer/: this video-extension model cannot cut to a new shot",
+                files.root.display()
+            ))
+        })?;
+    }
+    Ok(files)
 }
 
 /// Refuses what a single-window (T2V / I2V / R2V) model cannot do, and references given to a
@@ -799,8 +850,15 @@ fn check_pipeline_fits(params: &GenerateParams, kind: PipelineKind) -> Result<()
             "--ref is required: a {kind} model composes the video from 1 to {MAX_REFERENCES} reference images"
         ));
     }
+    let v2v = PipelineKind::VideoExtension;
+    if params.transition.is_some() && kind != v2v {
+        return refuse(format!("--transition needs a SkyReels-V3 {v2v} model: this is a {kind} model"));
+    }
     if kind == PipelineKind::DiffusionForcing {
         return Ok(());
+    }
+    if kind == v2v {
+        return check_extension_fits(params, kind);
     }
     let df = "a diffusion-forcing (DF) model";
     if params.segments.len() > 1 {
@@ -837,6 +895,35 @@ fn check_pipeline_fits(params: &GenerateParams, kind: PipelineKind) -> Result<()
     }
     if params.sampler.ar_step > 0 {
         return refuse(format!("--ar-step needs {df}: a {kind} model denoises every frame together"));
+    }
+    Ok(())
+}
+
+/// Refuses what a SkyReels-V3 video-extension model cannot do: it continues a clip (any number
+/// of windows in the same shot, one new shot when cutting) from text alone.
+fn check_extension_fits(params: &GenerateParams, kind: PipelineKind) -> Result<()> {
+    let refuse = |message: String| Err(GenerationError::Settings(message));
+    if !matches!(params.start, Start::Extend(_)) {
+        let given = if matches!(params.start, Start::Image(_)) { "--image cannot start it; " } else { "" };
+        return refuse(format!(
+            "--extend is required: a {kind} model continues a clip ({given}give the clip with --extend)"
+        ));
+    }
+    if params.end_image.is_some() {
+        return refuse(format!("--end-image needs a diffusion-forcing (DF) model: a {kind} model has no end frame"));
+    }
+    if params.sampler.ar_step > 0 {
+        return refuse(format!(
+            "--ar-step needs a diffusion-forcing (DF) model: a {kind} model denoises new frames together"
+        ));
+    }
+    if params.sampler.causal_block_size > 1 {
+        return refuse(format!("--causal-block-size needs a diffusion-forcing (DF) model: this is a {kind} model"));
+    }
+    if params.transition.is_some() && params.frames.is_none() {
+        return refuse(
+            "--frames 0 (endless) cannot cut to a new shot: a shot switch makes one shot of 2 to 5 s".into(),
+        );
     }
     Ok(())
 }

@@ -75,6 +75,8 @@ impl Devices {
 #[derive(Debug, Clone, PartialEq)]
 struct ModelKey {
     model: String,
+    /// The transformer folder: a video-extension release holds two.
+    transformer: std::path::PathBuf,
     dtype: DType,
     weights: WeightFormat,
     vae_dtype: DType,
@@ -154,6 +156,7 @@ impl ModelCache {
     ) -> Result<&LoadedModels> {
         let key = ModelKey {
             model: params.model.clone(),
+            transformer: files.transformer.clone(),
             dtype: transformer_dtype(files, &params.dtype, &devices.compute)?,
             weights: params.weights,
             vae_dtype: if params.vae_dtype == "bf16" { DType::BF16 } else { DType::F32 },

@@ -40,6 +40,9 @@ pub struct GenerationRequest {
     pub end_image: Option<PathBuf>,
     /// A video to extend.
     pub extend: Option<PathBuf>,
+    /// Video extension with SkyReels-V3: cut to a new shot (`zoom-in-cut`, `zoom-out-cut`, or
+    /// `cut` for one the prompt describes) instead of continuing the same one.
+    pub transition: Option<String>,
     /// The output file (.mp4, .gif) or folder (PNG frames).
     pub output: Option<PathBuf>,
     /// Video frames (4k+1); `Some(0)` runs until interrupted.
@@ -69,7 +72,7 @@ pub struct GenerationRequest {
     /// Noise level given to the clean overlap frames.
     pub addnoise_condition: u32,
     /// How windows are joined: `latent` or `pixel`.
-    pub continuation: String,
+    pub continuation: Option<String>,
     /// Sigma grid: `skyreels` or `diffusers`.
     pub sigma_grid: Option<String>,
     /// Block-causal attention in asynchronous mode.
@@ -96,6 +99,7 @@ impl Default for GenerationRequest {
             reference_guidance: None,
             end_image: None,
             extend: None,
+            transition: None,
             output: None,
             frames: None,
             base_frames: None,
@@ -110,7 +114,7 @@ impl Default for GenerationRequest {
             ar_step: 0,
             causal_block_size: 1,
             addnoise_condition: 0,
-            continuation: "latent".into(),
+            continuation: None,
             sigma_grid: None,
             causal_attention: false,
             dtype: "auto".into(),
@@ -155,6 +159,11 @@ pub struct GenerateParams {
     /// The image guidance scale of reference-to-video.
     #[serde(default = "one")]
     pub reference_guidance: f64,
+    /// SkyReels-V3 video extension cutting to a new shot: the transition tag the prompt starts
+    /// with (`[ZOOM_IN_CUT]`, …; empty for a cut the prompt describes). `None` continues the
+    /// same shot.
+    #[serde(default)]
+    pub transition: Option<String>,
     /// Output size in pixels.
     pub width: usize,
     /// Output size in pixels.
@@ -225,6 +234,8 @@ pub struct ModelDefaults {
     pub negative_prompt: Option<String>,
     /// `--sigma-grid`.
     pub sigma_grid: Option<String>,
+    /// `--continuation`.
+    pub continuation: Option<String>,
 }
 
 impl ModelDefaults {
@@ -251,19 +262,26 @@ impl ModelDefaults {
     /// at shift 5 without guidance on diffusers' sigma grid, 5 s at 24 fps, 720P (the size then
     /// follows the first reference's aspect ratio, [`reference_bucket`]).
     pub fn resolve(self, kind: PipelineKind) -> Defaults {
-        let v3 = kind == PipelineKind::ReferenceToVideo;
-        let pick = |v2: f64, v3_value: f64| if v3 { v3_value } else { v2 };
-        let frames = if v3 { 121 } else { 97 };
+        let (r2v, v2v) = (kind == PipelineKind::ReferenceToVideo, kind == PipelineKind::VideoExtension);
+        let v3 = r2v || v2v;
+        // V2V: 25 clean frames (7 latents) then 33 new latents, 5.5 s a window (upstream's chunk).
+        let frames = if r2v {
+            121
+        } else if v2v {
+            157
+        } else {
+            97
+        };
         Defaults {
             height: self.height.unwrap_or(if v3 { 720 } else { 544 }),
             width: self.width.unwrap_or(if v3 { 1280 } else { 960 }),
             fps: self.fps.unwrap_or(24),
             frames: self.frames.unwrap_or(frames),
             base_frames: self.base_frames.unwrap_or(frames),
-            overlap_history: self.overlap_history.unwrap_or(17),
+            overlap_history: self.overlap_history.unwrap_or(if v2v { 25 } else { 17 }),
             steps: self.steps.unwrap_or(if v3 { 8 } else { 30 }),
-            shift: self.shift.unwrap_or(pick(8.0, 5.0)),
-            guidance: self.guidance.unwrap_or(pick(6.0, 1.0)),
+            shift: self.shift.unwrap_or(if r2v { 5.0 } else { 8.0 }),
+            guidance: self.guidance.unwrap_or(if v3 { 1.0 } else { 6.0 }),
             text_length: self.text_length.unwrap_or(512),
             negative_prompt: self.negative_prompt.unwrap_or_else(|| {
                 if v3 {
@@ -272,7 +290,9 @@ impl ModelDefaults {
                     DEFAULT_NEGATIVE_PROMPT.to_string()
                 }
             }),
-            sigma_grid: self.sigma_grid.unwrap_or_else(|| if v3 { "diffusers" } else { "skyreels" }.to_string()),
+            sigma_grid: self.sigma_grid.unwrap_or_else(|| if r2v { "diffusers" } else { "skyreels" }.to_string()),
+            // V2V re-encodes the last decoded frames as the next prefix, as upstream does.
+            continuation: self.continuation.unwrap_or_else(|| if v2v { "pixel" } else { "latent" }.to_string()),
         }
     }
 }
@@ -304,6 +324,54 @@ pub struct Defaults {
     pub negative_prompt: String,
     /// Sigma grid: `skyreels` or `diffusers`.
     pub sigma_grid: String,
+    /// How windows are joined: `latent` or `pixel`.
+    pub continuation: String,
+}
+
+/// The shots SkyReels-V3's shot-switching model makes: 24·d + 1 frames for d = 2…5 s.
+pub const SHOT_FRAMES: [usize; 4] = [49, 73, 97, 121];
+
+/// `--transition` names and the tag each puts before the prompt: the two tags SkyReels-V3
+/// documents, and `cut` for any other cut (reverse shot, multi-angle, cut away), which the prompt
+/// describes in words as upstream advises.
+pub const TRANSITIONS: &[(&str, &str)] =
+    &[("zoom-in-cut", "[ZOOM_IN_CUT]"), ("zoom-out-cut", "[ZOOM_OUT_CUT]"), ("cut", "")];
+
+/// A `[TAG]` the prompt starts with (capitals and underscores), as SkyReels-V3 writes transitions.
+fn leading_tag(prompt: &str) -> Option<&str> {
+    let rest = prompt.trim_start().strip_prefix('[')?;
+    let end = rest.find(']')?;
+    let tag = &rest[..end];
+    (!tag.is_empty() && tag.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .then(|| &prompt.trim_start()[..end + 2])
+}
+
+/// The shot switch a request asks for: `--transition` (its tag put before the prompt), or a tag
+/// the prompt starts with when the model is a SkyReels-V3 extension model.
+fn shot_transition(args: &GenerationRequest, kind: PipelineKind, segments: &mut [Segment]) -> Result<Option<String>> {
+    let Some(name) = &args.transition else {
+        let tag = segments.first().and_then(|s| leading_tag(&s.prompt));
+        return Ok(tag.filter(|_| kind == PipelineKind::VideoExtension).map(str::to_string));
+    };
+    let Some(&(_, tag)) = TRANSITIONS.iter().find(|(known, _)| *known == name.replace('_', "-")) else {
+        return Err(bad(format!(
+            "--transition `{name}` is not a transition: use zoom-in-cut, zoom-out-cut, or cut (a cut the prompt describes)"
+        )));
+    };
+    if segments.len() > 1 {
+        return Err(bad("--transition cuts to one new shot: give it a --prompt, not a --story"));
+    }
+    if let Some(existing) = leading_tag(&segments[0].prompt) {
+        return Err(bad(format!("--transition was given and the prompt already starts with {existing}: keep one")));
+    }
+    if !tag.is_empty() {
+        segments[0].prompt = format!("{tag} {}", segments[0].prompt.trim_start());
+    }
+    Ok(Some(tag.to_string()))
+}
+
+fn strip_invalid(message: &str) -> String {
+    message.strip_prefix("invalid input: ").unwrap_or(message).to_string()
 }
 
 /// Reference images a reference-to-video model takes (SkyReels-V3's `MAX_ALLOWED_REF_IMG_LENGTH`).
@@ -332,10 +400,10 @@ const BUCKETS_720P: &[(f64, usize, usize)] = &[
     (1.50, 1176, 784), (1.78, 1280, 720), (1.89, 1320, 698), (2.00, 1358, 680), (2.08, 1386, 666),
 ];
 
-/// The `(width, height)` SkyReels-V3 gives a reference-to-video run whose first reference is
-/// `width × height`: the bucket of the class (480P, 540P or 720P, the one nearest
+/// The `(width, height)` SkyReels-V3 gives a run whose first reference (reference-to-video) or
+/// extended clip (video extension) is `width × height`: the bucket of the class (480P, 540P or 720P, the one nearest
 /// `class_height`) whose height/width ratio is nearest the image's, floored to multiples of 16.
-pub fn reference_bucket(width: u32, height: u32, class_height: usize) -> (usize, usize) {
+pub fn v3_bucket_size(width: u32, height: u32, class_height: usize) -> (usize, usize) {
     let table = match class_height {
         0..=510 => BUCKETS_480P,
         511..=630 => BUCKETS_540P,
@@ -492,16 +560,22 @@ impl GenerateParams {
                 args.references.len()
             )));
         }
-        let (height, width) = match (args.height, args.width, args.references.first()) {
-            // Reference-to-video takes its size from the first reference, as SkyReels-V3 does.
-            (None, None, Some(first)) if kind == PipelineKind::ReferenceToVideo && !sized_by_model => {
+        let (height, width) = match (args.height, args.width, args.references.first(), &args.extend) {
+            // SkyReels-V3 takes the size from the first reference, or from the clip it extends.
+            (None, None, Some(first), _) if kind == PipelineKind::ReferenceToVideo && !sized_by_model => {
                 let (w, h) = ::image::image_dimensions(first).map_err(|e| {
                     GenerationError::Input(format!("--ref {} is not a readable image: {e}", first.display()))
                 })?;
-                let (w, h) = reference_bucket(w, h, d.height);
+                let (w, h) = v3_bucket_size(w, h, d.height);
                 (h, w)
             }
-            (height, width, _) => (height.unwrap_or(d.height), width.unwrap_or(d.width)),
+            (None, None, _, Some(clip)) if kind == PipelineKind::VideoExtension && !sized_by_model => {
+                let reader = crate::media::open_video(clip)
+                    .map_err(|e| GenerationError::Input(format!("--extend {}", strip_invalid(&e.to_string()))))?;
+                let (w, h) = v3_bucket_size(reader.width(), reader.height(), d.height);
+                (h, w)
+            }
+            (height, width, _, _) => (height.unwrap_or(d.height), width.unwrap_or(d.width)),
         };
         let fps = args.fps.unwrap_or(d.fps);
         let steps = args.steps.unwrap_or(d.steps);
@@ -524,8 +598,23 @@ impl GenerateParams {
             (None, Some(video)) => Start::Extend(video.clone()),
             (None, None) => Start::Text,
         };
-        let base_frames = args.base_frames.unwrap_or(d.base_frames);
-        let overlap_history = args.overlap_history.unwrap_or(d.overlap_history);
+        let mut segments = segments;
+        let transition = shot_transition(args, kind, &mut segments)?;
+        let mut base_frames = args.base_frames.unwrap_or(d.base_frames);
+        let mut overlap_history = args.overlap_history.unwrap_or(d.overlap_history);
+        let mut default_frames = d.frames;
+        if transition.is_some() {
+            // A new shot of 2–5 s cut from the clip's last 8d − 7 frames (upstream's table).
+            let frames = args.frames.unwrap_or(SHOT_FRAMES[SHOT_FRAMES.len() - 1]);
+            if !SHOT_FRAMES.contains(&frames) {
+                return Err(bad(format!(
+                    "--frames {frames} is not a shot the shot-switching model makes: use 49, 73, 97 or 121 \
+                     (2 to 5 s at 24 fps)"
+                )));
+            }
+            let seconds = (frames - 1) / 24;
+            (base_frames, overlap_history, default_frames) = (frames, 8 * seconds - 7, frames);
+        }
         check_at_most("--base-frames", base_frames, limits::MAX_WINDOW_FRAMES)?;
         check_at_most("--overlap-history", overlap_history, limits::MAX_WINDOW_FRAMES)?;
         let base_frames = round_frames("--base-frames", base_frames, &mut notices);
@@ -555,7 +644,7 @@ impl GenerateParams {
             Some(n) => Some(round_frames("--frames", n, &mut notices)),
             // A story without --frames lasts exactly as many windows as its segments ask for.
             None if args.story.is_some() => Some(story_frames(&segments, &start, base_frames, overlap_history)?),
-            None => Some(d.frames),
+            None => Some(default_frames),
         };
         // A story's windows or a model's default can make the length too, unchecked above.
         if let Some(frames) = frames.filter(|&f| f > limits::MAX_FRAMES) {
@@ -577,7 +666,12 @@ impl GenerateParams {
         if !reference_guidance.is_finite() || reference_guidance < 0.0 {
             return Err(bad(format!("--ref-guidance {reference_guidance} must be a number of at least 0")));
         }
-        let continuation: Continuation = args.continuation.parse().map_err(|e: crate::Error| bad(e.to_string()))?;
+        let continuation: Continuation = args
+            .continuation
+            .as_deref()
+            .unwrap_or(&d.continuation)
+            .parse()
+            .map_err(|e: crate::Error| bad(e.to_string()))?;
         if !["f32", "bf16"].contains(&args.vae_dtype.as_str()) {
             return Err(bad(format!("--vae-dtype `{}` is not one of f32, bf16", args.vae_dtype)));
         }
@@ -592,6 +686,7 @@ impl GenerateParams {
             end_image: args.end_image.clone(),
             references: args.references.clone(),
             reference_guidance,
+            transition,
             width,
             height,
             frames,
@@ -629,10 +724,11 @@ impl GenerateParams {
         }
     }
 
-    /// Latent frames available to the first window as history.
+    /// Latent frames available to the first window as history (a shot switch's prefix
+    /// conditions the new shot instead of continuing it).
     pub fn initial_history(&self) -> usize {
         match self.start {
-            Start::Extend(_) => latent(self.overlap_history),
+            Start::Extend(_) if self.transition.is_none() => latent(self.overlap_history),
             _ => 0,
         }
     }
@@ -799,16 +895,16 @@ mod tests {
     }
 
     #[test]
-    fn reference_sizes_follow_skyreels_v3_buckets() {
+    fn v3_sizes_follow_skyreels_v3_buckets() {
         // 16:9 landscape → the 0.56 bucket of each class.
-        assert_eq!(reference_bucket(1920, 1080, 720), (1280, 720));
-        assert_eq!(reference_bucket(1920, 1080, 544), (960, 544));
-        assert_eq!(reference_bucket(1920, 1080, 480), (848, 480));
+        assert_eq!(v3_bucket_size(1920, 1080, 720), (1280, 720));
+        assert_eq!(v3_bucket_size(1920, 1080, 544), (960, 544));
+        assert_eq!(v3_bucket_size(1920, 1080, 480), (848, 480));
         // 720P 0.53 → 698 × 1318, floored to multiples of 16.
-        assert_eq!(reference_bucket(1318, 698, 720), (1312, 688));
+        assert_eq!(v3_bucket_size(1318, 698, 720), (1312, 688));
         // Portrait and square.
-        assert_eq!(reference_bucket(1080, 1920, 720), (720, 1280));
-        assert_eq!(reference_bucket(500, 500, 480), (640, 640));
+        assert_eq!(v3_bucket_size(1080, 1920, 720), (720, 1280));
+        assert_eq!(v3_bucket_size(500, 500, 480), (640, 640));
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct ResumeState {
     pub image_latent: Option<Tensor>,
     /// The last-frame latent of `--end-image`.
     pub end_latent: Option<Tensor>,
+    /// The clip's last frames a SkyReels-V3 shot switch cuts from.
+    pub context_latents: Option<Tensor>,
     /// What the window decoder needs to continue.
     pub decoder: WindowDecoderState,
 }
@@ -67,6 +69,7 @@ impl ResumeState {
         put("history".into(), &self.history);
         put("image_latent".into(), &self.image_latent);
         put("end_latent".into(), &self.end_latent);
+        put("context_latents".into(), &self.context_latents);
         put("pixel_history".into(), &self.decoder.pixel_history);
         put("recent_latents".into(), &self.decoder.recent_latents);
         let info = serde_json::to_string(&self.info).map_err(|e| GenerationError::Output(e.to_string()))?;
@@ -111,6 +114,7 @@ impl ResumeState {
             history: tensors.remove("history"),
             image_latent: tensors.remove("image_latent"),
             end_latent: tensors.remove("end_latent"),
+            context_latents: tensors.remove("context_latents"),
             decoder: WindowDecoderState {
                 recent_latents: tensors.remove("recent_latents"),
                 pixel_history: tensors.remove("pixel_history"),
@@ -145,6 +149,7 @@ impl ResumeState {
             history: move_to(self.history)?,
             image_latent: move_to(self.image_latent)?,
             end_latent: move_to(self.end_latent)?,
+            context_latents: move_to(self.context_latents)?,
             decoder: WindowDecoderState {
                 recent_latents: move_to(self.decoder.recent_latents)?,
                 pixel_history: move_to(self.decoder.pixel_history)?,
