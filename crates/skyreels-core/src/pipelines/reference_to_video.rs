@@ -65,20 +65,25 @@ pub fn reference_latents(vae: &WanVae, images: &[Tensor], noise: &mut dyn NoiseS
             images.len()
         ));
     }
-    let z = vae.config().z_dim;
     let mut frames = Vec::with_capacity(REFERENCE_SLOTS);
     for image in images {
-        let video = image.to_dtype(vae.dtype())?.unsqueeze(2)?;
-        let moments = vae.encode_moments(&video)?.to_dtype(DType::F32)?;
-        let mean = moments.narrow(1, 0, z)?;
-        // diffusers' DiagonalGaussianDistribution clamps the log-variance the same way.
-        let std = (moments.narrow(1, z, z)?.clamp(-30f32, 20f32)? * 0.5)?.exp()?;
-        let eps = noise.randn(mean.dims(), mean.device())?;
-        frames.push(vae.normalize(&(mean + (std * eps)?)?)?);
+        frames.push(sample_posterior(vae, &image.unsqueeze(2)?, noise)?);
     }
     let blank = frames[0].zeros_like()?;
     frames.resize(REFERENCE_SLOTS, blank);
     Ok(Tensor::cat(&frames, 2)?)
+}
+
+/// Normalised latents of `video` (`[1, 3, 1 + 4k, H, W]` in [−1, 1]) drawn from the VAE's
+/// posterior with draws from `noise`, in f32: what diffusers' `latent_dist.sample(generator)`
+/// gives (the log-variance clamped to [−30, 20] the same way).
+pub fn sample_posterior(vae: &WanVae, video: &Tensor, noise: &mut dyn NoiseSource) -> Result<Tensor> {
+    let z = vae.config().z_dim;
+    let moments = vae.encode_moments(&video.to_dtype(vae.dtype())?)?.to_dtype(DType::F32)?;
+    let mean = moments.narrow(1, 0, z)?;
+    let std = (moments.narrow(1, z, z)?.clamp(-30f32, 20f32)? * 0.5)?.exp()?;
+    let eps = noise.randn(mean.dims(), mean.device())?;
+    vae.normalize(&(mean + (std * eps)?)?)
 }
 
 /// Fills the next (and only) window of `video` with [`denoise_with_references`]: fresh noise

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::diffusion_forcing::{guide, DfSettings, DfVideo, TextConditioning, WindowSpec};
 use super::noise::NoiseSource;
+use super::reference_to_video::sample_posterior;
 use crate::error::{invalid_input, Result};
 use crate::models::transformer::fps_index;
 use crate::schedulers::{FlowSchedule, FlowScheduler, FlowUniPc, SigmaGrid};
@@ -210,6 +211,53 @@ pub fn image_condition(vae: &WanVae, first: &Tensor, last: Option<&Tensor>, fram
             mask.push(if given(pixel) { 1f32 } else { 0f32 });
         }
     }
+    let mask = Tensor::from_vec(mask, (1, 4, latent_frames, 1, 1), latents.device())?
+        .broadcast_as((1, 4, latent_frames, h, w))?
+        .contiguous()?;
+    Ok(Tensor::cat(&[mask, latents], 1)?)
+}
+
+/// Elements SkyReels-A2 composes into one video.
+pub const MAX_ELEMENTS: usize = 3;
+
+/// SkyReels-A2's condition (elements-to-video, `skyreels-v3-a2-captioner.md` §3): the VAE latents
+/// of the pixel video `[e₀, e₁ ×4, e₂ ×4, black …]` (`elements` each `[1, 3, H, W]` in [−1, 1],
+/// `frames` long), so that latent frame `i` holds element `i`, after 4 mask channels that are 1
+/// on those latent frames. One element is image-to-video's first-frame layout (upstream's own
+/// single-element layout miscounts its mask; its fix does this). With `noise` the posterior is
+/// sampled, as upstream does; without, its mean is taken.
+pub fn elements_condition(
+    vae: &WanVae,
+    elements: &[Tensor],
+    frames: usize,
+    noise: Option<&mut dyn NoiseSource>,
+) -> Result<Tensor> {
+    let count = elements.len();
+    if count == 0 || count > MAX_ELEMENTS {
+        return Err(invalid_input!("elements-to-video takes 1 to {MAX_ELEMENTS} element images, got {count}"));
+    }
+    let given = 4 * (count - 1) + 1;
+    if !(frames - 1).is_multiple_of(4) || frames < given {
+        return Err(invalid_input!(
+            "an elements-to-video condition of {count} elements needs 4k + 1 frames, at least {given}, got {frames}"
+        ));
+    }
+    let (_, _, height, width) = elements[0].dims4()?;
+    let mut pixels = Vec::with_capacity(frames);
+    for (i, element) in elements.iter().enumerate() {
+        let frame = element.to_dtype(DType::F32)?.unsqueeze(2)?;
+        pixels.extend(std::iter::repeat_n(frame, if i == 0 { 1 } else { 4 }));
+    }
+    if frames > given {
+        pixels.push(Tensor::zeros((1, 3, frames - given, height, width), DType::F32, elements[0].device())?);
+    }
+    let video = Tensor::cat(&pixels, 2)?.to_dtype(vae.dtype())?;
+    let latents = match noise {
+        Some(noise) => sample_posterior(vae, &video, noise)?,
+        None => vae.encode_latents(&video)?.to_dtype(DType::F32)?,
+    };
+    let (_, _, latent_frames, h, w) = latents.dims5()?;
+    let mask: Vec<f32> = (0..4).flat_map(|_| (0..latent_frames).map(|t| if t < count { 1.0 } else { 0.0 })).collect();
     let mask = Tensor::from_vec(mask, (1, 4, latent_frames, 1, 1), latents.device())?
         .broadcast_as((1, 4, latent_frames, h, w))?
         .contiguous()?;
