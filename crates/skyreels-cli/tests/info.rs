@@ -141,6 +141,8 @@ fn pipeline_folders_name_their_pipeline_and_clip_encoder() {
     assert!(r2v.contains("pipeline:     reference-to-video (R2V)") && r2v.contains("parameters:   48,832"), "{r2v}");
     let v2v = String::from_utf8_lossy(&info(&models_dir().join("v2v_pipeline")).stdout).to_string();
     assert!(v2v.contains("pipeline:     video-extension (V2V)") && v2v.contains("parameters:   48,832"), "{v2v}");
+    let a2 = String::from_utf8_lossy(&info(&models_dir().join("a2_pipeline")).stdout).to_string();
+    assert!(a2.contains("pipeline:     elements-to-video (A2)") && a2.contains("CLIP encoder:"), "{a2}");
     let json = skyreels(&["info".as_ref(), models_dir().join("i2v_pipeline").as_os_str(), "--json".as_ref()]);
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(

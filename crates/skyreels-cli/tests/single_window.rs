@@ -121,6 +121,36 @@ fn a_reference_to_video_model_composes_its_references() {
 }
 
 #[test]
+fn an_elements_to_video_model_composes_its_elements() {
+    let dir = tempfile::tempdir().unwrap();
+    let elements: Vec<_> = [(64, 24, 200), (20, 40, 30), (48, 48, 120)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(w, h, green))| {
+            let path = dir.path().join(format!("element{i}.png"));
+            write_png_sized(&path, w, h, green);
+            path
+        })
+        .collect();
+    let out = dir.path().join("a2.mp4");
+    let mut args = vec!["-p", "a man holds a teddy bear in the forest", "--frames", "13"];
+    for element in &elements {
+        args.extend(["--ref", element.to_str().unwrap()]);
+    }
+    let run = generate("a2_pipeline", &out, &args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(frames_of(&out), (13, 48, 32));
+    let settings = &sidecar(&out)["settings"];
+    assert_eq!(settings["sampler"]["guidance_scale"], 5.0, "SkyReels-A2's released guidance is the default");
+    assert_eq!(settings["references"].as_array().map(Vec::len), Some(3));
+    // Two elements make another video.
+    let two = dir.path().join("two.mp4");
+    let run = generate("a2_pipeline", &two, &args[..args.len() - 2]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_ne!(std::fs::read(&out).unwrap(), std::fs::read(&two).unwrap());
+}
+
+#[test]
 fn what_a_model_cannot_do_is_refused_in_one_sentence() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("first.png");
@@ -142,8 +172,11 @@ fn what_a_model_cannot_do_is_refused_in_one_sentence() {
         ("r2v_pipeline", &["-p", "x"], "--ref is required"),
         ("r2v_pipeline", &["-p", "x", "--ref", unreadable], "--ref"),
         ("r2v_pipeline", &["-p", "x", "--ref", image, "--image", image], "give a reference-to-video (R2V) model"),
-        ("t2v_pipeline", &["-p", "x", "--ref", image], "--ref needs a SkyReels-V3 reference-to-video (R2V) model"),
+        ("t2v_pipeline", &["-p", "x", "--ref", image], "--ref needs a SkyReels-V3 reference-to-video (R2V) or a SkyReels-A2"),
         ("df_pipeline", &["-p", "x", "--ref", image], "this is a diffusion-forcing (DF) model"),
+        ("a2_pipeline", &five_refs[2..], "at most 3 element images"),
+        ("a2_pipeline", &["-p", "x"], "--ref is required: this elements-to-video (A2) model"),
+        ("a2_pipeline", &["-p", "x", "--ref", image, "--ref", image, "--ref", image, "--frames", "5"], "at least 9"),
     ];
     for (model, args, mentions) in cases {
         let out = dir.path().join("refused.mp4");

@@ -340,8 +340,9 @@ pub struct ModelInfo {
     #[schema(value_type = Object)]
     pub defaults: Defaults,
     /// `diffusion_forcing` (every mode, any length), `text_to_video` (one shot from text),
-    /// `image_to_video` (one shot from a first frame) or `reference_to_video` (one shot composed
-    /// from 1–4 `references`).
+    /// `image_to_video` (one shot from a first frame), `reference_to_video` (one shot composed
+    /// from 1–4 `references`), `elements_to_video` (one shot from 1–3 `references`: SkyReels-A2)
+    /// or `video_extension` (an `extend` clip continued, or cut to a new shot with `transition`).
     #[schema(value_type = String)]
     pub pipeline: PipelineKind,
 }

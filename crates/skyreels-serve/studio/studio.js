@@ -153,6 +153,9 @@ const MODES_OF = {
   text_to_video: ['text'],
   image_to_video: ['image'],
   reference_to_video: ['references'],
+  elements_to_video: ['references'],
+  // A cut to a new shot: start the prompt with its tag, e.g. [ZOOM_IN_CUT].
+  video_extension: ['extend'],
 };
 
 function applyDefaults(modelName) {

@@ -75,6 +75,9 @@ pub enum PipelineKind {
     /// A clip continued from clean latents of its last frames, in the same shot or cut to a new
     /// one (SkyReels-V3-V2V).
     VideoExtension,
+    /// One window composed from 1–3 element images: their CLIP tokens through the image
+    /// cross-attention and the images as the first frames of the condition video (SkyReels-A2).
+    ElementsToVideo,
 }
 
 impl std::fmt::Display for PipelineKind {
@@ -85,11 +88,14 @@ impl std::fmt::Display for PipelineKind {
             PipelineKind::ImageToVideo => "image-to-video (I2V)",
             PipelineKind::ReferenceToVideo => "reference-to-video (R2V)",
             PipelineKind::VideoExtension => "video-extension (V2V)",
+            PipelineKind::ElementsToVideo => "elements-to-video (A2)",
         })
     }
 }
 
-/// The pipeline a folder is for: image-to-video when its transformer takes the 36 channels of
+/// The pipeline a folder is for: elements-to-video when the transformer or the pipeline is
+/// SkyReels-A2's (`A2Model`, `A2Pipeline`: an I2V DiT the pipeline feeds differently);
+/// image-to-video when its transformer takes the 36 channels of
 /// noise + condition (or says `model_type: i2v`); reference-to-video when the transformer is
 /// SkyReels-V3's (`SkyReelsA2WanI2v3DModel`, or `SkyReelsC1WanI2v3DModel` as some published
 /// configs spell it: the same Wan DiT, which only the sequence layout tells apart);
@@ -99,20 +105,24 @@ impl std::fmt::Display for PipelineKind {
 fn detect_kind(root: &Path, transformer: &Path, layout: PipelineLayout) -> PipelineKind {
     let read =
         |path: &Path| -> Option<serde_json::Value> { serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok() };
+    let index_class = read(&root.join("model_index.json"))
+        .and_then(|index| index.get("_class_name")?.as_str().map(str::to_string))
+        .unwrap_or_default();
     if let Some(config) = read(&transformer.join("config.json")) {
+        let class = config.get("_class_name").and_then(|v| v.as_str()).unwrap_or_default();
+        if class == "A2Model" || index_class == "A2Pipeline" {
+            return PipelineKind::ElementsToVideo;
+        }
         let channels = config.get("in_channels").or_else(|| config.get("in_dim")).and_then(|v| v.as_u64());
         if channels == Some(36) || config.get("model_type").and_then(|v| v.as_str()) == Some("i2v") {
             return PipelineKind::ImageToVideo;
         }
-        let class = config.get("_class_name").and_then(|v| v.as_str()).unwrap_or_default();
         if class.starts_with("SkyReels") && class.ends_with("WanI2v3DModel") {
             return PipelineKind::ReferenceToVideo;
         }
     }
     let text_to_video = match layout {
-        PipelineLayout::Diffusers => read(&root.join("model_index.json"))
-            .and_then(|index| index.get("_class_name")?.as_str().map(|c| c == "SkyReelsV2Pipeline"))
-            .unwrap_or(false),
+        PipelineLayout::Diffusers => index_class == "SkyReelsV2Pipeline",
         PipelineLayout::Original => {
             root.file_name().is_some_and(|name| name.to_string_lossy().to_ascii_uppercase().contains("-T2V-"))
         }
@@ -306,7 +316,7 @@ fn required(f: &PipelineFiles) -> Vec<(String, bool)> {
         out.push((format!("{} (text encoder)", rel(&f.text_encoder)), f.text_encoder.is_file()));
     }
     out.push((format!("{} (tokenizer)", rel(&f.tokenizer)), f.tokenizer.is_file()));
-    if f.kind == PipelineKind::ImageToVideo {
+    if matches!(f.kind, PipelineKind::ImageToVideo | PipelineKind::ElementsToVideo) {
         let clip = match f.layout {
             PipelineLayout::Diffusers => "image_encoder/ (CLIP image encoder)",
             PipelineLayout::Original => "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth (CLIP image encoder)",
@@ -363,6 +373,7 @@ mod tests {
         assert_eq!(kind("i2v_pipeline"), PipelineKind::ImageToVideo);
         assert_eq!(kind("r2v_pipeline"), PipelineKind::ReferenceToVideo);
         assert_eq!(kind("v2v_pipeline"), PipelineKind::VideoExtension);
+        assert_eq!(kind("a2_pipeline"), PipelineKind::ElementsToVideo);
         let v2v = resolve_pipeline(fixtures.join("v2v_pipeline").to_str().unwrap()).unwrap();
         assert!(v2v.transformer.ends_with("transformer"));
         assert!(v2v.shot_transformer.is_some_and(|p| p.ends_with("shot_transformer")));

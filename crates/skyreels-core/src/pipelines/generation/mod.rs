@@ -53,9 +53,9 @@ use crate::media::{
 };
 use crate::models::ClipVisionEncoder;
 use crate::pipelines::{
-    encode_prompt, from_rgb_frames, generate_extension_window, generate_reference_window, generate_single_window,
-    image_condition, reference_latents, to_rgb_frames, DfVideo, ExtensionLayout, ImageConditioning, NoiseState,
-    ReferenceConditioning, SeededNoise, TextConditioning, WindowDecoder,
+    elements_condition, encode_prompt, from_rgb_frames, generate_extension_window, generate_reference_window,
+    generate_single_window, image_condition, reference_latents, to_rgb_frames, DfVideo, ExtensionLayout,
+    ImageConditioning, NoiseState, ReferenceConditioning, SeededNoise, TextConditioning, WindowDecoder, MAX_ELEMENTS,
 };
 use crate::text::PromptTokenizer;
 use crate::UmT5Encoder;
@@ -233,7 +233,7 @@ impl Generation {
         if let Start::Extend(path) = &params.start {
             open_extension(path, &params)?;
         }
-        let references = params.references.iter().map(|p| load_reference_image(p, &params)).collect::<Result<_>>()?;
+        let references = params.references.iter().map(|p| load_reference_image(p)).collect::<Result<_>>()?;
         let begin = Begin::Fresh { start_frame, end_frame, references };
         Ok(Self { lock, params, notices, total_rows, kind, begin })
     }
@@ -305,6 +305,9 @@ impl Generation {
             }
             (Begin::Fresh { references, .. }, PipelineKind::ReferenceToVideo) => {
                 Sampling::References(encode_references(&self.params, references, loaded, observer)?)
+            }
+            (Begin::Fresh { references, .. }, PipelineKind::ElementsToVideo) => {
+                Sampling::Single(Some(encode_elements(&files, &self.params, references, loaded, observer)?))
             }
             (_, PipelineKind::VideoExtension) => Sampling::Extension(match self.params.transition {
                 Some(_) => ExtensionLayout::ShotSwitch,
@@ -841,14 +844,13 @@ fn transformer_files(params: &GenerateParams) -> Result<PipelineFiles> {
 /// model without reference input, naming the model kind that can.
 fn check_pipeline_fits(params: &GenerateParams, kind: PipelineKind) -> Result<()> {
     let refuse = |message: String| Err(GenerationError::Settings(message));
-    let r2v = PipelineKind::ReferenceToVideo;
-    if !params.references.is_empty() && kind != r2v {
-        return refuse(format!("--ref needs a SkyReels-V3 {r2v} model: this is a {kind} model"));
+    let (r2v, a2) = (PipelineKind::ReferenceToVideo, PipelineKind::ElementsToVideo);
+    if !params.references.is_empty() && kind != r2v && kind != a2 {
+        return refuse(format!("--ref needs a SkyReels-V3 {r2v} or a SkyReels-A2 {a2} model: this is a {kind} model"));
     }
-    if kind == r2v && params.references.is_empty() {
-        return refuse(format!(
-            "--ref is required: a {kind} model composes the video from 1 to {MAX_REFERENCES} reference images"
-        ));
+    if (kind == r2v || kind == a2) && params.references.is_empty() {
+        let most = if kind == a2 { MAX_ELEMENTS } else { MAX_REFERENCES };
+        return refuse(format!("--ref is required: this {kind} model composes the video from 1 to {most} images"));
     }
     let v2v = PipelineKind::VideoExtension;
     if params.transition.is_some() && kind != v2v {
@@ -869,7 +871,7 @@ fn check_pipeline_fits(params: &GenerateParams, kind: PipelineKind) -> Result<()
         (Start::Image(_), PipelineKind::TextToVideo) => {
             return refuse(format!("--image needs an image-to-video (I2V) model or {df}: this is a {kind} model"))
         }
-        (Start::Image(_), PipelineKind::ReferenceToVideo) => {
+        (Start::Image(_), PipelineKind::ReferenceToVideo | PipelineKind::ElementsToVideo) => {
             return refuse(format!(
                 "--image needs an image-to-video (I2V) model: give a {kind} model its images as --ref"
             ))
@@ -895,6 +897,13 @@ fn check_pipeline_fits(params: &GenerateParams, kind: PipelineKind) -> Result<()
     }
     if params.sampler.ar_step > 0 {
         return refuse(format!("--ar-step needs {df}: a {kind} model denoises every frame together"));
+    }
+    let shown = 4 * params.references.len().saturating_sub(1) + 1;
+    if kind == a2 && params.frames.is_some_and(|frames| frames < shown) {
+        return refuse(format!(
+            "--frames must be at least {shown} with {} elements: the condition video shows them first",
+            params.references.len()
+        ));
     }
     Ok(())
 }
@@ -956,11 +965,15 @@ fn encode_first_frame(
     Ok(ImageConditioning { condition, image_context })
 }
 
-/// Reads a reference image and letterboxes it to the video's size (SkyReels-V3's preparation).
-fn load_reference_image(path: &Path, params: &GenerateParams) -> Result<RgbFrame> {
-    let input = |e: crate::Error| GenerationError::Input(format!("--ref {}", strip_invalid_input(&e.to_string())));
-    let image = load_image(path).map_err(input)?;
-    letterbox(&image, params.width as u32, params.height as u32).map_err(input)
+/// Reads a reference or element image (fitted to the video when it is encoded).
+fn load_reference_image(path: &Path) -> Result<RgbFrame> {
+    load_image(path).map_err(|e| GenerationError::Input(format!("--ref {}", strip_invalid_input(&e.to_string()))))
+}
+
+/// `frame` letterboxed to `width × height` on white, as a `[1, 3, H, W]` tensor in [−1, 1].
+fn letterboxed(frame: &RgbFrame, (width, height): (usize, usize), device: &Device) -> crate::Result<Tensor> {
+    let fitted = letterbox(frame, width as u32, height as u32)?;
+    Ok(from_rgb_frames(std::slice::from_ref(&fitted), device)?.squeeze(2)?)
 }
 
 /// Where the draws of the references' VAE posterior start in the seed's Philox stream: far
@@ -976,14 +989,54 @@ fn encode_references(
     observer: &mut dyn FnMut(Event<'_>),
 ) -> Result<ReferenceConditioning> {
     observer(Event::Stage("encoding the reference images"));
+    let size = (params.width, params.height);
     let images = frames
         .iter()
-        .map(|frame| Ok(from_rgb_frames(std::slice::from_ref(frame), &models.device)?.squeeze(2)?))
+        .map(|frame| letterboxed(frame, size, &models.device))
         .collect::<crate::Result<Vec<_>>>()
         .map_err(engine_error)?;
     let mut noise = SeededNoise::from_state(NoiseState { seed: params.seed, counter: REFERENCE_NOISE_COUNTER });
     let latents = reference_latents(&models.vae, &images, &mut noise).map_err(engine_error)?;
     Ok(ReferenceConditioning { latents, image_guidance: params.reference_guidance })
+}
+
+/// SkyReels-A2's conditioning of 1–3 elements: the CLIP tokens of each (letterboxed to a
+/// square on white, as upstream pads them to 512 × 512), concatenated; and the condition video
+/// with the elements as its first frames (the first two letterboxed, the third — the
+/// background — cropped to fill the frame), its posterior sampled from the seed's stream.
+fn encode_elements(
+    files: &PipelineFiles,
+    params: &GenerateParams,
+    frames: &[RgbFrame],
+    models: &LoadedModels,
+    observer: &mut dyn FnMut(Event<'_>),
+) -> Result<ImageConditioning> {
+    observer(Event::Stage("encoding the elements"));
+    let path = files.image_encoder.as_ref().ok_or_else(|| {
+        GenerationError::Model("this elements-to-video model has no CLIP image encoder (image_encoder/)".into())
+    })?;
+    let device = &models.device;
+    let dtype = if device.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
+    let clip = ClipVisionEncoder::load(path, device, dtype)
+        .map_err(|e| GenerationError::Model(format!("image encoder: {e}")))?;
+    let encode = || -> crate::Result<ImageConditioning> {
+        let mut tokens = Vec::with_capacity(frames.len());
+        let mut pixels = Vec::with_capacity(frames.len());
+        for (i, frame) in frames.iter().enumerate() {
+            tokens.push(clip.encode_images(&letterboxed(frame, (512, 512), device)?)?);
+            pixels.push(if i < 2 {
+                letterboxed(frame, (params.width, params.height), device)?
+            } else {
+                let filled = fit_to(frame, params.width as u32, params.height as u32)?;
+                from_rgb_frames(std::slice::from_ref(&filled), device)?.squeeze(2)?
+            });
+        }
+        let frames = params.frames.unwrap_or(params.base_frames);
+        let mut noise = SeededNoise::from_state(NoiseState { seed: params.seed, counter: REFERENCE_NOISE_COUNTER });
+        let condition = elements_condition(&models.vae, &pixels, frames, Some(&mut noise))?;
+        Ok(ImageConditioning { condition, image_context: Tensor::cat(&tokens, 1)? })
+    };
+    encode().map_err(engine_error)
 }
 
 /// Test hook for crash safety: with `SKYREELS_TEST_ABORT_AT=<point>:<n>` the process aborts the

@@ -264,6 +264,9 @@ impl ModelDefaults {
     pub fn resolve(self, kind: PipelineKind) -> Defaults {
         let (r2v, v2v) = (kind == PipelineKind::ReferenceToVideo, kind == PipelineKind::VideoExtension);
         let v3 = r2v || v2v;
+        if kind == PipelineKind::ElementsToVideo {
+            return self.resolve_elements_to_video();
+        }
         // V2V: 25 clean frames (7 latents) then 33 new latents, 5.5 s a window (upstream's chunk).
         let frames = if r2v {
             121
@@ -296,6 +299,32 @@ impl ModelDefaults {
         }
     }
 }
+
+impl ModelDefaults {
+    /// SkyReels-A2's released settings (`infer.py`): 81 frames at 480 × 832, 50 steps,
+    /// guidance 5, diffusers' grid at shift 8, Wan's English negative prompt; 16 fps, the rate
+    /// Wan-based models are trained at.
+    fn resolve_elements_to_video(self) -> Defaults {
+        Defaults {
+            height: self.height.unwrap_or(480),
+            width: self.width.unwrap_or(832),
+            fps: self.fps.unwrap_or(16),
+            frames: self.frames.unwrap_or(81),
+            base_frames: self.base_frames.unwrap_or(81),
+            overlap_history: self.overlap_history.unwrap_or(17),
+            steps: self.steps.unwrap_or(50),
+            shift: self.shift.unwrap_or(8.0),
+            guidance: self.guidance.unwrap_or(5.0),
+            text_length: self.text_length.unwrap_or(512),
+            negative_prompt: self.negative_prompt.unwrap_or_else(|| A2_NEGATIVE_PROMPT.to_string()),
+            sigma_grid: self.sigma_grid.unwrap_or_else(|| "diffusers".to_string()),
+            continuation: self.continuation.unwrap_or_else(|| "latent".to_string()),
+        }
+    }
+}
+
+/// SkyReels-A2's negative prompt (`infer.py`, Wan's English one).
+pub const A2_NEGATIVE_PROMPT: &str = "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy background, three legs, many people in the background, walking backwards";
 
 /// The settings a model runs with when a request leaves them out ([`ModelDefaults::resolve`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -554,11 +583,14 @@ impl GenerateParams {
         let recommended = ModelDefaults::of_model(&model)?;
         let sized_by_model = recommended.height.is_some() || recommended.width.is_some();
         let d = recommended.resolve(kind);
-        if args.references.len() > MAX_REFERENCES {
-            return Err(bad(format!(
-                "--ref was given {} times: reference-to-video takes at most {MAX_REFERENCES} reference images",
-                args.references.len()
-            )));
+        let (most, what) = match kind {
+            PipelineKind::ElementsToVideo => {
+                (crate::pipelines::MAX_ELEMENTS, "elements-to-video takes at most 3 element")
+            }
+            _ => (MAX_REFERENCES, "reference-to-video takes at most 4 reference"),
+        };
+        if args.references.len() > most {
+            return Err(bad(format!("--ref was given {} times: {what} images", args.references.len())));
         }
         let (height, width) = match (args.height, args.width, args.references.first(), &args.extend) {
             // SkyReels-V3 takes the size from the first reference, or from the clip it extends.
