@@ -71,7 +71,9 @@ fn reference(dir: &Path, seed: u64) -> Vec<u8> {
 /// Starts a run and kills it once its first window is committed (its state is saved).
 fn interrupted(out: &Path, seed: u64) {
     let mut child = generate(out, &fast(seed)).stderr(Stdio::null()).spawn().unwrap();
-    wait_until(&mut child, || state(out).exists());
+    // The state is saved just before a new output is published (renamed into place): wait for
+    // both, or a kill between the two leaves no output for the tests to read.
+    wait_until(&mut child, || state(out).exists() && out.exists());
     let _ = child.kill();
     let _ = child.wait();
     assert!(state(out).exists(), "the run finished before it could be interrupted");
