@@ -30,7 +30,7 @@ pub struct ReferenceConditioning {
     pub image_guidance: f64,
 }
 
-/// [`denoise_video`] for reference-to-video: `references` ride along after the noise.
+/// [`denoise_video`](super::denoise_video) for reference-to-video: `references` ride along after the noise.
 pub fn denoise_with_references(
     model: &WanTransformer3d,
     noise: &Tensor,

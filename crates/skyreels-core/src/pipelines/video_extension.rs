@@ -8,7 +8,7 @@
 //!   positions 0, 1, … over both — the diffusion-forcing layout.
 //! - [`ExtensionLayout::ShotSwitch`] (`shot_transformer/`): the new frames first at positions
 //!   0, 1, …, the prefix after them at positions from 1024
-//!   ([`CONTEXT_FRAME_POSITION`](crate::models::transformer::CONTEXT_FRAME_POSITION)), its
+//!   ([`CONTEXT_FRAME_POSITION`]), its
 //!   tokens dropped after the head. The new shot sees the old one as far-away context.
 
 use candle_core::{DType, Device, Tensor};

@@ -260,7 +260,7 @@ impl ModelDefaults {
     /// request that sets nothing gets (what a front end shows in its empty form). SkyReels-V2's
     /// for its models; SkyReels-V3's for reference-to-video, whose distilled model runs 8 steps
     /// at shift 5 without guidance on diffusers' sigma grid, 5 s at 24 fps, 720P (the size then
-    /// follows the first reference's aspect ratio, [`reference_bucket`]).
+    /// follows the first reference's aspect ratio, [`v3_bucket_size`]).
     pub fn resolve(self, kind: PipelineKind) -> Defaults {
         let (r2v, v2v) = (kind == PipelineKind::ReferenceToVideo, kind == PipelineKind::VideoExtension);
         let v3 = r2v || v2v;
