@@ -12,12 +12,30 @@ fn fixture(name: &str) -> String {
     format!("{}/../skyreels-core/tests/fixtures/models/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn generate(model: &str, out: &Path, extra: &[&str]) -> Output {
+fn generate_command(model: &str, out: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyreels"));
     cmd.args(["generate", "--model", &fixture(model), "-o", out.to_str().unwrap()]);
     cmd.args(["--height", "32", "--width", "48", "--steps", "3", "--seed", "7", "--text-length", "16", "--quiet"]);
     cmd.args(extra);
-    cmd.output().unwrap()
+    cmd
+}
+
+fn generate(model: &str, out: &Path, extra: &[&str]) -> Output {
+    generate_command(model, out, extra).output().unwrap()
+}
+
+/// Runs `generate` until it aborts at the crash point `at` (`SKYREELS_TEST_ABORT_AT`), then
+/// `--resume`s it; returns the finished output's bytes.
+fn killed_and_resumed(model: &str, out: &Path, extra: &[&str], at: &str) -> Vec<u8> {
+    let aborted = generate_command(model, out, extra).env("SKYREELS_TEST_ABORT_AT", at).output().unwrap();
+    assert!(!aborted.status.success(), "the run should have stopped at {at}");
+    assert!(Path::new(&format!("{}.resume", out.display())).exists());
+    let resumed = Command::new(env!("CARGO_BIN_EXE_skyreels"))
+        .args(["generate", "--resume", out.to_str().unwrap(), "--quiet"])
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    std::fs::read(out).unwrap()
 }
 
 fn frames_of(path: &Path) -> (usize, u32, u32) {
@@ -172,7 +190,11 @@ fn what_a_model_cannot_do_is_refused_in_one_sentence() {
         ("r2v_pipeline", &["-p", "x"], "--ref is required"),
         ("r2v_pipeline", &["-p", "x", "--ref", unreadable], "--ref"),
         ("r2v_pipeline", &["-p", "x", "--ref", image, "--image", image], "give a reference-to-video (R2V) model"),
-        ("t2v_pipeline", &["-p", "x", "--ref", image], "--ref needs a SkyReels-V3 reference-to-video (R2V) or a SkyReels-A2"),
+        (
+            "t2v_pipeline",
+            &["-p", "x", "--ref", image],
+            "--ref needs a SkyReels-V3 reference-to-video (R2V) or a SkyReels-A2",
+        ),
         ("df_pipeline", &["-p", "x", "--ref", image], "this is a diffusion-forcing (DF) model"),
         ("a2_pipeline", &five_refs[2..], "at most 3 element images"),
         ("a2_pipeline", &["-p", "x"], "--ref is required: this elements-to-video (A2) model"),
@@ -215,20 +237,9 @@ fn a_video_extension_model_continues_the_shot_and_resumes() {
     let record = sidecar(&out);
     assert_eq!(record["settings"]["continuation"], "pixel", "SkyReels-V3's pixel round trip is the default");
     assert_eq!(record["settings"]["transition"], serde_json::Value::Null);
-    // Killed after the first window is committed, then resumed: the same video.
+    // Killed after the first window is published, then resumed: the same video.
     let killed = dir.path().join("killed.mp4");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyreels"));
-    cmd.args(["generate", "--model", &fixture("v2v_pipeline"), "-o", killed.to_str().unwrap()]);
-    cmd.args(["--height", "32", "--width", "48", "--steps", "3", "--seed", "7", "--text-length", "16", "--quiet"]);
-    let aborted = cmd.args(args).env("SKYREELS_TEST_ABORT_AT", "published:1").output().unwrap();
-    assert!(!aborted.status.success());
-    assert!(dir.path().join("killed.mp4.resume").exists());
-    let resumed = Command::new(env!("CARGO_BIN_EXE_skyreels"))
-        .args(["generate", "--resume", killed.to_str().unwrap(), "--quiet"])
-        .output()
-        .unwrap();
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
-    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&killed).unwrap());
+    assert_eq!(std::fs::read(&out).unwrap(), killed_and_resumed("v2v_pipeline", &killed, &args, "published:1"));
 }
 
 #[test]
@@ -258,17 +269,8 @@ fn a_video_extension_model_cuts_to_a_new_shot() {
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&tagged).unwrap());
     // Killed while the new shot is decoded (the clip is committed): resumed, the same video.
     let killed = dir.path().join("killed.mp4");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyreels"));
-    cmd.args(["generate", "--model", &fixture("v2v_pipeline"), "-o", killed.to_str().unwrap()]);
-    cmd.args(["--height", "32", "--width", "48", "--steps", "3", "--seed", "7", "--text-length", "16", "--quiet"]);
-    cmd.args(["-p", "a close-up", "--extend", clip, "--transition", "zoom-in-cut", "--frames", "49"]);
-    assert!(!cmd.env("SKYREELS_TEST_ABORT_AT", "decoded:1").output().unwrap().status.success());
-    let resumed = Command::new(env!("CARGO_BIN_EXE_skyreels"))
-        .args(["generate", "--resume", killed.to_str().unwrap(), "--quiet"])
-        .output()
-        .unwrap();
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
-    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&killed).unwrap());
+    let args = ["-p", "a close-up", "--extend", clip, "--transition", "zoom-in-cut", "--frames", "49"];
+    assert_eq!(std::fs::read(&out).unwrap(), killed_and_resumed("v2v_pipeline", &killed, &args, "decoded:1"));
 }
 
 #[test]

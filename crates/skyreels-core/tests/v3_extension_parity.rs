@@ -39,31 +39,22 @@ fn the_extension_layouts_match_the_upstream_model() {
 
     let (noise, prefix) = (&t["model.shot.noise"], &t["model.shot.prefix"]);
     let (new, given) = (noise.dim(2).unwrap(), prefix.dim(2).unwrap());
+    let latents = Tensor::cat(&[noise, prefix], 2).unwrap();
+    let shot = |frame_positions: Option<&[usize]>| {
+        let input = TransformerInput {
+            latents: &latents,
+            timesteps: &t["model.shot.timesteps"],
+            context,
+            image_context: None,
+            fps_index: None,
+            frame_positions,
+        };
+        model.forward(&input).unwrap().narrow(2, 0, new).unwrap()
+    };
     let positions: Vec<usize> = (0..new).chain((0..given).map(|i| CONTEXT_FRAME_POSITION + i)).collect();
-    let out = model
-        .forward(&TransformerInput {
-            latents: &Tensor::cat(&[noise, prefix], 2).unwrap(),
-            timesteps: &t["model.shot.timesteps"],
-            context,
-            image_context: None,
-            fps_index: None,
-            frame_positions: Some(&positions),
-        })
-        .unwrap();
-    let out = out.narrow(2, 0, new).unwrap();
-    assert_close("shot switch: [noise, prefix at 1024..]", &out, &t["model.shot.output"]);
+    assert_close("shot switch: [noise, prefix at 1024..]", &shot(Some(&positions)), &t["model.shot.output"]);
     // The positions matter: numbered 0, 1, … the prefix tells the model something else.
-    let plain = model
-        .forward(&TransformerInput {
-            latents: &Tensor::cat(&[noise, prefix], 2).unwrap(),
-            timesteps: &t["model.shot.timesteps"],
-            context,
-            image_context: None,
-            fps_index: None,
-            frame_positions: None,
-        })
-        .unwrap();
-    assert!(rel_l2(&plain.narrow(2, 0, new).unwrap(), &t["model.shot.output"]) > 1e-3);
+    assert!(rel_l2(&shot(None), &t["model.shot.output"]) > 1e-3);
 }
 
 #[test]
@@ -94,4 +85,3 @@ fn the_extension_loops_match_the_upstream_pipelines_with_and_without_guidance() 
         assert!(err <= PIPELINE_TOL, "{case}: output latents differ by {err:.3e} (relative L2)");
     }
 }
-
