@@ -9,6 +9,7 @@
 mod gguf;
 mod image_encoder;
 mod locate;
+mod lora;
 pub mod names;
 pub mod pipeline;
 mod random;
@@ -17,6 +18,7 @@ mod store;
 pub use gguf::{GgufFile, GgufTensor};
 pub use image_encoder::ClipVisionWeights;
 pub use locate::{open_model, LocatedModel, ModelFiles};
+pub use lora::{LoraAdapter, LoraWeights};
 pub use names::{Component, NamingScheme};
 pub use pipeline::{resolve_pipeline, PipelineFiles, PipelineKind, PipelineLayout};
 pub use random::RandomWeights;

@@ -86,8 +86,24 @@ impl WanTransformer3d {
     /// [`load`](Self::load) with the blocks' matrices (attention and FFN, 97% of the weights)
     /// held in `format`; embeddings, head, norms and biases stay in `weight_dtype`.
     pub fn load_as(dir: &Path, device: &Device, weight_dtype: DType, format: WeightFormat) -> Result<Self> {
+        Self::load_with_adapters(dir, device, weight_dtype, format, &[])
+    }
+
+    /// [`load_as`](Self::load_as) with LoRA `adapters` merged into the weights as they load
+    /// (each at its strength, in f32 before the weights take their dtype).
+    pub fn load_with_adapters(
+        dir: &Path,
+        device: &Device,
+        weight_dtype: DType,
+        format: WeightFormat,
+        adapters: &[crate::checkpoint::LoraAdapter],
+    ) -> Result<Self> {
         let (_, store, config) = open_checkpoint(dir)?;
-        Self::from_weights_as(config, &store, device, weight_dtype, format)
+        if adapters.is_empty() {
+            return Self::from_weights_as(config, &store, device, weight_dtype, format);
+        }
+        let merged = crate::checkpoint::LoraWeights::new(&store, &store, adapters)?;
+        Self::from_weights_as(config, &merged, device, weight_dtype, format)
     }
 
     /// Loads a quantised transformer from a GGUF file (city96's layout: original Wan names), with
