@@ -414,3 +414,58 @@ fn the_default_model_and_its_generation_defaults() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("skyreels.json"));
 }
+
+/// A kohya-layout LoRA for the df_pipeline transformer (32 wide): rank 2 on two modules of
+/// block 0, random matrices.
+fn write_lora(path: &Path, width: usize) {
+    use candle_core::{Device, Tensor};
+    let mut tensors = std::collections::HashMap::new();
+    for (k, module) in ["self_attn_q", "ffn_2"].iter().enumerate() {
+        let (out, inputs) = if *module == "ffn_2" { (width, 64) } else { (width, width) };
+        let stem = format!("lora_unet_blocks_0_{module}");
+        let values =
+            |n: usize, seed: usize| (0..n).map(|i| (((i * 37 + seed * 11) % 17) as f32 - 8.0) * 0.05).collect();
+        tensors.insert(
+            format!("{stem}.lora_down.weight"),
+            Tensor::from_vec(values(2 * inputs, k), (2, inputs), &Device::Cpu).unwrap(),
+        );
+        tensors.insert(
+            format!("{stem}.lora_up.weight"),
+            Tensor::from_vec(values(out * 2, k + 3), (out, 2), &Device::Cpu).unwrap(),
+        );
+        tensors.insert(format!("{stem}.alpha"), Tensor::new(2f32, &Device::Cpu).unwrap());
+    }
+    candle_core::safetensors::save(&tensors, path).unwrap();
+}
+
+#[test]
+fn lora_adapters_change_the_video_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = dir.path().join("style.safetensors");
+    write_lora(&lora, 32);
+    let plain = dir.path().join("plain.mp4");
+    assert_ok(&generate(&plain, &["-p", "a kite", "--frames", "9"]));
+    let styled = dir.path().join("styled.mp4");
+    let spec = format!("{}:0.8", lora.display());
+    assert_ok(&generate(&styled, &["-p", "a kite", "--frames", "9", "--lora", &spec]));
+    assert_ne!(std::fs::read(&plain).unwrap(), std::fs::read(&styled).unwrap());
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("styled.mp4.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["settings"]["loras"][0]["strength"], 0.8);
+    // Strength 0 is the model as it was.
+    let zero = dir.path().join("zero.mp4");
+    assert_ok(&generate(&zero, &["-p", "a kite", "--frames", "9", "--lora", &format!("{}:0", lora.display())]));
+    assert_eq!(std::fs::read(&plain).unwrap(), std::fs::read(&zero).unwrap());
+
+    let wide = dir.path().join("wide.safetensors");
+    write_lora(&wide, 48);
+    let out = dir.path().join("refused.mp4");
+    let bad_strength = format!("{}:strong", lora.display());
+    assert_clean_failure(&generate(&out, &["-p", "x", "--lora", &bad_strength]), &out, "is not a number");
+    assert_clean_failure(
+        &generate(&out, &["-p", "x", "--lora", wide.to_str().unwrap()]),
+        &out,
+        "does not fit this model",
+    );
+    assert_clean_failure(&generate(&out, &["-p", "x", "--lora", "nowhere.safetensors"]), &out, "no such file");
+}

@@ -446,6 +446,8 @@ pub fn to_generation_request(
             .map(|id| upload("references", &Some(id.clone())).map(Option::unwrap_or_default))
             .collect::<Result<_, _>>()?,
         reference_guidance: request.reference_guidance,
+        // Jobs cannot name files on the server; LoRAs a server offers are not configurable yet.
+        loras: Vec::new(),
         extend: upload("extend", &request.extend)?,
         transition: request.transition.clone(),
         output: Some(job_dir.join(output_name)),

@@ -50,6 +50,10 @@ pub struct GenerateArgs {
     /// Image guidance of reference-to-video, used when --guidance is above 1. [default: 1.0]
     #[arg(long)]
     pub ref_guidance: Option<f64>,
+    /// A LoRA adapter merged into the transformer, FILE or FILE:STRENGTH (1 = as trained);
+    /// repeat for several. Reads the diffusers/PEFT, kohya and ComfyUI/LightX2V layouts.
+    #[arg(long = "lora", value_name = "FILE[:STRENGTH]")]
+    pub loras: Vec<String>,
     /// Extend this video (MP4/GIF/PNG folder): its last --overlap-history frames start the new
     /// part, and all of its frames are kept in the output.
     #[arg(long)]
@@ -67,7 +71,7 @@ pub struct GenerateArgs {
     pub overwrite: bool,
     /// Continue an interrupted run of this output (settings come from its saved state).
     #[arg(long, value_name = "OUTPUT", conflicts_with_all = [
-        "prompt", "story", "output", "model", "negative_prompt", "image", "end_image", "references", "ref_guidance",
+        "prompt", "story", "output", "model", "negative_prompt", "image", "end_image", "references", "ref_guidance", "loras",
         "extend", "transition", "frames",
         "seed", "overwrite", "continuation", "causal_attention", "base_frames", "overlap_history", "height",
         "width", "fps", "steps", "shift", "guidance", "ar_step", "causal_block_size", "addnoise_condition",
@@ -200,6 +204,7 @@ pub fn request_from_args(args: &GenerateArgs) -> Result<GenerationRequest, Gener
         end_image: args.end_image.clone(),
         references: args.references.clone(),
         reference_guidance: args.ref_guidance,
+        loras: args.loras.clone(),
         extend: args.extend.clone(),
         transition: args.transition.clone(),
         output: args.output.clone(),

@@ -111,9 +111,25 @@ impl WanTransformer3d {
     /// Quantised matrices stay quantised on `device` and are dequantised to the compute dtype
     /// one layer at a time; plain tensors are held in `weight_dtype`.
     pub fn load_gguf(file: &Path, config_dir: &Path, device: &Device, weight_dtype: DType) -> Result<Self> {
+        Self::load_gguf_with_adapters(file, config_dir, device, weight_dtype, &[])
+    }
+
+    /// [`load_gguf`](Self::load_gguf) with LoRA `adapters` merged: the matrices they change are
+    /// dequantised and merged in full precision, the others stay quantised.
+    pub fn load_gguf_with_adapters(
+        file: &Path,
+        config_dir: &Path,
+        device: &Device,
+        weight_dtype: DType,
+        adapters: &[crate::checkpoint::LoraAdapter],
+    ) -> Result<Self> {
         let gguf = crate::checkpoint::GgufFile::open(file)?;
         let config = TransformerConfig::load(&transformer_dir(config_dir), &gguf)?;
-        Self::from_weights(config, &gguf, device, weight_dtype)
+        if adapters.is_empty() {
+            return Self::from_weights(config, &gguf, device, weight_dtype);
+        }
+        let merged = crate::checkpoint::LoraWeights::new(&gguf, &gguf, adapters)?;
+        Self::from_weights(config, &merged, device, weight_dtype)
     }
 
     /// Builds the model from any weight source (an opened checkpoint, random weights) and a config,

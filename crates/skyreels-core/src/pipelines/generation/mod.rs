@@ -40,8 +40,8 @@ use serde_json::json;
 pub use lock::OutputLock;
 pub use models::{Devices, LoadedModels, ModelCache, RunOptions};
 pub use settings::{
-    demo_model_dir, limits, v3_bucket_size, with_suffix, Defaults, GenerateParams, GenerationRequest, ModelDefaults,
-    Notice, Start, DEFAULT_NEGATIVE_PROMPT, MAX_REFERENCES, SHOT_FRAMES, TRANSITIONS,
+    demo_model_dir, limits, v3_bucket_size, with_suffix, Defaults, GenerateParams, GenerationRequest, LoraSpec,
+    ModelDefaults, Notice, Start, DEFAULT_NEGATIVE_PROMPT, MAX_REFERENCES, SHOT_FRAMES, TRANSITIONS,
 };
 pub use state::{write_atomically, ResumeInfo, ResumeState, STATE_VERSION};
 pub use story::{load_story, Segment};

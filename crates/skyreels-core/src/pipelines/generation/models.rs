@@ -77,6 +77,8 @@ struct ModelKey {
     model: String,
     /// The transformer folder: a video-extension release holds two.
     transformer: std::path::PathBuf,
+    /// LoRA files merged into it, with their strengths' bits.
+    loras: Vec<(std::path::PathBuf, u64)>,
     dtype: DType,
     weights: WeightFormat,
     vae_dtype: DType,
@@ -157,6 +159,7 @@ impl ModelCache {
         let key = ModelKey {
             model: params.model.clone(),
             transformer: files.transformer.clone(),
+            loras: params.loras.iter().map(|l| (l.path.clone(), l.strength.to_bits())).collect(),
             dtype: transformer_dtype(files, &params.dtype, &devices.compute)?,
             weights: params.weights,
             vae_dtype: if params.vae_dtype == "bf16" { DType::BF16 } else { DType::F32 },
@@ -198,9 +201,15 @@ fn load_models(
     ensure_models_fit(files, params, (dtype, &device), devices.offload)?;
     // Streamed blocks are loaded into host memory: the GPU never holds them all.
     let load_on = if devices.offload == Offload::Blocks { Device::Cpu } else { device.clone() };
+    let adapters = params
+        .loras
+        .iter()
+        .map(|lora| crate::checkpoint::LoraAdapter::load(&lora.path, lora.strength))
+        .collect::<crate::Result<Vec<_>>>()
+        .map_err(model_error("LoRA"))?;
     let mut transformer = match &files.transformer_gguf {
-        Some(gguf) => WanTransformer3d::load_gguf(gguf, &files.transformer, &load_on, dtype),
-        None => WanTransformer3d::load_as(&files.transformer, &load_on, dtype, params.weights),
+        Some(gguf) => WanTransformer3d::load_gguf_with_adapters(gguf, &files.transformer, &load_on, dtype, &adapters),
+        None => WanTransformer3d::load_with_adapters(&files.transformer, &load_on, dtype, params.weights, &adapters),
     }
     .map_err(model_error("transformer"))?;
     if devices.offload == Offload::Blocks {

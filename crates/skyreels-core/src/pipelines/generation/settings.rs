@@ -36,6 +36,9 @@ pub struct GenerationRequest {
     pub references: Vec<PathBuf>,
     /// Reference-to-video: the image guidance scale (used with `guidance` above 1).
     pub reference_guidance: Option<f64>,
+    /// LoRA adapters merged into the transformer: `FILE` or `FILE:STRENGTH` (strength 1 when
+    /// left out).
+    pub loras: Vec<String>,
     /// The last frame the video must reach.
     pub end_image: Option<PathBuf>,
     /// A video to extend.
@@ -97,6 +100,7 @@ impl Default for GenerationRequest {
             image: None,
             references: Vec::new(),
             reference_guidance: None,
+            loras: Vec::new(),
             end_image: None,
             extend: None,
             transition: None,
@@ -159,6 +163,9 @@ pub struct GenerateParams {
     /// The image guidance scale of reference-to-video.
     #[serde(default = "one")]
     pub reference_guidance: f64,
+    /// LoRA adapters merged into the transformer.
+    #[serde(default)]
+    pub loras: Vec<LoraSpec>,
     /// SkyReels-V3 video extension cutting to a new shot: the transition tag the prompt starts
     /// with (`[ZOOM_IN_CUT]`, …; empty for a cut the prompt describes). `None` continues the
     /// same shot.
@@ -194,6 +201,36 @@ pub struct GenerateParams {
     pub vae_dtype: String,
     /// The output file or folder.
     pub output: PathBuf,
+}
+
+/// A LoRA file and the strength it is merged at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSpec {
+    /// The adapter file (absolute when it was found, so `--resume` works from anywhere).
+    pub path: PathBuf,
+    /// 1 applies it as trained; 0.5 half; negative values subtract it.
+    pub strength: f64,
+}
+
+impl LoraSpec {
+    /// `FILE` or `FILE:STRENGTH`. A file whose own name ends in `:…` is taken whole when it exists.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let whole = Path::new(spec);
+        let (path, strength) = match spec.rsplit_once(':') {
+            Some((file, strength)) if !whole.exists() && !file.is_empty() => {
+                let value = strength.trim().parse::<f64>().ok().filter(|s| s.is_finite()).ok_or_else(|| {
+                    bad(format!("--lora {spec}: the strength `{strength}` is not a number (write FILE:0.8)"))
+                })?;
+                (PathBuf::from(file), value)
+            }
+            _ => (whole.to_path_buf(), 1.0),
+        };
+        if !path.is_file() {
+            return Err(GenerationError::Input(format!("--lora {}: there is no such file", path.display())));
+        }
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        Ok(Self { path, strength })
+    }
 }
 
 fn f32_name() -> String {
@@ -718,6 +755,7 @@ impl GenerateParams {
             end_image: args.end_image.clone(),
             references: args.references.clone(),
             reference_guidance,
+            loras: args.loras.iter().map(|spec| LoraSpec::parse(spec)).collect::<Result<_>>()?,
             transition,
             width,
             height,
@@ -834,7 +872,12 @@ impl GenerateParams {
             Start::Image(p) | Start::Extend(p) => Some(p.as_path()),
             Start::Text => None,
         };
-        start.into_iter().chain(self.end_image.as_deref()).chain(self.references.iter().map(PathBuf::as_path)).collect()
+        start
+            .into_iter()
+            .chain(self.end_image.as_deref())
+            .chain(self.references.iter().map(PathBuf::as_path))
+            .chain(self.loras.iter().map(|l| l.path.as_path()))
+            .collect()
     }
 
     /// Whether writing the output or its companions would replace `input`.
