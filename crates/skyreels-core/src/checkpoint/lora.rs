@@ -59,7 +59,10 @@ enum Part {
     DiffBias,
 }
 
-const PARTS: &[(&str, fn() -> Part)] = &[
+/// Builds the [`Part`] a key suffix names.
+type PartOf = fn() -> Part;
+
+const PARTS: &[(&str, PartOf)] = &[
     (".lora_A.weight", || Part::Down),
     (".lora_B.weight", || Part::Up),
     (".lora_down.weight", || Part::Down),
@@ -158,14 +161,17 @@ fn first_few(names: &[String]) -> String {
 pub struct LoraWeights<'a> {
     base: &'a dyn Weights,
     /// Per canonical module: each adapter's strength, alpha and term.
-    terms: BTreeMap<String, Vec<(f64, Option<f64>, &'a LoraTerm)>>,
+    terms: BTreeMap<String, Vec<Bound<'a>>>,
 }
+
+/// One adapter's term bound to a module: its strength, the adapter's default alpha, the term.
+type Bound<'a> = (f64, Option<f64>, &'a LoraTerm);
 
 impl<'a> LoraWeights<'a> {
     /// Binds `adapters` to the model whose weights `base` holds (`shapes` describing them):
     /// every module must name a weight of the model with the shape the adapter changes.
     pub fn new(base: &'a dyn Weights, shapes: &dyn TensorShapes, adapters: &'a [LoraAdapter]) -> Result<Self> {
-        let mut terms: BTreeMap<String, Vec<(f64, Option<f64>, &'a LoraTerm)>> = BTreeMap::new();
+        let mut terms: BTreeMap<String, Vec<Bound<'a>>> = BTreeMap::new();
         for adapter in adapters {
             let mut unknown = Vec::new();
             for (module, term) in &adapter.modules {
