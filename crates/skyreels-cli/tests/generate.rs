@@ -469,3 +469,22 @@ fn lora_adapters_change_the_video_and_bad_ones_are_refused() {
     );
     assert_clean_failure(&generate(&out, &["-p", "x", "--lora", "nowhere.safetensors"]), &out, "no such file");
 }
+
+/// Few-step sampling as step-distilled models want it: Euler, 3 steps (the fast settings'), no
+/// guidance, in asynchronous diffusion forcing across windows.
+#[test]
+fn few_step_euler_sampling_runs_diffusion_forcing() {
+    let dir = tempfile::tempdir().unwrap();
+    let few = ["-p", "a kite", "--frames", "21", "--guidance", "1", "--ar-step", "2"];
+    let euler = dir.path().join("euler.mp4");
+    assert_ok(&generate(&euler, &[&few[..], &["--sampler", "euler"]].concat()));
+    assert_eq!(probe(&euler).0.len(), 21);
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("euler.mp4.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["settings"]["sampler"]["sampler"], "euler");
+    let unipc = dir.path().join("unipc.mp4");
+    assert_ok(&generate(&unipc, &few));
+    assert_ne!(std::fs::read(&euler).unwrap(), std::fs::read(&unipc).unwrap());
+    let out = dir.path().join("refused.mp4");
+    assert_clean_failure(&generate(&out, &["-p", "x", "--sampler", "lcm"]), &out, "unknown sampler `lcm`");
+}

@@ -434,6 +434,7 @@ impl DfRun {
             causal_block_size: block,
             addnoise_condition: self.setting("addnoise_condition")? as u32,
             fps: self.setting("fps")? as u32,
+            sampler: crate::Sampler::UniPc,
         };
         let total = latent(self.setting("num_frames")?);
         let base = latent(self.setting("base_num_frames")?);

@@ -78,4 +78,4 @@ pub use models::{
     TransformerConfig, TransformerInput, TransformerKind, UmT5Config, UmT5Encoder, VaeConfig, WanTransformer3d, WanVae,
 };
 pub use planner::{generate_timestep_matrix, PlanSettings, TimestepMatrix};
-pub use schedulers::{FlowEuler, FlowSchedule, FlowScheduler, FlowUniPc, SigmaGrid};
+pub use schedulers::{FlowEuler, FlowSchedule, FlowScheduler, FlowUniPc, Sampler, SigmaGrid};

@@ -42,6 +42,7 @@ fn elements_to_video_matches_the_upstream_pipeline() {
             sigma_grid: SigmaGrid::Diffusers,
             guidance_scale: s["guidance"].as_f64().unwrap(),
             fps: 16,
+            sampler: skyreels_core::Sampler::UniPc,
         };
         let text = common::padded_prompt_states(&t, case, length);
         let out =

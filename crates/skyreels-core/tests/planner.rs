@@ -90,7 +90,7 @@ fn check_invariants(template: &[i64], s: &PlanSettings, m: &TimestepMatrix) {
 #[test]
 fn schedule_invariants_hold_over_a_grid_of_settings() {
     let mut checked = 0;
-    for steps in [1usize, 2, 3, 5, 8] {
+    for steps in [1usize, 2, 3, 4, 5, 6, 8] {
         let template = FlowSchedule::new(SigmaGrid::SkyReels, steps, 5.0).unwrap().timesteps().to_vec();
         for block in 1..=3usize {
             for blocks in 1..=6usize {

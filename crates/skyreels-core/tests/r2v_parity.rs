@@ -27,6 +27,7 @@ fn reference_to_video_matches_the_upstream_pipeline_with_and_without_guidance() 
             sigma_grid: SigmaGrid::Diffusers,
             guidance_scale: s["guidance"].as_f64().unwrap(),
             fps: 24,
+            sampler: skyreels_core::Sampler::UniPc,
         };
         let references = ReferenceConditioning {
             latents: t[&format!("{case}.references")].clone(),

@@ -42,6 +42,7 @@ impl Case {
             sigma_grid: SigmaGrid::Diffusers,
             guidance_scale: s["guidance"].as_f64().unwrap(),
             fps: 16,
+            sampler: skyreels_core::Sampler::UniPc,
         }
     }
 }

@@ -73,6 +73,7 @@ fn the_extension_loops_match_the_upstream_pipelines_with_and_without_guidance() 
             sigma_grid: SigmaGrid::SkyReels,
             guidance_scale: s["guidance"].as_f64().unwrap(),
             fps: 24,
+            sampler: skyreels_core::Sampler::UniPc,
         };
         let layout = if case.starts_with("shot") { ExtensionLayout::ShotSwitch } else { ExtensionLayout::SameShot };
         let noise = &t[&format!("{case}.noise")];

@@ -100,6 +100,9 @@ pub struct JobRequest {
     /// `skyreels` or `diffusers`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sigma_grid: Option<String>,
+    /// The solver: `unipc` or `euler`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<String>,
     /// Block-causal attention in asynchronous mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub causal_attention: Option<bool>,
@@ -143,6 +146,7 @@ pub const FIELDS: &[&str] = &[
     "addnoise_condition",
     "continuation",
     "sigma_grid",
+    "sampler",
     "causal_attention",
     "dtype",
     "vae_dtype",
@@ -466,6 +470,7 @@ pub fn to_generation_request(
         addnoise_condition: request.addnoise_condition.unwrap_or(defaults.addnoise_condition),
         continuation: request.continuation.clone(),
         sigma_grid: request.sigma_grid.clone(),
+        sampler: request.sampler.clone(),
         causal_attention: request.causal_attention.unwrap_or(defaults.causal_attention),
         dtype: request.dtype.clone().unwrap_or(defaults.dtype),
         vae_dtype: request.vae_dtype.clone().unwrap_or(defaults.vae_dtype),

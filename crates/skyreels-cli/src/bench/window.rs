@@ -96,6 +96,7 @@ pub fn run(args: &WindowArgs) -> Result<(), String> {
         causal_block_size: 1,
         addnoise_condition: 0,
         fps: 24,
+        sampler: skyreels_core::Sampler::UniPc,
     };
     let plan = WindowPlan { window: latent_frames, overlap: 0, total: Some(latent_frames) };
     let mut video = DfVideo::new(plan, None).map_err(e)?;

@@ -75,7 +75,7 @@ pub struct GenerateArgs {
         "extend", "transition", "frames",
         "seed", "overwrite", "continuation", "causal_attention", "base_frames", "overlap_history", "height",
         "width", "fps", "steps", "shift", "guidance", "ar_step", "causal_block_size", "addnoise_condition",
-        "sigma_grid", "dtype", "weights", "vae_dtype", "text_length",
+        "sigma_grid", "sampler", "dtype", "weights", "vae_dtype", "text_length",
     ])]
     pub resume: Option<PathBuf>,
     /// Video frames (4k+1; counts the overlap when extending); 0 or `inf` runs until interrupted.
@@ -125,6 +125,10 @@ pub struct GenerateArgs {
     /// for reference-to-video, else skyreels]
     #[arg(long)]
     pub sigma_grid: Option<String>,
+    /// Solver: unipc (every SkyReels release) or euler (what step-distilled models and LoRAs,
+    /// such as 4-step ones, are made for). [default: the model's, else unipc]
+    #[arg(long)]
+    pub sampler: Option<String>,
     /// Block-causal attention in asynchronous mode (diffusers always does this; the released
     /// weights were not trained for it).
     #[arg(long)]
@@ -223,6 +227,7 @@ pub fn request_from_args(args: &GenerateArgs) -> Result<GenerationRequest, Gener
         addnoise_condition: args.addnoise_condition,
         continuation: args.continuation.clone(),
         sigma_grid: args.sigma_grid.clone(),
+        sampler: args.sampler.clone(),
         causal_attention: args.causal_attention,
         dtype: args.dtype.clone(),
         vae_dtype: args.vae_dtype.clone(),

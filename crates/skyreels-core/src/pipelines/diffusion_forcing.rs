@@ -14,7 +14,7 @@ use super::noise::NoiseSource;
 use crate::error::{invalid_input, Result};
 use crate::models::transformer::fps_index;
 use crate::planner::{generate_timestep_matrix, PlanSettings};
-use crate::schedulers::{FlowSchedule, FlowScheduler, FlowUniPc, SigmaGrid};
+use crate::schedulers::{FlowSchedule, FlowScheduler, Sampler, SigmaGrid};
 use crate::{TransformerInput, WanTransformer3d};
 
 /// Sampler settings shared by every window.
@@ -38,6 +38,9 @@ pub struct DfSettings {
     pub addnoise_condition: u32,
     /// Frame rate the DF-1.3B fps embedding is told about (16 or anything else).
     pub fps: u32,
+    /// The solver (settings saved before it existed used UniPC).
+    #[serde(default)]
+    pub sampler: Sampler,
 }
 
 mod sigma_grid_name {
@@ -116,7 +119,8 @@ pub fn denoise_window(
     let device = latents.device();
     let mut frame_latents: Vec<Tensor> =
         (0..frames).map(|j| latents.narrow(2, j, 1)).collect::<candle_core::Result<_>>()?;
-    let mut solvers: Vec<FlowUniPc> = (0..frames).map(|_| FlowUniPc::in_place(schedule.clone())).collect();
+    let mut solvers: Vec<Box<dyn FlowScheduler>> =
+        (0..frames).map(|_| settings.sampler.solver(schedule.clone(), true)).collect();
     // Timesteps and the fps index are small host values the transformer reads on the host (for
     // its sinusoids and checks): kept on the CPU they cost no device round trip per step.
     let fps = Tensor::new(&[fps_index(settings.fps)], &Device::Cpu)?;

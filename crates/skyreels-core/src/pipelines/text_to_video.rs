@@ -15,7 +15,7 @@ use super::noise::NoiseSource;
 use super::reference_to_video::sample_posterior;
 use crate::error::{invalid_input, Result};
 use crate::models::transformer::fps_index;
-use crate::schedulers::{FlowSchedule, FlowScheduler, FlowUniPc, SigmaGrid};
+use crate::schedulers::{FlowSchedule, Sampler, SigmaGrid};
 use crate::{TransformerInput, WanTransformer3d, WanVae};
 
 /// Sampler settings of a non-DF run.
@@ -31,6 +31,8 @@ pub struct VideoSampler {
     pub guidance_scale: f64,
     /// Frame rate told to models with the fps embedding (ignored by the others).
     pub fps: u32,
+    /// The solver.
+    pub sampler: Sampler,
 }
 
 impl VideoSampler {
@@ -42,6 +44,7 @@ impl VideoSampler {
             sigma_grid: settings.sigma_grid,
             guidance_scale: settings.guidance_scale,
             fps: settings.fps,
+            sampler: settings.sampler,
         }
     }
 }
@@ -100,7 +103,7 @@ pub(super) fn sample(
 ) -> Result<Tensor> {
     let schedule = FlowSchedule::new(sampler.sigma_grid, sampler.steps, sampler.shift)?;
     let timesteps = schedule.timesteps().to_vec();
-    let mut solver = FlowUniPc::new(schedule);
+    let mut solver = sampler.sampler.solver(schedule, false);
     // Host values the transformer reads on the host: no device round trip per step.
     let fps =
         model.config().inject_sample_info.then(|| Tensor::new(&[fps_index(sampler.fps)], &Device::Cpu)).transpose()?;

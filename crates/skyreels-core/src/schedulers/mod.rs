@@ -29,3 +29,47 @@ pub trait FlowScheduler {
         self.schedule().timesteps().get(self.step_index()).copied()
     }
 }
+
+/// Which solver walks the schedule: the names `--sampler` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Sampler {
+    /// Second-order multistep UniPC (bh2, x₀ prediction): every SkyReels release's solver.
+    #[default]
+    #[serde(rename = "unipc")]
+    UniPc,
+    /// First-order Euler: what step-distilled models (4–8 steps) are trained to be sampled with.
+    #[serde(rename = "euler")]
+    Euler,
+}
+
+impl Sampler {
+    /// A solver of this kind at step 0 of `schedule`; `in_place` selects UniPC's variant that
+    /// diffusion forcing's per-frame solvers use (see [`FlowUniPc::in_place`]).
+    pub fn solver(self, schedule: FlowSchedule, in_place: bool) -> Box<dyn FlowScheduler> {
+        match (self, in_place) {
+            (Sampler::UniPc, true) => Box::new(FlowUniPc::in_place(schedule)),
+            (Sampler::UniPc, false) => Box::new(FlowUniPc::new(schedule)),
+            (Sampler::Euler, _) => Box::new(FlowEuler::new(schedule)),
+        }
+    }
+}
+
+impl std::str::FromStr for Sampler {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "unipc" => Ok(Sampler::UniPc),
+            "euler" => Ok(Sampler::Euler),
+            other => Err(crate::error::invalid_input!("unknown sampler `{other}`: use `unipc` or `euler`")),
+        }
+    }
+}
+
+impl std::fmt::Display for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sampler::UniPc => "unipc",
+            Sampler::Euler => "euler",
+        })
+    }
+}

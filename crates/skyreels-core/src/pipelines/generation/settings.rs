@@ -78,6 +78,8 @@ pub struct GenerationRequest {
     pub continuation: Option<String>,
     /// Sigma grid: `skyreels` or `diffusers`.
     pub sigma_grid: Option<String>,
+    /// Solver: `unipc` or `euler` (for step-distilled models and LoRAs).
+    pub sampler: Option<String>,
     /// Block-causal attention in asynchronous mode.
     pub causal_attention: bool,
     /// Transformer precision: `auto`, `f32`, `bf16`.
@@ -120,6 +122,7 @@ impl Default for GenerationRequest {
             addnoise_condition: 0,
             continuation: None,
             sigma_grid: None,
+            sampler: None,
             causal_attention: false,
             dtype: "auto".into(),
             vae_dtype: "f32".into(),
@@ -273,6 +276,8 @@ pub struct ModelDefaults {
     pub sigma_grid: Option<String>,
     /// `--continuation`.
     pub continuation: Option<String>,
+    /// `--sampler` (a step-distilled model says `euler`, with `steps` and `guidance` 1).
+    pub sampler: Option<String>,
 }
 
 impl ModelDefaults {
@@ -333,6 +338,7 @@ impl ModelDefaults {
             sigma_grid: self.sigma_grid.unwrap_or_else(|| if r2v { "diffusers" } else { "skyreels" }.to_string()),
             // V2V re-encodes the last decoded frames as the next prefix, as upstream does.
             continuation: self.continuation.unwrap_or_else(|| if v2v { "pixel" } else { "latent" }.to_string()),
+            sampler: self.sampler.unwrap_or_else(|| "unipc".to_string()),
         }
     }
 }
@@ -356,6 +362,7 @@ impl ModelDefaults {
             negative_prompt: self.negative_prompt.unwrap_or_else(|| A2_NEGATIVE_PROMPT.to_string()),
             sigma_grid: self.sigma_grid.unwrap_or_else(|| "diffusers".to_string()),
             continuation: self.continuation.unwrap_or_else(|| "latent".to_string()),
+            sampler: self.sampler.unwrap_or_else(|| "unipc".to_string()),
         }
     }
 }
@@ -392,6 +399,8 @@ pub struct Defaults {
     pub sigma_grid: String,
     /// How windows are joined: `latent` or `pixel`.
     pub continuation: String,
+    /// Solver: `unipc` or `euler`.
+    pub sampler: String,
 }
 
 /// The shots SkyReels-V3's shot-switching model makes: 24·d + 1 frames for d = 2…5 s.
@@ -731,6 +740,8 @@ impl GenerateParams {
             .unwrap_or(&d.sigma_grid)
             .parse()
             .map_err(|e: crate::Error| bad(e.to_string()))?;
+        let sampler: crate::Sampler =
+            args.sampler.as_deref().unwrap_or(&d.sampler).parse().map_err(|e: crate::Error| bad(e.to_string()))?;
         let reference_guidance = args.reference_guidance.unwrap_or(1.0);
         if !reference_guidance.is_finite() || reference_guidance < 0.0 {
             return Err(bad(format!("--ref-guidance {reference_guidance} must be a number of at least 0")));
@@ -772,6 +783,7 @@ impl GenerateParams {
                 causal_block_size: args.causal_block_size,
                 addnoise_condition: args.addnoise_condition,
                 fps,
+                sampler,
             },
             causal_attention: args.causal_attention,
             seed: args.seed.unwrap_or_else(random_seed),
