@@ -81,3 +81,39 @@ fn a_lora_for_another_model_or_with_stray_keys_is_refused_by_name() {
     assert!(LoraAdapter::load(Path::new("missing.safetensors"), 1.0).is_err());
     assert!(LoraAdapter::load(&common::fixture("lora/a_kohya.safetensors"), f64::NAN).is_err());
 }
+
+/// Adapters kept beside the weights (switched per job without reloading) give what merging does.
+#[test]
+fn unmerged_adapters_switch_without_reloading_and_agree_with_merged_ones() {
+    let t = load("lora.safetensors");
+    let mut model = with_adapters("t2v_diffusers", &[]).unwrap();
+    let input = TransformerInput {
+        latents: &t["latents"],
+        timesteps: &t["timestep"],
+        context: &t["context"],
+        image_context: None,
+        fps_index: None,
+        frame_positions: None,
+    };
+    let cases: [(&str, Vec<LoraAdapter>); 5] = [
+        ("a1", vec![adapter("a_diffusers", 1.0)]),
+        ("a05", vec![adapter("a_kohya", 0.5)]),
+        ("ab", vec![adapter("a_diffusers", 1.0), adapter("b_diffusers", 0.5)]),
+        ("comfy", vec![adapter("a_comfy", 1.0)]),
+        ("base", vec![]),
+    ];
+    for (expected, adapters) in cases {
+        model.set_adapters(&adapters).unwrap();
+        let unmerged = model.forward(&input).unwrap();
+        assert_close(&format!("{expected}, unmerged"), &unmerged, &t[expected]);
+        let merged = with_adapters("t2v_diffusers", &adapters).unwrap().forward(&input).unwrap();
+        assert_close(&format!("{expected}, unmerged against merged"), &unmerged, &merged);
+    }
+    // Binding is checked the same way.
+    let err = with_adapters("df_pipeline/transformer", &[])
+        .unwrap()
+        .set_adapters(&[adapter("a_diffusers", 1.0)])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not fit this model"), "{err}");
+}

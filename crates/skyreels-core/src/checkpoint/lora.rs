@@ -171,32 +171,76 @@ impl<'a> LoraWeights<'a> {
     /// Binds `adapters` to the model whose weights `base` holds (`shapes` describing them):
     /// every module must name a weight of the model with the shape the adapter changes.
     pub fn new(base: &'a dyn Weights, shapes: &dyn TensorShapes, adapters: &'a [LoraAdapter]) -> Result<Self> {
-        let mut terms: BTreeMap<String, Vec<Bound<'a>>> = BTreeMap::new();
-        for adapter in adapters {
-            let mut unknown = Vec::new();
-            for (module, term) in &adapter.modules {
-                let canonical = if shapes.has_tensor(&format!("{module}.weight")) {
-                    module.clone()
-                } else if let Some(found) = kohya_module(module, shapes) {
-                    found
-                } else {
-                    unknown.push(module.clone());
-                    continue;
-                };
-                check_shapes(adapter, &canonical, term, shapes)?;
-                terms.entry(canonical).or_default().push((adapter.strength, adapter.default_alpha, term));
-            }
-            if !unknown.is_empty() {
-                return Err(invalid_input!(
-                    "the LoRA {} changes modules this model does not have: {} (a LoRA for another model?)",
-                    adapter.path.display(),
-                    first_few(&unknown)
-                ));
-            }
-        }
-        Ok(Self { base, terms })
+        Ok(Self { base, terms: bind(adapters, shapes)? })
     }
+}
 
+/// Every adapter's terms by the canonical module they change: kohya stems resolved, unknown
+/// modules and misfitting shapes refused.
+fn bind<'a>(adapters: &'a [LoraAdapter], shapes: &dyn TensorShapes) -> Result<BTreeMap<String, Vec<Bound<'a>>>> {
+    let mut terms: BTreeMap<String, Vec<Bound<'a>>> = BTreeMap::new();
+    for adapter in adapters {
+        let mut unknown = Vec::new();
+        for (module, term) in &adapter.modules {
+            let canonical = if shapes.has_tensor(&format!("{module}.weight")) {
+                module.clone()
+            } else if let Some(found) = kohya_module(module, shapes) {
+                found
+            } else {
+                unknown.push(module.clone());
+                continue;
+            };
+            check_shapes(adapter, &canonical, term, shapes)?;
+            terms.entry(canonical).or_default().push((adapter.strength, adapter.default_alpha, term));
+        }
+        if !unknown.is_empty() {
+            return Err(invalid_input!(
+                "the LoRA {} changes modules this model does not have: {} (a LoRA for another model?)",
+                adapter.path.display(),
+                first_few(&unknown)
+            ));
+        }
+    }
+    Ok(terms)
+}
+
+/// The updates of every module `adapters` change, to apply beside the weights (unmerged), keyed
+/// by canonical module name; shapes and names are checked as for merging.
+pub fn layer_adapters(
+    adapters: &[LoraAdapter],
+    shapes: &dyn TensorShapes,
+) -> Result<BTreeMap<String, Vec<crate::nn::Adapter>>> {
+    let mut layers = BTreeMap::new();
+    for (module, terms) in bind(adapters, shapes)? {
+        let out = shapes.tensor_shape(&format!("{module}.weight"))?[0];
+        let updates = terms
+            .into_iter()
+            .map(|(strength, default_alpha, term)| {
+                let low_rank = match (&term.down, &term.up) {
+                    (Some(down), Some(up)) => {
+                        Some((down.flatten_from(1)?, up.clone(), term.scale(strength, default_alpha)?))
+                    }
+                    _ => None,
+                };
+                let weight = term.diff.as_ref().map(|d| d.reshape((out, ()))?.affine(strength, 0.0)).transpose()?;
+                let bias = term.diff_bias.as_ref().map(|d| d.flatten_all()?.affine(strength, 0.0)).transpose()?;
+                Ok(crate::nn::Adapter { low_rank, weight, bias })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        layers.insert(module, updates);
+    }
+    Ok(layers)
+}
+
+impl LoraTerm {
+    /// `strength · α / rank` of the low-rank part.
+    fn scale(&self, strength: f64, default_alpha: Option<f64>) -> Result<f64> {
+        let rank = self.down.as_ref().map_or(Ok(1), |d| d.dim(0))? as f64;
+        Ok(strength * self.alpha.or(default_alpha).unwrap_or(rank) / rank)
+    }
+}
+
+impl LoraWeights<'_> {
     /// The weight (or bias) delta of `module`, in f32 on the CPU, shaped `shape`.
     fn delta(&self, module: &str, bias: bool, shape: &[usize]) -> Result<Option<Tensor>> {
         let Some(terms) = self.terms.get(module) else { return Ok(None) };
@@ -207,8 +251,7 @@ impl<'a> LoraWeights<'a> {
                 parts.extend(term.diff_bias.iter().map(|d| d.affine(strength, 0.0)));
             } else {
                 if let (Some(down), Some(up)) = (&term.down, &term.up) {
-                    let rank = down.dim(0)? as f64;
-                    let scale = strength * term.alpha.or(default_alpha).unwrap_or(rank) / rank;
+                    let scale = term.scale(strength, default_alpha)?;
                     parts.push(up.matmul(&down.flatten_from(1)?)?.affine(scale, 0.0));
                 }
                 parts.extend(term.diff.iter().map(|d| d.affine(strength, 0.0)));

@@ -193,6 +193,55 @@ impl WanTransformer3d {
         })
     }
 
+    /// Applies LoRA `adapters` beside the weights instead of merging them, replacing any set
+    /// before (none restores the model as loaded): a server switches adapters per job without
+    /// reloading. Each step then costs the adapters' low-rank products on top.
+    pub fn set_adapters(&mut self, adapters: &[crate::checkpoint::LoraAdapter]) -> Result<()> {
+        let mut layers = self.linears_mut();
+        let shapes = ModuleShapes(
+            layers.iter().map(|(name, linear)| (name.clone(), [linear.out_dim(), linear.in_dim()])).collect(),
+        );
+        let mut updates = crate::checkpoint::layer_adapters(adapters, &shapes)?;
+        for (name, linear) in layers.iter_mut() {
+            linear.set_adapters(updates.remove(name.as_str()).unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// Every dense layer with its canonical module name.
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out: Vec<(String, &mut Linear)> = vec![
+            ("patch_embedding".into(), &mut self.patch_embedding),
+            ("time_embedding.0".into(), &mut self.time_embedding.0),
+            ("time_embedding.2".into(), &mut self.time_embedding.1),
+            ("time_projection.1".into(), &mut self.time_projection),
+            ("text_embedding.0".into(), &mut self.text_embedding.0),
+            ("text_embedding.2".into(), &mut self.text_embedding.1),
+            ("head.head".into(), &mut self.head.proj),
+        ];
+        if let Some(image) = &mut self.image_embedding {
+            out.push(("img_emb.proj.1".into(), &mut image.fc1));
+            out.push(("img_emb.proj.3".into(), &mut image.fc2));
+        }
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            let p = format!("blocks.{i}");
+            let WanBlock { self_attn, cross_attn, ffn, .. } = block;
+            for (kind, proj) in [("self_attn", &mut self_attn.proj), ("cross_attn", &mut cross_attn.proj)] {
+                let Projections { q, k, v, o, .. } = proj;
+                for (n, linear) in [("q", q), ("k", k), ("v", v), ("o", o)] {
+                    out.push((format!("{p}.{kind}.{n}"), linear));
+                }
+            }
+            if let Some((k_img, v_img, _)) = &mut cross_attn.image {
+                out.push((format!("{p}.cross_attn.k_img"), k_img));
+                out.push((format!("{p}.cross_attn.v_img"), v_img));
+            }
+            out.push((format!("{p}.ffn.0"), &mut ffn.0));
+            out.push((format!("{p}.ffn.2"), &mut ffn.1));
+        }
+        out
+    }
+
     /// The model's configuration.
     pub fn config(&self) -> &TransformerConfig {
         &self.config
@@ -919,5 +968,24 @@ mod tests {
         assert_eq!(fps_index(16), 0);
         assert_eq!(fps_index(24), 1);
         assert_eq!(fps_index(30), 1);
+    }
+}
+
+/// The `[out, in]` shapes of a loaded model's dense layers, by canonical module name: what
+/// binding adapters to it needs.
+struct ModuleShapes(std::collections::BTreeMap<String, [usize; 2]>);
+
+impl crate::checkpoint::TensorShapes for ModuleShapes {
+    fn tensor_shape(&self, name: &str) -> Result<Vec<usize>> {
+        let found = match (name.strip_suffix(".weight"), name.strip_suffix(".bias")) {
+            (Some(module), _) => self.0.get(module).map(|s| s.to_vec()),
+            (_, Some(module)) => self.0.get(module).map(|s| vec![s[0]]),
+            _ => None,
+        };
+        found.ok_or_else(|| invalid_input!("the model has no dense layer named {name}"))
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.tensor_shape(name).is_ok()
     }
 }

@@ -63,12 +63,68 @@ enum Matrix {
 pub struct Linear {
     weight: Matrix,
     bias: Option<Tensor>,
+    /// Updates applied beside the weight rather than merged into it (LoRA adapters a server
+    /// switches per job).
+    adapters: Vec<Adapter>,
+}
+
+/// An update of a layer kept beside its weight: `y += s·(x·Aᵀ)·Bᵀ + x·Dᵀ + d`.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    /// `A` `[rank, in]`, `B` `[out, rank]` and the scale `s` (strength × α / rank).
+    pub low_rank: Option<(Tensor, Tensor, f64)>,
+    /// A full-weight update `D` `[out, in]`, already scaled.
+    pub weight: Option<Tensor>,
+    /// A bias update `d` `[out]`, already scaled.
+    pub bias: Option<Tensor>,
+}
+
+impl Adapter {
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        let low_rank = match &self.low_rank {
+            Some((a, b, s)) => Some((a.to_device(device)?, b.to_device(device)?, *s)),
+            None => None,
+        };
+        let move_to = |t: &Option<Tensor>| t.as_ref().map(|t| t.to_device(device)).transpose();
+        Ok(Self { low_rank, weight: move_to(&self.weight)?, bias: move_to(&self.bias)? })
+    }
+
+    /// `y + update(x)` for `x` `[rows, in]`, `y` `[rows, out]`.
+    fn apply(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let mut y = y;
+        if let Some((a, b, scale)) = &self.low_rank {
+            let inner = x.matmul(&a.to_dtype(dtype)?.t()?)?;
+            y = (y + inner.matmul(&b.to_dtype(dtype)?.t()?)?.affine(*scale, 0.0)?)?;
+        }
+        if let Some(d) = &self.weight {
+            y = (y + x.matmul(&d.to_dtype(dtype)?.t()?)?)?;
+        }
+        if let Some(d) = &self.bias {
+            y = y.broadcast_add(&d.to_dtype(dtype)?)?;
+        }
+        Ok(y)
+    }
 }
 
 impl Linear {
     /// Builds a layer from a `[out, in]` weight and optional `[out]` bias.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight: Matrix::Dense(weight), bias }
+        Self { weight: Matrix::Dense(weight), bias, adapters: Vec::new() }
+    }
+
+    /// Replaces the updates applied beside the weight (none restores the layer as loaded).
+    pub fn set_adapters(&mut self, adapters: Vec<Adapter>) {
+        self.adapters = adapters;
+    }
+
+    /// Input features.
+    pub fn in_dim(&self) -> usize {
+        match &self.weight {
+            Matrix::Dense(w) => w.elem_count() / w.dims()[0],
+            Matrix::Fp8 { values, .. } => values.elem_count() / values.dims()[0],
+            Matrix::Quantized(blocks) => blocks.shape().elem_count() / blocks.shape().dims()[0],
+        }
     }
 
     /// Loads `{prefix}.weight` `[out, in]` and `{prefix}.bias` `[out]`.
@@ -107,7 +163,7 @@ impl Linear {
             }
         };
         let bias = store.tensor(&format!("{prefix}.bias"), &[out_dim], dtype, device)?;
-        Ok(Self { weight, bias: Some(bias) })
+        Ok(Self { weight, bias: Some(bias), adapters: Vec::new() })
     }
 
     /// The same layer with its tensors on `device` (a copy; quantised blocks are copied as
@@ -130,7 +186,8 @@ impl Linear {
             }
         };
         let bias = self.bias.as_ref().map(|b| b.to_device(device)).transpose()?;
-        Ok(Self { weight, bias })
+        let adapters = self.adapters.iter().map(|a| a.to_device(device)).collect::<Result<_>>()?;
+        Ok(Self { weight, bias, adapters })
     }
 
     /// Output features.
@@ -163,6 +220,9 @@ impl Linear {
         let mut y = x2.matmul(&weight.t()?)?;
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(&bias.to_dtype(x.dtype())?)?;
+        }
+        for adapter in &self.adapters {
+            y = adapter.apply(&x2, y)?;
         }
         let mut out_shape = lead.to_vec();
         out_shape.push(self.out_dim());

@@ -13,7 +13,7 @@ mod unfold;
 
 pub use attention::{attention, softmax_last_dim, AttentionMask, GPU_SCORE_BUDGET};
 pub use conv3d::{Conv3d, SpatialPadding};
-pub use linear::{quantize_fp8, Linear, WeightFormat};
+pub use linear::{quantize_fp8, Adapter, Linear, WeightFormat};
 pub use norm::{layer_norm, LayerNorm, RmsNorm};
 pub use rope::Rope3d;
 pub use sinusoid::timestep_sinusoid;
