@@ -259,7 +259,7 @@ mod tests {
         let (values, scales) = quantize_fp8(&w).unwrap();
         assert_eq!(values.dtype(), DType::F8E4M3);
         assert_eq!(scales.dims(), [25, 1]);
-        let layer = Linear { weight: Matrix::Fp8 { values, row_scales: scales }, bias: None };
+        let layer = Linear { weight: Matrix::Fp8 { values, row_scales: scales }, bias: None, adapters: Vec::new() };
         let back = layer.weight_as(DType::F32).unwrap();
         let (w_v, back_v) = (w.to_vec2::<f32>().unwrap(), back.to_vec2::<f32>().unwrap());
         for (row, back_row) in w_v.iter().zip(&back_v) {
