@@ -941,6 +941,25 @@ impl FpsEmbedding {
     }
 }
 
+/// The `[out, in]` shapes of a loaded model's dense layers, by canonical module name: what
+/// binding adapters to it needs.
+struct ModuleShapes(std::collections::BTreeMap<String, [usize; 2]>);
+
+impl crate::checkpoint::TensorShapes for ModuleShapes {
+    fn tensor_shape(&self, name: &str) -> Result<Vec<usize>> {
+        let found = match (name.strip_suffix(".weight"), name.strip_suffix(".bias")) {
+            (Some(module), _) => self.0.get(module).map(|s| s.to_vec()),
+            (_, Some(module)) => self.0.get(module).map(|s| vec![s[0]]),
+            _ => None,
+        };
+        found.ok_or_else(|| invalid_input!("the model has no dense layer named {name}"))
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.tensor_shape(name).is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -968,24 +987,5 @@ mod tests {
         assert_eq!(fps_index(16), 0);
         assert_eq!(fps_index(24), 1);
         assert_eq!(fps_index(30), 1);
-    }
-}
-
-/// The `[out, in]` shapes of a loaded model's dense layers, by canonical module name: what
-/// binding adapters to it needs.
-struct ModuleShapes(std::collections::BTreeMap<String, [usize; 2]>);
-
-impl crate::checkpoint::TensorShapes for ModuleShapes {
-    fn tensor_shape(&self, name: &str) -> Result<Vec<usize>> {
-        let found = match (name.strip_suffix(".weight"), name.strip_suffix(".bias")) {
-            (Some(module), _) => self.0.get(module).map(|s| s.to_vec()),
-            (_, Some(module)) => self.0.get(module).map(|s| vec![s[0]]),
-            _ => None,
-        };
-        found.ok_or_else(|| invalid_input!("the model has no dense layer named {name}"))
-    }
-
-    fn has_tensor(&self, name: &str) -> bool {
-        self.tensor_shape(name).is_ok()
     }
 }
