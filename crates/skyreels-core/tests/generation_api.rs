@@ -99,3 +99,45 @@ fn bad_requests_are_refused_before_anything_loads() {
     assert!(matches!(Generation::resume(&out), Err(GenerationError::Resume(_))));
     assert!(!out.exists());
 }
+
+/// A rank-2 kohya LoRA for the df_pipeline transformer (32 wide) on block 0's query.
+fn write_lora(path: &Path) {
+    use candle_core::{Device, Tensor};
+    let values = |n: usize| (0..n).map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.08).collect::<Vec<f32>>();
+    let tensors = std::collections::HashMap::from([
+        (
+            "lora_unet_blocks_0_self_attn_q.lora_down.weight".to_string(),
+            Tensor::from_vec(values(64), (2, 32), &Device::Cpu).unwrap(),
+        ),
+        (
+            "lora_unet_blocks_0_self_attn_q.lora_up.weight".to_string(),
+            Tensor::from_vec(values(64), (32, 2), &Device::Cpu).unwrap(),
+        ),
+    ]);
+    candle_core::safetensors::save(&tensors, path).unwrap();
+}
+
+/// A cache that keeps models switches adapters per job without reloading: a job after a LoRA
+/// job is the plain model again, byte for byte.
+#[test]
+fn kept_models_switch_lora_adapters_per_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = devices();
+    let lora = dir.path().join("style.safetensors");
+    write_lora(&lora);
+    let run = |models: &mut ModelCache, name: &str, loras: Vec<String>| {
+        let out = dir.path().join(name);
+        let request = GenerationRequest { loras, frames: Some(9), ..request(&out) };
+        Generation::new(&request, false).unwrap().run(models, &devices, &mut |_| {}, &CancelToken::default()).unwrap();
+        std::fs::read(&out).unwrap()
+    };
+    let plain = run(&mut ModelCache::new(0), "plain.mp4", vec![]);
+    let merged = run(&mut ModelCache::new(0), "merged.mp4", vec![lora.display().to_string()]);
+    let mut kept = ModelCache::new(1);
+    let styled = run(&mut kept, "styled.mp4", vec![format!("{}:1", lora.display())]);
+    let after = run(&mut kept, "after.mp4", vec![]);
+    assert_eq!(kept.len(), 1, "the base model stays loaded");
+    assert_ne!(styled, plain);
+    assert_ne!(merged, plain);
+    assert_eq!(after, plain);
+}

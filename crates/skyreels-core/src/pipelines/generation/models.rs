@@ -99,8 +99,27 @@ pub struct LoadedModels {
     /// The causal block size the checkpoint's config gives (restored for jobs that do not ask
     /// for block-causal attention).
     checkpoint_causal_block: usize,
+    /// The adapters applied beside the weights (files and strengths' bits), when not merged.
+    applied_adapters: RefCell<Vec<(std::path::PathBuf, u64)>>,
     /// The VAE.
     pub vae: WanVae,
+}
+
+impl LoadedModels {
+    /// Applies the job's adapters beside the transformer's weights unless they already are.
+    fn switch_adapters(&self, params: &GenerateParams) -> Result<()> {
+        let wanted = lora_key(params);
+        if *self.applied_adapters.borrow() == wanted {
+            return Ok(());
+        }
+        let adapters = read_adapters(params)?;
+        self.transformer
+            .borrow_mut()
+            .set_adapters(&adapters)
+            .map_err(|e| GenerationError::Model(format!("LoRA: {e}")))?;
+        *self.applied_adapters.borrow_mut() = wanted;
+        Ok(())
+    }
 }
 
 impl LoadedModels {
@@ -149,7 +168,10 @@ impl ModelCache {
         self.entries.clear();
     }
 
-    /// The models `params` needs on `devices`, loaded now unless already held.
+    /// The models `params` needs on `devices`, loaded now unless already held. LoRA adapters
+    /// are merged into the weights when the cache keeps nothing (one job per process: no cost
+    /// per step); a cache that keeps models applies them beside the weights, switched per job
+    /// without reloading the base model.
     pub fn get_or_load(
         &mut self,
         files: &PipelineFiles,
@@ -159,7 +181,7 @@ impl ModelCache {
         let key = ModelKey {
             model: params.model.clone(),
             transformer: files.transformer.clone(),
-            loras: params.loras.iter().map(|l| (l.path.clone(), l.strength.to_bits())).collect(),
+            loras: if self.merges_adapters() { lora_key(params) } else { Vec::new() },
             dtype: transformer_dtype(files, &params.dtype, &devices.compute)?,
             weights: params.weights,
             vae_dtype: if params.vae_dtype == "bf16" { DType::BF16 } else { DType::F32 },
@@ -177,8 +199,17 @@ impl ModelCache {
             let models = load_models(files, params, devices, &key)?;
             self.entries.push((key, models));
         }
+        let merged = self.merges_adapters();
         let (_, models) = self.entries.last().expect("an entry was just pushed or moved to the end");
+        if !merged {
+            models.switch_adapters(params)?;
+        }
         Ok(models)
+    }
+
+    /// Whether adapters are merged at load (see [`get_or_load`](Self::get_or_load)).
+    fn merges_adapters(&self) -> bool {
+        self.capacity == 0
     }
 
     /// Forgets everything when the cache should hold nothing between jobs.
@@ -187,6 +218,21 @@ impl ModelCache {
             self.entries.clear();
         }
     }
+}
+
+/// The adapters `params` asks for, as a cache key: files and strengths' bits.
+fn lora_key(params: &GenerateParams) -> Vec<(std::path::PathBuf, u64)> {
+    params.loras.iter().map(|l| (l.path.clone(), l.strength.to_bits())).collect()
+}
+
+/// Reads the adapter files `params` names.
+fn read_adapters(params: &GenerateParams) -> Result<Vec<crate::checkpoint::LoraAdapter>> {
+    params
+        .loras
+        .iter()
+        .map(|lora| crate::checkpoint::LoraAdapter::load(&lora.path, lora.strength))
+        .collect::<crate::Result<Vec<_>>>()
+        .map_err(|e| GenerationError::Model(format!("LoRA: {e}")))
 }
 
 fn load_models(
@@ -201,12 +247,8 @@ fn load_models(
     ensure_models_fit(files, params, (dtype, &device), devices.offload)?;
     // Streamed blocks are loaded into host memory: the GPU never holds them all.
     let load_on = if devices.offload == Offload::Blocks { Device::Cpu } else { device.clone() };
-    let adapters = params
-        .loras
-        .iter()
-        .map(|lora| crate::checkpoint::LoraAdapter::load(&lora.path, lora.strength))
-        .collect::<crate::Result<Vec<_>>>()
-        .map_err(model_error("LoRA"))?;
+    // Adapters are merged only when they are part of the key (a cache that keeps nothing).
+    let adapters = if key.loras.is_empty() { Vec::new() } else { read_adapters(params)? };
     let mut transformer = match &files.transformer_gguf {
         Some(gguf) => WanTransformer3d::load_gguf_with_adapters(gguf, &files.transformer, &load_on, dtype, &adapters),
         None => WanTransformer3d::load_with_adapters(&files.transformer, &load_on, dtype, params.weights, &adapters),
@@ -227,6 +269,7 @@ fn load_models(
         offload: devices.offload,
         transformer: RefCell::new(transformer),
         checkpoint_causal_block,
+        applied_adapters: RefCell::new(Vec::new()),
         vae,
     })
 }
