@@ -457,6 +457,23 @@ fn lora_adapters_change_the_video_and_bad_ones_are_refused() {
     assert_ok(&generate(&zero, &["-p", "a kite", "--frames", "9", "--lora", &format!("{}:0", lora.display())]));
     assert_eq!(std::fs::read(&plain).unwrap(), std::fs::read(&zero).unwrap());
 
+    // A model folder can name adapters every run gets (its skyreels.json).
+    let folder = dir.path().join("styled-model");
+    std::fs::create_dir(&folder).unwrap();
+    for entry in std::fs::read_dir(model()).unwrap() {
+        let path = entry.unwrap().path();
+        std::os::unix::fs::symlink(&path, folder.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(&lora, folder.join("style.safetensors")).unwrap();
+    let config = r#"{"generation_defaults": {"loras": ["style.safetensors:0.8"]}}"#;
+    std::fs::write(folder.join("skyreels.json"), config).unwrap();
+    let from_folder = dir.path().join("from_folder.mp4");
+    let mut args = vec!["generate", "--model", folder.to_str().unwrap(), "-o", from_folder.to_str().unwrap()];
+    args.extend_from_slice(FAST);
+    args.extend_from_slice(&["-p", "a kite", "--frames", "9"]);
+    assert_ok(&skyreels(&args).output().unwrap());
+    assert_eq!(std::fs::read(&styled).unwrap(), std::fs::read(&from_folder).unwrap());
+
     let wide = dir.path().join("wide.safetensors");
     write_lora(&wide, 48);
     let out = dir.path().join("refused.mp4");

@@ -278,6 +278,9 @@ pub struct ModelDefaults {
     pub continuation: Option<String>,
     /// `--sampler` (a step-distilled model says `euler`, with `steps` and `guidance` 1).
     pub sampler: Option<String>,
+    /// LoRA adapters every run of the model gets, before any `--lora`: `FILE[:STRENGTH]`,
+    /// relative to the model folder.
+    pub loras: Option<Vec<String>>,
 }
 
 impl ModelDefaults {
@@ -626,8 +629,14 @@ impl GenerateParams {
         let model = std::fs::canonicalize(&model).map_or(model, |p| p.to_string_lossy().to_string());
         let output = args.output.clone().ok_or_else(|| bad("--output is required (e.g. -o video.mp4)"))?;
         let kind = super::pipeline_kind(&model);
-        let recommended = ModelDefaults::of_model(&model)?;
+        let mut recommended = ModelDefaults::of_model(&model)?;
         let sized_by_model = recommended.height.is_some() || recommended.width.is_some();
+        let model_loras = recommended.loras.take().unwrap_or_default();
+        let loras = model_loras
+            .iter()
+            .map(|spec| LoraSpec::parse(&Path::new(&model).join(spec).to_string_lossy()))
+            .chain(args.loras.iter().map(|spec| LoraSpec::parse(spec)))
+            .collect::<Result<Vec<_>>>()?;
         let d = recommended.resolve(kind);
         let (most, what) = match kind {
             PipelineKind::ElementsToVideo => {
@@ -766,7 +775,7 @@ impl GenerateParams {
             end_image: args.end_image.clone(),
             references: args.references.clone(),
             reference_guidance,
-            loras: args.loras.iter().map(|spec| LoraSpec::parse(spec)).collect::<Result<_>>()?,
+            loras,
             transition,
             width,
             height,
