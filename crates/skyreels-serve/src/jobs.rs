@@ -38,6 +38,10 @@ pub struct JobRequest {
     /// Image guidance of reference-to-video (used with `guidance` above 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference_guidance: Option<f64>,
+    /// LoRA adapters this server offers (the files `NAME.safetensors` in `<data>/loras/`):
+    /// `NAME` or `NAME:STRENGTH`. Workers that keep the model loaded switch them per job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loras: Option<Vec<String>>,
     /// Upload id of a video (MP4/GIF) to extend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extend: Option<String>,
@@ -126,6 +130,7 @@ pub const FIELDS: &[&str] = &[
     "end_image",
     "references",
     "reference_guidance",
+    "loras",
     "extend",
     "transition",
     "extend_job",
@@ -257,6 +262,16 @@ impl DataDir {
     /// The folder of one job (output, resume state, sidecar, preview).
     pub fn job(&self, id: &str) -> PathBuf {
         self.0.join("jobs").join(id)
+    }
+
+    /// The LoRA adapter `name` offered in `<data>/loras/`, if `name` is a plain file stem
+    /// (never a path) and the file exists.
+    pub fn lora(&self, name: &str) -> Option<PathBuf> {
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        let path = self.0.join("loras").join(format!("{name}.safetensors"));
+        (plain && path.is_file()).then_some(path)
     }
 
     /// The folder of one owner's uploads.
@@ -403,6 +418,19 @@ pub fn check_completed_caps(params: &GenerateParams, limits: &Limits) -> Result<
     }
 }
 
+/// `NAME[:STRENGTH]` of a job as the engine's `FILE:STRENGTH`, the file found among the
+/// server's adapters.
+fn offered_lora(data: &DataDir, spec: &str) -> Result<String, Refusal> {
+    let (name, strength) = match spec.rsplit_once(':') {
+        Some((name, strength)) => (name, strength),
+        None => (spec, "1"),
+    };
+    let path = data.lora(name).ok_or_else(|| {
+        Refusal::of("loras", format!("loras: this server offers no adapter `{name}` (adapters go in <data>/loras/)"))
+    })?;
+    Ok(format!("{}:{strength}", path.display()))
+}
+
 /// The engine's request for a stored job: uploads resolved in `data`, the output in the job's
 /// folder, the model name resolved among `models`.
 pub fn to_generation_request(
@@ -450,8 +478,7 @@ pub fn to_generation_request(
             .map(|id| upload("references", &Some(id.clone())).map(Option::unwrap_or_default))
             .collect::<Result<_, _>>()?,
         reference_guidance: request.reference_guidance,
-        // Jobs cannot name files on the server; LoRAs a server offers are not configurable yet.
-        loras: Vec::new(),
+        loras: request.loras.iter().flatten().map(|spec| offered_lora(data, spec)).collect::<Result<_, _>>()?,
         extend: upload("extend", &request.extend)?,
         transition: request.transition.clone(),
         output: Some(job_dir.join(output_name)),

@@ -104,6 +104,46 @@ fn reference_jobs_take_uploaded_references() {
     assert_eq!(refused.json()["field"], "references", "{}", refused.text());
 }
 
+/// Jobs name the adapters the server offers in `<data>/loras/`; nothing else.
+#[test]
+fn jobs_take_the_loras_the_server_offers() {
+    let _heavy = heavy();
+    let dir = temp();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("loras")).unwrap();
+    let values = |n: usize| (0..n).map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.08).collect::<Vec<f32>>();
+    let cpu = candle_core::Device::Cpu;
+    let tensors = std::collections::HashMap::from([
+        (
+            "lora_unet_blocks_0_self_attn_q.lora_down.weight".to_string(),
+            candle_core::Tensor::from_vec(values(64), (2, 32), &cpu).unwrap(),
+        ),
+        (
+            "lora_unet_blocks_0_self_attn_q.lora_up.weight".to_string(),
+            candle_core::Tensor::from_vec(values(64), (32, 2), &cpu).unwrap(),
+        ),
+    ]);
+    candle_core::safetensors::save(&tensors, data.join("loras/style.safetensors")).unwrap();
+    let token = create_token(&data, None, "alice", false);
+    let df = format!("{}/../skyreels-core/tests/fixtures/models/df_pipeline", env!("CARGO_MANIFEST_DIR"));
+    let server = Server::start(&data, &["--model", &df]);
+    let client = server.client(&token);
+    let job = |loras: serde_json::Value| json!({"prompt": "a kite", "frames": 5, "steps": 2, "height": 32, "width": 48, "seed": 3, "loras": loras});
+    let id = client.create(&job(json!(["style:0.8"])));
+    let (events, last) = follow(&client, &id);
+    assert_eq!(events.last().map(String::as_str), Some("done"), "{last}");
+    for (loras, mentions) in [
+        (json!(["nope"]), "no adapter `nope`"),
+        (json!(["../loras/style"]), "no adapter"),
+        (json!(["style:x"]), "not a number"),
+    ] {
+        let refused = client.post_json("/v1/jobs", &job(loras));
+        assert_eq!(refused.status, 400, "{}", refused.text());
+        assert_eq!(refused.json()["field"], "loras", "{}", refused.text());
+        assert!(refused.text().contains(mentions), "{}", refused.text());
+    }
+}
+
 #[test]
 fn running_jobs_cancel_and_deleted_jobs_leave_nothing() {
     let _heavy = heavy();

@@ -107,6 +107,7 @@ impl GenerationError {
             // Flags spelled unlike their field.
             "ref" => "references".to_string(),
             "ref-guidance" => "reference_guidance".to_string(),
+            "lora" => "loras".to_string(),
             _ => name.replace('-', "_"),
         };
         Some(field)
