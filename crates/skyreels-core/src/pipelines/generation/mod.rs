@@ -948,15 +948,8 @@ fn encode_first_frame(
     observer: &mut dyn FnMut(Event<'_>),
 ) -> Result<ImageConditioning> {
     observer(Event::Stage("encoding the first frame"));
-    let path = files.image_encoder.as_ref().ok_or_else(|| {
-        GenerationError::Model(
-            "this image-to-video model has no CLIP image encoder (image_encoder/ or models_clip_….pth)".into(),
-        )
-    })?;
     let device = &models.device;
-    let dtype = if device.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
-    let clip = ClipVisionEncoder::load(path, device, dtype)
-        .map_err(|e| GenerationError::Model(format!("image encoder: {e}")))?;
+    let clip = load_clip(files, device)?;
     let image =
         from_rgb_frames(std::slice::from_ref(frame), device).and_then(|v| Ok(v.squeeze(2)?)).map_err(engine_error)?;
     let image_context = clip.encode_images(&image).map_err(engine_error)?;
@@ -964,6 +957,19 @@ fn encode_first_frame(
         params.frames.ok_or_else(|| GenerationError::Settings("an image-to-video run needs --frames".into()))?;
     let condition = image_condition(&models.vae, &image, None, frames).map_err(engine_error)?;
     Ok(ImageConditioning { condition, image_context })
+}
+
+/// The model folder's CLIP vision tower on `device` (f32 on the CPU, bf16 on a GPU), loaded per
+/// job: it runs once, before the transformer.
+fn load_clip(files: &PipelineFiles, device: &Device) -> Result<ClipVisionEncoder> {
+    let path = files.image_encoder.as_ref().ok_or_else(|| {
+        GenerationError::Model(format!(
+            "this {} model has no CLIP image encoder (image_encoder/ or models_clip_….pth)",
+            files.kind
+        ))
+    })?;
+    let dtype = if device.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
+    ClipVisionEncoder::load(path, device, dtype).map_err(|e| GenerationError::Model(format!("image encoder: {e}")))
 }
 
 /// Reads a reference or element image (fitted to the video when it is encoded).
@@ -1013,13 +1019,8 @@ fn encode_elements(
     observer: &mut dyn FnMut(Event<'_>),
 ) -> Result<ImageConditioning> {
     observer(Event::Stage("encoding the elements"));
-    let path = files.image_encoder.as_ref().ok_or_else(|| {
-        GenerationError::Model("this elements-to-video model has no CLIP image encoder (image_encoder/)".into())
-    })?;
     let device = &models.device;
-    let dtype = if device.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
-    let clip = ClipVisionEncoder::load(path, device, dtype)
-        .map_err(|e| GenerationError::Model(format!("image encoder: {e}")))?;
+    let clip = load_clip(files, device)?;
     let encode = || -> crate::Result<ImageConditioning> {
         let mut tokens = Vec::with_capacity(frames.len());
         let mut pixels = Vec::with_capacity(frames.len());
