@@ -59,6 +59,19 @@ fn write_png_sized(path: &Path, w: u32, h: u32, green: u8) {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Each `(model, args, mentions)` fails with one sentence mentioning `mentions`, leaving no output.
+fn assert_refused(dir: &Path, cases: &[(&str, &[&str], &str)]) {
+    for (model, args, mentions) in cases {
+        let out = dir.join("refused.mp4");
+        let run = generate(model, &out, args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{model} {args:?} should fail");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(mentions), "`{stderr}` should mention `{mentions}`");
+        assert!(!out.exists());
+    }
+}
+
 fn sidecar(out: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(format!("{}.json", out.display())).unwrap()).unwrap()
 }
@@ -200,15 +213,7 @@ fn what_a_model_cannot_do_is_refused_in_one_sentence() {
         ("a2_pipeline", &["-p", "x"], "--ref is required: this elements-to-video (A2) model"),
         ("a2_pipeline", &["-p", "x", "--ref", image, "--ref", image, "--ref", image, "--frames", "5"], "at least 9"),
     ];
-    for (model, args, mentions) in cases {
-        let out = dir.path().join("refused.mp4");
-        let run = generate(model, &out, args);
-        let stderr = String::from_utf8_lossy(&run.stderr);
-        assert!(!run.status.success(), "{model} {args:?} should fail");
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(mentions), "`{stderr}` should mention `{mentions}`");
-        assert!(!out.exists());
-    }
+    assert_refused(dir.path(), cases);
 }
 
 /// A `frames`-frame 48 × 32 MP4 clip to extend.
@@ -286,13 +291,5 @@ fn what_a_video_extension_model_cannot_do_is_refused_in_one_sentence() {
         ("v2v_pipeline", &["-p", "[ZOOM_IN_CUT] x", "--extend", clip, "--transition", "cut"], "keep one"),
         ("df_pipeline", &["-p", "x", "--extend", clip, "--transition", "cut"], "--transition needs a SkyReels-V3"),
     ];
-    for (model, args, mentions) in cases {
-        let out = dir.path().join("refused.mp4");
-        let run = generate(model, &out, args);
-        let stderr = String::from_utf8_lossy(&run.stderr);
-        assert!(!run.status.success(), "{model} {args:?} should fail");
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(mentions), "`{stderr}` should mention `{mentions}`");
-        assert!(!out.exists());
-    }
+    assert_refused(dir.path(), cases);
 }

@@ -5,9 +5,10 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use common::{assert_close, load};
 use skyreels_core::checkpoint::LoraAdapter;
 use skyreels_core::nn::WeightFormat;
@@ -22,19 +23,24 @@ fn with_adapters(model: &str, adapters: &[LoraAdapter]) -> skyreels_core::Result
     WanTransformer3d::load_with_adapters(&dir, &Device::Cpu, DType::F32, WeightFormat::Native, adapters)
 }
 
+/// The one input the fixture records outputs for.
+fn recorded_input(t: &HashMap<String, Tensor>) -> TransformerInput<'_> {
+    TransformerInput {
+        latents: &t["latents"],
+        timesteps: &t["timestep"],
+        context: &t["context"],
+        image_context: None,
+        fps_index: None,
+        frame_positions: None,
+    }
+}
+
 #[test]
 fn adapters_in_every_layout_match_diffusers_and_peft() {
     let t = load("lora.safetensors");
     let run = |adapters: &[LoraAdapter]| {
         let model = with_adapters("t2v_diffusers", adapters).unwrap();
-        let input = TransformerInput {
-            latents: &t["latents"],
-            timesteps: &t["timestep"],
-            context: &t["context"],
-            image_context: None,
-            fps_index: None,
-            frame_positions: None,
-        };
+        let input = recorded_input(&t);
         model.forward(&input).unwrap()
     };
     assert_close("no adapter", &run(&[]), &t["base"]);
@@ -46,14 +52,7 @@ fn adapters_in_every_layout_match_diffusers_and_peft() {
     assert_close("a at 1 + b at 0.5", &run(&[adapter("a_diffusers", 1.0), adapter("b_diffusers", 0.5)]), &t["ab"]);
     // The original-layout copy of the same model takes the same adapters.
     let original = with_adapters("t2v_original", &[adapter("a_kohya", 0.5)]).unwrap();
-    let input = TransformerInput {
-        latents: &t["latents"],
-        timesteps: &t["timestep"],
-        context: &t["context"],
-        image_context: None,
-        fps_index: None,
-        frame_positions: None,
-    };
+    let input = recorded_input(&t);
     assert_close("a_kohya at 0.5 on the original layout", &original.forward(&input).unwrap(), &t["a05"]);
 }
 
@@ -87,14 +86,7 @@ fn a_lora_for_another_model_or_with_stray_keys_is_refused_by_name() {
 fn unmerged_adapters_switch_without_reloading_and_agree_with_merged_ones() {
     let t = load("lora.safetensors");
     let mut model = with_adapters("t2v_diffusers", &[]).unwrap();
-    let input = TransformerInput {
-        latents: &t["latents"],
-        timesteps: &t["timestep"],
-        context: &t["context"],
-        image_context: None,
-        fps_index: None,
-        frame_positions: None,
-    };
+    let input = recorded_input(&t);
     let cases: [(&str, Vec<LoraAdapter>); 5] = [
         ("a1", vec![adapter("a_diffusers", 1.0)]),
         ("a05", vec![adapter("a_kohya", 0.5)]),
