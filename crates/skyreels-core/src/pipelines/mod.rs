@@ -27,11 +27,10 @@ pub use diffusion_forcing::{
 pub use noise::{NoiseSource, NoiseState, SeededNoise};
 pub use prompt::{encode_prompt, EncodedPrompt};
 pub use reference_to_video::{
-    denoise_with_references, generate_reference_window, reference_latents, sample_posterior, ReferenceConditioning,
-    REFERENCE_SLOTS,
+    denoise_with_references, reference_latents, sample_posterior, ReferenceConditioning, REFERENCE_SLOTS,
 };
 pub use text_to_video::{
-    denoise_video, elements_condition, generate_single_window, image_condition, ImageConditioning, VideoSampler,
-    MAX_ELEMENTS,
+    denoise_video, elements_condition, generate_conditioned_window, image_condition, ImageConditioning, VideoSampler,
+    WindowConditioning, MAX_ELEMENTS,
 };
-pub use video_extension::{denoise_extension, generate_extension_window, ExtensionLayout};
+pub use video_extension::{denoise_extension, ExtensionLayout};

@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::diffusion_forcing::{guide, DfSettings, DfVideo, TextConditioning, WindowSpec};
+use super::diffusion_forcing::{guide, TextConditioning};
 use super::noise::NoiseSource;
 use super::text_to_video::{check_channels, predict, sample, VideoSampler};
 use crate::error::{invalid_input, Result};
@@ -84,27 +84,6 @@ pub fn sample_posterior(vae: &WanVae, video: &Tensor, noise: &mut dyn NoiseSourc
     let std = (moments.narrow(1, z, z)?.clamp(-30f32, 20f32)? * 0.5)?.exp()?;
     let eps = noise.randn(mean.dims(), mean.device())?;
     vae.normalize(&(mean + (std * eps)?)?)
-}
-
-/// Fills the next (and only) window of `video` with [`denoise_with_references`]: fresh noise
-/// from `noise`, the sampler settings of `settings`. Returns the window and its latents.
-#[allow(clippy::too_many_arguments)]
-pub fn generate_reference_window(
-    video: &mut DfVideo,
-    model: &WanTransformer3d,
-    (h, w): (usize, usize),
-    references: &ReferenceConditioning,
-    text: &TextConditioning,
-    settings: &DfSettings,
-    noise: &mut dyn NoiseSource,
-    on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
-) -> Result<(WindowSpec, Tensor)> {
-    let spec = video.next_window(1).ok_or_else(|| invalid_input!("the video is already complete"))?;
-    let latents = noise.randn(&[1, model.config().out_channels, spec.frames, h, w], model.device())?;
-    let sampler = VideoSampler::from_settings(settings);
-    let out = denoise_with_references(model, &latents, text, references, &sampler, on_step)?;
-    video.record_window(&spec, &out)?;
-    Ok((spec, out))
 }
 
 #[cfg(test)]

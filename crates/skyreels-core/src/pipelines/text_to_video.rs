@@ -12,7 +12,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::diffusion_forcing::{guide, DfSettings, DfVideo, TextConditioning, WindowSpec};
 use super::noise::NoiseSource;
-use super::reference_to_video::sample_posterior;
+use super::reference_to_video::{denoise_with_references, sample_posterior, ReferenceConditioning};
+use super::video_extension::{denoise_extension, ExtensionLayout};
 use crate::error::{invalid_input, Result};
 use crate::models::transformer::fps_index;
 use crate::schedulers::{FlowSchedule, Sampler, SigmaGrid};
@@ -145,22 +146,62 @@ pub(super) fn predict(
     Ok(if references.is_some() { out.narrow(2, 0, x.dim(2)?)? } else { out })
 }
 
-/// Fills the next (and only) window of `video` with [`denoise_video`]: fresh noise from `noise`,
-/// the sampler settings of `settings`. Returns the window and its latents.
+/// What a window of the one-shot and V3 models is conditioned on besides the noise and the prompt.
+#[derive(Clone, Copy)]
+pub enum WindowConditioning<'a> {
+    /// The prompt alone (T2V).
+    Text,
+    /// An image-to-video condition and CLIP tokens (I2V, A2).
+    Image(&'a ImageConditioning),
+    /// Reference latents appended along time (V3 R2V).
+    References(&'a ReferenceConditioning),
+    /// SkyReels-V3 extension in `layout`; a shot switch cuts from the clip's last frames given.
+    Extension(ExtensionLayout, Option<&'a Tensor>),
+}
+
+/// Fills the next window of `video` from fresh noise drawn from `noise`, with the sampler
+/// settings of `settings`, conditioned as `conditioning` says. Returns the window and its
+/// latents; a same-shot extension window's start with its clean prefix (the window's history),
+/// as a diffusion-forcing window's do.
 #[allow(clippy::too_many_arguments)]
-pub fn generate_single_window(
+pub fn generate_conditioned_window(
     video: &mut DfVideo,
     model: &WanTransformer3d,
     (h, w): (usize, usize),
-    image: Option<&ImageConditioning>,
+    conditioning: WindowConditioning<'_>,
     text: &TextConditioning,
     settings: &DfSettings,
     noise: &mut dyn NoiseSource,
     on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<(WindowSpec, Tensor)> {
     let spec = video.next_window(1).ok_or_else(|| invalid_input!("the video is already complete"))?;
-    let latents = noise.randn(&[1, model.config().out_channels, spec.frames, h, w], model.device())?;
-    let out = denoise_video(model, &latents, text, image, &VideoSampler::from_settings(settings), on_step)?;
+    let sampler = VideoSampler::from_settings(settings);
+    let (channels, device) = (model.config().out_channels, model.device());
+    let mut draw = |frames: usize| noise.randn(&[1, channels, frames, h, w], device);
+    let out = match conditioning {
+        WindowConditioning::Text => denoise_video(model, &draw(spec.frames)?, text, None, &sampler, on_step)?,
+        WindowConditioning::Image(image) => {
+            denoise_video(model, &draw(spec.frames)?, text, Some(image), &sampler, on_step)?
+        }
+        WindowConditioning::References(references) => {
+            denoise_with_references(model, &draw(spec.frames)?, text, references, &sampler, on_step)?
+        }
+        WindowConditioning::Extension(ExtensionLayout::SameShot, _) => {
+            let history = video
+                .history()
+                .filter(|_| spec.prefix > 0)
+                .ok_or_else(|| invalid_input!("a same-shot extension window needs the clip's last frames"))?;
+            let prefix = history.narrow(2, 0, spec.prefix)?.to_dtype(DType::F32)?;
+            let latents = draw(spec.frames - spec.prefix)?;
+            let new = denoise_extension(model, &latents, &prefix, ExtensionLayout::SameShot, text, &sampler, on_step)?;
+            Tensor::cat(&[prefix, new], 2)?
+        }
+        WindowConditioning::Extension(ExtensionLayout::ShotSwitch, context) => {
+            let prefix = context.ok_or_else(|| invalid_input!("a shot switch needs the clip's last frames"))?;
+            let latents = draw(spec.frames)?;
+            denoise_extension(model, &latents, prefix, ExtensionLayout::ShotSwitch, text, &sampler, on_step)?
+        }
+    };
     video.record_window(&spec, &out)?;
     Ok((spec, out))
 }

@@ -11,10 +11,9 @@
 //!   ([`CONTEXT_FRAME_POSITION`]), its
 //!   tokens dropped after the head. The new shot sees the old one as far-away context.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
-use super::diffusion_forcing::{guide, DfSettings, DfVideo, TextConditioning, WindowSpec};
-use super::noise::NoiseSource;
+use super::diffusion_forcing::{guide, TextConditioning};
 use super::text_to_video::{check_channels, sample, StepInput, VideoSampler};
 use crate::error::{invalid_input, Result};
 use crate::models::transformer::CONTEXT_FRAME_POSITION;
@@ -107,45 +106,4 @@ fn predict(
         frame_positions: Some(positions),
     })?;
     Ok(out.narrow(2, keep_from, new)?)
-}
-
-/// Fills the next window of `video` from a SkyReels-V3 extension model. Same shot: the window's
-/// history (the clip's or the previous window's last frames) is its clean prefix, and the
-/// returned latents are the prefix followed by the new frames, as a diffusion-forcing window.
-/// Shot switch: `context` (the clip's last frames) conditions a window of new frames only.
-#[allow(clippy::too_many_arguments)]
-pub fn generate_extension_window(
-    video: &mut DfVideo,
-    model: &WanTransformer3d,
-    (h, w): (usize, usize),
-    layout: ExtensionLayout,
-    context: Option<&Tensor>,
-    text: &TextConditioning,
-    settings: &DfSettings,
-    noise: &mut dyn NoiseSource,
-    on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
-) -> Result<(WindowSpec, Tensor)> {
-    let spec = video.next_window(1).ok_or_else(|| invalid_input!("the video is already complete"))?;
-    let sampler = VideoSampler::from_settings(settings);
-    let channels = model.config().out_channels;
-    let device = model.device();
-    let out = match layout {
-        ExtensionLayout::SameShot => {
-            let history = video
-                .history()
-                .filter(|_| spec.prefix > 0)
-                .ok_or_else(|| invalid_input!("a same-shot extension window needs the clip's last frames"))?;
-            let prefix = history.narrow(2, 0, spec.prefix)?.to_dtype(DType::F32)?;
-            let latents = noise.randn(&[1, channels, spec.frames - spec.prefix, h, w], device)?;
-            let new = denoise_extension(model, &latents, &prefix, layout, text, &sampler, on_step)?;
-            Tensor::cat(&[prefix, new], 2)?
-        }
-        ExtensionLayout::ShotSwitch => {
-            let prefix = context.ok_or_else(|| invalid_input!("a shot switch needs the clip's last frames"))?;
-            let latents = noise.randn(&[1, channels, spec.frames, h, w], device)?;
-            denoise_extension(model, &latents, prefix, layout, text, &sampler, on_step)?
-        }
-    };
-    video.record_window(&spec, &out)?;
-    Ok((spec, out))
 }

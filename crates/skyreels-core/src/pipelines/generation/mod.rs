@@ -53,9 +53,9 @@ use crate::media::{
 };
 use crate::models::ClipVisionEncoder;
 use crate::pipelines::{
-    elements_condition, encode_prompt, from_rgb_frames, generate_extension_window, generate_reference_window,
-    generate_single_window, image_condition, reference_latents, to_rgb_frames, DfVideo, ExtensionLayout,
-    ImageConditioning, NoiseState, ReferenceConditioning, SeededNoise, TextConditioning, WindowDecoder, MAX_ELEMENTS,
+    elements_condition, encode_prompt, from_rgb_frames, generate_conditioned_window, image_condition,
+    reference_latents, to_rgb_frames, DfVideo, ExtensionLayout, ImageConditioning, NoiseState, ReferenceConditioning,
+    SeededNoise, TextConditioning, WindowConditioning, WindowDecoder, MAX_ELEMENTS,
 };
 use crate::text::PromptTokenizer;
 use crate::UmT5Encoder;
@@ -665,37 +665,24 @@ impl Run<'_> {
                     &mut self.noise,
                     &mut on_row,
                 ),
-                Sampling::Single(image) => generate_single_window(
-                    &mut self.video,
-                    &model,
-                    latent_size,
-                    image.as_ref(),
-                    text,
-                    &p.sampler,
-                    &mut self.noise,
-                    &mut on_row,
-                ),
-                Sampling::References(references) => generate_reference_window(
-                    &mut self.video,
-                    &model,
-                    latent_size,
-                    references,
-                    text,
-                    &p.sampler,
-                    &mut self.noise,
-                    &mut on_row,
-                ),
-                Sampling::Extension(layout) => generate_extension_window(
-                    &mut self.video,
-                    &model,
-                    latent_size,
-                    *layout,
-                    self.context.as_ref(),
-                    text,
-                    &p.sampler,
-                    &mut self.noise,
-                    &mut on_row,
-                ),
+                Sampling::Single(_) | Sampling::References(_) | Sampling::Extension(_) => {
+                    let conditioning = match &self.sampling {
+                        Sampling::Single(Some(image)) => WindowConditioning::Image(image),
+                        Sampling::References(references) => WindowConditioning::References(references),
+                        Sampling::Extension(layout) => WindowConditioning::Extension(*layout, self.context.as_ref()),
+                        _ => WindowConditioning::Text,
+                    };
+                    generate_conditioned_window(
+                        &mut self.video,
+                        &model,
+                        latent_size,
+                        conditioning,
+                        text,
+                        &p.sampler,
+                        &mut self.noise,
+                        &mut on_row,
+                    )
+                }
                 Sampling::Finished => {
                     Err(crate::error::invalid_input!("this one-window video was complete when it was resumed"))
                 }
