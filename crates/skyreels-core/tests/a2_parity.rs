@@ -8,7 +8,7 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::{assert_close, load_with_settings, rel_l2};
-use skyreels_core::pipelines::{denoise_video, elements_condition, ImageConditioning, VideoSampler};
+use skyreels_core::pipelines::{denoise_video, elements_condition, ImageConditioning};
 use skyreels_core::schedulers::SigmaGrid;
 use skyreels_core::{WanTransformer3d, WanVae};
 
@@ -36,14 +36,7 @@ fn elements_to_video_matches_the_upstream_pipeline() {
             condition: t[&format!("{case}.condition")].clone(),
             image_context: t[&format!("{case}.image_context")].clone(),
         };
-        let sampler = VideoSampler {
-            steps: s["steps"].as_u64().unwrap() as usize,
-            shift: s["shift"].as_f64().unwrap(),
-            sigma_grid: SigmaGrid::Diffusers,
-            guidance_scale: s["guidance"].as_f64().unwrap(),
-            fps: 16,
-            sampler: skyreels_core::Sampler::UniPc,
-        };
+        let sampler = common::recorded_sampler(s, SigmaGrid::Diffusers, 16);
         let text = common::padded_prompt_states(&t, case, length);
         let out =
             denoise_video(&model, &t[&format!("{case}.noise")], &text, Some(&image), &sampler, &mut |_, _| Ok(()))

@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::{load_with_settings, rel_l2};
-use skyreels_core::pipelines::{denoise_with_references, ReferenceConditioning, VideoSampler};
+use skyreels_core::pipelines::{denoise_with_references, ReferenceConditioning};
 use skyreels_core::schedulers::SigmaGrid;
 use skyreels_core::WanTransformer3d;
 
@@ -21,14 +21,7 @@ fn reference_to_video_matches_the_upstream_pipeline_with_and_without_guidance() 
         let s = &settings[case];
         let length = s["text_length"].as_u64().unwrap() as usize;
         let text = common::padded_prompt_states(&t, case, length);
-        let sampler = VideoSampler {
-            steps: s["steps"].as_u64().unwrap() as usize,
-            shift: s["shift"].as_f64().unwrap(),
-            sigma_grid: SigmaGrid::Diffusers,
-            guidance_scale: s["guidance"].as_f64().unwrap(),
-            fps: 24,
-            sampler: skyreels_core::Sampler::UniPc,
-        };
+        let sampler = common::recorded_sampler(s, SigmaGrid::Diffusers, 24);
         let references = ReferenceConditioning {
             latents: t[&format!("{case}.references")].clone(),
             image_guidance: s["guidance_img"].as_f64().unwrap(),

@@ -36,14 +36,7 @@ impl Case {
 
     fn sampler(&self, run: &str) -> VideoSampler {
         let s = &self.settings[run];
-        VideoSampler {
-            steps: s["steps"].as_u64().unwrap() as usize,
-            shift: s["shift"].as_f64().unwrap(),
-            sigma_grid: SigmaGrid::Diffusers,
-            guidance_scale: s["guidance"].as_f64().unwrap(),
-            fps: 16,
-            sampler: skyreels_core::Sampler::UniPc,
-        }
+        common::recorded_sampler(s, SigmaGrid::Diffusers, 16)
     }
 }
 

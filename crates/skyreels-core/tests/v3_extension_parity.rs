@@ -10,7 +10,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close, load_with_settings, rel_l2};
 use skyreels_core::models::transformer::CONTEXT_FRAME_POSITION;
-use skyreels_core::pipelines::{denoise_extension, ExtensionLayout, TextConditioning, VideoSampler};
+use skyreels_core::pipelines::{denoise_extension, ExtensionLayout, TextConditioning};
 use skyreels_core::schedulers::SigmaGrid;
 use skyreels_core::{TransformerInput, WanTransformer3d};
 
@@ -67,14 +67,7 @@ fn the_extension_loops_match_the_upstream_pipelines_with_and_without_guidance() 
             positive: t[&format!("{case}.positive")].clone(),
             negative: t[&format!("{case}.negative")].clone(),
         };
-        let sampler = VideoSampler {
-            steps: s["steps"].as_u64().unwrap() as usize,
-            shift: s["shift"].as_f64().unwrap(),
-            sigma_grid: SigmaGrid::SkyReels,
-            guidance_scale: s["guidance"].as_f64().unwrap(),
-            fps: 24,
-            sampler: skyreels_core::Sampler::UniPc,
-        };
+        let sampler = common::recorded_sampler(s, SigmaGrid::SkyReels, 24);
         let layout = if case.starts_with("shot") { ExtensionLayout::ShotSwitch } else { ExtensionLayout::SameShot };
         let noise = &t[&format!("{case}.noise")];
         let prefix = &t[&format!("{case}.prefix")];

@@ -86,3 +86,20 @@ pub fn padded_prompt_states(
         negative: pad(&tensors[&format!("{case}.negative")]),
     }
 }
+
+/// The one-window sampler a pipeline fixture recorded (`steps`, `shift`, `guidance` of its
+/// settings), with UniPC on `grid`; `fps` only matters to models with the fps embedding.
+pub fn recorded_sampler(
+    settings: &serde_json::Value,
+    grid: skyreels_core::schedulers::SigmaGrid,
+    fps: u32,
+) -> skyreels_core::pipelines::VideoSampler {
+    skyreels_core::pipelines::VideoSampler {
+        steps: settings["steps"].as_u64().unwrap() as usize,
+        shift: settings["shift"].as_f64().unwrap(),
+        sigma_grid: grid,
+        guidance_scale: settings["guidance"].as_f64().unwrap(),
+        fps,
+        sampler: skyreels_core::Sampler::UniPc,
+    }
+}
