@@ -7,6 +7,10 @@ use std::process::{Command, Output, Stdio};
 
 use skyreels_core::media::{create_writer, open_video, RgbFrame};
 
+#[path = "common/lora.rs"]
+mod lora;
+use lora::write_lora;
+
 fn model() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../skyreels-core/tests/fixtures/models/df_pipeline")
 }
@@ -413,29 +417,6 @@ fn the_default_model_and_its_generation_defaults() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("skyreels.json"));
-}
-
-/// A kohya-layout LoRA for the df_pipeline transformer (32 wide): rank 2 on two modules of
-/// block 0, random matrices.
-fn write_lora(path: &Path, width: usize) {
-    use candle_core::{Device, Tensor};
-    let mut tensors = std::collections::HashMap::new();
-    for (k, module) in ["self_attn_q", "ffn_2"].iter().enumerate() {
-        let (out, inputs) = if *module == "ffn_2" { (width, 64) } else { (width, width) };
-        let stem = format!("lora_unet_blocks_0_{module}");
-        let values =
-            |n: usize, seed: usize| (0..n).map(|i| (((i * 37 + seed * 11) % 17) as f32 - 8.0) * 0.05).collect();
-        tensors.insert(
-            format!("{stem}.lora_down.weight"),
-            Tensor::from_vec(values(2 * inputs, k), (2, inputs), &Device::Cpu).unwrap(),
-        );
-        tensors.insert(
-            format!("{stem}.lora_up.weight"),
-            Tensor::from_vec(values(out * 2, k + 3), (out, 2), &Device::Cpu).unwrap(),
-        );
-        tensors.insert(format!("{stem}.alpha"), Tensor::new(2f32, &Device::Cpu).unwrap());
-    }
-    candle_core::safetensors::save(&tensors, path).unwrap();
 }
 
 #[test]

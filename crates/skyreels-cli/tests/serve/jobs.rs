@@ -111,19 +111,7 @@ fn jobs_take_the_loras_the_server_offers() {
     let dir = temp();
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("loras")).unwrap();
-    let values = |n: usize| (0..n).map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.08).collect::<Vec<f32>>();
-    let cpu = candle_core::Device::Cpu;
-    let tensors = std::collections::HashMap::from([
-        (
-            "lora_unet_blocks_0_self_attn_q.lora_down.weight".to_string(),
-            candle_core::Tensor::from_vec(values(64), (2, 32), &cpu).unwrap(),
-        ),
-        (
-            "lora_unet_blocks_0_self_attn_q.lora_up.weight".to_string(),
-            candle_core::Tensor::from_vec(values(64), (32, 2), &cpu).unwrap(),
-        ),
-    ]);
-    candle_core::safetensors::save(&tensors, data.join("loras/style.safetensors")).unwrap();
+    super::lora::write_lora(&data.join("loras/style.safetensors"), 32);
     let token = create_token(&data, None, "alice", false);
     let df = format!("{}/../skyreels-core/tests/fixtures/models/df_pipeline", env!("CARGO_MANIFEST_DIR"));
     let server = Server::start(&data, &["--model", &df]);

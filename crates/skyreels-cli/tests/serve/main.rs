@@ -2,6 +2,8 @@
 //! on a loopback port with the built-in demo model.
 
 mod client;
+#[path = "../common/lora.rs"]
+mod lora;
 #[path = "../common/server.rs"]
 mod server;
 
@@ -12,8 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use client::{Client, Reply};
-pub use server::{create_token, skyreels, Server};
 use serde_json::{json, Value};
+pub use server::{create_token, skyreels, Server};
 use skyreels_core::media::open_video;
 
 mod auth;
