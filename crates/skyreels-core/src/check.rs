@@ -435,6 +435,7 @@ impl DfRun {
             addnoise_condition: self.setting("addnoise_condition")? as u32,
             fps: self.setting("fps")? as u32,
             sampler: crate::Sampler::UniPc,
+            cache: Default::default(),
         };
         let total = latent(self.setting("num_frames")?);
         let base = latent(self.setting("base_num_frames")?);
@@ -449,8 +450,17 @@ impl DfRun {
         let mut video = DfVideo::new(plan, None)?;
         let mut parts = Vec::new();
         while video.next_window(block).is_some() {
-            let (spec, latents) =
-                video.generate_window(&model, size, None, None, &text, &settings, &mut noise, &mut |_, _| Ok(()))?;
+            let (spec, latents) = video.generate_window(
+                &model,
+                size,
+                None,
+                None,
+                &text,
+                &settings,
+                &mut noise,
+                &mut crate::pipelines::StepCache::off(),
+                &mut |_, _| Ok(()),
+            )?;
             parts.push(latents.narrow(2, spec.history, spec.frames - spec.history)?);
         }
         if !noise.0.is_empty() {

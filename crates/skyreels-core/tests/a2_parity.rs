@@ -8,7 +8,7 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::{assert_close, load_with_settings, rel_l2};
-use skyreels_core::pipelines::{denoise_video, elements_condition, ImageConditioning};
+use skyreels_core::pipelines::{denoise_video, elements_condition, ImageConditioning, StepCache};
 use skyreels_core::schedulers::SigmaGrid;
 use skyreels_core::{WanTransformer3d, WanVae};
 
@@ -38,9 +38,16 @@ fn elements_to_video_matches_the_upstream_pipeline() {
         };
         let sampler = common::recorded_sampler(s, SigmaGrid::Diffusers, 16);
         let text = common::padded_prompt_states(&t, case, length);
-        let out =
-            denoise_video(&model, &t[&format!("{case}.noise")], &text, Some(&image), &sampler, &mut |_, _| Ok(()))
-                .unwrap();
+        let out = denoise_video(
+            &model,
+            &t[&format!("{case}.noise")],
+            &text,
+            Some(&image),
+            &sampler,
+            &mut StepCache::off(),
+            &mut |_, _| Ok(()),
+        )
+        .unwrap();
         let err = rel_l2(&out, &t[&format!("{case}.output_latents")]);
         if std::env::var_os("SKYREELS_SHOW_ERRORS").is_some() {
             eprintln!("a2 {case}: {err:.2e}");

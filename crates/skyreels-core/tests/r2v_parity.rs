@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::{load_with_settings, rel_l2};
-use skyreels_core::pipelines::{denoise_with_references, ReferenceConditioning};
+use skyreels_core::pipelines::{denoise_with_references, ReferenceConditioning, StepCache};
 use skyreels_core::schedulers::SigmaGrid;
 use skyreels_core::WanTransformer3d;
 
@@ -26,11 +26,16 @@ fn reference_to_video_matches_the_upstream_pipeline_with_and_without_guidance() 
             latents: t[&format!("{case}.references")].clone(),
             image_guidance: s["guidance_img"].as_f64().unwrap(),
         };
-        let out =
-            denoise_with_references(&model, &t[&format!("{case}.noise")], &text, &references, &sampler, &mut |_, _| {
-                Ok(())
-            })
-            .unwrap();
+        let out = denoise_with_references(
+            &model,
+            &t[&format!("{case}.noise")],
+            &text,
+            &references,
+            &sampler,
+            &mut StepCache::off(),
+            &mut |_, _| Ok(()),
+        )
+        .unwrap();
         let err = rel_l2(&out, &t[&format!("{case}.output_latents")]);
         if std::env::var_os("SKYREELS_SHOW_ERRORS").is_some() {
             eprintln!("r2v {case}: {err:.2e}");

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close, fixture, rel_l2};
 use skyreels_core::models::ClipVisionEncoder;
-use skyreels_core::pipelines::{denoise_video, image_condition, ImageConditioning, TextConditioning, VideoSampler};
+use skyreels_core::pipelines::{
+    denoise_video, image_condition, ImageConditioning, StepCache, TextConditioning, VideoSampler,
+};
 use skyreels_core::schedulers::SigmaGrid;
 use skyreels_core::{WanTransformer3d, WanVae};
 
@@ -59,6 +61,7 @@ fn text_to_video_matches_diffusers_with_and_without_guidance() {
             &c.text(run),
             None,
             &c.sampler(run),
+            &mut StepCache::off(),
             &mut |_, _| Ok(()),
         )
         .unwrap();
@@ -84,12 +87,19 @@ fn image_to_video_matches_diffusers_from_the_clip_encoder_to_the_latents() {
     let model = WanTransformer3d::load(&fixture("models/i2v_diffusers"), &Device::Cpu, DType::F32).unwrap();
     let image = ImageConditioning { condition, image_context };
     let mut steps = Vec::new();
-    let latents =
-        denoise_video(&model, &t["i2v.noise"], &c.text("i2v"), Some(&image), &c.sampler("i2v"), &mut |i, n| {
+    let latents = denoise_video(
+        &model,
+        &t["i2v.noise"],
+        &c.text("i2v"),
+        Some(&image),
+        &c.sampler("i2v"),
+        &mut StepCache::off(),
+        &mut |i, n| {
             steps.push((i, n));
             Ok(())
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     check("i2v", &latents, &t["i2v.output_latents"]);
     assert_eq!(steps.last(), Some(&(4, 4)));
 }
@@ -102,12 +112,17 @@ fn a_model_of_the_other_kind_is_refused_in_one_sentence() {
         condition: Tensor::zeros((1, 20, 3, 4, 6), DType::F32, &Device::Cpu).unwrap(),
         image_context: c.tensors["i2v.image_embeds"].clone(),
     };
-    let err =
-        denoise_video(&t2v, &c.tensors["t2v.noise"], &c.text("t2v"), Some(&image), &c.sampler("t2v"), &mut |_, _| {
-            Ok(())
-        })
-        .unwrap_err()
-        .to_string();
+    let err = denoise_video(
+        &t2v,
+        &c.tensors["t2v.noise"],
+        &c.text("t2v"),
+        Some(&image),
+        &c.sampler("t2v"),
+        &mut StepCache::off(),
+        &mut |_, _| Ok(()),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("takes 16 input channels") && err.contains("image-to-video"), "{err}");
 }
 

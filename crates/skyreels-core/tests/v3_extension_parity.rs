@@ -10,7 +10,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close, load_with_settings, rel_l2};
 use skyreels_core::models::transformer::CONTEXT_FRAME_POSITION;
-use skyreels_core::pipelines::{denoise_extension, ExtensionLayout, TextConditioning};
+use skyreels_core::pipelines::{denoise_extension, ExtensionLayout, StepCache, TextConditioning};
 use skyreels_core::schedulers::SigmaGrid;
 use skyreels_core::{TransformerInput, WanTransformer3d};
 
@@ -71,7 +71,17 @@ fn the_extension_loops_match_the_upstream_pipelines_with_and_without_guidance() 
         let layout = if case.starts_with("shot") { ExtensionLayout::ShotSwitch } else { ExtensionLayout::SameShot };
         let noise = &t[&format!("{case}.noise")];
         let prefix = &t[&format!("{case}.prefix")];
-        let out = denoise_extension(&model, noise, prefix, layout, &text, &sampler, &mut |_, _| Ok(())).unwrap();
+        let out = denoise_extension(
+            &model,
+            noise,
+            prefix,
+            layout,
+            &text,
+            &sampler,
+            &mut StepCache::off(),
+            &mut |_, _| Ok(()),
+        )
+        .unwrap();
         let err = rel_l2(&out, &t[&format!("{case}.output_latents")]);
         if std::env::var_os("SKYREELS_SHOW_ERRORS").is_some() {
             eprintln!("v3 extension {case}: {err:.2e}");

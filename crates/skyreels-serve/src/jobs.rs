@@ -107,6 +107,9 @@ pub struct JobRequest {
     /// The solver: `unipc` or `euler`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sampler: Option<String>,
+    /// The step cache: `off`, `teacache[:THRESHOLD]` or `frames[:THRESHOLD]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
     /// Block-causal attention in asynchronous mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub causal_attention: Option<bool>,
@@ -152,6 +155,7 @@ pub const FIELDS: &[&str] = &[
     "continuation",
     "sigma_grid",
     "sampler",
+    "cache",
     "causal_attention",
     "dtype",
     "vae_dtype",
@@ -498,6 +502,7 @@ pub fn to_generation_request(
         continuation: request.continuation.clone(),
         sigma_grid: request.sigma_grid.clone(),
         sampler: request.sampler.clone(),
+        cache: request.cache.clone(),
         causal_attention: request.causal_attention.unwrap_or(defaults.causal_attention),
         dtype: request.dtype.clone().unwrap_or(defaults.dtype),
         vae_dtype: request.vae_dtype.clone().unwrap_or(defaults.vae_dtype),

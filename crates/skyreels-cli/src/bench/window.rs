@@ -10,7 +10,8 @@ use skyreels_core::checkpoint::RandomWeights;
 use skyreels_core::device::{DeviceChoice, DeviceMemoryMeter, Offload, Precision};
 use skyreels_core::nn::WeightFormat;
 use skyreels_core::pipelines::{
-    to_rgb_frames, Continuation, DfSettings, DfVideo, SeededNoise, TextConditioning, WindowDecoder, WindowPlan,
+    to_rgb_frames, Continuation, DfSettings, DfVideo, SeededNoise, StepCache, TextConditioning, WindowDecoder,
+    WindowPlan,
 };
 use skyreels_core::{SigmaGrid, TransformerConfig, VaeConfig, WanTransformer3d, WanVae};
 
@@ -97,6 +98,7 @@ pub fn run(args: &WindowArgs) -> Result<(), String> {
         addnoise_condition: 0,
         fps: 24,
         sampler: skyreels_core::Sampler::UniPc,
+        cache: Default::default(),
     };
     let plan = WindowPlan { window: latent_frames, overlap: 0, total: Some(latent_frames) };
     let mut video = DfVideo::new(plan, None).map_err(e)?;
@@ -104,7 +106,7 @@ pub fn run(args: &WindowArgs) -> Result<(), String> {
     let size = (args.height / 8, args.width / 8);
     let denoise_start = Instant::now();
     let (spec, latents) = video
-        .generate_window(&model, size, None, None, &text, &settings, &mut noise, &mut |_, _| {
+        .generate_window(&model, size, None, None, &text, &settings, &mut noise, &mut StepCache::off(), &mut |_, _| {
             memory.sample(&device);
             Ok(())
         })

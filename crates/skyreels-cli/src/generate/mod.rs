@@ -75,7 +75,7 @@ pub struct GenerateArgs {
         "extend", "transition", "frames",
         "seed", "overwrite", "continuation", "causal_attention", "base_frames", "overlap_history", "height",
         "width", "fps", "steps", "shift", "guidance", "ar_step", "causal_block_size", "addnoise_condition",
-        "sigma_grid", "sampler", "dtype", "weights", "vae_dtype", "text_length",
+        "sigma_grid", "sampler", "cache", "dtype", "weights", "vae_dtype", "text_length",
     ])]
     pub resume: Option<PathBuf>,
     /// Video frames (4k+1; counts the overlap when extending); 0 or `inf` runs until interrupted.
@@ -129,6 +129,11 @@ pub struct GenerateArgs {
     /// such as 4-step ones, are made for). [default: the model's, else unipc]
     #[arg(long)]
     pub sampler: Option<String>,
+    /// Step cache: off, teacache[:THRESHOLD] (upstream's TeaCache, default 0.2) or
+    /// frames[:THRESHOLD] (made for diffusion forcing, default 0.1). A call whose input moved
+    /// less than the threshold reuses the blocks' last residual; 0 skips nothing. [default: off]
+    #[arg(long)]
+    pub cache: Option<String>,
     /// Block-causal attention in asynchronous mode (diffusers always does this; the released
     /// weights were not trained for it).
     #[arg(long)]
@@ -228,6 +233,7 @@ pub fn request_from_args(args: &GenerateArgs) -> Result<GenerationRequest, Gener
         continuation: args.continuation.clone(),
         sigma_grid: args.sigma_grid.clone(),
         sampler: args.sampler.clone(),
+        cache: args.cache.clone(),
         causal_attention: args.causal_attention,
         dtype: args.dtype.clone(),
         vae_dtype: args.vae_dtype.clone(),

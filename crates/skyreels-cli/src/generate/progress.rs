@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
-use skyreels_core::pipelines::generation::Event;
+use skyreels_core::pipelines::generation::{Event, GenerationOutcome};
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,7 +61,7 @@ impl Reporter {
             }
             Event::Step { window, row, rows } => self.row(window, row, rows),
             Event::WindowDone { window, new_frames, frames, .. } => self.window_done(window, new_frames, frames),
-            Event::Done(outcome) => self.done(&outcome.output.display().to_string(), outcome.frames, outcome.seconds),
+            Event::Done(outcome) => self.done(outcome),
         }
     }
 
@@ -185,16 +185,35 @@ impl Reporter {
     }
 
     /// The video is complete.
-    fn done(&mut self, output: &str, frames: u64, seconds: f64) {
+    fn done(&mut self, outcome: &GenerationOutcome) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+        let (output, frames, seconds) = (outcome.output.display().to_string(), outcome.frames, outcome.seconds);
+        let c = outcome.cache;
+        let cache = json!({
+            "model_calls": c.model_calls,
+            "block_passes": c.block_passes,
+            "skipped": c.skipped,
+            "skipped_fraction": c.skipped_fraction(),
+        });
         match self.mode {
-            ProgressMode::Json => {
-                self.event_line(json!({"event": "done", "output": output, "frames": frames, "seconds": seconds}))
-            }
+            ProgressMode::Json => self.event_line(
+                json!({"event": "done", "output": output, "frames": frames, "seconds": seconds, "cache": cache}),
+            ),
             ProgressMode::None => {}
-            _ => eprintln!("wrote {frames} frames to {output} in {seconds:.1} s"),
+            _ => {
+                eprintln!("wrote {frames} frames to {output} in {seconds:.1} s");
+                if outcome.cache_setting.is_on() {
+                    eprintln!(
+                        "step cache {}: skipped {} of {} block passes ({:.1}%)",
+                        outcome.cache_setting,
+                        c.skipped,
+                        c.block_passes,
+                        100.0 * c.skipped_fraction()
+                    );
+                }
+            }
         }
     }
 }

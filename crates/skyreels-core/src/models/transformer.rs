@@ -54,6 +54,42 @@ pub fn fps_index(fps: u32) -> u32 {
 /// Receives named intermediate tensors during [`WanTransformer3d::forward_traced`].
 pub type Trace<'t> = dyn FnMut(&str, &Tensor) -> Result<()> + 't;
 
+/// A step cache standing in for the blocks (TeaCache and its relatives, spec §10.1): it sees
+/// what is about to enter the blocks and either returns the residual `out − in` to add instead
+/// of running them, or lets them run and is handed the residual they produced.
+pub trait BlockCache {
+    /// The residual `[B, L, D]` (f32) to add to the tokens instead of running the blocks, or
+    /// `None` to run them.
+    fn reuse(&mut self, probe: &BlockProbe<'_>) -> Result<Option<Tensor>>;
+    /// Receives `out − in` (f32) after the blocks ran.
+    fn remember(&mut self, residual: Tensor) -> Result<()>;
+}
+
+/// What a [`BlockCache`] sees of a forward pass before the blocks run.
+pub struct BlockProbe<'a> {
+    /// Tokens entering the first block, `[B, L, D]` in the compute dtype, frame-major.
+    pub tokens: &'a Tensor,
+    /// The time modulation `[B, Ft, 6, D]` (f32), one row per latent frame column.
+    pub modulation: &'a Tensor,
+    first_block: Option<&'a WanBlock>,
+}
+
+impl BlockProbe<'_> {
+    /// Latent frame columns (the modulation's rows); tokens are `frames × tokens-per-frame`.
+    pub fn frames(&self) -> Result<usize> {
+        Ok(self.modulation.dim(1)?)
+    }
+
+    /// The first block's modulated self-attention input `norm(x)·(1 + scale) + shift`,
+    /// `[B, L, D]` in f32: what the stack first responds to, latents and noise level together.
+    pub fn first_block_input(&self) -> Result<Tensor> {
+        match self.first_block {
+            Some(block) => block.modulated_input(self.tokens, self.modulation),
+            None => Ok(self.tokens.to_dtype(DType::F32)?),
+        }
+    }
+}
+
 /// The SkyReels-V2 DiT. Build with [`WanTransformer3d::load`], run with [`WanTransformer3d::forward`].
 #[derive(Debug)]
 pub struct WanTransformer3d {
@@ -321,6 +357,26 @@ impl WanTransformer3d {
     /// `patch_embedding`, `temb`, `timestep_proj`, `fps_projection`, `text_embedder`,
     /// `image_embedder`, `blocks.{i}.{attn1_out,attn2_out,ffn_out,out}` and `proj_out`.
     pub fn forward_traced(&self, input: &TransformerInput<'_>, trace: &mut Trace<'_>) -> Result<Tensor> {
+        self.run(input, trace, None)
+    }
+
+    /// [`forward`](Self::forward) with a step cache that may replace the blocks' pass by a
+    /// remembered residual; embeddings and the head always run.
+    pub fn forward_cached(&self, input: &TransformerInput<'_>, cache: &mut dyn BlockCache) -> Result<Tensor> {
+        self.run(input, &mut |_, _| Ok(()), Some(cache))
+    }
+
+    /// Number of transformer blocks (one "block pass" each per model call).
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn run(
+        &self,
+        input: &TransformerInput<'_>,
+        trace: &mut Trace<'_>,
+        cache: Option<&mut dyn BlockCache>,
+    ) -> Result<Tensor> {
         let shape = self.check_input(input)?;
         let x = input.latents.to_device(&self.device)?.to_dtype(self.compute_dtype)?;
         let tokens = self.patch_embedding.forward(&patchify(&x, self.config.patch_size)?)?;
@@ -370,8 +426,30 @@ impl WanTransformer3d {
             sin: &sin,
             mask,
         };
+        let x = match cache {
+            None => self.run_blocks(tokens, &ctx, trace)?,
+            Some(cache) => {
+                let probe = BlockProbe { tokens: &tokens, modulation: &modulation, first_block: self.blocks.first() };
+                match cache.reuse(&probe)? {
+                    Some(residual) => (tokens.to_dtype(DType::F32)? + residual)?.to_dtype(tokens.dtype())?,
+                    None => {
+                        let out = self.run_blocks(tokens.clone(), &ctx, trace)?;
+                        cache.remember((out.to_dtype(DType::F32)? - tokens.to_dtype(DType::F32)?)?)?;
+                        out
+                    }
+                }
+            }
+        };
+        let out = self.head.forward(&x, &temb)?;
+        trace("proj_out", &out)?;
+        unpatchify(&out, &shape, self.config.patch_size, self.config.out_channels)?
+            .to_dtype(DType::F32)
+            .map_err(Into::into)
+    }
+
+    /// Runs every block over `x`.
+    fn run_blocks(&self, mut x: Tensor, ctx: &BlockContext<'_>, trace: &mut Trace<'_>) -> Result<Tensor> {
         let streamed = self.block_home.is_some();
-        let mut x = tokens;
         for (i, block) in self.blocks.iter().enumerate() {
             // A streamed block's device copy lives only while it runs.
             let resident;
@@ -381,14 +459,10 @@ impl WanTransformer3d {
             } else {
                 block
             };
-            x = block.forward(&x, &ctx, &mut |name, t| trace(&format!("blocks.{i}.{name}"), t))?;
+            x = block.forward(&x, ctx, &mut |name, t| trace(&format!("blocks.{i}.{name}"), t))?;
             trace(&format!("blocks.{i}.out"), &x)?;
         }
-        let out = self.head.forward(&x, &temb)?;
-        trace("proj_out", &out)?;
-        unpatchify(&out, &shape, self.config.patch_size, self.config.out_channels)?
-            .to_dtype(DType::F32)
-            .map_err(Into::into)
+        Ok(x)
     }
 
     /// Time embedding `temb [B, Ft, D]` and block modulation `[B, Ft, 6, D]` (f32), fps included.
@@ -677,6 +751,12 @@ impl WanBlock {
             ffn: (self.ffn.0.to_device(device)?, self.ffn.1.to_device(device)?),
             eps: self.eps,
         })
+    }
+
+    /// The self-attention input `norm(x)·(1 + scale) + shift` before its cast to the compute dtype.
+    fn modulated_input(&self, x: &Tensor, modulation: &Tensor) -> Result<Tensor> {
+        let e = modulation.broadcast_add(&self.modulation.unsqueeze(0)?)?;
+        Ok(modulate(&layer_norm(x, self.eps)?, &e.narrow(2, 0, 1)?, &e.narrow(2, 1, 1)?)?.to_dtype(DType::F32)?)
     }
 
     fn forward(&self, x: &Tensor, ctx: &BlockContext<'_>, trace: &mut Trace<'_>) -> Result<Tensor> {

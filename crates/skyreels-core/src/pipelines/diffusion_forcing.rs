@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::noise::NoiseSource;
+use super::step_cache::{CacheSetting, StepCache};
 use crate::error::{invalid_input, Result};
 use crate::models::transformer::fps_index;
 use crate::planner::{generate_timestep_matrix, PlanSettings};
@@ -41,6 +42,9 @@ pub struct DfSettings {
     /// The solver (settings saved before it existed used UniPC).
     #[serde(default)]
     pub sampler: Sampler,
+    /// The step cache (settings saved before it existed had none).
+    #[serde(default)]
+    pub cache: CacheSetting,
 }
 
 mod sigma_grid_name {
@@ -101,7 +105,9 @@ pub struct TextConditioning {
 ///
 /// `latents` is `[1, C, f, h, w]`: `prefix` clean frames followed by pure noise. `end_latent`
 /// (`[1, C, 1, h, w]`), when given, is appended as an always-clean last frame the model attends
-/// to, and removed from the result. `on_row(row, rows)` is called after every planner row; an error it returns (e.g. [`Error::Cancelled`](crate::Error::Cancelled)) stops the window.
+/// to, and removed from the result. Every model call goes through `cache`. `on_row(row, rows)`
+/// is called after every planner row; an error it returns (e.g.
+/// [`Error::Cancelled`](crate::Error::Cancelled)) stops the window.
 #[allow(clippy::too_many_arguments)]
 pub fn denoise_window(
     model: &WanTransformer3d,
@@ -111,6 +117,7 @@ pub fn denoise_window(
     text: &TextConditioning,
     settings: &DfSettings,
     noise: &mut dyn NoiseSource,
+    cache: &mut StepCache,
     on_row: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<Tensor> {
     let frames = latents.dim(2)?;
@@ -125,8 +132,10 @@ pub fn denoise_window(
     // its sinusoids and checks): kept on the CPU they cost no device round trip per step.
     let fps = Tensor::new(&[fps_index(settings.fps)], &Device::Cpu)?;
     let rows = plan.rows();
+    cache.start_window();
     for row in 0..rows {
         let interval = plan.valid_interval[row].clone();
+        let mut used = plan.update_mask[row][interval.clone()].to_vec();
         let mut inputs: Vec<Tensor> = frame_latents[interval.clone()].to_vec();
         let mut timesteps: Vec<i64> = plan.timesteps[row][interval.clone()].to_vec();
         if settings.addnoise_condition > 0 && interval.start < prefix {
@@ -136,10 +145,12 @@ pub fn denoise_window(
         if let Some(end) = end_latent {
             inputs.push(end.clone());
             timesteps.push(0);
+            used.push(false);
         }
         let x = Tensor::cat(&inputs, 2)?;
         let t = Tensor::from_vec(timesteps, (1, inputs.len()), &Device::Cpu)?;
-        let velocity = guided_velocity(model, &x, &t, &fps, text, settings)?;
+        cache.start_step(Some(used));
+        let velocity = guided_velocity(model, &x, &t, &fps, text, settings, cache)?;
         for j in interval.clone() {
             if plan.update_mask[row][j] {
                 let v = velocity.narrow(2, j - interval.start, 1)?;
@@ -172,16 +183,20 @@ fn guided_velocity(
     fps: &Tensor,
     text: &TextConditioning,
     settings: &DfSettings,
+    cache: &mut StepCache,
 ) -> Result<Tensor> {
-    let run = |context: &Tensor| {
-        model.forward(&TransformerInput {
-            latents: x,
-            timesteps: t,
-            context,
-            image_context: None,
-            fps_index: Some(fps),
-            frame_positions: None,
-        })
+    let mut run = |context: &Tensor| {
+        cache.forward(
+            model,
+            &TransformerInput {
+                latents: x,
+                timesteps: t,
+                context,
+                image_context: None,
+                fps_index: Some(fps),
+                frame_positions: None,
+            },
+        )
     };
     let conditional = run(&text.positive)?;
     if !settings.uses_guidance() {
@@ -387,6 +402,7 @@ impl DfVideo {
         text: &TextConditioning,
         settings: &DfSettings,
         noise: &mut dyn NoiseSource,
+        cache: &mut StepCache,
         on_row: &mut dyn FnMut(usize, usize) -> Result<()>,
     ) -> Result<(WindowSpec, Tensor)> {
         let spec = self
@@ -410,7 +426,7 @@ impl DfVideo {
             _ => 0,
         };
         let end = if spec.is_last { end_latent } else { None };
-        let out = denoise_window(model, &latents, prefix, end, text, settings, noise, on_row)?;
+        let out = denoise_window(model, &latents, prefix, end, text, settings, noise, cache, on_row)?;
         self.record_window(&spec, &out)?;
         Ok((spec, out))
     }

@@ -17,6 +17,7 @@ pub mod generation;
 pub mod noise;
 pub mod prompt;
 pub mod reference_to_video;
+pub mod step_cache;
 pub mod text_to_video;
 pub mod video_extension;
 
@@ -29,6 +30,7 @@ pub use prompt::{encode_prompt, EncodedPrompt};
 pub use reference_to_video::{
     denoise_with_references, reference_latents, sample_posterior, ReferenceConditioning, REFERENCE_SLOTS,
 };
+pub use step_cache::{CacheSetting, CacheStats, StepCache};
 pub use text_to_video::{
     denoise_video, elements_condition, generate_conditioned_window, image_condition, ImageConditioning, VideoSampler,
     WindowConditioning, MAX_ELEMENTS,

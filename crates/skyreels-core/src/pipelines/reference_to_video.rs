@@ -9,6 +9,7 @@ use candle_core::{DType, Tensor};
 
 use super::diffusion_forcing::{guide, TextConditioning};
 use super::noise::NoiseSource;
+use super::step_cache::StepCache;
 use super::text_to_video::{check_channels, predict, sample, VideoSampler};
 use crate::error::{invalid_input, Result};
 use crate::{WanTransformer3d, WanVae};
@@ -37,12 +38,13 @@ pub fn denoise_with_references(
     text: &TextConditioning,
     references: &ReferenceConditioning,
     sampler: &VideoSampler,
+    cache: &mut StepCache,
     on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<Tensor> {
     check_channels(model, noise, None)?;
     let blank = references.latents.zeros_like()?;
-    sample(model, noise, sampler, on_step, &mut |input| {
-        let predict = |context: &Tensor, refs: &Tensor| predict(model, input, context, None, Some(refs));
+    sample(model, noise, sampler, cache, on_step, &mut |input, cache| {
+        let mut predict = |context: &Tensor, refs: &Tensor| predict(model, cache, input, context, None, Some(refs));
         let conditional = predict(&text.positive, &references.latents)?;
         if sampler.guidance_scale <= 1.0 {
             return Ok(conditional);

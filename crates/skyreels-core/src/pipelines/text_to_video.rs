@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use super::diffusion_forcing::{guide, DfSettings, DfVideo, TextConditioning, WindowSpec};
 use super::noise::NoiseSource;
 use super::reference_to_video::{denoise_with_references, sample_posterior, ReferenceConditioning};
+use super::step_cache::StepCache;
 use super::video_extension::{denoise_extension, ExtensionLayout};
 use crate::error::{invalid_input, Result};
 use crate::models::transformer::fps_index;
@@ -61,19 +62,21 @@ pub struct ImageConditioning {
 }
 
 /// Denoises `noise` `[1, z, T, h, w]` into the video's latents (normalised, as the VAE's
-/// [`denormalize`](WanVae::denormalize) expects them). `on_step(done, steps)` is called after every
-/// step; an error it returns (e.g. a cancellation) stops the run.
+/// [`denormalize`](WanVae::denormalize) expects them). Every model call goes through `cache`.
+/// `on_step(done, steps)` is called after every step; an error it returns (e.g. a cancellation)
+/// stops the run.
 pub fn denoise_video(
     model: &WanTransformer3d,
     noise: &Tensor,
     text: &TextConditioning,
     image: Option<&ImageConditioning>,
     sampler: &VideoSampler,
+    cache: &mut StepCache,
     on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<Tensor> {
     check_channels(model, noise, image)?;
-    sample(model, noise, sampler, on_step, &mut |input| {
-        let predict = |context: &Tensor| predict(model, input, context, image, None);
+    sample(model, noise, sampler, cache, on_step, &mut |input, cache| {
+        let mut predict = |context: &Tensor| predict(model, cache, input, context, image, None);
         let conditional = predict(&text.positive)?;
         if sampler.guidance_scale <= 1.0 {
             return Ok(conditional);
@@ -94,13 +97,14 @@ pub(super) struct StepInput<'a> {
 }
 
 /// The solver loop shared by every one-window pipeline; `velocity` gives the guided
-/// prediction at a step.
+/// prediction at a step, making its model calls through the cache it is handed.
 pub(super) fn sample(
     model: &WanTransformer3d,
     noise: &Tensor,
     sampler: &VideoSampler,
+    cache: &mut StepCache,
     on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
-    velocity: &mut dyn FnMut(&StepInput<'_>) -> Result<Tensor>,
+    velocity: &mut dyn FnMut(&StepInput<'_>, &mut StepCache) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let schedule = FlowSchedule::new(sampler.sigma_grid, sampler.steps, sampler.shift)?;
     let timesteps = schedule.timesteps().to_vec();
@@ -109,9 +113,11 @@ pub(super) fn sample(
     let fps =
         model.config().inject_sample_info.then(|| Tensor::new(&[fps_index(sampler.fps)], &Device::Cpu)).transpose()?;
     let mut x = noise.clone();
+    cache.start_window();
     for (i, &t) in timesteps.iter().enumerate() {
         let input = StepInput { x: &x, t: Tensor::new(&[t], &Device::Cpu)?, timestep: t, fps: fps.clone() };
-        let v = velocity(&input)?;
+        cache.start_step(None);
+        let v = velocity(&input, cache)?;
         x = solver.step(&v, &x)?;
         on_step(i + 1, timesteps.len())?;
     }
@@ -122,6 +128,7 @@ pub(super) fn sample(
 /// their prediction dropped).
 pub(super) fn predict(
     model: &WanTransformer3d,
+    cache: &mut StepCache,
     input: &StepInput<'_>,
     context: &Tensor,
     image: Option<&ImageConditioning>,
@@ -135,14 +142,17 @@ pub(super) fn predict(
     if let Some(refs) = references {
         latents = Tensor::cat(&[&latents, &refs.to_dtype(x.dtype())?], 2)?;
     }
-    let out = model.forward(&TransformerInput {
-        latents: &latents,
-        timesteps: &input.t,
-        context,
-        image_context: image.map(|i| &i.image_context),
-        fps_index: input.fps.as_ref(),
-        frame_positions: None,
-    })?;
+    let out = cache.forward(
+        model,
+        &TransformerInput {
+            latents: &latents,
+            timesteps: &input.t,
+            context,
+            image_context: image.map(|i| &i.image_context),
+            fps_index: input.fps.as_ref(),
+            frame_positions: None,
+        },
+    )?;
     Ok(if references.is_some() { out.narrow(2, 0, x.dim(2)?)? } else { out })
 }
 
@@ -160,7 +170,8 @@ pub enum WindowConditioning<'a> {
 }
 
 /// Fills the next window of `video` from fresh noise drawn from `noise`, with the sampler
-/// settings of `settings`, conditioned as `conditioning` says. Returns the window and its
+/// settings of `settings`, conditioned as `conditioning` says, every model call through `cache`.
+/// Returns the window and its
 /// latents; a same-shot extension window's start with its clean prefix (the window's history),
 /// as a diffusion-forcing window's do.
 #[allow(clippy::too_many_arguments)]
@@ -172,6 +183,7 @@ pub fn generate_conditioned_window(
     text: &TextConditioning,
     settings: &DfSettings,
     noise: &mut dyn NoiseSource,
+    cache: &mut StepCache,
     on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<(WindowSpec, Tensor)> {
     let spec = video.next_window(1).ok_or_else(|| invalid_input!("the video is already complete"))?;
@@ -179,12 +191,12 @@ pub fn generate_conditioned_window(
     let (channels, device) = (model.config().out_channels, model.device());
     let mut draw = |frames: usize| noise.randn(&[1, channels, frames, h, w], device);
     let out = match conditioning {
-        WindowConditioning::Text => denoise_video(model, &draw(spec.frames)?, text, None, &sampler, on_step)?,
+        WindowConditioning::Text => denoise_video(model, &draw(spec.frames)?, text, None, &sampler, cache, on_step)?,
         WindowConditioning::Image(image) => {
-            denoise_video(model, &draw(spec.frames)?, text, Some(image), &sampler, on_step)?
+            denoise_video(model, &draw(spec.frames)?, text, Some(image), &sampler, cache, on_step)?
         }
         WindowConditioning::References(references) => {
-            denoise_with_references(model, &draw(spec.frames)?, text, references, &sampler, on_step)?
+            denoise_with_references(model, &draw(spec.frames)?, text, references, &sampler, cache, on_step)?
         }
         WindowConditioning::Extension(ExtensionLayout::SameShot, _) => {
             let history = video
@@ -193,13 +205,14 @@ pub fn generate_conditioned_window(
                 .ok_or_else(|| invalid_input!("a same-shot extension window needs the clip's last frames"))?;
             let prefix = history.narrow(2, 0, spec.prefix)?.to_dtype(DType::F32)?;
             let latents = draw(spec.frames - spec.prefix)?;
-            let new = denoise_extension(model, &latents, &prefix, ExtensionLayout::SameShot, text, &sampler, on_step)?;
+            let new =
+                denoise_extension(model, &latents, &prefix, ExtensionLayout::SameShot, text, &sampler, cache, on_step)?;
             Tensor::cat(&[prefix, new], 2)?
         }
         WindowConditioning::Extension(ExtensionLayout::ShotSwitch, context) => {
             let prefix = context.ok_or_else(|| invalid_input!("a shot switch needs the clip's last frames"))?;
             let latents = draw(spec.frames)?;
-            denoise_extension(model, &latents, prefix, ExtensionLayout::ShotSwitch, text, &sampler, on_step)?
+            denoise_extension(model, &latents, prefix, ExtensionLayout::ShotSwitch, text, &sampler, cache, on_step)?
         }
     };
     video.record_window(&spec, &out)?;

@@ -14,6 +14,7 @@
 use candle_core::{Device, Tensor};
 
 use super::diffusion_forcing::{guide, TextConditioning};
+use super::step_cache::StepCache;
 use super::text_to_video::{check_channels, sample, StepInput, VideoSampler};
 use crate::error::{invalid_input, Result};
 use crate::models::transformer::CONTEXT_FRAME_POSITION;
@@ -32,6 +33,7 @@ pub enum ExtensionLayout {
 /// Denoises `noise` `[1, z, L, h, w]` into the new frames' latents, conditioned on the clean
 /// `prefix` `[1, z, P, h, w]` (normalised latents of the clip's last frames) laid out as `layout`
 /// says; text guidance as in [`denoise_video`](super::denoise_video).
+#[allow(clippy::too_many_arguments)]
 pub fn denoise_extension(
     model: &WanTransformer3d,
     noise: &Tensor,
@@ -39,6 +41,7 @@ pub fn denoise_extension(
     layout: ExtensionLayout,
     text: &TextConditioning,
     sampler: &VideoSampler,
+    cache: &mut StepCache,
     on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<Tensor> {
     check_channels(model, noise, None)?;
@@ -60,8 +63,8 @@ pub fn denoise_extension(
             (0..new / patch_t).chain((0..given / patch_t).map(|i| CONTEXT_FRAME_POSITION + i)).collect()
         }
     };
-    sample(model, noise, sampler, on_step, &mut |input| {
-        let predict = |context: &Tensor| predict(model, input, prefix, layout, &positions, context);
+    sample(model, noise, sampler, cache, on_step, &mut |input, cache| {
+        let mut predict = |context: &Tensor| predict(model, cache, input, prefix, layout, &positions, context);
         let conditional = predict(&text.positive)?;
         if sampler.guidance_scale <= 1.0 {
             return Ok(conditional);
@@ -74,6 +77,7 @@ pub fn denoise_extension(
 /// One model call on the prefix and the current latents; returns the new frames' prediction.
 fn predict(
     model: &WanTransformer3d,
+    cache: &mut StepCache,
     input: &StepInput<'_>,
     prefix: &Tensor,
     layout: ExtensionLayout,
@@ -97,13 +101,16 @@ fn predict(
     };
     let frames = per_frame.len();
     let timesteps = Tensor::from_vec(per_frame, (1, frames), &Device::Cpu)?;
-    let out = model.forward(&TransformerInput {
-        latents: &latents,
-        timesteps: &timesteps,
-        context,
-        image_context: None,
-        fps_index: input.fps.as_ref(),
-        frame_positions: Some(positions),
-    })?;
+    let out = cache.forward(
+        model,
+        &TransformerInput {
+            latents: &latents,
+            timesteps: &timesteps,
+            context,
+            image_context: None,
+            fps_index: input.fps.as_ref(),
+            frame_positions: Some(positions),
+        },
+    )?;
     Ok(out.narrow(2, keep_from, new)?)
 }

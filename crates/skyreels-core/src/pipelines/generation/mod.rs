@@ -57,6 +57,7 @@ use crate::pipelines::{
     reference_latents, to_rgb_frames, DfVideo, ExtensionLayout, ImageConditioning, NoiseState, ReferenceConditioning,
     SeededNoise, TextConditioning, WindowConditioning, WindowDecoder, MAX_ELEMENTS,
 };
+use crate::pipelines::{CacheSetting, CacheStats, StepCache};
 use crate::text::PromptTokenizer;
 use crate::UmT5Encoder;
 
@@ -189,6 +190,10 @@ pub struct GenerationOutcome {
     pub seconds: f64,
     /// Peak GPU memory in use; `None` on the CPU.
     pub peak_device_mib: Option<u64>,
+    /// The step cache the run used.
+    pub cache_setting: CacheSetting,
+    /// Model calls and block passes made, and the passes the step cache skipped.
+    pub cache: CacheStats,
 }
 
 /// A prepared generation: checked settings and readable inputs, ready to [`run`](Self::run).
@@ -390,6 +395,7 @@ fn fresh(
             sampling,
             rows_done: 0,
             seconds_before: 0.0,
+            cache: StepCache::new(params.sampler.cache),
             memory: DeviceMemoryMeter::new(),
         };
         // A state is saved only once the output holds this run's frames: until then an old
@@ -443,6 +449,7 @@ fn resumed(
         sampling,
         rows_done: saved.info.rows_done,
         seconds_before: saved.info.seconds,
+        cache: StepCache::resumed(saved.info.params.sampler.cache, saved.info.cache),
         memory: DeviceMemoryMeter::new(),
     };
     run.generate(writer, total_rows, observer, cancel)
@@ -611,6 +618,8 @@ struct Run<'a> {
     sampling: Sampling,
     rows_done: usize,
     seconds_before: f64,
+    /// The step cache every model call goes through (and its counts so far).
+    cache: StepCache,
     memory: DeviceMemoryMeter,
 }
 
@@ -663,6 +672,7 @@ impl Run<'_> {
                     text,
                     &p.sampler,
                     &mut self.noise,
+                    &mut self.cache,
                     &mut on_row,
                 ),
                 Sampling::Single(_) | Sampling::References(_) | Sampling::Extension(_) => {
@@ -680,6 +690,7 @@ impl Run<'_> {
                         text,
                         &p.sampler,
                         &mut self.noise,
+                        &mut self.cache,
                         &mut on_row,
                     )
                 }
@@ -734,8 +745,14 @@ impl Run<'_> {
         write_sidecar(p, self.run_record(frames, seconds, true))?;
         crash_point("completed");
         let _ = std::fs::remove_file(p.state_path());
-        let outcome =
-            GenerationOutcome { output: p.output.clone(), frames, seconds, peak_device_mib: self.memory.peak_mib() };
+        let outcome = GenerationOutcome {
+            output: p.output.clone(),
+            frames,
+            seconds,
+            peak_device_mib: self.memory.peak_mib(),
+            cache_setting: self.cache.setting(),
+            cache: self.cache.stats(),
+        };
         observer(Event::Done(&outcome));
         Ok(outcome)
     }
@@ -747,6 +764,7 @@ impl Run<'_> {
             complete,
             device: &self.models.device_info,
             peak_device_mib: self.memory.peak_mib(),
+            cache: (self.cache.setting(), self.cache.stats()),
         }
     }
 
@@ -760,6 +778,7 @@ impl Run<'_> {
             writer: *checkpoint,
             rows_done: self.rows_done,
             seconds,
+            cache: self.cache.stats(),
         };
         ResumeState {
             info,
@@ -1059,11 +1078,12 @@ struct RunRecord<'a> {
     device: &'a DeviceInfo,
     /// Peak GPU memory in use (device-wide, sampled after every step); `None` on the CPU.
     peak_device_mib: Option<u64>,
+    cache: (CacheSetting, CacheStats),
 }
 
 /// Writes `<output>.json`: every setting, the seed, the model, the device and the timing.
 fn write_sidecar(params: &GenerateParams, run: RunRecord<'_>) -> Result<()> {
-    let RunRecord { frames, seconds, complete, device, peak_device_mib } = run;
+    let RunRecord { frames, seconds, complete, device, peak_device_mib, cache } = run;
     let value = json!({
         "generator": format!("skyreels-rs {}", env!("CARGO_PKG_VERSION")),
         "complete": complete,
@@ -1073,6 +1093,13 @@ fn write_sidecar(params: &GenerateParams, run: RunRecord<'_>) -> Result<()> {
         "device": device,
         "peak_device_memory_mib": peak_device_mib,
         "peak_rss_mib": crate::memory::peak_rss_mib(),
+        "transformer": json!({
+            "cache": cache.0,
+            "model_calls": cache.1.model_calls,
+            "block_passes": cache.1.block_passes,
+            "skipped_block_passes": cache.1.skipped,
+            "skipped_fraction": cache.1.skipped_fraction(),
+        }),
         "reproduce": "skyreels generate with the settings below (same seed and model give the same video)",
         "settings": params,
     });

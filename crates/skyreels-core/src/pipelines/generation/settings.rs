@@ -80,6 +80,8 @@ pub struct GenerationRequest {
     pub sigma_grid: Option<String>,
     /// Solver: `unipc` or `euler` (for step-distilled models and LoRAs).
     pub sampler: Option<String>,
+    /// Step cache: `off`, `teacache[:THRESHOLD]` or `frames[:THRESHOLD]`.
+    pub cache: Option<String>,
     /// Block-causal attention in asynchronous mode.
     pub causal_attention: bool,
     /// Transformer precision: `auto`, `f32`, `bf16`.
@@ -123,6 +125,7 @@ impl Default for GenerationRequest {
             continuation: None,
             sigma_grid: None,
             sampler: None,
+            cache: None,
             causal_attention: false,
             dtype: "auto".into(),
             vae_dtype: "f32".into(),
@@ -751,6 +754,8 @@ impl GenerateParams {
             .map_err(|e: crate::Error| bad(e.to_string()))?;
         let sampler: crate::Sampler =
             args.sampler.as_deref().unwrap_or(&d.sampler).parse().map_err(|e: crate::Error| bad(e.to_string()))?;
+        let cache: crate::pipelines::CacheSetting =
+            args.cache.as_deref().unwrap_or("off").parse().map_err(|e: crate::Error| bad(e.to_string()))?;
         let reference_guidance = args.reference_guidance.unwrap_or(1.0);
         if !reference_guidance.is_finite() || reference_guidance < 0.0 {
             return Err(bad(format!("--ref-guidance {reference_guidance} must be a number of at least 0")));
@@ -793,6 +798,7 @@ impl GenerateParams {
                 addnoise_condition: args.addnoise_condition,
                 fps,
                 sampler,
+                cache,
             },
             causal_attention: args.causal_attention,
             seed: args.seed.unwrap_or_else(random_seed),

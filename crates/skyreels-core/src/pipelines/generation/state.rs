@@ -39,6 +39,10 @@ pub struct ResumeInfo {
     pub rows_done: usize,
     /// Seconds spent generating before this point.
     pub seconds: f64,
+    /// Block passes made and skipped by the step cache so far (states saved before it existed
+    /// had none).
+    #[serde(default)]
+    pub cache: crate::pipelines::CacheStats,
 }
 
 /// Everything needed to continue a run.
