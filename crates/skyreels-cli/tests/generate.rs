@@ -486,3 +486,39 @@ fn few_step_euler_sampling_runs_diffusion_forcing() {
     let out = dir.path().join("refused.mp4");
     assert_clean_failure(&generate(&out, &["-p", "x", "--sampler", "lcm"]), &out, "unknown sampler `lcm`");
 }
+
+#[test]
+fn step_caches_skip_block_passes_say_so_and_resume_byte_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = |path: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(format!("{}.json", path.display())).unwrap()).unwrap()
+    };
+    let args = ["--prompt", "a cat", "--frames", "45", "--ar-step", "1", "--causal-block-size", "2"];
+    let plain = dir.path().join("plain.mp4");
+    assert_ok(&generate(&plain, &args));
+    let exact = dir.path().join("exact.mp4");
+    assert_ok(&generate(&exact, &[&args[..], &["--cache", "frames:0"]].concat()));
+    assert_eq!(std::fs::read(&exact).unwrap(), std::fs::read(&plain).unwrap(), "threshold 0 changes nothing");
+    assert_eq!(sidecar(&exact)["transformer"]["skipped_block_passes"], 0);
+
+    let cached = [&args[..], &["--cache", "frames:1"]].concat();
+    let whole = dir.path().join("whole.mp4");
+    assert_ok(&generate(&whole, &cached));
+    let stats = sidecar(&whole)["transformer"].clone();
+    let skipped = stats["skipped_block_passes"].as_u64().unwrap();
+    assert!(skipped > 0 && skipped < stats["block_passes"].as_u64().unwrap(), "{stats}");
+    assert_eq!(sidecar(&whole)["settings"]["sampler"]["cache"], "frames:1");
+    assert_ne!(std::fs::read(&whole).unwrap(), std::fs::read(&plain).unwrap());
+
+    let broken = dir.path().join("broken.mp4");
+    kill_after_windows(&broken, &cached, 2);
+    let resumed = skyreels(&["generate", "--resume", broken.to_str().unwrap(), "--quiet"]).output().unwrap();
+    assert_ok(&resumed);
+    assert_eq!(std::fs::read(&broken).unwrap(), std::fs::read(&whole).unwrap(), "resumed output differs");
+    assert_eq!(sidecar(&broken)["transformer"], stats, "the counts survive the kill");
+
+    for (flag, says) in [("frames:2", "from 0 to 1"), ("teacache:-1", "from 0 to 1"), ("deep", "unknown cache 'deep'")] {
+        let out = dir.path().join("refused.mp4");
+        assert_clean_failure(&generate(&out, &["-p", "x", "--cache", flag]), &out, says);
+    }
+}
