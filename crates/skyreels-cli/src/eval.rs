@@ -143,7 +143,13 @@ struct GenerateFlags {
     args: GenerateArgs,
 }
 
-fn generate_video(model: &Option<String>, flags: &[String], output: &Path, device: DeviceChoice) -> Result<(), String> {
+/// Generates with the `generate` flags given, through the same code as `skyreels generate`.
+pub(crate) fn generate_video(
+    model: &Option<String>,
+    flags: &[String],
+    output: &Path,
+    device: DeviceChoice,
+) -> Result<(), String> {
     let mut argv = vec!["generate".to_string(), "--device".to_string(), device.to_string()];
     if let Some(model) = model {
         argv.extend(["--model".to_string(), model.clone()]);
@@ -155,7 +161,31 @@ fn generate_video(model: &Option<String>, flags: &[String], output: &Path, devic
     generate::run(parsed.args).map_err(|e| e.to_string())
 }
 
-fn read_frames(path: &Path) -> Result<Vec<RgbFrame>, String> {
+/// Generates `clip`'s prompt at its length with `seed` and extra generate `flags` into
+/// `output`, and reads the frames back.
+pub(crate) fn generate_clip(
+    model: &Option<String>,
+    clip: &skyreels_train::world::ClipSpec,
+    seed: u64,
+    flags: &[String],
+    output: &Path,
+    device: DeviceChoice,
+) -> Result<Vec<RgbFrame>, String> {
+    let mut all = vec![
+        "--prompt".to_string(),
+        clip.prompt(),
+        "--frames".into(),
+        clip.frames().to_string(),
+        "--seed".into(),
+        seed.to_string(),
+    ];
+    all.extend(flags.iter().cloned());
+    generate_video(model, &all, output, device)?;
+    read_frames(output)
+}
+
+/// A video's frames.
+pub(crate) fn read_frames(path: &Path) -> Result<Vec<RgbFrame>, String> {
     let reader = open_video(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     reader.map(|f| f.map_err(|e| format!("cannot read {}: {e}", path.display()))).collect()
 }
@@ -196,23 +226,15 @@ fn adherence(args: &AdherenceArgs) -> Result<(), String> {
                 }
             }
             Some(dir) => {
-                let output = dir.join(format!("clip-{i:03}"));
-                let mut flags = vec![
-                    "--prompt".to_string(),
-                    clip.prompt(),
-                    "--frames".into(),
-                    clip.frames().to_string(),
-                    "--seed".into(),
-                    (args.seed + i as u64).to_string(),
-                ];
+                let mut flags = Vec::new();
                 if let Some(steps) = args.steps {
                     flags.extend(["--steps".to_string(), steps.to_string()]);
                 }
                 if let Some(guidance) = args.guidance {
                     flags.extend(["--guidance".to_string(), guidance.to_string()]);
                 }
-                generate_video(&args.model, &flags, &output, args.device)?;
-                read_frames(&output)?
+                let output = dir.join(format!("clip-{i:03}"));
+                generate_clip(&args.model, clip, args.seed + i as u64, &flags, &output, args.device)?
             }
         };
         let reading = read_clip(&frames, clip.shots[0].shot_type, None);

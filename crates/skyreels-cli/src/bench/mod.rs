@@ -1,6 +1,7 @@
 //! `skyreels bench`: measurements that print markdown tables (speed and memory are measured
 //! here, never in timed tests).
 
+mod cache;
 mod conv3d;
 mod transformer;
 mod vae;
@@ -13,6 +14,9 @@ pub(crate) use skyreels_core::memory::peak_rss_mib;
 pub enum BenchCommand {
     /// Forward passes of a released transformer configuration with random weights.
     Transformer(transformer::TransformerArgs),
+    /// Few-step sampling and the step caches (`--cache`) against 30-step guided UniPC: model
+    /// calls, block passes skipped, time per video second, PSNR/SSIM, and the judge's scores.
+    Cache(cache::CacheArgs),
     /// CPU Conv3d throughput on a VAE-sized layer: implicit GEMM vs conv2d taps.
     Conv3d(conv3d::Conv3dArgs),
     /// Streaming Wan2.1 VAE decode (random weights): time and peak memory for N latent frames.
@@ -26,6 +30,7 @@ pub enum BenchCommand {
 pub fn run(command: &BenchCommand) -> Result<(), String> {
     match command {
         BenchCommand::Transformer(args) => transformer::run(args),
+        BenchCommand::Cache(args) => cache::run(args),
         BenchCommand::Conv3d(args) => conv3d::run(args),
         BenchCommand::VaeDecode(args) => vae::run(args),
         BenchCommand::Window(args) => window::run(args),

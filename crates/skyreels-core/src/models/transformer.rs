@@ -54,39 +54,38 @@ pub fn fps_index(fps: u32) -> u32 {
 /// Receives named intermediate tensors during [`WanTransformer3d::forward_traced`].
 pub type Trace<'t> = dyn FnMut(&str, &Tensor) -> Result<()> + 't;
 
-/// A step cache standing in for the blocks (TeaCache and its relatives, spec §10.1): it sees
-/// what is about to enter the blocks and either returns the residual `out − in` to add instead
-/// of running them, or lets them run and is handed the residual they produced.
+/// A step cache standing in for the blocks (TeaCache and its relatives, spec §10.1). After its
+/// [`leading_blocks`](Self::leading_blocks) have run, it sees what is about to enter the rest
+/// and either returns the residual `out − in` to add instead of running them, or lets them run
+/// and is handed the residual they produced.
 pub trait BlockCache {
-    /// The residual `[B, L, D]` (f32) to add to the tokens instead of running the blocks, or
-    /// `None` to run them.
+    /// Blocks that always run before the decision (0: decide on the embeddings alone; 1: on the
+    /// first block's response too).
+    fn leading_blocks(&self) -> usize {
+        0
+    }
+    /// The residual `[B, L, D]` (f32) to add to the tokens instead of running the remaining
+    /// blocks, or `None` to run them.
     fn reuse(&mut self, probe: &BlockProbe<'_>) -> Result<Option<Tensor>>;
-    /// Receives `out − in` (f32) after the blocks ran.
+    /// Receives the remaining blocks' `out − in` (f32) after they ran.
     fn remember(&mut self, residual: Tensor) -> Result<()>;
 }
 
-/// What a [`BlockCache`] sees of a forward pass before the blocks run.
+/// What a [`BlockCache`] sees of a forward pass before the remaining blocks run.
 pub struct BlockProbe<'a> {
-    /// Tokens entering the first block, `[B, L, D]` in the compute dtype, frame-major.
+    /// Tokens entering the remaining blocks, `[B, L, D]` in the compute dtype, frame-major.
     pub tokens: &'a Tensor,
+    /// What the leading blocks added to the embedded tokens, `[B, L, D]` (f32); `None` when
+    /// none ran.
+    pub leading_residual: Option<&'a Tensor>,
     /// The time modulation `[B, Ft, 6, D]` (f32), one row per latent frame column.
     pub modulation: &'a Tensor,
-    first_block: Option<&'a WanBlock>,
 }
 
 impl BlockProbe<'_> {
     /// Latent frame columns (the modulation's rows); tokens are `frames × tokens-per-frame`.
     pub fn frames(&self) -> Result<usize> {
         Ok(self.modulation.dim(1)?)
-    }
-
-    /// The first block's modulated self-attention input `norm(x)·(1 + scale) + shift`,
-    /// `[B, L, D]` in f32: what the stack first responds to, latents and noise level together.
-    pub fn first_block_input(&self) -> Result<Tensor> {
-        match self.first_block {
-            Some(block) => block.modulated_input(self.tokens, self.modulation),
-            None => Ok(self.tokens.to_dtype(DType::F32)?),
-        }
     }
 }
 
@@ -426,15 +425,21 @@ impl WanTransformer3d {
             sin: &sin,
             mask,
         };
+        let all = 0..self.blocks.len();
         let x = match cache {
-            None => self.run_blocks(tokens, &ctx, trace)?,
+            None => self.run_blocks(tokens, all, &ctx, trace)?,
             Some(cache) => {
-                let probe = BlockProbe { tokens: &tokens, modulation: &modulation, first_block: self.blocks.first() };
+                let leading = cache.leading_blocks().min(self.blocks.len());
+                let x = self.run_blocks(tokens.clone(), 0..leading, &ctx, trace)?;
+                let leading_residual =
+                    if leading > 0 { Some((x.to_dtype(DType::F32)? - tokens.to_dtype(DType::F32)?)?) } else { None };
+                let probe =
+                    BlockProbe { tokens: &x, leading_residual: leading_residual.as_ref(), modulation: &modulation };
                 match cache.reuse(&probe)? {
-                    Some(residual) => (tokens.to_dtype(DType::F32)? + residual)?.to_dtype(tokens.dtype())?,
+                    Some(residual) => (x.to_dtype(DType::F32)? + residual)?.to_dtype(x.dtype())?,
                     None => {
-                        let out = self.run_blocks(tokens.clone(), &ctx, trace)?;
-                        cache.remember((out.to_dtype(DType::F32)? - tokens.to_dtype(DType::F32)?)?)?;
+                        let out = self.run_blocks(x.clone(), leading..all.end, &ctx, trace)?;
+                        cache.remember((out.to_dtype(DType::F32)? - x.to_dtype(DType::F32)?)?)?;
                         out
                     }
                 }
@@ -447,10 +452,16 @@ impl WanTransformer3d {
             .map_err(Into::into)
     }
 
-    /// Runs every block over `x`.
-    fn run_blocks(&self, mut x: Tensor, ctx: &BlockContext<'_>, trace: &mut Trace<'_>) -> Result<Tensor> {
+    /// Runs the blocks `range` over `x`.
+    fn run_blocks(
+        &self,
+        mut x: Tensor,
+        range: std::ops::Range<usize>,
+        ctx: &BlockContext<'_>,
+        trace: &mut Trace<'_>,
+    ) -> Result<Tensor> {
         let streamed = self.block_home.is_some();
-        for (i, block) in self.blocks.iter().enumerate() {
+        for (i, block) in self.blocks.iter().enumerate().take(range.end).skip(range.start) {
             // A streamed block's device copy lives only while it runs.
             let resident;
             let block = if streamed {
@@ -751,12 +762,6 @@ impl WanBlock {
             ffn: (self.ffn.0.to_device(device)?, self.ffn.1.to_device(device)?),
             eps: self.eps,
         })
-    }
-
-    /// The self-attention input `norm(x)·(1 + scale) + shift` before its cast to the compute dtype.
-    fn modulated_input(&self, x: &Tensor, modulation: &Tensor) -> Result<Tensor> {
-        let e = modulation.broadcast_add(&self.modulation.unsqueeze(0)?)?;
-        Ok(modulate(&layer_norm(x, self.eps)?, &e.narrow(2, 0, 1)?, &e.narrow(2, 1, 1)?)?.to_dtype(DType::F32)?)
     }
 
     fn forward(&self, x: &Tensor, ctx: &BlockContext<'_>, trace: &mut Trace<'_>) -> Result<Tensor> {

@@ -14,13 +14,14 @@
 //!   zero, so threshold 0 skips nothing. On diffusion forcing the modulation of finished and not-yet-started frames never
 //!   changes, which dilutes the mean and makes it skip where it should not: the maintainers
 //!   disable it for DF models.
-//! * **Frames**, made for diffusion forcing: the distance is measured per latent frame, on the
-//!   first block's modulated input (latents and noise level together), from the call that last
-//!   ran the blocks, and only over the frames the scheduler updates after this call — the
-//!   clean prefix, finished frames and frames still waiting at full noise are ignored, since
-//!   their prediction is thrown away. The blocks are skipped only while the most-moved of those
-//!   frames has moved less than the threshold. No polynomial fitted to one checkpoint is
-//!   involved, so it carries to any SkyReels/Wan model.
+//! * **Frames**, made for diffusion forcing: the first block always runs, and its response (the
+//!   residual it adds) is compared, per latent frame, with its response at the call that last
+//!   ran the rest — the model's own reaction to the new latents and noise levels, not a proxy
+//!   fitted to one checkpoint. Only the frames the scheduler updates after this call count: the
+//!   clean prefix (re-noised on every row with `addnoise_condition`), finished frames and
+//!   frames still waiting at full noise are ignored, since their prediction is thrown away. The
+//!   remaining blocks are skipped only while the most-moved of the counted frames has moved
+//!   less than the threshold (relative L1).
 //!
 //! Both are exact when off and deterministic when on. Their state lives within one window and
 //! is rebuilt from scratch at the next, so a run resumed at a window boundary (how resume works)
@@ -188,6 +189,10 @@ impl StepCache {
     /// One model call, the blocks possibly replaced by a remembered residual.
     pub fn forward(&mut self, model: &WanTransformer3d, input: &TransformerInput<'_>) -> Result<Tensor> {
         let blocks = model.num_blocks() as u64;
+        let leading = match self.setting {
+            CacheSetting::Frames(_) => FRAMES_LEADING_BLOCKS.min(model.num_blocks()) as u64,
+            _ => 0,
+        };
         self.stats.model_calls += 1;
         self.stats.block_passes += blocks;
         if !self.setting.is_on() {
@@ -205,7 +210,7 @@ impl StepCache {
         };
         let out = model.forward_cached(input, &mut decider)?;
         if decider.reused {
-            self.stats.skipped += blocks;
+            self.stats.skipped += blocks - leading;
         }
         self.call += 1;
         Ok(out)
@@ -222,9 +227,12 @@ struct PassState {
     /// TeaCache: the previous call's modulation and the change accumulated since the blocks ran.
     previous_modulation: Option<Tensor>,
     accumulated: f64,
-    /// Frames: the first block's input at the call that last ran the blocks.
-    reference_input: Option<Tensor>,
+    /// Frames: the first block's residual at the call that last ran the rest.
+    reference_response: Option<Tensor>,
 }
+
+/// Blocks the frame cache always runs to measure the model's response.
+const FRAMES_LEADING_BLOCKS: usize = 1;
 
 /// Calls TeaCache skips none of at the start of a window (upstream's `ret_steps`, per pass).
 const TEACACHE_WARMUP_CALLS: usize = 5;
@@ -239,6 +247,13 @@ struct Decider<'a> {
 }
 
 impl BlockCache for Decider<'_> {
+    fn leading_blocks(&self) -> usize {
+        match self.setting {
+            CacheSetting::Frames(_) => FRAMES_LEADING_BLOCKS,
+            _ => 0,
+        }
+    }
+
     fn reuse(&mut self, probe: &BlockProbe<'_>) -> Result<Option<Tensor>> {
         let residual = self.state.residual.as_ref().filter(|r| r.dims() == probe.tokens.dims()).cloned();
         let reuse = match self.setting {
@@ -281,13 +296,14 @@ impl Decider<'_> {
         Ok(false)
     }
 
-    /// Reuses while every frame the scheduler will use has moved less than `threshold` since
-    /// the blocks last ran.
+    /// Reuses while the first block's response to every frame the scheduler will use has moved
+    /// less than `threshold` since the rest last ran.
     fn frames(&mut self, probe: &BlockProbe<'_>, threshold: f64, have_residual: bool) -> Result<bool> {
-        let input = probe.first_block_input()?;
-        let reference = self.state.reference_input.as_ref().filter(|r| r.dims() == input.dims());
+        // A model without blocks has no response to compare: it never reuses.
+        let Some(response) = probe.leading_residual.cloned() else { return Ok(false) };
+        let reference = self.state.reference_response.as_ref().filter(|r| r.dims() == response.dims());
         if let (true, Some(reference)) = (have_residual, reference) {
-            let distances = per_frame_relative_l1(&input, reference, probe.frames()?)?;
+            let distances = per_frame_relative_l1(&response, reference, probe.frames()?)?;
             let frames = distances.len();
             let used = |f: usize| match self.active {
                 Some(active) if active.len() == frames => active[f],
@@ -303,7 +319,7 @@ impl Decider<'_> {
                 return Ok(true);
             }
         }
-        self.state.reference_input = Some(input);
+        self.state.reference_response = Some(response);
         Ok(false)
     }
 }
