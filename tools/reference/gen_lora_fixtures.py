@@ -21,6 +21,9 @@ Files written to `lora/`:
     a_comfy.safetensors       `a` in the ComfyUI / LightX2V layout: `diffusion_model.blocks.N.self_attn.q.
                               lora_down.weight` / `lora_up.weight` / `alpha`, plus a full-weight `diff`
                               and a bias `diff_b` for `blocks.1.self_attn.o`
+    c_peft.safetensors        adapter `c` (rank 2, alpha 2) with PEFT's per-module `alpha_pattern`
+                              and `rank_pattern` (rank 3 on `attn1.to_v`), as `save_lora_adapter` writes it
+    d_rslora.safetensors      adapter `d` (rank 2, alpha 2) with `use_rslora` (scale alpha/sqrt(rank))
 
 and `lora.safetensors` with the input and diffusers' outputs:
 
@@ -29,6 +32,7 @@ and `lora.safetensors` with the input and diffusers' outputs:
     a1, a05                        adapter `a` at strength 1 and 0.5
     ab                             `a` at 1 and `b` at 0.5, stacked
     comfy                          `a` at 1 with the `diff` / `diff_b` added to the base weights
+    c1, d1                         adapters `c` and `d` alone at strength 1
 
 The output is bit-identical from run to run (one thread, seeded generators).
 """
@@ -154,6 +158,27 @@ def main():
                 module.base_layer.bias += diff_b
     model.set_adapters(["a"], weights=[1.0])
     outputs["comfy"] = run(model)
+
+    # PEFT's scaling options, on the unchanged base (new draws come last, so the files above
+    # keep their bytes).
+    for name, config, file in [
+        ("c", LoraConfig(r=2, lora_alpha=2, target_modules=SOME, init_lora_weights=True,
+                         alpha_pattern={"blocks.1.attn1.to_q": 8, "to_q": 6, "net.2": 1},
+                         rank_pattern={"attn1.to_v": 3}), "c_peft.safetensors"),
+        ("d", LoraConfig(r=2, lora_alpha=2, target_modules=["attn1.to_v"], init_lora_weights=True,
+                         use_rslora=True), "d_rslora.safetensors"),
+    ]:
+        peft_model = copy.deepcopy(base)
+        peft_model.add_adapter(config, adapter_name=name)
+        with torch.no_grad():
+            for _, module in peft_model.named_modules():
+                if hasattr(module, "lora_A") and name in module.lora_A:
+                    for layer in (module.lora_A[name], module.lora_B[name]):
+                        layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.2)
+        peft_model.set_adapters([name], weights=[1.0])
+        outputs[f"{name}1"] = run(peft_model)
+        peft_model.save_lora_adapter(folder, adapter_name=name, weight_name=file)
+        reproducible(os.path.join(folder, file))
     save_file(outputs, os.path.join(args.out, "lora.safetensors"))
 
 

@@ -483,8 +483,16 @@ fn few_step_euler_sampling_runs_diffusion_forcing() {
     let unipc = dir.path().join("unipc.mp4");
     assert_ok(&generate(&unipc, &few));
     assert_ne!(std::fs::read(&euler).unwrap(), std::fs::read(&unipc).unwrap());
+    // LCM re-noises from the run's noise stream: different from Euler, the same twice.
+    let lcm = [&few[..], &["--sampler", "lcm"]].concat();
+    let (once, twice) = (dir.path().join("lcm1.mp4"), dir.path().join("lcm2.mp4"));
+    assert_ok(&generate(&once, &lcm));
+    assert_ok(&generate(&twice, &lcm));
+    assert_eq!(probe(&once).0.len(), 21);
+    assert_eq!(std::fs::read(&once).unwrap(), std::fs::read(&twice).unwrap());
+    assert_ne!(std::fs::read(&once).unwrap(), std::fs::read(&euler).unwrap());
     let out = dir.path().join("refused.mp4");
-    assert_clean_failure(&generate(&out, &["-p", "x", "--sampler", "lcm"]), &out, "unknown sampler `lcm`");
+    assert_clean_failure(&generate(&out, &["-p", "x", "--sampler", "ddim"]), &out, "unknown sampler `ddim`");
 }
 
 #[test]
@@ -517,7 +525,8 @@ fn step_caches_skip_block_passes_say_so_and_resume_byte_identically() {
     assert_eq!(std::fs::read(&broken).unwrap(), std::fs::read(&whole).unwrap(), "resumed output differs");
     assert_eq!(sidecar(&broken)["transformer"], stats, "the counts survive the kill");
 
-    for (flag, says) in [("frames:2", "from 0 to 1"), ("teacache:-1", "from 0 to 1"), ("deep", "unknown cache 'deep'")] {
+    for (flag, says) in [("frames:2", "from 0 to 1"), ("teacache:-1", "from 0 to 1"), ("deep", "unknown cache 'deep'")]
+    {
         let out = dir.path().join("refused.mp4");
         assert_clean_failure(&generate(&out, &["-p", "x", "--cache", flag]), &out, says);
     }

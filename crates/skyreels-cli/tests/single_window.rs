@@ -196,6 +196,7 @@ fn what_a_model_cannot_do_is_refused_in_one_sentence() {
         ("t2v_pipeline", &["-p", "x", "--frames", "0"], "endless"),
         ("t2v_pipeline", &["-p", "x", "--image", image], "image-to-video (I2V)"),
         ("t2v_pipeline", &["-p", "x", "--ar-step", "2"], "--ar-step needs"),
+        ("t2v_pipeline", &["-p", "x", "--sampler", "lcm"], "runs diffusion-forcing models only"),
         ("i2v_pipeline", &["-p", "x", "--frames", "9"], "--image is required"),
         ("i2v_pipeline", &["-p", "x", "--image", image, "--end-image", image], "--end-image needs"),
         ("i2v_pipeline", &["-p", "x", "--image", unreadable], "not a readable image"),

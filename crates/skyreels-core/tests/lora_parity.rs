@@ -50,6 +50,9 @@ fn adapters_in_every_layout_match_diffusers_and_peft() {
     }
     assert_close("comfy layout with diff and diff_b", &run(&[adapter("a_comfy", 1.0)]), &t["comfy"]);
     assert_close("a at 1 + b at 0.5", &run(&[adapter("a_diffusers", 1.0), adapter("b_diffusers", 0.5)]), &t["ab"]);
+    // PEFT's per-module alpha_pattern (first matching key wins) and rank_pattern; use_rslora.
+    assert_close("alpha_pattern and rank_pattern", &run(&[adapter("c_peft", 1.0)]), &t["c1"]);
+    assert_close("use_rslora", &run(&[adapter("d_rslora", 1.0)]), &t["d1"]);
     // The original-layout copy of the same model takes the same adapters.
     let original = with_adapters("t2v_original", &[adapter("a_kohya", 0.5)]).unwrap();
     let input = recorded_input(&t);

@@ -104,7 +104,7 @@ pub struct JobRequest {
     /// `skyreels` or `diffusers`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sigma_grid: Option<String>,
-    /// The solver: `unipc` or `euler`.
+    /// The solver: `unipc`, `euler` or `lcm`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sampler: Option<String>,
     /// The step cache: `off`, `teacache[:THRESHOLD]` or `frames[:THRESHOLD]`.

@@ -125,8 +125,9 @@ pub struct GenerateArgs {
     /// for reference-to-video, else skyreels]
     #[arg(long)]
     pub sigma_grid: Option<String>,
-    /// Solver: unipc (every SkyReels release) or euler (what step-distilled models and LoRAs,
-    /// such as 4-step ones, are made for). [default: the model's, else unipc]
+    /// Solver: unipc (every SkyReels release), euler (what step-distilled models and LoRAs,
+    /// such as 4-step ones, are made for) or lcm (re-noises every step, for consistency-
+    /// distilled diffusion-forcing models). [default: the model's, else unipc]
     #[arg(long)]
     pub sampler: Option<String>,
     /// Step cache: off, teacache[:THRESHOLD] (upstream's TeaCache, default 0.2) or

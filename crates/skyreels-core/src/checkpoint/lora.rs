@@ -3,8 +3,10 @@
 //! Three layouts are read, each mapped to the transformer's canonical (original Wan) module names
 //! by the name map in [`super::names`]:
 //! - **diffusers / PEFT**: `[transformer.]blocks.N.attn1.to_q.lora_A.weight` / `lora_B.weight`; the
-//!   alpha comes from the `lora_adapter_metadata` JSON diffusers writes (`lora_alpha`), else it
-//!   equals the rank (scale 1);
+//!   alpha comes from the `lora_adapter_metadata` JSON diffusers writes (`lora_alpha`, with PEFT's
+//!   per-module `alpha_pattern` — the first key matching the end of the module's name as PEFT
+//!   matches it — and `use_rslora`, which scales by `α/√r`), else it equals the rank (scale 1);
+//!   ranks come from the matrices, so `rank_pattern` needs no reading;
 //! - **kohya**: `lora_unet_blocks_N_self_attn_q.lora_down.weight` / `lora_up.weight` / `.alpha`;
 //! - **ComfyUI / LightX2V**: `diffusion_model.blocks.N.self_attn.q.lora_down.weight` (or `lora_A`)
 //!   / `lora_up.weight` / `.alpha`, plus full-weight `.diff` and bias `.diff_b` deltas.
@@ -34,6 +36,8 @@ pub struct LoraAdapter {
     modules: BTreeMap<String, LoraTerm>,
     /// diffusers' global alpha (`lora_adapter_metadata.lora_alpha`), for modules without their own.
     default_alpha: Option<f64>,
+    /// PEFT's rank-stabilised scaling `α/√r` (`use_rslora`) instead of `α/r`.
+    rank_stabilised: bool,
 }
 
 /// What one adapter changes in one module.
@@ -83,16 +87,19 @@ impl LoraAdapter {
         }
         let bad = |why: String| invalid_input!("{} is not a LoRA file: {why}", path.display());
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let default_alpha = diffusers_alpha(&bytes).map_err(bad)?;
+        let metadata = PeftMetadata::read(&bytes).map_err(bad)?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
         let mut modules: BTreeMap<String, LoraTerm> = BTreeMap::new();
         let mut unknown = Vec::new();
         for (key, tensor) in tensors {
-            let Some((module, part)) = split_key(&key) else {
+            let Some((module, stem, part)) = split_key(&key) else {
                 unknown.push(key);
                 continue;
             };
             let term = modules.entry(module).or_default();
+            if let Some(alpha) = metadata.pattern_alpha(&stem) {
+                term.alpha = Some(alpha);
+            }
             let tensor = tensor.to_dtype(DType::F32)?;
             match part {
                 Part::Down => term.down = Some(tensor),
@@ -109,7 +116,13 @@ impl LoraAdapter {
         if let Some((module, _)) = modules.iter().find(|(_, t)| t.down.is_some() != t.up.is_some()) {
             return Err(bad(format!("{module} has one of its two low-rank matrices, not both")));
         }
-        Ok(Self { path: path.to_path_buf(), strength, modules, default_alpha })
+        Ok(Self {
+            path: path.to_path_buf(),
+            strength,
+            modules,
+            default_alpha: metadata.alpha,
+            rank_stabilised: metadata.rank_stabilised,
+        })
     }
 
     /// The file it was read from.
@@ -123,30 +136,90 @@ impl LoraAdapter {
     }
 }
 
-/// `lora_alpha` of diffusers' metadata; an error for per-module patterns, which are not read.
-fn diffusers_alpha(bytes: &[u8]) -> std::result::Result<Option<f64>, String> {
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
-    let Some(raw) = meta.metadata().as_ref().and_then(|m| m.get("lora_adapter_metadata")) else {
-        return Ok(None);
-    };
-    let config: serde_json::Value = serde_json::from_str(raw).map_err(|e| format!("its metadata: {e}"))?;
-    for pattern in ["alpha_pattern", "rank_pattern"] {
-        if config.get(pattern).and_then(|p| p.as_object()).is_some_and(|p| !p.is_empty()) {
-            return Err(format!("per-module `{pattern}` in its metadata is not supported"));
-        }
-    }
-    Ok(config.get("lora_alpha").and_then(|a| a.as_f64()))
+/// What the PEFT config diffusers stores as `lora_adapter_metadata` says about scaling.
+#[derive(Default)]
+struct PeftMetadata {
+    alpha: Option<f64>,
+    /// `alpha_pattern` in the file's order: PEFT takes the first key that matches.
+    alpha_pattern: Vec<(regex::Regex, f64)>,
+    rank_stabilised: bool,
 }
 
-/// `(module, part)` of a key: prefixes dropped, diffusers names made canonical; kohya stems are
-/// kept with their underscores (resolved against the model in [`LoraWeights::new`]).
-fn split_key(key: &str) -> Option<(String, Part)> {
+impl PeftMetadata {
+    fn read(bytes: &[u8]) -> std::result::Result<Self, String> {
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+        let Some(raw) = meta.metadata().as_ref().and_then(|m| m.get("lora_adapter_metadata")) else {
+            return Ok(Self::default());
+        };
+        let config: PeftConfig = serde_json::from_str(raw).map_err(|e| format!("its metadata: {e}"))?;
+        let alpha_pattern = config
+            .alpha_pattern
+            .0
+            .into_iter()
+            .map(|(key, alpha)| {
+                // PEFT: `re.match(rf"(.*\.)?({key})$", module_name)`.
+                let regex = regex::Regex::new(&format!("^(?:.*\\.)?(?:{key})$"))
+                    .map_err(|e| format!("its alpha_pattern key `{key}`: {e}"))?;
+                Ok((regex, alpha))
+            })
+            .collect::<std::result::Result<_, String>>()?;
+        Ok(Self { alpha: config.lora_alpha, alpha_pattern, rank_stabilised: config.use_rslora })
+    }
+
+    /// The `alpha_pattern` alpha of a diffusers module name, if a key matches it.
+    fn pattern_alpha(&self, module: &str) -> Option<f64> {
+        self.alpha_pattern.iter().find(|(regex, _)| regex.is_match(module)).map(|(_, alpha)| *alpha)
+    }
+}
+
+/// The fields of a PEFT `LoraConfig` that scale the update.
+#[derive(serde::Deserialize)]
+struct PeftConfig {
+    #[serde(default)]
+    lora_alpha: Option<f64>,
+    #[serde(default)]
+    alpha_pattern: OrderedMap,
+    #[serde(default)]
+    use_rslora: bool,
+}
+
+/// A JSON object's entries in document order (PEFT's first-match rule depends on it).
+#[derive(Default)]
+struct OrderedMap(Vec<(String, f64)>);
+
+impl<'de> serde::Deserialize<'de> for OrderedMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = OrderedMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of numbers")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> std::result::Result<OrderedMap, M::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, f64>()? {
+                    entries.push(entry);
+                }
+                Ok(OrderedMap(entries))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<OrderedMap, E> {
+                Ok(OrderedMap::default())
+            }
+        }
+        d.deserialize_any(Entries)
+    }
+}
+
+/// `(module, stem, part)` of a key: prefixes dropped, diffusers names made canonical (the stem
+/// keeps the name as the file spells it, for PEFT's patterns); kohya stems are kept with their
+/// underscores (resolved against the model in [`LoraWeights::new`]).
+fn split_key(key: &str) -> Option<(String, String, Part)> {
     let (stem, part) = PARTS.iter().find_map(|(suffix, part)| Some((key.strip_suffix(suffix)?, part())))?;
     if let Some(kohya) = stem.strip_prefix("lora_unet_").or_else(|| stem.strip_prefix("lora_transformer_")) {
-        return Some((kohya.to_string(), part));
+        return Some((kohya.to_string(), kohya.to_string(), part));
     }
     let stem = PREFIXES.iter().fold(stem, |s, prefix| s.strip_prefix(prefix).unwrap_or(s));
-    Some((diffusers_to_canonical(stem), part))
+    Some((diffusers_to_canonical(stem), stem.to_string(), part))
 }
 
 fn first_few(names: &[String]) -> String {
@@ -164,8 +237,15 @@ pub struct LoraWeights<'a> {
     terms: BTreeMap<String, Vec<Bound<'a>>>,
 }
 
-/// One adapter's term bound to a module: its strength, the adapter's default alpha, the term.
-type Bound<'a> = (f64, Option<f64>, &'a LoraTerm);
+/// One adapter's term bound to a module: its strength, the adapter's scaling, the term.
+type Bound<'a> = (f64, Scaling, &'a LoraTerm);
+
+/// How an adapter scales its low-rank products: its default alpha, and `α/√r` or `α/r`.
+#[derive(Debug, Clone, Copy)]
+struct Scaling {
+    default_alpha: Option<f64>,
+    rank_stabilised: bool,
+}
 
 impl<'a> LoraWeights<'a> {
     /// Binds `adapters` to the model whose weights `base` holds (`shapes` describing them):
@@ -191,7 +271,8 @@ fn bind<'a>(adapters: &'a [LoraAdapter], shapes: &dyn TensorShapes) -> Result<BT
                 continue;
             };
             check_shapes(adapter, &canonical, term, shapes)?;
-            terms.entry(canonical).or_default().push((adapter.strength, adapter.default_alpha, term));
+            let scaling = Scaling { default_alpha: adapter.default_alpha, rank_stabilised: adapter.rank_stabilised };
+            terms.entry(canonical).or_default().push((adapter.strength, scaling, term));
         }
         if !unknown.is_empty() {
             return Err(invalid_input!(
@@ -215,11 +296,9 @@ pub fn layer_adapters(
         let out = shapes.tensor_shape(&format!("{module}.weight"))?[0];
         let updates = terms
             .into_iter()
-            .map(|(strength, default_alpha, term)| {
+            .map(|(strength, scaling, term)| {
                 let low_rank = match (&term.down, &term.up) {
-                    (Some(down), Some(up)) => {
-                        Some((down.flatten_from(1)?, up.clone(), term.scale(strength, default_alpha)?))
-                    }
+                    (Some(down), Some(up)) => Some((down.flatten_from(1)?, up.clone(), term.scale(strength, scaling)?)),
                     _ => None,
                 };
                 let weight = term.diff.as_ref().map(|d| d.reshape((out, ()))?.affine(strength, 0.0)).transpose()?;
@@ -233,10 +312,11 @@ pub fn layer_adapters(
 }
 
 impl LoraTerm {
-    /// `strength · α / rank` of the low-rank part.
-    fn scale(&self, strength: f64, default_alpha: Option<f64>) -> Result<f64> {
+    /// `strength · α / rank` (or `/ √rank`, rank-stabilised) of the low-rank part.
+    fn scale(&self, strength: f64, scaling: Scaling) -> Result<f64> {
         let rank = self.down.as_ref().map_or(Ok(1), |d| d.dim(0))? as f64;
-        Ok(strength * self.alpha.or(default_alpha).unwrap_or(rank) / rank)
+        let alpha = self.alpha.or(scaling.default_alpha).unwrap_or(rank);
+        Ok(strength * alpha / if scaling.rank_stabilised { rank.sqrt() } else { rank })
     }
 }
 
@@ -245,13 +325,13 @@ impl LoraWeights<'_> {
     fn delta(&self, module: &str, bias: bool, shape: &[usize]) -> Result<Option<Tensor>> {
         let Some(terms) = self.terms.get(module) else { return Ok(None) };
         let mut sum: Option<Tensor> = None;
-        for &(strength, default_alpha, term) in terms {
+        for &(strength, scaling, term) in terms {
             let mut parts = Vec::new();
             if bias {
                 parts.extend(term.diff_bias.iter().map(|d| d.affine(strength, 0.0)));
             } else {
                 if let (Some(down), Some(up)) = (&term.down, &term.up) {
-                    let scale = term.scale(strength, default_alpha)?;
+                    let scale = term.scale(strength, scaling)?;
                     parts.push(up.matmul(&down.flatten_from(1)?)?.affine(scale, 0.0));
                 }
                 parts.extend(term.diff.iter().map(|d| d.affine(strength, 0.0)));

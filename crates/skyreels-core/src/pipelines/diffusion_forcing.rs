@@ -126,8 +126,14 @@ pub fn denoise_window(
     let device = latents.device();
     let mut frame_latents: Vec<Tensor> =
         (0..frames).map(|j| latents.narrow(2, j, 1)).collect::<candle_core::Result<_>>()?;
-    let mut solvers: Vec<Box<dyn FlowScheduler>> =
-        (0..frames).map(|_| settings.sampler.solver(schedule.clone(), true)).collect();
+    let mut solvers: Vec<Box<dyn FlowScheduler>> = Vec::with_capacity(frames);
+    let frame_shape = frame_latents[0].dims().to_vec();
+    for _ in 0..frames {
+        let draws = (0..settings.sampler.noise_draws(settings.steps))
+            .map(|_| noise.randn(&frame_shape, device))
+            .collect::<Result<Vec<_>>>()?;
+        solvers.push(settings.sampler.solver(schedule.clone(), true, draws)?);
+    }
     // Timesteps and the fps index are small host values the transformer reads on the host (for
     // its sinusoids and checks): kept on the CPU they cost no device round trip per step.
     let fps = Tensor::new(&[fps_index(settings.fps)], &Device::Cpu)?;

@@ -108,7 +108,13 @@ pub(super) fn sample(
 ) -> Result<Tensor> {
     let schedule = FlowSchedule::new(sampler.sigma_grid, sampler.steps, sampler.shift)?;
     let timesteps = schedule.timesteps().to_vec();
-    let mut solver = sampler.sampler.solver(schedule, false);
+    if sampler.sampler.noise_draws(sampler.steps) > 0 {
+        return Err(invalid_input!(
+            "the {} sampler runs diffusion-forcing models only: use euler or unipc with this model",
+            sampler.sampler
+        ));
+    }
+    let mut solver = sampler.sampler.solver(schedule, false, Vec::new())?;
     // Host values the transformer reads on the host: no device round trip per step.
     let fps =
         model.config().inject_sample_info.then(|| Tensor::new(&[fps_index(sampler.fps)], &Device::Cpu)).transpose()?;

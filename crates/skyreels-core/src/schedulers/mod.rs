@@ -1,14 +1,17 @@
-//! Flow-matching samplers: the sigma grids, multistep UniPC (the SkyReels default) and Euler.
+//! Flow-matching samplers: the sigma grids, multistep UniPC (the SkyReels default), Euler and
+//! LCM-style re-noising.
 //!
 //! Flow convention (spec §6): `x_σ = (1 − σ)·x₀ + σ·ε`, the model predicts `v = ε − x₀`, and the
 //! model is fed the integer timestep `⌊1000·σ⌋`. Each scheduler instance holds only its own small
 //! state, so diffusion forcing can keep one per latent frame.
 
 mod flow_euler;
+mod flow_lcm;
 mod flow_unipc;
 mod sigmas;
 
 pub use flow_euler::FlowEuler;
+pub use flow_lcm::FlowLcm;
 pub use flow_unipc::FlowUniPc;
 pub use sigmas::{FlowSchedule, SigmaGrid};
 
@@ -40,17 +43,32 @@ pub enum Sampler {
     /// First-order Euler: what step-distilled models (4–8 steps) are trained to be sampled with.
     #[serde(rename = "euler")]
     Euler,
+    /// LCM-style: predict the clean sample, re-noise it to the next level with fresh noise
+    /// (consistency-distilled models such as CausVid).
+    #[serde(rename = "lcm")]
+    Lcm,
 }
 
 impl Sampler {
+    /// Fresh noise draws (each of the sample's shape) a solver of this kind needs for
+    /// `steps` steps: LCM re-noises after every step but the last, the others need none.
+    pub fn noise_draws(self, steps: usize) -> usize {
+        match self {
+            Sampler::Lcm => FlowLcm::draws(steps),
+            Sampler::UniPc | Sampler::Euler => 0,
+        }
+    }
+
     /// A solver of this kind at step 0 of `schedule`; `in_place` selects UniPC's variant that
-    /// diffusion forcing's per-frame solvers use (see [`FlowUniPc::in_place`]).
-    pub fn solver(self, schedule: FlowSchedule, in_place: bool) -> Box<dyn FlowScheduler> {
-        match (self, in_place) {
+    /// diffusion forcing's per-frame solvers use (see [`FlowUniPc::in_place`]); `noise` holds
+    /// the [`noise_draws`](Self::noise_draws) it needs.
+    pub fn solver(self, schedule: FlowSchedule, in_place: bool, noise: Vec<Tensor>) -> Result<Box<dyn FlowScheduler>> {
+        Ok(match (self, in_place) {
             (Sampler::UniPc, true) => Box::new(FlowUniPc::in_place(schedule)),
             (Sampler::UniPc, false) => Box::new(FlowUniPc::new(schedule)),
             (Sampler::Euler, _) => Box::new(FlowEuler::new(schedule)),
-        }
+            (Sampler::Lcm, _) => Box::new(FlowLcm::new(schedule, noise)?),
+        })
     }
 }
 
@@ -60,7 +78,8 @@ impl std::str::FromStr for Sampler {
         match s {
             "unipc" => Ok(Sampler::UniPc),
             "euler" => Ok(Sampler::Euler),
-            other => Err(crate::error::invalid_input!("unknown sampler `{other}`: use `unipc` or `euler`")),
+            "lcm" => Ok(Sampler::Lcm),
+            other => Err(crate::error::invalid_input!("unknown sampler `{other}`: use `unipc`, `euler` or `lcm`")),
         }
     }
 }
@@ -70,6 +89,7 @@ impl std::fmt::Display for Sampler {
         f.write_str(match self {
             Sampler::UniPc => "unipc",
             Sampler::Euler => "euler",
+            Sampler::Lcm => "lcm",
         })
     }
 }

@@ -78,7 +78,7 @@ pub struct GenerationRequest {
     pub continuation: Option<String>,
     /// Sigma grid: `skyreels` or `diffusers`.
     pub sigma_grid: Option<String>,
-    /// Solver: `unipc` or `euler` (for step-distilled models and LoRAs).
+    /// Solver: `unipc`, `euler` (for step-distilled models and LoRAs) or `lcm`.
     pub sampler: Option<String>,
     /// Step cache: `off`, `teacache[:THRESHOLD]` or `frames[:THRESHOLD]`.
     pub cache: Option<String>,
