@@ -9,7 +9,7 @@ use skyreels_core::media::{create_writer, open_video, RgbFrame};
 
 #[path = "common/lora.rs"]
 mod lora;
-use lora::write_lora;
+use lora::{add_metadata, write_lora};
 
 fn model() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../skyreels-core/tests/fixtures/models/df_pipeline")
@@ -466,6 +466,47 @@ fn lora_adapters_change_the_video_and_bad_ones_are_refused() {
         "does not fit this model",
     );
     assert_clean_failure(&generate(&out, &["-p", "x", "--lora", "nowhere.safetensors"]), &out, "no such file");
+}
+
+#[test]
+fn a_distilled_lora_brings_its_sampling_unless_a_flag_says_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = |out: &Path| -> serde_json::Value {
+        let text = std::fs::read_to_string(format!("{}.json", out.display())).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["settings"]["sampler"].clone()
+    };
+    let run = |lora: &Path, extra: &[&str]| {
+        let out = dir.path().join("out.mp4");
+        let spec = lora.to_str().unwrap();
+        let args = [&["-p", "a kite", "--frames", "9", "--overwrite", "--lora", spec][..], extra].concat();
+        let mut command_args = vec!["generate", "--model", model(), "-o", out.to_str().unwrap()];
+        command_args.extend(FAST.iter().filter(|a| **a != "--quiet"));
+        command_args.extend_from_slice(&args);
+        let output = skyreels(&command_args).output().unwrap();
+        assert_ok(&output);
+        (settings(&out), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    // LightX2V's guidance-distilled adapters say so in their names.
+    let named = dir.path().join("wan_t2v_lightx2v_cfg_step_distill_lora_rank32.safetensors");
+    write_lora(&named, 32);
+    let (sampler, stderr) = run(&named, &[]);
+    assert_eq!(sampler["guidance_scale"], 1.0);
+    assert!(stderr.contains("is distilled for guidance 1"), "{stderr}");
+    assert_eq!(run(&named, &["--guidance", "3"]).0["guidance_scale"], 3.0, "a flag wins");
+    // Any adapter can declare its sampling in its metadata.
+    let declared = dir.path().join("fast.safetensors");
+    write_lora(&declared, 32);
+    add_metadata(&declared, &[("skyreels_sampling", r#"{"guidance": 1, "sampler": "lcm", "shift": 5}"#)]);
+    let (sampler, _) = run(&declared, &[]);
+    assert_eq!((sampler["guidance_scale"].clone(), sampler["sampler"].clone()), (1.0.into(), "lcm".into()));
+    assert_eq!(sampler["shift"], 5.0);
+    // A plain adapter changes nothing; a malformed declaration is one sentence.
+    let plain = dir.path().join("style.safetensors");
+    write_lora(&plain, 32);
+    assert_eq!(run(&plain, &[]).0["guidance_scale"], 6.0);
+    add_metadata(&plain, &[("skyreels_sampling", r#"{"steps": "four"}"#)]);
+    let out = dir.path().join("refused.mp4");
+    assert_clean_failure(&generate(&out, &["-p", "x", "--lora", plain.to_str().unwrap()]), &out, "skyreels_sampling");
 }
 
 /// Few-step sampling as step-distilled models want it: Euler, 3 steps (the fast settings'), no

@@ -367,6 +367,8 @@ pub struct LimitsInfo {
 pub struct Config {
     /// The models; the first is the default.
     pub models: Vec<ModelInfo>,
+    /// The LoRA adapters jobs can name in `loras` (the files in `<data>/loras/`).
+    pub loras: Vec<String>,
     /// The caps.
     pub limits: LimitsInfo,
 }
@@ -403,7 +405,7 @@ async fn config(State(app): State<Arc<App>>) -> ApiResult<Json<Config>> {
         max_upload_bytes: app.max_upload as u64,
         endless: l.endless,
     };
-    Ok(Json(Config { models, limits }))
+    Ok(Json(Config { models, loras: app.data.lora_names(), limits }))
 }
 
 /// An upload's id, to name it in a job.

@@ -278,6 +278,20 @@ impl DataDir {
         (plain && path.is_file()).then_some(path)
     }
 
+    /// The names of the LoRA adapters offered in `<data>/loras/`, sorted.
+    pub fn lora_names(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.0.join("loras")) else { return Vec::new() };
+        let mut names: Vec<String> = entries
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().to_string_lossy().into_owned();
+                let stem = name.strip_suffix(".safetensors")?.to_string();
+                self.lora(&stem).is_some().then_some(stem)
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The folder of one owner's uploads.
     pub fn uploads(&self, owner: &str) -> PathBuf {
         self.0.join("uploads").join(owner)

@@ -10,7 +10,9 @@
 const $ = (id) => document.getElementById(id);
 const ACTIVE = ['queued', 'running', 'interrupted'];
 /** Request fields whose errors are shown beside another control. */
-const FIELD_HOME = { ar_step: 'schedule', causal_block_size: 'schedule', extend_job: 'extend', prompt: 'prompt' };
+const FIELD_HOME = {
+  ar_step: 'schedule', causal_block_size: 'schedule', extend_job: 'extend', prompt: 'prompt', loras: 'lora',
+};
 const NUMBER_FIELDS = ['width', 'height', 'steps', 'guidance', 'fps', 'shift', 'base_frames', 'overlap_history'];
 
 const state = {
@@ -117,6 +119,11 @@ async function enter(session) {
     models.append(new Option(m.name, m.name));
   }
   applyDefaults(state.config.models[0].name);
+  // The adapters this server offers (none: the fields stay hidden).
+  const loras = state.config.loras || [];
+  $('lora').replaceChildren(new Option('None', ''), ...loras.map((name) => new Option(name, name)));
+  $('lora-field').hidden = loras.length === 0;
+  $('lora-strength-field').hidden = loras.length === 0;
   const limits = state.config.limits;
   $('endless-field').hidden = !limits.endless;
   $('frames').max = limits.max_frames;
@@ -174,6 +181,8 @@ function applyDefaults(modelName) {
   $('schedule').disabled = model.pipeline !== 'diffusion_forcing';
   for (const id of NUMBER_FIELDS) $(id).value = model.defaults[id];
   $('negative_prompt').value = model.defaults.negative_prompt;
+  // An adapter is made for one model: switching models drops the choice.
+  $('lora').value = '';
   $('frames').value = model.defaults.frames;
   syncLength('frames');
 }
@@ -275,6 +284,8 @@ function collect() {
   for (const id of NUMBER_FIELDS) request[id] = numberOrUndefined(id);
   request.seed = numberOrUndefined('seed');
   request.negative_prompt = $('negative_prompt').value;
+  if ($('lora').value) request.loras = [`${$('lora').value}:${$('lora_strength').value || 1}`];
+  if ($('cache').value !== 'off') request.cache = $('cache').value;
   if ($('schedule').value === 'async' && !$('schedule').disabled) {
     request.ar_step = 5;
     // A window that starts from a clean image frame cannot be split into blocks of 5.

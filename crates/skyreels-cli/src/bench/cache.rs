@@ -93,22 +93,7 @@ pub fn run(args: &CacheArgs) -> Result<(), String> {
         ),
         "df-1.3b-random" => (
             random_model(&work.join("df-1.3b-random"), args.layers)?,
-            flags(&[
-                "--frames",
-                "57",
-                "--base-frames",
-                "57",
-                "--height",
-                "128",
-                "--width",
-                "128",
-                "--fps",
-                "24",
-                "--guidance",
-                "6",
-                "--shift",
-                "8",
-            ]),
+            flags(&["--frames", "57", "--base-frames", "57", "--height", "128", "--width", "128", "--fps", "24"]),
             [("sync", flags(&["--ar-step", "0"])), ("async", flags(&["--ar-step", "5", "--causal-block-size", "5"]))],
         ),
         other => return Err(format!("unknown --model `{other}`: use demo or df-1.3b-random")),
@@ -358,11 +343,12 @@ fn random_model(dir: &Path, layers: usize) -> Result<PathBuf, String> {
         c.text_dim = text["d_model"].as_u64().ok_or("the demo text encoder has no d_model")? as usize;
         c
     };
+    let io = |e: std::io::Error| format!("cannot write the random model in {}: {e}", dir.display());
     let marker = dir.join("transformer").join(format!("layers-{}", config.num_layers));
     if marker.exists() {
+        write_random_defaults(dir).map_err(io)?;
         return Ok(dir.to_path_buf());
     }
-    let io = |e: std::io::Error| format!("cannot write the random model in {}: {e}", dir.display());
     let _ = std::fs::remove_dir_all(dir);
     for part in ["vae", "text_encoder", "tokenizer", "scheduler"] {
         std::fs::create_dir_all(dir.join(part)).map_err(io)?;
@@ -372,11 +358,7 @@ fn random_model(dir: &Path, layers: usize) -> Result<PathBuf, String> {
         }
     }
     std::fs::copy(demo.join("model_index.json"), dir.join("model_index.json")).map_err(io)?;
-    let defaults = serde_json::json!({
-        "about": "Random weights at SkyReels-V2-DF-1.3B's width, for `skyreels bench cache` only.",
-        "generation_defaults": { "text_length": 512, "negative_prompt": "" }
-    });
-    std::fs::write(dir.join("skyreels.json"), defaults.to_string()).map_err(io)?;
+    write_random_defaults(dir).map_err(io)?;
     let random = RandomWeights::new(0);
     let recorder = Recorder { source: &random, seen: Default::default() };
     WanTransformer3d::from_weights(config.clone(), &recorder, &Device::Cpu, DType::F32).map_err(|e| e.to_string())?;
@@ -384,4 +366,14 @@ fn random_model(dir: &Path, layers: usize) -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot write the random transformer: {e}"))?;
     std::fs::write(&marker, "").map_err(io)?;
     Ok(dir.to_path_buf())
+}
+
+/// The random model's `skyreels.json`: DF-1.3B's guidance and shift, 512 text tokens (flags
+/// such as the few-step run's `--guidance 1` still override them).
+fn write_random_defaults(dir: &Path) -> std::io::Result<()> {
+    let defaults = serde_json::json!({
+        "about": "Random weights at SkyReels-V2-DF-1.3B's width, for `skyreels bench cache` only.",
+        "generation_defaults": { "text_length": 512, "negative_prompt": "", "guidance": 6.0, "shift": 8.0 }
+    });
+    std::fs::write(dir.join("skyreels.json"), defaults.to_string())
 }

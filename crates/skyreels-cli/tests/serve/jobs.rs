@@ -116,6 +116,8 @@ fn jobs_take_the_loras_the_server_offers() {
     let df = format!("{}/../skyreels-core/tests/fixtures/models/df_pipeline", env!("CARGO_MANIFEST_DIR"));
     let server = Server::start(&data, &["--model", &df]);
     let client = server.client(&token);
+    // The page lists them.
+    assert_eq!(client.get("/v1/config").json()["loras"], json!(["style"]));
     let job = |loras: serde_json::Value| json!({"prompt": "a kite", "frames": 5, "steps": 2, "height": 32, "width": 48, "seed": 3, "loras": loras});
     let id = client.create(&job(json!(["style:0.8"])));
     let (events, last) = follow(&client, &id);

@@ -5,6 +5,8 @@
 //! `target/tmp/studio-screenshots/`.
 
 mod browser;
+#[path = "../common/lora.rs"]
+mod lora;
 #[path = "../common/server.rs"]
 mod server;
 
@@ -111,6 +113,9 @@ async fn makes_watches_plays_extends_and_refuses() {
     let files = tempfile::tempdir().unwrap();
     let token = create_token(data.path(), None, "ada", false);
     let demo = skyreels_core::pipelines::generation::demo_model_dir();
+    // An adapter this server offers, for the demo model (128 wide, FFN 384).
+    std::fs::create_dir_all(data.path().join("loras")).unwrap();
+    lora::write_lora_sized(&data.path().join("loras/style.safetensors"), 128, 384);
     let t2v = concat!(env!("CARGO_MANIFEST_DIR"), "/../skyreels-core/tests/fixtures/models/t2v_pipeline");
     let r2v = concat!(env!("CARGO_MANIFEST_DIR"), "/../skyreels-core/tests/fixtures/models/r2v_pipeline");
     let server =
@@ -139,6 +144,13 @@ async fn makes_watches_plays_extends_and_refuses() {
     b.type_into("#prompt", prompt).await;
     b.click("#advanced summary").await;
     b.type_into("#steps", "10").await;
+    // The server's adapter at half strength, and the frame cache.
+    b.js(
+        "document.querySelector('#lora').value = 'style'; document.querySelector('#cache').value = 'frames:0.1';",
+        vec![],
+    )
+    .await;
+    b.type_into("#lora_strength", "0.5").await;
     let text_job = submit(&b).await;
     // The progress bar moves and the newest decoded frame appears while it runs.
     let moving = "const e = document.querySelector(arguments[0] + ' .bar'); return e && e.value > 0 ? e.value : null;";
@@ -174,6 +186,9 @@ async fn makes_watches_plays_extends_and_refuses() {
     // Its settings file can be read in the page.
     b.click(&format!("{} .sidecar summary", card(&text_job))).await;
     b.wait_text(&format!("{} .sidecar-text", card(&text_job)), "\"seed\"").await;
+    let sidecar = b.text(&format!("{} .sidecar-text", card(&text_job))).await;
+    assert!(sidecar.contains("style.safetensors") && sidecar.contains("0.5"), "{sidecar}");
+    assert!(sidecar.contains("\"frames:0.1\""), "{sidecar}");
 
     // A refused setting: the server's sentence appears beside the field.
     b.type_into("#width", "1000").await;

@@ -136,6 +136,68 @@ impl LoraAdapter {
     }
 }
 
+/// How a step- or guidance-distilled adapter is meant to be sampled, as it declares it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistilledSampling {
+    /// Steps it was distilled to.
+    pub steps: Option<usize>,
+    /// Guidance scale (1 for a guidance-distilled adapter).
+    pub guidance: Option<f64>,
+    /// The solver (`euler`, `lcm`, …).
+    pub sampler: Option<String>,
+    /// Flow shift.
+    pub shift: Option<f64>,
+}
+
+/// The metadata key a LoRA file declares its sampling in: a JSON object of
+/// [`DistilledSampling`]'s fields, e.g. `{"steps": 4, "guidance": 1, "sampler": "euler"}`.
+pub const SAMPLING_METADATA_KEY: &str = "skyreels_sampling";
+
+/// File-name marks of the guidance-distilled adapters people use (LightX2V's
+/// `…cfg_step_distill…`, `…CfgDistill…`, CausVid): they are sampled without guidance.
+const GUIDANCE_DISTILLED_NAMES: &[&str] = &["cfg_step_distill", "cfgdistill", "cfg_distill", "causvid"];
+
+/// How the LoRA file at `path` says it should be sampled: its [`SAMPLING_METADATA_KEY`]
+/// metadata, else guidance 1 when its name marks a guidance-distilled adapter, else `None`.
+/// Only the file's header is read.
+pub fn declared_sampling(path: &Path) -> Result<Option<DistilledSampling>> {
+    let bad = |why: String| invalid_input!("{} is not a LoRA file: {why}", path.display());
+    let header = read_header(path)?;
+    let metadata: Option<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_slice::<serde_json::Value>(&header)
+            .map_err(|e| bad(format!("its header: {e}")))?
+            .get("__metadata__")
+            .and_then(|m| m.as_object().cloned());
+    if let Some(raw) = metadata.as_ref().and_then(|m| m.get(SAMPLING_METADATA_KEY)).and_then(|v| v.as_str()) {
+        let declared: DistilledSampling =
+            serde_json::from_str(raw).map_err(|e| bad(format!("its `{SAMPLING_METADATA_KEY}` metadata: {e}")))?;
+        return Ok(Some(declared));
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let compact = name.replace(['-', ' '], "_");
+    Ok(GUIDANCE_DISTILLED_NAMES
+        .iter()
+        .any(|mark| compact.contains(mark))
+        .then(|| DistilledSampling { guidance: Some(1.0), ..Default::default() }))
+}
+
+/// The JSON header of a safetensors file, without reading its tensors.
+fn read_header(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length).map_err(io)?;
+    let length = u64::from_le_bytes(length);
+    if length > 100 << 20 {
+        return Err(invalid_input!("{} is not a LoRA file: its header claims {length} bytes", path.display()));
+    }
+    let mut header = vec![0u8; length as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    Ok(header)
+}
+
 /// What the PEFT config diffusers stores as `lora_adapter_metadata` says about scaling.
 #[derive(Default)]
 struct PeftMetadata {

@@ -18,7 +18,7 @@ mod store;
 pub use gguf::{GgufFile, GgufTensor};
 pub use image_encoder::ClipVisionWeights;
 pub use locate::{open_model, LocatedModel, ModelFiles};
-pub use lora::{layer_adapters, LoraAdapter, LoraWeights};
+pub use lora::{declared_sampling, layer_adapters, DistilledSampling, LoraAdapter, LoraWeights, SAMPLING_METADATA_KEY};
 pub use names::{Component, NamingScheme};
 pub use pipeline::{resolve_pipeline, PipelineFiles, PipelineKind, PipelineLayout};
 pub use random::RandomWeights;

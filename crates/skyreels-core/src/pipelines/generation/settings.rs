@@ -239,6 +239,37 @@ impl LoraSpec {
     }
 }
 
+/// The sampling the first adapter that declares one asks for (its settings apply where no flag
+/// is given), with a notice saying so.
+fn distilled_sampling(loras: &[LoraSpec], notices: &mut Vec<Notice>) -> Result<crate::checkpoint::DistilledSampling> {
+    for lora in loras {
+        let declared = crate::checkpoint::declared_sampling(&lora.path)
+            .map_err(|e| GenerationError::Input(format!("--lora {}", strip_invalid(&e.to_string()))))?;
+        if let Some(declared) = declared {
+            let mut said = Vec::new();
+            if let Some(steps) = declared.steps {
+                said.push(format!("{steps} steps"));
+            }
+            if let Some(guidance) = declared.guidance {
+                said.push(format!("guidance {guidance}"));
+            }
+            if let Some(sampler) = &declared.sampler {
+                said.push(format!("the {sampler} sampler"));
+            }
+            if let Some(shift) = declared.shift {
+                said.push(format!("shift {shift}"));
+            }
+            notices.push(format!(
+                "the LoRA {} is distilled for {}: used where no flag says otherwise",
+                lora.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+                said.join(", ")
+            ));
+            return Ok(declared);
+        }
+    }
+    Ok(Default::default())
+}
+
 fn f32_name() -> String {
     "f32".into()
 }
@@ -405,7 +436,7 @@ pub struct Defaults {
     pub sigma_grid: String,
     /// How windows are joined: `latent` or `pixel`.
     pub continuation: String,
-    /// Solver: `unipc` or `euler`.
+    /// Solver: `unipc`, `euler` or `lcm`.
     pub sampler: String,
 }
 
@@ -667,10 +698,11 @@ impl GenerateParams {
             }
             (height, width, _, _) => (height.unwrap_or(d.height), width.unwrap_or(d.width)),
         };
+        let distilled = distilled_sampling(&loras, &mut notices)?;
         let fps = args.fps.unwrap_or(d.fps);
-        let steps = args.steps.unwrap_or(d.steps);
-        let shift = args.shift.unwrap_or(d.shift);
-        let guidance = args.guidance.unwrap_or(d.guidance);
+        let steps = args.steps.or(distilled.steps).unwrap_or(d.steps);
+        let shift = args.shift.or(distilled.shift).unwrap_or(d.shift);
+        let guidance = args.guidance.or(distilled.guidance).unwrap_or(d.guidance);
         let text_length = args.text_length.unwrap_or(d.text_length);
         check_ranges(Ranges { height, width, fps, steps, shift, guidance, text_length })?;
         check_at_most("--ar-step", args.ar_step, limits::MAX_STEPS)?;
@@ -752,8 +784,13 @@ impl GenerateParams {
             .unwrap_or(&d.sigma_grid)
             .parse()
             .map_err(|e: crate::Error| bad(e.to_string()))?;
-        let sampler: crate::Sampler =
-            args.sampler.as_deref().unwrap_or(&d.sampler).parse().map_err(|e: crate::Error| bad(e.to_string()))?;
+        let sampler: crate::Sampler = args
+            .sampler
+            .as_deref()
+            .or(distilled.sampler.as_deref())
+            .unwrap_or(&d.sampler)
+            .parse()
+            .map_err(|e: crate::Error| bad(e.to_string()))?;
         let cache: crate::pipelines::CacheSetting =
             args.cache.as_deref().unwrap_or("off").parse().map_err(|e: crate::Error| bad(e.to_string()))?;
         let reference_guidance = args.reference_guidance.unwrap_or(1.0);
