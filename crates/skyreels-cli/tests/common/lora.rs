@@ -42,7 +42,7 @@ pub fn add_metadata(path: &Path, entries: &[(&str, &str)]) {
         metadata[*key] = serde_json::Value::String(value.to_string());
     }
     let mut text = serde_json::to_vec(&header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
