@@ -15,7 +15,8 @@ use crate::checkpoint::{Component, WeightStore, Weights};
 use crate::error::{invalid_input, Result};
 use crate::models::transformer_config::TransformerConfig;
 use crate::nn::{
-    attention, layer_norm, timestep_sinusoid, AttentionMask, LayerNorm, Linear, RmsNorm, Rope3d, WeightFormat,
+    attention, gelu_tanh, layer_norm, timestep_sinusoid, AttentionMask, LayerNorm, Linear, RmsNorm, Rope3d,
+    WeightFormat,
 };
 
 /// Inputs of one transformer forward pass.
@@ -508,7 +509,7 @@ impl WanTransformer3d {
     fn embed_context(&self, input: &TransformerInput<'_>, trace: &mut Trace<'_>) -> Result<Tensor> {
         let context = input.context.to_device(&self.device)?.to_dtype(self.compute_dtype)?;
         let (fc1, fc2) = &self.text_embedding;
-        let embedded = fc2.forward(&fc1.forward(&context)?.gelu()?)?;
+        let embedded = fc2.forward(&gelu_tanh(&fc1.forward(&context)?)?)?;
         trace("text_embedder", &embedded)?;
         Ok(embedded)
     }
@@ -786,7 +787,7 @@ impl WanBlock {
         let x = (x + y)?;
 
         let h = modulate(&layer_norm(&x, self.eps)?, &shift_ff, &scale_ff)?.to_dtype(dtype)?;
-        let y = self.ffn.1.forward(&self.ffn.0.forward(&h)?.gelu()?)?;
+        let y = self.ffn.1.forward(&gelu_tanh(&self.ffn.0.forward(&h)?)?)?;
         trace("ffn_out", &y)?;
         gated_residual(&x, &y, &gate_ff)
     }

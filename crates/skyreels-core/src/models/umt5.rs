@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::checkpoint::{open_model, Component, ModelFiles, WeightStore, Weights};
 use crate::error::{invalid_input, Error, Result};
-use crate::nn::{softmax_last_dim, Linear, RmsNorm};
+use crate::nn::{gelu_tanh, softmax_last_dim, Linear, RmsNorm};
 
 /// Structure of a umT5 encoder (HF `UMT5Config` names).
 #[derive(Debug, Clone, PartialEq)]
@@ -178,7 +178,7 @@ impl EncoderLayer {
         let attended = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, l, ()))?;
         let x = (x + self.o.forward(&attended)?.to_dtype(DType::F32)?)?;
         let h = self.norm2.forward(&x)?;
-        let gated = (self.gate.forward(&h)?.gelu()? * self.fc1.forward(&h)?)?;
+        let gated = (gelu_tanh(&self.gate.forward(&h)?)? * self.fc1.forward(&h)?)?;
         Ok((&x + self.fc2.forward(&gated)?.to_dtype(DType::F32)?)?)
     }
 }

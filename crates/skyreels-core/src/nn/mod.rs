@@ -3,6 +3,7 @@
 //! Everything here computes in the dtype of its input except the norms, which always
 //! normalise in f32 (as the reference does) and hand back the input dtype.
 
+mod activation;
 mod attention;
 mod conv3d;
 mod linear;
@@ -11,6 +12,7 @@ mod rope;
 mod sinusoid;
 mod unfold;
 
+pub use activation::gelu_tanh;
 pub use attention::{attention, softmax_last_dim, AttentionMask, GPU_SCORE_BUDGET};
 pub use conv3d::{Conv3d, SpatialPadding};
 pub use linear::{quantize_fp8, Adapter, Linear, WeightFormat};

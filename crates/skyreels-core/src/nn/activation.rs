@@ -1,0 +1,192 @@
+//! The tanh-approximated GELU of the DiT's FFN and text embedding and of umT5's gated FFN,
+//! `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, with a vectorised, threaded CPU kernel for f32.
+//!
+//! candle computes it one element at a time through libm's `tanhf`, on one thread: 13% of a
+//! DF-1.3B-width forward on the CPU. Here `tanh(u) = 1 − 2/(e^{2u} + 1)` with an exponential
+//! the compiler vectorises (a degree-6 polynomial on the reduced argument, exact powers of two
+//! for the rest), compiled for AVX-512 and AVX2 and picked at run time, over rayon chunks. Its
+//! error against `tanhf` is a few units in the last place, far inside the 1e-5 parity bound.
+//! Other devices and dtypes use candle's op.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+/// `GELU_tanh(x)`, in `x`'s dtype (differentiable).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        Ok(x.contiguous()?.apply_op1(GeluTanh)?)
+    } else {
+        Ok(x.gelu()?)
+    }
+}
+
+/// Elements per rayon task: large enough that the split costs nothing.
+const CHUNK: usize = 1 << 14;
+
+const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+const CUBIC: f32 = 0.044_715;
+
+/// `e^y` for `y` in about ±87: `y = k·ln2 + r`, `e^r` by its degree-6 Taylor polynomial on
+/// `|r| ≤ ln2/2` (relative error below 2e-7), `2^k` put in the exponent bits.
+#[inline(always)]
+fn exp(y: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let y = y.clamp(-87.0, 87.0);
+    let k = (y * std::f32::consts::LOG2_E).round();
+    let r = (y - k * LN2_HI) - k * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
+}
+
+/// Where `tanhf` has reached ±1 in f32.
+const TANH_SATURATES: f32 = 9.1;
+
+/// `tanh(u)` through [`exp`]; exactly ±1 from |u| = 9.1 on, as `tanhf` is.
+#[inline(always)]
+fn tanh(u: f32) -> f32 {
+    let a = u.abs();
+    let t = 1.0 - 2.0 / (exp(2.0 * a.min(TANH_SATURATES)) + 1.0);
+    let t = if a >= TANH_SATURATES { 1.0 } else { t };
+    t.copysign(u)
+}
+
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + tanh(SQRT_TWO_OVER_PI * x * (1.0 + CUBIC * x * x)))
+}
+
+/// `d GELU_tanh / dx`.
+#[inline(always)]
+fn gelu_derivative(x: f32) -> f32 {
+    let t = tanh(SQRT_TWO_OVER_PI * x * (1.0 + CUBIC * x * x));
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * CUBIC * x * x)
+}
+
+/// Applies `f` to every element of `input` into `out`, compiled for the widest vectors the CPU
+/// has (`f` is a function item, so it inlines into each variant).
+fn map<F: Fn(f32) -> f32 + Copy>(input: &[f32], out: &mut [f32], f: F) {
+    #[inline(always)]
+    fn body<F: Fn(f32) -> f32 + Copy>(input: &[f32], out: &mut [f32], f: F) {
+        for (o, &x) in out.iter_mut().zip(input) {
+            *o = f(x);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<F: Fn(f32) -> f32 + Copy>(input: &[f32], out: &mut [f32], f: F) {
+            body(input, out, f)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<F: Fn(f32) -> f32 + Copy>(input: &[f32], out: &mut [f32], f: F) {
+            body(input, out, f)
+        }
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { avx512(input, out, f) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA, checked just above.
+            return unsafe { avx2(input, out, f) };
+        }
+    }
+    body(input, out, f)
+}
+
+/// `f` over a contiguous f32 input, in parallel chunks.
+fn map_storage<F: Fn(f32) -> f32 + Copy + Sync>(
+    storage: &CpuStorage,
+    layout: &Layout,
+    f: F,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let CpuStorage::F32(data) = storage else { candle_core::bail!("the CPU GELU kernel computes in f32 only") };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("the CPU GELU kernel needs a contiguous input")
+    };
+    let input = &data[start..end];
+    let mut out = vec![0f32; input.len()];
+    out.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).for_each(|(o, i)| map(i, o, f));
+    Ok((CpuStorage::F32(out), layout.shape().clone()))
+}
+
+struct GeluTanh;
+
+impl CustomOp1 for GeluTanh {
+    fn name(&self) -> &'static str {
+        "gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        map_storage(storage, layout, gelu)
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let derivative = arg.contiguous()?.apply_op1_no_bwd(&GeluTanhDerivative)?;
+        Ok(Some(grad_res.mul(&derivative)?))
+    }
+}
+
+struct GeluTanhDerivative;
+
+impl CustomOp1 for GeluTanhDerivative {
+    fn name(&self) -> &'static str {
+        "gelu-tanh-derivative"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        map_storage(storage, layout, gelu_derivative)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    fn samples() -> Vec<f32> {
+        let mut values: Vec<f32> = (-4000..=4000).map(|i| i as f32 * 0.0037).collect();
+        values.extend([0.0, -0.0, 1e-30, -1e-30, 1e-8, 30.0, -30.0, 1e4, -1e4, f32::MAX, f32::MIN]);
+        values
+    }
+
+    #[test]
+    fn matches_candles_gelu_to_a_few_ulps() {
+        let values = samples();
+        let x = Tensor::new(values.as_slice(), &Device::Cpu).unwrap();
+        let ours = gelu_tanh(&x).unwrap().to_vec1::<f32>().unwrap();
+        let candle = x.gelu().unwrap().to_vec1::<f32>().unwrap();
+        for ((&v, &a), &b) in values.iter().zip(&ours).zip(&candle) {
+            // Both round `1 + tanh` alike; the difference is a few ulps of the input's scale.
+            let bound = 1e-6 * v.abs().min(1e30) + 1e-30;
+            assert!((a - b).abs() <= bound || a == b, "gelu({v}) = {a}, candle {b}");
+        }
+    }
+
+    #[test]
+    fn large_inputs_are_split_across_threads_and_match_the_small_path() {
+        let values: Vec<f32> = (0..7 * 14_287).map(|i| ((i * 7919) % 20011) as f32 / 2000.0 - 5.0).collect();
+        let x = Tensor::new(values.as_slice(), &Device::Cpu).unwrap().reshape((7, 14_287)).unwrap();
+        let ours = gelu_tanh(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (&v, &a) in values.iter().zip(&ours) {
+            assert_eq!(a.to_bits(), gelu(v).to_bits());
+        }
+    }
+
+    #[test]
+    fn its_gradient_matches_candles() {
+        let values: Vec<f32> = (-300..300).map(|i| i as f32 * 0.021).collect();
+        let x = Var::new(values.as_slice(), &Device::Cpu).unwrap();
+        let ours = gelu_tanh(x.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let theirs = x.as_tensor().gelu().unwrap().sum_all().unwrap().backward().unwrap();
+        let a = ours.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        let b = theirs.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        for ((&v, &a), &b) in values.iter().zip(&a).zip(&b) {
+            // candle's backward uses 6-digit constants; the derivative itself is exact here.
+            assert!((a - b).abs() < 2e-5, "gelu'({v}) = {a}, candle {b}");
+        }
+    }
+}
