@@ -198,7 +198,7 @@ impl fmt::Display for DeviceInfo {
 }
 
 /// The CPU model from `/proc/cpuinfo` (Linux), else the architecture.
-fn cpu_name() -> String {
+pub fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|text| {

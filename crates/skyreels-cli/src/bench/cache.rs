@@ -193,7 +193,7 @@ fn print_table(args: &CacheArgs, rows: &[Row]) {
         "{} model, {} threads ({}), seed 0, best of {} runs; PSNR/SSIM against the 30-step guided UniPC run of the same mode",
         args.model,
         super::threads(),
-        cpu_name(),
+        skyreels_core::device::cpu_name(),
         args.repeat.max(1)
     );
     let judged = rows.iter().any(|r| r.judge.is_some());
@@ -225,19 +225,6 @@ fn print_table(args: &CacheArgs, rows: &[Row]) {
             None => println!(),
         }
     }
-}
-
-/// The CPU's model name (Linux), for the record.
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 fn check_same_video(a: &[RgbFrame], b: &[RgbFrame]) -> Result<(), String> {

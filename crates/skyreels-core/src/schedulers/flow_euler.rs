@@ -3,7 +3,7 @@
 use candle_core::{DType, Tensor};
 
 use super::{FlowSchedule, FlowScheduler};
-use crate::error::{invalid_input, Result};
+use crate::error::Result;
 
 /// Euler sampler state for one sample (or one latent frame).
 #[derive(Debug, Clone)]
@@ -29,13 +29,9 @@ impl FlowScheduler for FlowEuler {
     }
 
     fn step(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor> {
-        let k = self.step_index;
-        let sigmas = self.schedule.sigmas();
-        if k + 1 >= sigmas.len() {
-            return Err(invalid_input!("the scheduler already finished its {} steps", self.schedule.len()));
-        }
+        let (sigma, next) = super::step_sigmas(&self.schedule, self.step_index)?;
         // The step size is an f32 difference, as in the reference.
-        let dt = sigmas[k + 1] - sigmas[k];
+        let dt = next - sigma;
         let next = (sample.to_dtype(DType::F32)? + model_output.to_dtype(DType::F32)?.affine(dt as f64, 0.0)?)?;
         self.step_index += 1;
         Ok(next.to_dtype(sample.dtype())?)

@@ -49,11 +49,8 @@ impl FlowScheduler for FlowLcm {
 
     fn step(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor> {
         let k = self.step_index;
-        let sigmas = self.schedule.sigmas();
-        if k + 1 >= sigmas.len() {
-            return Err(invalid_input!("the scheduler already finished its {} steps", self.schedule.len()));
-        }
-        let (sigma, next_sigma) = (sigmas[k] as f64, sigmas[k + 1] as f64);
+        let (sigma, next_sigma) = super::step_sigmas(&self.schedule, k)?;
+        let (sigma, next_sigma) = (sigma as f64, next_sigma as f64);
         let x0 = (sample.to_dtype(DType::F32)? - model_output.to_dtype(DType::F32)?.affine(sigma, 0.0)?)?;
         let next = match self.renoise.get(k) {
             Some(eps) if next_sigma > 0.0 => {

@@ -33,6 +33,14 @@ pub trait FlowScheduler {
     }
 }
 
+/// `(σ_k, σ_{k+1})` of step `k`, or the error a finished sampler gives.
+fn step_sigmas(schedule: &FlowSchedule, k: usize) -> Result<(f32, f32)> {
+    match schedule.sigmas().get(k..k + 2) {
+        Some(&[sigma, next]) => Ok((sigma, next)),
+        _ => Err(crate::error::invalid_input!("the scheduler already finished its {} steps", schedule.len())),
+    }
+}
+
 /// Which solver walks the schedule: the names `--sampler` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Sampler {
