@@ -112,12 +112,13 @@ pub fn run(args: &CacheArgs) -> Result<(), String> {
             let all = [video.clone(), mode_flags.clone(), config.flags.clone(), prompt].concat();
             eprintln!("{mode}: {}", config.label);
             let mut seconds = f64::INFINITY;
+            let mut sidecar = serde_json::Value::Null;
             for _ in 0..args.repeat.max(1) {
                 generate_video(&model, &all, &output, args.device)?;
-                seconds = seconds.min(read_sidecar(&output)?["seconds"].as_f64().unwrap_or(f64::NAN));
+                sidecar = read_sidecar(&output)?;
+                seconds = seconds.min(sidecar["seconds"].as_f64().unwrap_or(f64::NAN));
             }
             let frames = read_frames(&output)?;
-            let sidecar = read_sidecar(&output)?;
             let fps = sidecar["settings"]["fps"].as_f64().unwrap_or(16.0);
             let reference = reference.get_or_insert_with(|| frames.clone());
             let scores = if judge {

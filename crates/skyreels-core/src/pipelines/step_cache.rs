@@ -189,10 +189,6 @@ impl StepCache {
     /// One model call, the blocks possibly replaced by a remembered residual.
     pub fn forward(&mut self, model: &WanTransformer3d, input: &TransformerInput<'_>) -> Result<Tensor> {
         let blocks = model.num_blocks() as u64;
-        let leading = match self.setting {
-            CacheSetting::Frames(_) => FRAMES_LEADING_BLOCKS.min(model.num_blocks()) as u64,
-            _ => 0,
-        };
         self.stats.model_calls += 1;
         self.stats.block_passes += blocks;
         if !self.setting.is_on() {
@@ -210,7 +206,8 @@ impl StepCache {
         };
         let out = model.forward_cached(input, &mut decider)?;
         if decider.reused {
-            self.stats.skipped += blocks - leading;
+            // The blocks that ran before the decision were not skipped.
+            self.stats.skipped += blocks - decider.leading_blocks().min(model.num_blocks()) as u64;
         }
         self.call += 1;
         Ok(out)
