@@ -63,6 +63,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    skyreels_core::allocator::retain_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use skyreels_train::noise_levels::NoiseLevelSampler;
+use skyreels_train::train::dit::{train_dit, DitInputs, DitStage};
 use skyreels_train::train::optim::AdamWConfig;
 use skyreels_train::train::run::{RunOptions, RunSettings};
-use skyreels_train::train::dit::{train_dit, DitInputs, DitStage};
 use skyreels_train::train::tokenizer::{build_vocabulary, write_tokenizer};
 use skyreels_train::train::vae::{train_vae, VaeStage};
-use skyreels_train::noise_levels::NoiseLevelSampler;
 use skyreels_train::world::WorldConfig;
 
 /// The training stages.
@@ -235,8 +235,7 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
             };
             let settings = args.run.settings(3000, 1e-3)?;
             let inputs = DitInputs { vae: &args.vae, tokenizer: &args.tokenizer };
-            train_dit(&args.run.out, &inputs, &stage, settings, &args.run.options())
-                .map_err(|e| format!("{e:#}"))?;
+            train_dit(&args.run.out, &inputs, &stage, settings, &args.run.options()).map_err(|e| format!("{e:#}"))?;
             println!("model exported to {}", args.run.out.join("export").display());
             Ok(())
         }

@@ -19,6 +19,7 @@
 //! | [`device`] | `--device` and `--dtype` choices, device descriptions, GPU memory metering |
 //! | [`memory`] | will a model fit the device: footprints and the one-sentence refusal |
 //! | [`nn`] | shared layers: linear, norms, attention, 3D RoPE |
+//! | [`allocator`] | the host allocator's policy for large, short-lived buffers |
 //!
 //! ## Running the transformer
 //!
@@ -60,6 +61,7 @@
 //! # assert_eq!(per_frame.len(), 25);
 //! ```
 
+pub mod allocator;
 pub mod check;
 pub mod checkpoint;
 pub mod device;

@@ -222,3 +222,30 @@ fn last_temporal_tap_equals_the_full_kernel_after_zero_frames() {
     let past = g_full.narrow(2, 0, kt - 1).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(past, 0.0, "taps over zero frames get no gradient");
 }
+
+#[test]
+fn joined_frames_equal_the_convolution_of_the_joined_tensor() {
+    let (o, c, h, w) = (11, 10, 9, 13);
+    let weight = Tensor::from_vec(values(o * c * 27, 21), vec![o, c, 3, 3, 3], &Device::Cpu).unwrap();
+    let bias = Tensor::from_vec(values(o, 22), o, &Device::Cpu).unwrap();
+    let conv = Conv3d::new(weight, Some(bias), [1, 1, 1], SpatialPadding::uniform(1)).unwrap();
+    let past = Tensor::from_vec(values(2 * c * 3 * h * w, 23), vec![2, c, 3, h, w], &Device::Cpu).unwrap();
+    let x = Tensor::from_vec(values(2 * c * 4 * h * w, 24), vec![2, c, 4, h, w], &Device::Cpu).unwrap();
+    for (zeros, from) in [(0, 1), (1, 2), (2, 3), (0, 0)] {
+        let joined = Tensor::cat(&[&past.narrow(2, from, 3 - from).unwrap(), &x], 2).unwrap();
+        let expected = conv.forward(&joined.pad_with_zeros(2, zeros, 0).unwrap()).unwrap();
+        let got = conv.forward_joined(zeros, Some((&past, from)), &x).unwrap();
+        assert_eq!(got.dims(), expected.dims());
+        let same = got.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            == expected.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(same, "{zeros} zero frames, past from {from}: the CPU path reads the same values");
+    }
+    // A strided view of the past is read where it lies too, and no past at all works.
+    let view = past.narrow(2, 1, 2).unwrap();
+    let expected = conv.forward(&Tensor::cat(&[&view, &x], 2).unwrap()).unwrap();
+    common::assert_close("strided past", &conv.forward_joined(0, Some((&view, 0)), &x).unwrap(), &expected);
+    let expected = conv.forward(&x.pad_with_zeros(2, 2, 0).unwrap()).unwrap();
+    common::assert_close("zeros only", &conv.forward_joined(2, None, &x).unwrap(), &expected);
+    let other = Tensor::zeros((2, c, 2, h + 1, w), DType::F32, &Device::Cpu).unwrap();
+    assert!(conv.forward_joined(0, Some((&other, 0)), &x).is_err(), "frames of another size are refused");
+}

@@ -3,6 +3,7 @@
 
 mod cache;
 mod conv3d;
+mod text_encoder;
 mod transformer;
 mod vae;
 mod window;
@@ -21,6 +22,10 @@ pub enum BenchCommand {
     Conv3d(conv3d::Conv3dArgs),
     /// Streaming Wan2.1 VAE decode (random weights): time and peak memory for N latent frames.
     VaeDecode(vae::VaeDecodeArgs),
+    /// Streaming Wan2.1 VAE encode (random weights): time and peak memory for N video frames.
+    VaeEncode(vae::VaeEncodeArgs),
+    /// umT5 forward passes at umT5-XXL width (random weights), truncated to a few layers.
+    TextEncoder(text_encoder::TextEncoderArgs),
     /// One diffusion-forcing window end to end with random weights (default: the 540P window of
     /// DF-1.3B, 97 frames, 30 steps with guidance): s/step, decode time, peak memory.
     Window(window::WindowArgs),
@@ -32,7 +37,9 @@ pub fn run(command: &BenchCommand) -> Result<(), String> {
         BenchCommand::Transformer(args) => transformer::run(args),
         BenchCommand::Cache(args) => cache::run(args),
         BenchCommand::Conv3d(args) => conv3d::run(args),
-        BenchCommand::VaeDecode(args) => vae::run(args),
+        BenchCommand::VaeDecode(args) => vae::decode(args),
+        BenchCommand::VaeEncode(args) => vae::encode(args),
+        BenchCommand::TextEncoder(args) => text_encoder::run(args),
         BenchCommand::Window(args) => window::run(args),
     }
 }
@@ -56,4 +63,58 @@ pub fn time_runs(repeat: usize, mut f: impl FnMut() -> Result<(), String>) -> Re
 /// Threads the CPU kernels use.
 pub fn threads() -> usize {
     candle_core::utils::get_num_threads()
+}
+
+/// One benchmark result: a one-row Markdown table under a title, or one JSON object whose keys
+/// are the column labels in snake case ("peak RSS MiB" → `peak_rss_mib`), numbers as numbers.
+pub struct Report {
+    /// The line above the table (device, precision).
+    pub title: String,
+    /// Column labels and values, in order.
+    pub columns: Vec<(&'static str, String)>,
+}
+
+impl Report {
+    /// Prints the table, or the JSON object when `json`.
+    pub fn print(&self, json: bool) {
+        if json {
+            let mut object = serde_json::Map::new();
+            object.insert("title".into(), self.title.clone().into());
+            for (label, value) in &self.columns {
+                let value = value.parse::<f64>().map_or_else(|_| value.clone().into(), serde_json::Value::from);
+                object.insert(snake_case(label), value);
+            }
+            println!("{}", serde_json::Value::Object(object));
+            return;
+        }
+        println!("{}", self.title);
+        let labels: Vec<&str> = self.columns.iter().map(|(l, _)| *l).collect();
+        let values: Vec<&str> = self.columns.iter().map(|(_, v)| v.as_str()).collect();
+        println!("| {} |", labels.join(" | "));
+        println!("|{}", "---|".repeat(labels.len()));
+        println!("| {} |", values.join(" | "));
+    }
+}
+
+/// `"peak RSS MiB (after load)"` → `"peak_rss_mib_after_load"`.
+fn snake_case(label: &str) -> String {
+    let mut out = String::new();
+    for c in label.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.is_empty() && !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.trim_end_matches('_').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn labels_become_snake_case_keys() {
+        assert_eq!(super::snake_case("peak RSS MiB (after load)"), "peak_rss_mib_after_load");
+        assert_eq!(super::snake_case("best s"), "best_s");
+        assert_eq!(super::snake_case("frames/s"), "frames_s");
+    }
 }

@@ -1,6 +1,7 @@
 //! `skyreels bench transformer`: times transformer forward passes of a released configuration
 //! with random weights and prints a table (no checkpoint needed).
 
+use super::Report;
 use candle_core::{DType, Tensor};
 use skyreels_core::checkpoint::RandomWeights;
 use skyreels_core::device::{DeviceChoice, DeviceMemoryMeter, Precision};
@@ -38,6 +39,9 @@ pub struct TransformerArgs {
     /// How the blocks' matrices are held: native or fp8.
     #[arg(long, default_value = "native", value_parser = crate::device::parse::<WeightFormat>)]
     weights: WeightFormat,
+    /// Print one JSON object instead of the table (for `tools/bench_vs_torch.sh`).
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: &TransformerArgs) -> Result<(), String> {
@@ -78,24 +82,23 @@ pub fn run(args: &TransformerArgs) -> Result<(), String> {
     })?;
     let tokens = args.frames * (args.height / config.patch_size[1]) * (args.width / config.patch_size[2]);
     let flops = forward_flops(&config, tokens, 512);
-    let threads = super::threads();
-    println!("device: {info}");
-    println!("| preset | layers | dtype | tokens | best s | mean s | GFLOP/s | full-depth estimate s | peak device MiB | threads |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {} | {}/{} | {} | {} | {:.3} | {:.3} | {:.1} | {:.1} | {} | {} |",
-        args.preset,
-        config.num_layers,
-        full_layers,
-        if dtype == DType::BF16 { "bf16" } else { "f32" },
-        tokens,
-        best,
-        mean,
-        flops / best / 1e9,
-        best * full_layers as f64 / config.num_layers.max(1) as f64,
-        memory.peak_mib().map_or("n/a".into(), |m| m.to_string()),
-        threads
-    );
+    Report {
+        title: format!("device: {info}"),
+        columns: vec![
+            ("preset", args.preset.clone()),
+            ("layers", format!("{}/{full_layers}", config.num_layers)),
+            ("dtype", if dtype == DType::BF16 { "bf16" } else { "f32" }.to_string()),
+            ("tokens", tokens.to_string()),
+            ("seconds", format!("{best:.3}")),
+            ("mean s", format!("{mean:.3}")),
+            ("GFLOP/s", format!("{:.1}", flops / best / 1e9)),
+            ("full-depth estimate s", format!("{:.1}", best * full_layers as f64 / config.num_layers.max(1) as f64)),
+            ("peak RSS MiB", super::peak_rss_mib().map_or("n/a".into(), |m| m.to_string())),
+            ("peak device MiB", memory.peak_mib().map_or("n/a".into(), |m| m.to_string())),
+            ("threads", super::threads().to_string()),
+        ],
+    }
+    .print(args.json);
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::checkpoint::{open_model, Component, ModelFiles, WeightStore, Weights};
 use crate::error::{invalid_input, Error, Result};
-use crate::nn::{attention, AttentionMask, Conv3d, SpatialPadding};
+use crate::nn::{attention, channel_norm_silu, AttentionMask, Conv3d, SpatialPadding};
 
 /// Per-channel latent statistics of the released Wan2.1 VAE (spec §5.2).
 const WAN21_LATENTS_MEAN: [f32; 16] = [
@@ -219,24 +219,30 @@ impl CausalConv3d {
         if self.context == 0 {
             return self.conv.forward(x);
         }
-        let joined = match cache.take() {
-            Some(past) => Tensor::cat(&[&past, x], 2)?,
-            None => x.clone(),
+        let past = cache.take();
+        let past_frames = match &past {
+            Some(p) => p.dim(2)?,
+            None => 0,
         };
-        let have = joined.dim(2)?;
-        let kept = have.min(CACHE_FRAMES.max(self.context));
-        *cache = Some(joined.narrow(2, have - kept, kept)?);
-        let past_in_join = have - x.dim(2)?;
-        if past_in_join == 0 && x.dim(2)? == 1 && self.conv.weight().track_op() {
+        let frames = x.dim(2)?;
+        if past_frames == 0 && frames == 1 && self.conv.weight().track_op() {
             // Training on a lone first frame (the image phase, and every clip's first chunk):
             // all taps but the current frame's meet zero padding, so skip them. Inference keeps
             // its packed kernel, which a per-call slice would have to repack.
+            *cache = Some(x.clone());
             return self.conv.last_temporal_tap()?.forward(x);
         }
-        let input =
-            joined.narrow(2, past_in_join.saturating_sub(self.context), x.dim(2)? + past_in_join.min(self.context))?;
-        let missing = self.context.saturating_sub(past_in_join);
-        self.conv.forward(&input.pad_with_zeros(2, missing, 0)?)
+        // The last frames of past ++ x, copied so the cache does not hold the whole chunk.
+        let kept = (past_frames + frames).min(CACHE_FRAMES.max(self.context));
+        *cache = Some(if frames >= kept {
+            x.narrow(2, frames - kept, kept)?.force_contiguous()?
+        } else {
+            let past = past.as_ref().ok_or_else(|| invalid_input!("a causal cache lost its frames"))?;
+            Tensor::cat(&[&past.narrow(2, past_frames - (kept - frames), kept - frames)?, x], 2)?
+        });
+        let used = past_frames.min(self.context);
+        let past = past.as_ref().map(|p| (p, past_frames - used));
+        self.conv.forward_joined(self.context - used, past, x)
     }
 }
 
@@ -264,6 +270,18 @@ impl RmsNorm {
         // max(√s, ε) written as √max(s, ε²): equal in value, and its gradient stays finite at 0.
         let norm = x.sqr()?.sum_keepdim(1)?.maximum(1e-24)?.sqrt()?;
         Ok((x.broadcast_div(&norm)? * self.scale)?.broadcast_mul(&self.gamma)?.to_dtype(dtype)?)
+    }
+
+    /// `SiLU(norm(x))`, what every residual block and head applies: one fused pass on the CPU
+    /// in inference, the composed ops elsewhere.
+    fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.gamma.track_op() {
+            let gamma = self.gamma.flatten_all()?.to_vec1::<f32>()?;
+            if let Some(y) = channel_norm_silu(x, &gamma, self.scale as f32)? {
+                return Ok(y);
+            }
+        }
+        Ok(self.forward(x)?.silu()?)
     }
 }
 
@@ -296,8 +314,8 @@ impl ResidualBlock {
             Some(conv) => conv.forward(x, &mut None)?,
             None => x.clone(),
         };
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?, caches.next_slot())?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?, caches.next_slot())?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?, caches.next_slot())?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?, caches.next_slot())?;
         Ok((h + identity)?)
     }
 }
@@ -508,7 +526,7 @@ impl Head {
     }
 
     fn forward(&self, x: &Tensor, caches: &mut Caches) -> Result<Tensor> {
-        self.conv.forward(&self.norm.forward(x)?.silu()?, caches.next_slot())
+        self.conv.forward(&self.norm.forward_silu(x)?, caches.next_slot())
     }
 }
 

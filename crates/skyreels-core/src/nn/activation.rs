@@ -31,7 +31,7 @@ const CUBIC: f32 = 0.044_715;
 /// `e^y` for `y` in about ±87: `y = k·ln2 + r`, `e^r` by its degree-6 Taylor polynomial on
 /// `|r| ≤ ln2/2` (relative error below 2e-7), `2^k` put in the exponent bits.
 #[inline(always)]
-fn exp(y: f32) -> f32 {
+pub(super) fn exp(y: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let y = y.clamp(-87.0, 87.0);
@@ -65,35 +65,58 @@ fn gelu_derivative(x: f32) -> f32 {
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * CUBIC * x * x)
 }
 
-/// Applies `f` to every element of `input` into `out`, compiled for the widest vectors the CPU
-/// has (`f` is a function item, so it inlines into each variant).
-fn map<F: Fn(f32) -> f32 + Copy>(input: &[f32], out: &mut [f32], f: F) {
-    #[inline(always)]
-    fn body<F: Fn(f32) -> f32 + Copy>(input: &[f32], out: &mut [f32], f: F) {
-        for (o, &x) in out.iter_mut().zip(input) {
-            *o = f(x);
-        }
-    }
+/// Runs `kernel` compiled for the widest vectors the CPU has (AVX-512F, else AVX2 with FMA,
+/// else the baseline), picked at run time. `kernel` and what it calls must inline into it
+/// (`#[inline(always)]` helpers, function items) for its loops to use those vectors.
+#[inline(always)]
+pub(super) fn run_vectorised(kernel: impl FnOnce()) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
-        unsafe fn avx512<F: Fn(f32) -> f32 + Copy>(input: &[f32], out: &mut [f32], f: F) {
-            body(input, out, f)
+        unsafe fn avx512(kernel: impl FnOnce()) {
+            kernel()
         }
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<F: Fn(f32) -> f32 + Copy>(input: &[f32], out: &mut [f32], f: F) {
-            body(input, out, f)
+        unsafe fn avx2(kernel: impl FnOnce()) {
+            kernel()
         }
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F, checked just above.
-            return unsafe { avx512(input, out, f) };
+            return unsafe { avx512(kernel) };
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA, checked just above.
-            return unsafe { avx2(input, out, f) };
+            return unsafe { avx2(kernel) };
         }
     }
-    body(input, out, f)
+    kernel()
+}
+
+/// Applies `f` to every element of `input` into `out`, vectorised.
+fn map<F: Fn(f32) -> f32 + Copy>(input: &[f32], out: &mut [f32], f: F) {
+    run_vectorised(|| {
+        for (o, &x) in out.iter_mut().zip(input) {
+            *o = f(x);
+        }
+    })
+}
+
+/// `out[i] = f(a[i], b[i])`, vectorised.
+pub(super) fn map_vectorised<F: Fn(f32, f32) -> f32 + Copy>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
+    run_vectorised(|| {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = f(x, y);
+        }
+    })
+}
+
+/// `acc[i] = f(acc[i], x[i])`, vectorised.
+pub(super) fn update_vectorised<F: Fn(f32, f32) -> f32 + Copy>(acc: &mut [f32], x: &[f32], f: F) {
+    run_vectorised(|| {
+        for (a, &v) in acc.iter_mut().zip(x) {
+            *a = f(*a, v);
+        }
+    })
 }
 
 /// `f` over a contiguous f32 input, in parallel chunks.

@@ -155,7 +155,8 @@ impl Conv3d {
         let training = x.track_op() || self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op);
         match (&self.packed, x.device()) {
             (Some(packed), Device::Cpu) if !training => {
-                let y = self.forward_cpu(&x.to_dtype(DType::F32)?, packed, out_shape)?;
+                let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+                let y = self.forward_cpu(&[Segment::frames(&x32)?], packed, out_shape)?;
                 Ok(y.to_dtype(x.dtype())?)
             }
             (_, Device::Cpu) if x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 => {
@@ -163,6 +164,51 @@ impl Conv3d {
             }
             _ => self.forward_temporal_unfold(x),
         }
+    }
+
+    /// The convolution of `zeros` zero frames, then the frames of `past` from `past_from` on,
+    /// then `x`, joined along time (all `[B, C, ·, H, W]`): a causal convolution's input. The
+    /// CPU inference path reads each frame where it lies instead of joining and padding copies
+    /// of the activations first; the other paths join, then call [`forward`](Self::forward).
+    pub fn forward_joined(&self, zeros: usize, past: Option<(&Tensor, usize)>, x: &Tensor) -> Result<Tensor> {
+        let past = match past {
+            Some((p, from)) if from < p.dim(2)? => Some((p, from)),
+            _ => None,
+        };
+        let training = x.track_op()
+            || past.is_some_and(|(p, _)| p.track_op())
+            || self.weight.track_op()
+            || self.bias.as_ref().is_some_and(Tensor::track_op);
+        if let (Some(packed), Device::Cpu, false) = (&self.packed, x.device(), training) {
+            let dtype = x.dtype();
+            let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+            let past32 = past.map(|(p, from)| Ok::<_, crate::Error>((p.to_dtype(DType::F32)?.contiguous()?, from)));
+            let past32 = past32.transpose()?;
+            let mut segments = vec![Segment::Zeros(zeros)];
+            if let Some((p, from)) = &past32 {
+                segments.push(Segment::frames_from(p, *from)?);
+            }
+            segments.push(Segment::frames(&x32)?);
+            let (b, c, _, h, w) = x32.dims5()?;
+            let t = segments.iter().map(Segment::len).sum();
+            for segment in &segments {
+                if let Segment::Frames { dims, .. } = segment {
+                    if dims[0] != b || dims[1] != c || dims[3] != h || dims[4] != w {
+                        return Err(invalid_input!(
+                            "Conv3d frames to join differ in shape: {dims:?} and {:?}",
+                            x.dims()
+                        ));
+                    }
+                }
+            }
+            let out_shape = self.output_shape(&[b, c, t, h, w])?;
+            return Ok(self.forward_cpu(&segments, packed, out_shape)?.to_dtype(dtype)?);
+        }
+        let joined = match past {
+            Some((p, from)) => Tensor::cat(&[&p.narrow(2, from, p.dim(2)? - from)?, x], 2)?,
+            None => x.clone(),
+        };
+        self.forward(&joined.pad_with_zeros(2, zeros, 0)?)
     }
 
     /// The differentiable CPU execution (f32): `weight[O, K] · unfold(x)[K, B·N]`.
@@ -265,16 +311,31 @@ impl Conv3d {
         Ok(y.contiguous()?)
     }
 
-    fn forward_cpu(&self, x: &Tensor, packed: &PackedWeight, out_shape: [usize; 5]) -> Result<Tensor> {
-        let x = x.contiguous()?;
-        let (b, c, t, h, w) = x.dims5()?;
-        let [_, o, to, ho, wo] = out_shape;
-        let tiles = RowTiles::new([c, t, h, w], self.padding, self.kernel(), self.stride, ho);
-        let (storage, layout) = x.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            return Err(invalid_input!("the CPU Conv3d was handed a tensor on another device"));
+    /// The CPU path over the input frames `segments` (f32, contiguous), joined along time.
+    fn forward_cpu(&self, segments: &[Segment<'_>], packed: &PackedWeight, out_shape: [usize; 5]) -> Result<Tensor> {
+        let [b, o, to, ho, wo] = out_shape;
+        let Some(Segment::Frames { dims: [_, c, _, h, w], .. }) =
+            segments.iter().find(|s| matches!(s, Segment::Frames { .. }))
+        else {
+            return Err(invalid_input!("a Conv3d input needs at least one real frame"));
         };
-        let data = &cpu.as_slice::<f32>()?[layout.start_offset()..];
+        let (c, h, w) = (*c, *h, *w);
+        let tiles = RowTiles::new([c, h, w], self.padding, self.kernel(), self.stride, ho);
+        let storages: Vec<_> = segments.iter().map(Segment::storage).collect();
+        let mut sources = Vec::with_capacity(segments.len());
+        for (segment, storage) in segments.iter().zip(&storages) {
+            sources.push(match (segment, storage) {
+                (Segment::Zeros(n), _) => FrameSource { data: &[], frames: *n, first: 0, count: *n },
+                (Segment::Frames { dims, first, offset, .. }, Some(storage)) => {
+                    let Storage::Cpu(cpu) = &**storage else {
+                        return Err(invalid_input!("the CPU Conv3d was handed a tensor on another device"));
+                    };
+                    let data = &cpu.as_slice::<f32>()?[*offset..*offset + dims.iter().product::<usize>()];
+                    FrameSource { data, frames: dims[2], first: *first, count: dims[2] - first }
+                }
+                (Segment::Frames { .. }, None) => unreachable!("a frames segment always has storage"),
+            });
+        }
         let mut out = vec![0f32; b * o * to * ho * wo];
         let mut cols = vec![0f32; tiles.cols_len()];
         let mut tile_out = vec![0f32; o * tiles.rows * tiles.q];
@@ -282,11 +343,11 @@ impl Conv3d {
         let [_, _, kw] = self.kernel();
         let (k, sw) = (tiles.k(), self.stride[2]);
         for bi in 0..b {
-            let sample = &data[bi * c * t * h * w..(bi + 1) * c * t * h * w];
+            let frame_rows = |frame: usize| frame_rows(&sources, bi, (c, h * w), frame);
             for ti in 0..to {
                 for r0 in (0..ho).step_by(tiles.rows) {
                     let rows = tiles.rows.min(ho - r0);
-                    tiles.fill(&mut cols, sample, ti, r0, rows);
+                    tiles.fill(&mut cols, &frame_rows, ti, r0, rows);
                     let n = rows * tiles.q;
                     for position in tile_out[..o * n].chunks_exact_mut(o) {
                         position.copy_from_slice(&packed.bias);
@@ -344,6 +405,74 @@ impl Conv3d {
     }
 }
 
+/// A run of input frames for the CPU path: zero frames, or the frames of a contiguous f32
+/// tensor `[B, C, T, H, W]` from `first` on.
+enum Segment<'a> {
+    Zeros(usize),
+    Frames { tensor: &'a Tensor, dims: [usize; 5], first: usize, offset: usize },
+}
+
+impl<'a> Segment<'a> {
+    fn frames(tensor: &'a Tensor) -> Result<Self> {
+        Self::frames_from(tensor, 0)
+    }
+
+    fn frames_from(tensor: &'a Tensor, first: usize) -> Result<Self> {
+        let (b, c, t, h, w) = tensor.dims5()?;
+        if !tensor.is_contiguous() || tensor.dtype() != DType::F32 {
+            return Err(invalid_input!("the CPU Conv3d reads contiguous f32 frames"));
+        }
+        let offset = tensor.layout().start_offset();
+        Ok(Self::Frames { tensor, dims: [b, c, t, h, w], first: first.min(t), offset })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Zeros(n) => *n,
+            Self::Frames { dims, first, .. } => dims[2] - first,
+        }
+    }
+
+    fn storage(&self) -> Option<impl std::ops::Deref<Target = Storage> + 'a> {
+        match self {
+            Self::Zeros(_) => None,
+            Self::Frames { tensor, .. } => Some(tensor.storage_and_layout().0),
+        }
+    }
+}
+
+/// A segment's values, borrowed for the duration of one convolution.
+struct FrameSource<'a> {
+    /// The whole tensor `[B, C, frames, H, W]`; empty for zero frames.
+    data: &'a [f32],
+    frames: usize,
+    first: usize,
+    count: usize,
+}
+
+/// Input frame `frame` of sample `bi` across the joined segments (`c` channels of `hw` values
+/// per frame): its channel-0 values and the stride between channels, or `None` where the frame
+/// is zero.
+fn frame_rows<'a>(
+    sources: &[FrameSource<'a>],
+    bi: usize,
+    (c, hw): (usize, usize),
+    frame: usize,
+) -> Option<(&'a [f32], usize)> {
+    let mut frame = frame;
+    for source in sources {
+        if frame < source.count {
+            if source.data.is_empty() {
+                return None;
+            }
+            let plane = source.frames * hw;
+            return Some((&source.data[bi * c * plane + (source.first + frame) * hw..], plane));
+        }
+        frame -= source.count;
+    }
+    None
+}
+
 /// Elements of one column tile the CPU path aims for (16 MiB of f32): large enough for
 /// efficient GEMMs, small enough to stay bounded at any resolution.
 const TILE_ELEMENTS: usize = 4 << 20;
@@ -354,7 +483,6 @@ const TILE_ELEMENTS: usize = 4 << 20;
 /// `kw` shifted views of the same buffer, a third of a full im2col's copying.
 struct RowTiles {
     c: usize,
-    t: usize,
     h: usize,
     w: usize,
     padding: SpatialPadding,
@@ -369,12 +497,12 @@ struct RowTiles {
 }
 
 impl RowTiles {
-    fn new(input: [usize; 4], padding: SpatialPadding, kernel: [usize; 3], stride: [usize; 3], ho: usize) -> Self {
-        let [c, t, h, w] = input;
+    fn new(input: [usize; 3], padding: SpatialPadding, kernel: [usize; 3], stride: [usize; 3], ho: usize) -> Self {
+        let [c, h, w] = input;
         let wp = (w + padding.left + padding.right).div_ceil(stride[2]) * stride[2];
         let k = kernel[0] * c * kernel[1];
         let rows = (TILE_ELEMENTS / (k * wp)).clamp(1, ho);
-        Self { c, t, h, w, padding, kernel, stride, wp, q: wp / stride[2], rows }
+        Self { c, h, w, padding, kernel, stride, wp, q: wp / stride[2], rows }
     }
 
     /// GEMM inner dimension: temporal taps × row taps × channels.
@@ -387,36 +515,121 @@ impl RowTiles {
         (self.rows * self.wp + self.kernel[2]) * self.k()
     }
 
-    /// Writes the columns for output frame `ti`, output rows `r0..r0 + rows`, from one sample
-    /// `[C, T, H, W]`, with the spatial zero padding made explicit.
-    fn fill(&self, cols: &mut [f32], sample: &[f32], ti: usize, r0: usize, rows: usize) {
+    /// Writes the columns for output frame `ti`, output rows `r0..r0 + rows`, with the spatial
+    /// zero padding made explicit. `frame_rows(f)` gives input frame `f` of the sample as
+    /// (its first value of channel 0, the stride between channels), or `None` for a zero frame.
+    fn fill<'a>(
+        &self,
+        cols: &mut [f32],
+        frame_rows: &(dyn Fn(usize) -> Option<(&'a [f32], usize)> + Sync),
+        ti: usize,
+        r0: usize,
+        rows: usize,
+    ) {
         use rayon::prelude::*;
         let [kt, kh, _] = self.kernel;
-        let (k, c, plane) = (self.k(), self.c, self.t * self.h * self.w);
+        let (k, c) = (self.k(), self.c);
         cols[..rows * self.wp * k].par_chunks_mut(self.wp * k).enumerate().for_each(|(r, row)| {
             for dt in 0..kt {
-                let frame = ti * self.stride[0] + dt;
+                let frame = frame_rows(ti * self.stride[0] + dt);
                 for dh in 0..kh {
                     let y = ((r0 + r) * self.stride[1] + dh) as isize - self.padding.top as isize;
                     let offset = (dt * kh + dh) * c;
-                    if y < 0 || y >= self.h as isize {
+                    let Some((frame, plane)) = frame.filter(|_| y >= 0 && y < self.h as isize) else {
                         for position in row.chunks_exact_mut(k) {
                             position[offset..offset + c].fill(0.0);
                         }
                         continue;
-                    }
-                    let source = &sample[(frame * self.h + y as usize) * self.w..];
+                    };
+                    let source = &frame[y as usize * self.w..];
+                    let (left, w) = (self.padding.left, self.w);
                     for (xp, position) in row.chunks_exact_mut(k).enumerate() {
-                        let dst = &mut position[offset..offset + c];
-                        match xp.checked_sub(self.padding.left).filter(|&x| x < self.w) {
-                            Some(x) => dst.iter_mut().enumerate().for_each(|(ci, v)| *v = source[ci * plane + x]),
-                            None => dst.fill(0.0),
+                        if xp < left || xp >= left + w {
+                            position[offset..offset + c].fill(0.0);
                         }
                     }
+                    let slots = Slots { row: &mut row[left * k..], stride: k, offset };
+                    transpose_channels(source, plane, c, w, slots);
                 }
             }
         });
     }
+}
+
+/// Where [`transpose_channels`] writes: position `x`'s `c` values go to
+/// `row[x·stride + offset..][..c]`.
+struct Slots<'a> {
+    row: &'a mut [f32],
+    stride: usize,
+    offset: usize,
+}
+
+/// Copies `c` channel rows of `w` values (`source[ci·plane + x]`) into position-major slots:
+/// the im2col fill's transposition. 8×8 blocks go through AVX registers where the CPU has AVX
+/// (a strided scalar gather was 14% of a VAE decode); the edges are copied one by one.
+fn transpose_channels(source: &[f32], plane: usize, c: usize, w: usize, slots: Slots<'_>) {
+    assert!(c == 0 || w == 0 || source.len() >= (c - 1) * plane + w, "channel rows out of range");
+    assert!(c == 0 || w == 0 || slots.row.len() >= (w - 1) * slots.stride + slots.offset + c, "slots out of range");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU has AVX, and both ranges were checked above.
+            unsafe { transpose_channels_avx(source, plane, c, w, slots) };
+            return;
+        }
+    }
+    transpose_block(source, plane, (0, c), (0, w), slots);
+}
+
+/// The scalar transposition of channels `cs` × positions `xs`.
+fn transpose_block(source: &[f32], plane: usize, cs: (usize, usize), xs: (usize, usize), slots: Slots<'_>) {
+    for x in xs.0..xs.1 {
+        let dst = &mut slots.row[x * slots.stride + slots.offset..];
+        for ci in cs.0..cs.1 {
+            dst[ci] = source[ci * plane + x];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose_channels_avx(source: &[f32], plane: usize, c: usize, w: usize, slots: Slots<'_>) {
+    use std::arch::x86_64::*;
+    let (cb, wb) = (c / 8 * 8, w / 8 * 8);
+    let (src, dst) = (source.as_ptr(), slots.row.as_mut_ptr());
+    for x0 in (0..wb).step_by(8) {
+        for c0 in (0..cb).step_by(8) {
+            // SAFETY (all loads and stores): channel c0 + 7 < c and position x0 + 7 < w, inside
+            // the ranges `transpose_channels` checked.
+            let load = |i: usize| _mm256_loadu_ps(src.add((c0 + i) * plane + x0));
+            let (r0, r1, r2, r3) = (load(0), load(1), load(2), load(3));
+            let (r4, r5, r6, r7) = (load(4), load(5), load(6), load(7));
+            let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+            let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+            let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+            let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+            let (u0, u1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2));
+            let (u2, u3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3));
+            let (u4, u5) = (_mm256_shuffle_ps::<0x44>(t4, t6), _mm256_shuffle_ps::<0xEE>(t4, t6));
+            let (u6, u7) = (_mm256_shuffle_ps::<0x44>(t5, t7), _mm256_shuffle_ps::<0xEE>(t5, t7));
+            let columns = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (j, column) in columns.into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add((x0 + j) * slots.stride + slots.offset + c0), column);
+            }
+        }
+    }
+    let Slots { row, stride, offset } = slots;
+    transpose_block(source, plane, (cb, c), (0, wb), Slots { row, stride, offset });
+    transpose_block(source, plane, (0, c), (wb, w), Slots { row, stride, offset });
 }
 
 /// Re-lays out the weight for the CPU path: `[O, I, kt, kh, kw]` → `[kw][kt][kh][I][O]`, so each
@@ -444,4 +657,26 @@ fn pack_weight(weight: &Tensor, bias: Option<&Tensor>) -> Result<PackedWeight> {
         None => vec![0.0; o],
     };
     Ok(PackedWeight { taps, bias })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blocked_transposition_matches_the_scalar_one() {
+        for (c, w, plane, stride, offset) in
+            [(8, 8, 8, 8, 0), (19, 37, 41, 60, 3), (96, 418, 500, 900, 96), (3, 5, 5, 4, 1)]
+        {
+            let source: Vec<f32> = (0..(c - 1) * plane + w).map(|i| i as f32 * 0.5 - 7.0).collect();
+            let len = (w - 1) * stride + offset + c;
+            let mut fast = vec![f32::NAN; len + 5];
+            let mut slow = vec![f32::NAN; len + 5];
+            transpose_channels(&source, plane, c, w, Slots { row: &mut fast, stride, offset });
+            transpose_block(&source, plane, (0, c), (0, w), Slots { row: &mut slow, stride, offset });
+            let same = fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "c {c} w {w}");
+            assert_eq!(slow[offset + c - 1], source[(c - 1) * plane]);
+        }
+    }
 }

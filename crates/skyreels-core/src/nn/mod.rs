@@ -5,6 +5,7 @@
 
 mod activation;
 mod attention;
+mod channel_norm;
 mod conv3d;
 mod linear;
 mod norm;
@@ -14,6 +15,7 @@ mod unfold;
 
 pub use activation::gelu_tanh;
 pub use attention::{attention, softmax_last_dim, AttentionMask, GPU_SCORE_BUDGET};
+pub use channel_norm::channel_norm_silu;
 pub use conv3d::{Conv3d, SpatialPadding};
 pub use linear::{quantize_fp8, Adapter, Linear, WeightFormat};
 pub use norm::{layer_norm, LayerNorm, RmsNorm};

@@ -99,9 +99,7 @@ impl Unfold3d {
 }
 
 fn f32_input<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{what} computes in f32 only")
-    };
+    let CpuStorage::F32(data) = storage else { candle_core::bail!("{what} computes in f32 only") };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{what} needs a contiguous input"),
