@@ -249,3 +249,19 @@ fn joined_frames_equal_the_convolution_of_the_joined_tensor() {
     let other = Tensor::zeros((2, c, 2, h + 1, w), DType::F32, &Device::Cpu).unwrap();
     assert!(conv.forward_joined(0, Some((&other, 0)), &x).is_err(), "frames of another size are refused");
 }
+
+#[test]
+fn the_packed_copy_is_the_only_one_kept_and_gives_the_weight_back_exactly() {
+    for dtype in [DType::F32, DType::BF16] {
+        let weight = Tensor::from_vec(values(7 * 5 * 3 * 2 * 4, 31), vec![7, 5, 3, 2, 4], &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let conv = Conv3d::new(weight.clone(), None, [1, 1, 1], SpatialPadding::default()).unwrap();
+        let back = conv.weight().unwrap();
+        assert_eq!(back.dtype(), dtype);
+        let bits = |t: &Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(bits(&back), bits(&weight));
+        assert!(!conv.is_trainable());
+    }
+}

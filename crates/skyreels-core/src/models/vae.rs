@@ -225,7 +225,7 @@ impl CausalConv3d {
             None => 0,
         };
         let frames = x.dim(2)?;
-        if past_frames == 0 && frames == 1 && self.conv.weight().track_op() {
+        if past_frames == 0 && frames == 1 && self.conv.is_trainable() {
             // Training on a lone first frame (the image phase, and every clip's first chunk):
             // all taps but the current frame's meet zero padding, so skip them. Inference keeps
             // its packed kernel, which a per-call slice would have to repack.

@@ -50,7 +50,12 @@ impl SpatialPadding {
 /// A 3D convolution `[B, I, T, H, W] → [B, O, T', H', W']` with weight `[O, I, kt, kh, kw]`.
 #[derive(Debug, Clone)]
 pub struct Conv3d {
-    weight: Tensor,
+    /// The weight `[O, I, kt, kh, kw]`, or `None` where the packed copy is the only one kept
+    /// (CPU inference: holding both doubled the VAE's weight memory).
+    weight: Option<Tensor>,
+    /// The weight's shape and dtype, whichever copy is kept.
+    shape: [usize; 5],
+    dtype: DType,
     bias: Option<Tensor>,
     stride: [usize; 3],
     padding: SpatialPadding,
@@ -93,28 +98,40 @@ impl Conv3d {
             Device::Cpu if !weight.track_op() => Some(Arc::new(pack_weight(&weight, bias.as_ref())?)),
             _ => None,
         };
-        Ok(Self { weight, bias, stride, padding, packed })
+        let shape = [dims[0], dims[1], dims[2], dims[3], dims[4]];
+        let dtype = weight.dtype();
+        let weight = if packed.is_some() { None } else { Some(weight) };
+        Ok(Self { weight, shape, dtype, bias, stride, padding, packed })
     }
 
     /// Number of output channels.
     pub fn out_channels(&self) -> usize {
-        self.weight.dims()[0]
+        self.shape[0]
     }
 
     /// Number of input channels.
     pub fn in_channels(&self) -> usize {
-        self.weight.dims()[1]
+        self.shape[1]
     }
 
     /// Kernel extent `[kt, kh, kw]`.
     pub fn kernel(&self) -> [usize; 3] {
-        let d = self.weight.dims();
-        [d[2], d[3], d[4]]
+        [self.shape[2], self.shape[3], self.shape[4]]
     }
 
-    /// The weight `[O, I, kt, kh, kw]`.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The weight `[O, I, kt, kh, kw]` (rebuilt, exactly, from the packed copy where that is the
+    /// only one kept).
+    pub fn weight(&self) -> Result<Tensor> {
+        match (&self.weight, &self.packed) {
+            (Some(weight), _) => Ok(weight.clone()),
+            (None, Some(packed)) => Ok(unpack_weight(packed, self.shape)?.to_dtype(self.dtype)?),
+            (None, None) => Err(invalid_input!("a Conv3d lost its weight")),
+        }
+    }
+
+    /// Whether the weight takes gradients (a training variable or computed from one).
+    pub fn is_trainable(&self) -> bool {
+        self.weight.as_ref().is_some_and(Tensor::track_op)
     }
 
     /// The convolution restricted to its last temporal tap: equal to this one on an input whose
@@ -122,7 +139,7 @@ impl Conv3d {
     /// the cost, with the same gradients for that tap (the others get none, as they would).
     pub fn last_temporal_tap(&self) -> Result<Conv3d> {
         let kt = self.kernel()[0];
-        Conv3d::new(self.weight.narrow(2, kt - 1, 1)?, self.bias.clone(), self.stride, self.padding)
+        Conv3d::new(self.weight()?.narrow(2, kt - 1, 1)?, self.bias.clone(), self.stride, self.padding)
     }
 
     /// Output shape for an input shape, or a clear error when the input does not fit.
@@ -152,16 +169,14 @@ impl Conv3d {
     /// in the input dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let out_shape = self.output_shape(x.dims())?;
-        let training = x.track_op() || self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op);
+        let training = x.track_op() || self.is_trainable() || self.bias.as_ref().is_some_and(Tensor::track_op);
         match (&self.packed, x.device()) {
             (Some(packed), Device::Cpu) if !training => {
                 let x32 = x.to_dtype(DType::F32)?.contiguous()?;
                 let y = self.forward_cpu(&[Segment::frames(&x32)?], packed, out_shape)?;
                 Ok(y.to_dtype(x.dtype())?)
             }
-            (_, Device::Cpu) if x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 => {
-                self.forward_unfolded(x)
-            }
+            (_, Device::Cpu) if x.dtype() == DType::F32 && self.dtype == DType::F32 => self.forward_unfolded(x),
             _ => self.forward_temporal_unfold(x),
         }
     }
@@ -177,7 +192,7 @@ impl Conv3d {
         };
         let training = x.track_op()
             || past.is_some_and(|(p, _)| p.track_op())
-            || self.weight.track_op()
+            || self.is_trainable()
             || self.bias.as_ref().is_some_and(Tensor::track_op);
         if let (Some(packed), Device::Cpu, false) = (&self.packed, x.device(), training) {
             let dtype = x.dtype();
@@ -222,7 +237,7 @@ impl Conv3d {
             output: [to, ho, wo],
         };
         let cols = x.contiguous()?.apply_op1(unfold)?;
-        let mut y = self.weight.reshape((o, ()))?.matmul(&cols)?; // [O, B·N]
+        let mut y = self.weight()?.reshape((o, ()))?.matmul(&cols)?; // [O, B·N]
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(&bias.reshape((o, 1))?)?;
         }
@@ -263,7 +278,7 @@ impl Conv3d {
             windows.reshape((b, c, to, kt, h, w))?.permute((0, 2, 1, 3, 4, 5))?.reshape((b * to, c * kt, h, w))?
         };
         let stacked = stacked.pad_with_zeros(2, p.top, p.bottom)?.pad_with_zeros(3, p.left, p.right)?.contiguous()?;
-        let weight = self.weight.reshape((o, self.in_channels() * kt, kh, kw))?.to_dtype(x.dtype())?;
+        let weight = self.weight()?.reshape((o, self.in_channels() * kt, kh, kw))?.to_dtype(x.dtype())?;
         let y = stacked.conv2d(&weight, 0, sh, 1, 1)?;
         let (_, _, ho, wo) = y.dims4()?;
         let mut y = if to == 1 {
@@ -285,7 +300,7 @@ impl Conv3d {
         let p = self.padding;
         let sh = self.conv2d_stride("the conv2d-tap Conv3d")?;
         let x = x.pad_with_zeros(3, p.top, p.bottom)?.pad_with_zeros(4, p.left, p.right)?.contiguous()?;
-        let weight = self.weight.to_dtype(x.dtype())?;
+        let weight = self.weight()?.to_dtype(x.dtype())?;
         let mut sum: Option<Tensor> = None;
         for dt in 0..kt {
             let frames: Vec<u32> = (0..to).map(|o| (o * self.stride[0] + dt) as u32).collect();
@@ -630,6 +645,25 @@ unsafe fn transpose_channels_avx(source: &[f32], plane: usize, c: usize, w: usiz
     let Slots { row, stride, offset } = slots;
     transpose_block(source, plane, (cb, c), (0, wb), Slots { row, stride, offset });
     transpose_block(source, plane, (0, c), (wb, w), Slots { row, stride, offset });
+}
+
+/// The inverse of [`pack_weight`]: `[kw][kt][kh][I][O]` back to `[O, I, kt, kh, kw]` (f32).
+fn unpack_weight(packed: &PackedWeight, [o, i, kt, kh, kw]: [usize; 5]) -> Result<Tensor> {
+    let k = kt * i * kh;
+    let mut w = vec![0f32; packed.taps.len()];
+    for oi in 0..o {
+        for ii in 0..i {
+            for dt in 0..kt {
+                for dh in 0..kh {
+                    for dw in 0..kw {
+                        let dst = (((oi * i + ii) * kt + dt) * kh + dh) * kw + dw;
+                        w[dst] = packed.taps[(dw * k + (dt * kh + dh) * i + ii) * o + oi];
+                    }
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(w, (o, i, kt, kh, kw), &Device::Cpu)?)
 }
 
 /// Re-lays out the weight for the CPU path: `[O, I, kt, kh, kw]` → `[kw][kt][kh][I][O]`, so each
