@@ -83,7 +83,13 @@ def text_encoder(args):
 def demo(args):
     from diffusers import SkyReelsV2DiffusionForcingPipeline
 
-    pipe = SkyReelsV2DiffusionForcingPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
+    from transformers import PreTrainedTokenizerFast
+
+    # The demo's tokenizer is a word-level tokenizer.json, which T5TokenizerFast (what
+    # model_index.json names, for the released models) cannot read; the generic class can.
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=f"{args.model}/tokenizer/tokenizer.json", pad_token="<pad>")
+    pipe = SkyReelsV2DiffusionForcingPipeline.from_pretrained(args.model, tokenizer=tokenizer,
+                                                              torch_dtype=torch.float32)
     prompt = "a red circle moves right on a blue background, the camera pans left"
 
     def run():

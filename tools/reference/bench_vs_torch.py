@@ -107,7 +107,7 @@ def table(records, names):
         if not ours and not theirs:
             continue
         fmt = lambda r: f"{r['seconds']:.2f}" if r else "—"
-        mib = lambda r: str(r.get("peak_rss_mib") or "—") if r else "—"
+        mib = lambda r: f"{r['peak_rss_mib']:.0f}" if r and r.get("peak_rss_mib") else "—"
         ratio = f"{ours['seconds'] / theirs['seconds']:.2f}" if ours and theirs else "—"
         rounds = min(r["rounds"] for r in (ours, theirs) if r)
         lines.append(f"| {ROWS[name][0]} | {fmt(ours)} | {fmt(theirs)} | {ratio} | {mib(ours)} | {mib(theirs)} | {rounds} |")

@@ -197,17 +197,25 @@ impl fmt::Display for DeviceInfo {
     }
 }
 
-/// The CPU model from `/proc/cpuinfo` (Linux), else the architecture.
+/// The CPU model from `/proc/cpuinfo` (Linux), else the architecture, with the vector
+/// extensions that decide the CPU kernels' speed (`AMD EPYC, AVX2`; `Intel Xeon Processor,
+/// AVX-512, avx512_bf16, amx_bf16`): machines that report the same model name can differ.
 pub fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, name)| name.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+    let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        text.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())
+    };
+    let name = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let flags = field("flags").unwrap_or_default();
+    let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
+    let mut parts = vec![name];
+    if has("avx512f") {
+        parts.push("AVX-512".into());
+    } else if has("avx2") {
+        parts.push("AVX2".into());
+    }
+    parts.extend(["avx512_bf16", "amx_bf16"].into_iter().filter(|f| has(f)).map(String::from));
+    parts.join(", ")
 }
 
 #[cfg(feature = "cuda")]

@@ -81,7 +81,11 @@ impl Report {
             let mut object = serde_json::Map::new();
             object.insert("title".into(), self.title.clone().into());
             for (label, value) in &self.columns {
-                let value = value.parse::<f64>().map_or_else(|_| value.clone().into(), serde_json::Value::from);
+                let value = match (value.parse::<i64>(), value.parse::<f64>()) {
+                    (Ok(i), _) => i.into(),
+                    (_, Ok(f)) => f.into(),
+                    _ => value.clone().into(),
+                };
                 object.insert(snake_case(label), value);
             }
             println!("{}", serde_json::Value::Object(object));

@@ -102,7 +102,12 @@ pub fn decode(args: &VaeDecodeArgs) -> Result<(), String> {
 pub fn encode(args: &VaeEncodeArgs) -> Result<(), String> {
     let c = |e: candle_core::Error| e.to_string();
     let e = |e: skyreels_core::Error| e.to_string();
-    if args.frames % 4 != 1 || args.height == 0 || args.width == 0 || args.height % 8 != 0 || args.width % 8 != 0 {
+    if args.frames % 4 != 1
+        || args.height == 0
+        || args.width == 0
+        || !args.height.is_multiple_of(8)
+        || !args.width.is_multiple_of(8)
+    {
         return Err("--frames must be 1 + 4k and --height and --width positive multiples of 8".into());
     }
     let (vae, device, info) = load(&args.common)?;
