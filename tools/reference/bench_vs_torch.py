@@ -38,7 +38,7 @@ ROWS = {
     "vae-decode-5-1t": ("the same, 1 thread",
                         ["bench", "vae-decode", "--latent-frames", "5", "--height", "30", "--width", "52"],
                         ["vae-decode", "--latent-frames", "5", "--height", "30", "--width", "52"], 1),
-    "vae-decode-13": ("the same, 13 latent frames -> 49 frames",
+    "vae-decode-13": ("the same, 2 threads, 13 latent frames -> 49 frames",
                       ["bench", "vae-decode", "--latent-frames", "13", "--height", "30", "--width", "52"],
                       ["vae-decode", "--latent-frames", "13", "--height", "30", "--width", "52"], 2),
     "vae-encode-17": ("Wan VAE encode, 17 frames of 240x416, f32",
@@ -50,6 +50,11 @@ ROWS = {
     "demo": ("demo model, the README's command (81 frames at 64x64, 20 steps, guidance)",
              None, ["demo", "--model", "models/skyreels-demo"], 2),
 }
+
+
+# The table's order: each "the same" row right under the row it varies.
+ORDER = ["dit-f32", "dit-f32-1t", "dit-bf16", "vae-decode-5", "vae-decode-5-1t", "vae-decode-13", "vae-encode-17",
+         "umt5", "demo"]
 
 
 def run_ours(binary, name, threads):
@@ -118,7 +123,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "skyreels"))
     ap.add_argument("--python", default=sys.executable, help="the PyTorch venv's python")
-    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ", ".join(ROWS))
+    ap.add_argument("--rows", default=",".join(ORDER), help="comma-separated: " + ", ".join(ROWS))
     ap.add_argument("--runs", type=int, default=3, help="rounds of both engines per row")
     ap.add_argument("--results", default=str(ROOT / "target" / "bench-vs-torch.jsonl"))
     ap.add_argument("--resume", action="store_true", help="keep the measurements already in --results")
