@@ -87,13 +87,10 @@ pub fn decode(args: &VaeDecodeArgs) -> Result<(), String> {
             ("latent frames", args.latent_frames.to_string()),
             ("video frames", frames.to_string()),
             ("size", format!("{}×{}", 8 * args.width, 8 * args.height)),
-            ("seconds", format!("{seconds:.2}")),
-            ("frames/s", format!("{:.2}", frames as f64 / seconds)),
-            ("peak RSS MiB (after load)", mib(rss_loaded)),
-            ("peak RSS MiB", mib(peak_rss_mib())),
-            ("peak device MiB", mib(memory.peak_mib())),
-            ("threads", super::threads().to_string()),
-        ],
+        ]
+        .into_iter()
+        .chain(measured(frames, seconds, rss_loaded, &memory))
+        .collect(),
     }
     .print(args.common.json);
     Ok(())
@@ -133,16 +130,30 @@ pub fn encode(args: &VaeEncodeArgs) -> Result<(), String> {
             ("video frames", args.frames.to_string()),
             ("latent frames", latent_frames.to_string()),
             ("size", format!("{}×{}", args.width, args.height)),
-            ("seconds", format!("{seconds:.2}")),
-            ("frames/s", format!("{:.2}", args.frames as f64 / seconds)),
-            ("peak RSS MiB (after load)", mib(rss_loaded)),
-            ("peak RSS MiB", mib(peak_rss_mib())),
-            ("peak device MiB", mib(memory.peak_mib())),
-            ("threads", super::threads().to_string()),
-        ],
+        ]
+        .into_iter()
+        .chain(measured(args.frames, seconds, rss_loaded, &memory))
+        .collect(),
     }
     .print(args.common.json);
     Ok(())
+}
+
+/// The columns both VAE benchmarks measure: time, video frames per second, memory, threads.
+fn measured(
+    frames: usize,
+    seconds: f64,
+    rss_loaded: Option<u64>,
+    memory: &DeviceMemoryMeter,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("seconds", format!("{seconds:.2}")),
+        ("frames/s", format!("{:.2}", frames as f64 / seconds)),
+        ("peak RSS MiB (after load)", mib(rss_loaded)),
+        ("peak RSS MiB", mib(peak_rss_mib())),
+        ("peak device MiB", mib(memory.peak_mib())),
+        ("threads", super::threads().to_string()),
+    ]
 }
 
 fn dtype_name(dtype: DType) -> &'static str {
