@@ -249,6 +249,8 @@ impl CausalConv3d {
 /// `F.normalize(x, dim=1)·√C·γ`: L2 normalisation over channels (eps 1e-12), no bias.
 struct RmsNorm {
     gamma: Tensor,
+    /// γ on the host, for the fused CPU kernel (used only while γ takes no gradients).
+    gamma_values: Vec<f32>,
     scale: f64,
 }
 
@@ -260,7 +262,8 @@ impl RmsNorm {
         let mut shape = vec![dim];
         shape.extend(std::iter::repeat_n(1, stored_rank - 2));
         let gamma = w.tensor(&format!("{name}.gamma"), &shape, DType::F32, device)?.to_dtype(DType::F32)?;
-        Ok(Self { gamma: gamma.reshape((1, dim, 1, 1, 1))?, scale: (dim as f64).sqrt() })
+        let gamma_values = gamma.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self { gamma: gamma.reshape((1, dim, 1, 1, 1))?, gamma_values, scale: (dim as f64).sqrt() })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -276,8 +279,7 @@ impl RmsNorm {
     /// in inference, the composed ops elsewhere.
     fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
         if !self.gamma.track_op() {
-            let gamma = self.gamma.flatten_all()?.to_vec1::<f32>()?;
-            if let Some(y) = channel_norm_silu(x, &gamma, self.scale as f32)? {
+            if let Some(y) = channel_norm_silu(x, &self.gamma_values, self.scale as f32)? {
                 return Ok(y);
             }
         }
