@@ -116,18 +116,24 @@ fn chunked(
 /// `softmax(x·scale)` over the last axis; on the CPU in f32 without gradients, one fused,
 /// vectorised pass per row ([`ScaledSoftmax`]).
 fn scaled_softmax_last_dim(x: &Tensor, scale: f64) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() {
-        return Ok(x.contiguous()?.apply_op1_no_bwd(&ScaledSoftmax { scale: scale as f32 })?);
+    match fused_cpu_softmax(x, scale) {
+        Some(probs) => probs,
+        None => softmax_last_dim(&(x * scale)?),
     }
-    softmax_last_dim(&(x * scale)?)
+}
+
+/// [`ScaledSoftmax`] where it applies (a CPU f32 tensor without gradients), else `None`.
+fn fused_cpu_softmax(x: &Tensor, scale: f64) -> Option<Result<Tensor>> {
+    let applies = x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op();
+    applies.then(|| Ok(x.contiguous()?.apply_op1_no_bwd(&ScaledSoftmax { scale: scale as f32 })?))
 }
 
 /// Softmax over the last axis: [`ScaledSoftmax`] on the CPU in f32, candle's fused kernel on
 /// other devices, or — when gradients flow through `x` (training) — the same maths from
 /// differentiable primitives, since the fused kernels have no backward pass.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() {
-        Ok(x.contiguous()?.apply_op1_no_bwd(&ScaledSoftmax { scale: 1.0 })?)
+    if let Some(probs) = fused_cpu_softmax(x, 1.0) {
+        probs
     } else if x.track_op() {
         Ok(candle_nn::ops::softmax(x, candle_core::D::Minus1)?)
     } else {

@@ -27,11 +27,11 @@ pub fn channel_norm_silu(x: &Tensor, gamma: &[f32], scale: f32) -> Result<Option
     if x.dim(1)? != gamma.len() {
         return Ok(None);
     }
-    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&ChannelNormSilu { gamma: gamma.to_vec(), scale })?))
+    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&ChannelNormSilu { gamma, scale })?))
 }
 
-struct ChannelNormSilu {
-    gamma: Vec<f32>,
+struct ChannelNormSilu<'a> {
+    gamma: &'a [f32],
     scale: f32,
 }
 
@@ -40,7 +40,7 @@ fn silu(v: f32) -> f32 {
     v / (1.0 + exp(-v))
 }
 
-impl CustomOp1 for ChannelNormSilu {
+impl CustomOp1 for ChannelNormSilu<'_> {
     fn name(&self) -> &'static str {
         "channel-norm-silu"
     }

@@ -558,13 +558,12 @@ impl RowTiles {
                     };
                     let source = &frame[y as usize * self.w..];
                     let (left, w) = (self.padding.left, self.w);
-                    for (xp, position) in row.chunks_exact_mut(k).enumerate() {
-                        if xp < left || xp >= left + w {
-                            position[offset..offset + c].fill(0.0);
-                        }
+                    // Only the padding columns on either side are zero; the rest is the row.
+                    let (before, inside) = row.split_at_mut(left * k);
+                    for position in before.chunks_exact_mut(k).chain(inside[w * k..].chunks_exact_mut(k)) {
+                        position[offset..offset + c].fill(0.0);
                     }
-                    let slots = Slots { row: &mut row[left * k..], stride: k, offset };
-                    transpose_channels(source, plane, c, w, slots);
+                    transpose_channels(source, plane, c, w, Slots { row: inside, stride: k, offset });
                 }
             }
         });
