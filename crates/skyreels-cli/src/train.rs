@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use skyreels_train::noise_levels::NoiseLevelSampler;
-use skyreels_train::train::dit::{train_dit, DitInputs, DitStage};
+use skyreels_train::train::dit::{bench_dit, train_dit, DitInputs, DitStage, StepBench};
 use skyreels_train::train::optim::AdamWConfig;
+use skyreels_train::train::parallel::{available_cores, single_threaded_kernels};
 use skyreels_train::train::run::{RunOptions, RunSettings};
 use skyreels_train::train::tokenizer::{build_vocabulary, write_tokenizer};
 use skyreels_train::train::vae::{train_vae, VaeStage};
@@ -85,6 +86,20 @@ pub struct DitArgs {
     /// the previous window gives at inference).
     #[arg(long, default_value_t = 0.3)]
     pub prefix_probability: f32,
+    /// Worker threads: each step's batch is split into one shard per worker, each run with
+    /// single-threaded kernels, and their gradients summed [default: the cores available].
+    /// Results depend on it only by floating-point rounding; resume with the same count for a
+    /// bit-exact continuation.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Measure instead of train: time this many steps (after two untimed ones) on at most 64
+    /// clips, print samples per second and model GFLOP/s, and keep no run (the encoded clips
+    /// stay cached in --out).
+    #[arg(long, value_name = "STEPS")]
+    pub bench: Option<usize>,
+    /// With --bench: print the figures as JSON.
+    #[arg(long, requires = "bench")]
+    pub json: bool,
 }
 
 /// Flags every stage shares.
@@ -120,7 +135,7 @@ pub struct RunArgs {
 
 impl RunArgs {
     fn options(&self) -> RunOptions {
-        RunOptions { resume: self.resume, init_from: self.init_from.clone(), quiet: self.quiet }
+        RunOptions { resume: self.resume, init_from: self.init_from.clone(), quiet: self.quiet, workers: 1 }
     }
 
     fn settings(&self, steps: u64, lr: f64) -> Result<RunSettings, String> {
@@ -235,9 +250,54 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
             };
             let settings = args.run.settings(3000, 1e-3)?;
             let inputs = DitInputs { vae: &args.vae, tokenizer: &args.tokenizer };
-            train_dit(&args.run.out, &inputs, &stage, settings, &args.run.options()).map_err(|e| format!("{e:#}"))?;
+            let workers = args.workers.unwrap_or_else(available_cores);
+            if workers == 0 {
+                return Err("--workers must be at least 1".into());
+            }
+            if workers > 1 {
+                single_threaded_kernels();
+            }
+            let options = RunOptions { workers, ..args.run.options() };
+            if let Some(steps) = args.bench {
+                let bench = bench_dit(&args.run.out, &inputs, &stage, settings, &options, steps)
+                    .map_err(|e| format!("{e:#}"))?;
+                print_step_bench(&bench, &stage, args.json);
+                return Ok(());
+            }
+            train_dit(&args.run.out, &inputs, &stage, settings, &options).map_err(|e| format!("{e:#}"))?;
             println!("model exported to {}", args.run.out.join("export").display());
             Ok(())
         }
     }
+}
+
+/// Prints what `train dit --bench` measured, as a table or JSON.
+fn print_step_bench(bench: &StepBench, stage: &DitStage, json: bool) {
+    if json {
+        let mut value = serde_json::to_value(bench).unwrap_or_default();
+        value["cpu"] = serde_json::Value::String(skyreels_core::device::cpu_name());
+        println!("{value}");
+        return;
+    }
+    println!(
+        "DiT + umT5 training step: width {}, {} blocks, {} heads, text width {} × {} layers; {}",
+        stage.dim,
+        stage.layers,
+        stage.heads,
+        stage.text_dim,
+        stage.text_layers,
+        skyreels_core::device::cpu_name()
+    );
+    println!("| batch | tokens per sample | workers | step s (median of {}) | samples/s | GFLOP per sample | effective GFLOP/s |", bench.steps);
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {:.3} | {:.1} | {:.3} | {:.1} |",
+        bench.batch,
+        bench.tokens_per_sample,
+        bench.workers,
+        bench.step_seconds,
+        bench.samples_per_second,
+        bench.gflop_per_sample,
+        bench.effective_gflops
+    );
 }

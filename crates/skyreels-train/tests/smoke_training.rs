@@ -92,7 +92,12 @@ fn an_interrupted_run_resumes_to_the_same_weights() -> anyhow::Result<()> {
     train_vae(&split, &stage, RunSettings { checkpoint_every: 2, ..settings(2, 1e-3) }, &fresh())?;
     // Restarting without --resume must refuse rather than overwrite the run.
     assert!(train_vae(&split, &stage, settings(4, 1e-3), &fresh()).is_err());
-    train_vae(&split, &stage, RunSettings { checkpoint_every: 2, ..settings(4, 1e-3) }, &RunOptions { resume: true, quiet: true, ..RunOptions::default() })?;
+    train_vae(
+        &split,
+        &stage,
+        RunSettings { checkpoint_every: 2, ..settings(4, 1e-3) },
+        &RunOptions { resume: true, quiet: true, ..RunOptions::default() },
+    )?;
     assert_eq!(checkpoint_tensors(&straight)?, checkpoint_tensors(&split)?);
     let csv = std::fs::read_to_string(split.join("loss.csv"))?;
     assert_eq!(csv.lines().count(), 5, "header + one row per step:\n{csv}");
@@ -143,7 +148,12 @@ fn a_second_phase_starts_from_the_first_runs_weights_with_other_clips() -> anyho
     assert!(gap(&one, &none) > 1e-3, "the first phase's training changed nothing");
     // Its exported VAE folder, which holds the EMA, starts a second phase at that EMA.
     let from_folder = temp_dir("phase-from-folder");
-    train_vae(&from_folder, &longer, settings(1, 1e-12), &RunOptions { init_from: Some(first.join("export")), ..fresh() })?;
+    train_vae(
+        &from_folder,
+        &longer,
+        settings(1, 1e-12),
+        &RunOptions { init_from: Some(first.join("export")), ..fresh() },
+    )?;
     let first_ema: Vec<f32> =
         checkpoint_tensors(&first)?.into_iter().filter(|(k, _)| k.starts_with("ema.")).flat_map(|(_, v)| v).collect();
     assert!(gap(&first_ema, &weights(&from_folder)?) < 1e-6, "the export folder did not start the run");
@@ -189,7 +199,7 @@ fn decoder_only_fine_tuning_exports_the_same_encoder_and_a_new_decoder() -> anyh
 
 #[test]
 fn dit_loss_falls_and_the_export_is_a_loadable_pipeline() -> anyhow::Result<()> {
-    use skyreels_train::train::dit::{train_dit, DitInputs, DitStage};
+    use skyreels_train::train::dit::{bench_dit, train_dit, DitInputs, DitStage};
     use skyreels_train::train::tokenizer::{build_vocabulary, write_tokenizer};
     use skyreels_train::train::vae::train_vae;
     let dir = temp_dir("dit");
@@ -234,7 +244,8 @@ fn dit_loss_falls_and_the_export_is_a_loadable_pipeline() -> anyhow::Result<()> 
     let from_export = RunOptions { init_from: Some(dir.join("dit/export")), ..fresh() };
     train_dit(&tuned, &inputs, &stage, settings(1, 1e-12), &from_export)?;
     for file in ["transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"] {
-        let (before, after) = (tensors_by_name(&dir.join("dit/export").join(file))?, tensors_by_name(&tuned.join("export").join(file))?);
+        let (before, after) =
+            (tensors_by_name(&dir.join("dit/export").join(file))?, tensors_by_name(&tuned.join("export").join(file))?);
         assert_eq!(before.len(), after.len(), "{file}");
         for ((name, a), (_, b)) in before.iter().zip(&after) {
             let gap = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
@@ -243,8 +254,14 @@ fn dit_loss_falls_and_the_export_is_a_loadable_pipeline() -> anyhow::Result<()> 
     }
     let unrelated = temp_dir("not-a-model");
     std::fs::create_dir_all(&unrelated)?;
-    let error = train_dit(&dir.join("dit-nowhere"), &inputs, &stage, settings(1, 1e-3), &RunOptions { init_from: Some(unrelated.clone()), ..fresh() })
-        .unwrap_err();
+    let error = train_dit(
+        &dir.join("dit-nowhere"),
+        &inputs,
+        &stage,
+        settings(1, 1e-3),
+        &RunOptions { init_from: Some(unrelated.clone()), ..fresh() },
+    )
+    .unwrap_err();
     assert!(format!("{error:#}").contains("neither"), "{error:#}");
     std::fs::remove_dir_all(&unrelated)?;
 
@@ -256,15 +273,52 @@ fn dit_loss_falls_and_the_export_is_a_loadable_pipeline() -> anyhow::Result<()> 
         std::fs::remove_dir_all(&out)?;
         Ok(csv.lines().nth(1).and_then(|l| l.split(',').nth(1)).expect("one step logged").parse()?)
     };
-    let first_loss = |weight: f32| first_loss_of(&format!("weight-{weight}"), DitStage { subject_weight: weight, ..stage.clone() });
+    let first_loss =
+        |weight: f32| first_loss_of(&format!("weight-{weight}"), DitStage { subject_weight: weight, ..stage.clone() });
     let (plain, again, weighted) = (first_loss(0.0)?, first_loss(0.0)?, first_loss(50.0)?);
     assert_eq!(plain, again, "a run is a function of its seed");
     assert!((weighted - plain).abs() > 1e-3 * plain, "the weight changed nothing: {plain} vs {weighted}");
     // Its noise power reaches the loss too, and one-cell patches train.
-    let tapered = first_loss_of("tapered", DitStage { subject_weight: 50.0, subject_weight_noise_power: 4.0, ..stage.clone() })?;
+    let tapered =
+        first_loss_of("tapered", DitStage { subject_weight: 50.0, subject_weight_noise_power: 4.0, ..stage.clone() })?;
     assert!((tapered - weighted).abs() > 1e-4 * weighted, "the power changed nothing: {weighted} vs {tapered}");
     let fine = first_loss_of("patch-1", DitStage { patch: 1, ..stage.clone() })?;
     assert!(fine.is_finite() && fine != plain, "patch 1: {fine}");
+
+    // Data-parallel steps (a batch of 3 in shards of 1 and 2) train as the single pass does, up
+    // to the order of floating-point sums.
+    let odd = DitStage { batch: 3, ..stage.clone() };
+    type Outcome = (Vec<f64>, Vec<(String, Vec<f32>)>);
+    let run_with = |workers: usize| -> anyhow::Result<Outcome> {
+        let out = dir.join(format!("dit-workers-{workers}"));
+        train_dit(&out, &inputs, &odd, settings(3, 3e-3), &RunOptions { workers, ..fresh() })?;
+        let csv = std::fs::read_to_string(out.join("loss.csv"))?;
+        let losses = csv.lines().skip(1).map(|l| l.split(',').nth(1).unwrap().parse().unwrap()).collect();
+        Ok((losses, checkpoint_tensors(&out)?))
+    };
+    let ((one_losses, one_weights), (two_losses, two_weights)) = (run_with(1)?, run_with(2)?);
+    assert_eq!(one_losses.len(), 3);
+    for (a, b) in one_losses.iter().zip(&two_losses) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "losses {one_losses:?} vs {two_losses:?}");
+    }
+    assert_eq!(one_weights.len(), two_weights.len());
+    for ((name, a), (_, b)) in one_weights.iter().zip(&two_weights) {
+        let gap = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let size = a.iter().map(|x| x.abs()).fold(0f32, f32::max);
+        assert!(gap <= 1e-4 * size.max(1e-3), "{name}: the two-worker run differs by {gap} (largest {size})");
+    }
+
+    // The step benchmark reports consistent figures and leaves no run behind.
+    let bench_dir = dir.join("dit-bench");
+    let bench = bench_dit(&bench_dir, &inputs, &stage, settings(1, 1e-3), &RunOptions { workers: 2, ..fresh() }, 2)?;
+    assert_eq!((bench.batch, bench.workers, bench.steps), (2, 2, 2));
+    assert_eq!(bench.tokens_per_sample, 3, "9 frames → 3 latent frames of 2×2 cells, one 2×2 patch each");
+    assert!(bench.step_seconds > 0.0 && (bench.samples_per_second * bench.step_seconds - 2.0).abs() < 1e-9);
+    assert!(
+        (bench.effective_gflops - bench.gflop_per_sample * bench.samples_per_second).abs()
+            < 1e-9 * bench.effective_gflops.max(1.0)
+    );
+    assert!(!bench_dir.join("bench").exists() && bench_dir.join("dataset.safetensors").exists());
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
@@ -293,7 +347,11 @@ fn noise_level_shares_outside_zero_to_one_are_refused_before_any_work() {
         noise: NoiseLevelSampler { sync_probability, prefix_probability, ..NoiseLevelSampler::default() },
         ..DitStage::default()
     };
-    for (stage, flag) in [(with(1.5, 0.3), "--sync-probability"), (with(0.3, -0.1), "--prefix-probability"), (with(f32::NAN, 0.3), "--sync-probability")] {
+    for (stage, flag) in [
+        (with(1.5, 0.3), "--sync-probability"),
+        (with(0.3, -0.1), "--prefix-probability"),
+        (with(f32::NAN, 0.3), "--sync-probability"),
+    ] {
         let error = train_dit(&dir, &inputs, &stage, settings(1, 1e-3), &fresh()).unwrap_err();
         assert!(error.to_string().contains(flag), "{error:#}");
     }

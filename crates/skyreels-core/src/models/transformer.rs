@@ -15,8 +15,8 @@ use crate::checkpoint::{Component, WeightStore, Weights};
 use crate::error::{invalid_input, Result};
 use crate::models::transformer_config::TransformerConfig;
 use crate::nn::{
-    attention, gelu_tanh, layer_norm, timestep_sinusoid, AttentionMask, LayerNorm, Linear, RmsNorm, Rope3d,
-    WeightFormat,
+    attention, gated_residual, gelu_tanh, modulated_layer_norm, timestep_sinusoid, AttentionMask, LayerNorm, Linear,
+    RmsNorm, Rope3d, WeightFormat,
 };
 
 /// Inputs of one transformer forward pass.
@@ -676,26 +676,6 @@ fn unpatchify(x: &Tensor, shape: &InputShape, [pt, ph, pw]: [usize; 3], channels
     ))?)
 }
 
-/// Applies `x·(1 + scale) + shift` (or `x·gate`) per frame group: `x [B, L, D]`, `m [B, Ft, 1, D]`.
-fn per_frame(x: &Tensor, m: &Tensor, f: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>) -> Result<Tensor> {
-    let (b, l, d) = x.dims3()?;
-    let groups = m.dims()[1];
-    let grouped = x.reshape((b, groups, l / groups, d))?;
-    Ok(f(&grouped, m)?.reshape((b, l, d))?)
-}
-
-/// `norm(x)·(1 + scale) + shift`, per frame group, in f32.
-fn modulate(normed: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    let one_plus_scale = (scale + 1.0)?;
-    per_frame(normed, &one_plus_scale, |x, s| x.broadcast_mul(s)?.broadcast_add(shift))
-}
-
-/// `x + y·gate` per frame group, in f32, returned in `x`'s dtype.
-fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    let scaled = per_frame(&y.to_dtype(DType::F32)?, gate, |y, g| y.broadcast_mul(g))?;
-    Ok((x.to_dtype(DType::F32)? + scaled)?.to_dtype(x.dtype())?)
-}
-
 /// Splits `[B, H·Dh]` features of `[B, L, H·Dh]` into `[B, H, L, Dh]`.
 fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, l, d) = x.dims3()?;
@@ -773,7 +753,7 @@ impl WanBlock {
         let (shift_sa, scale_sa, gate_sa) = (part(0)?, part(1)?, part(2)?);
         let (shift_ff, scale_ff, gate_ff) = (part(3)?, part(4)?, part(5)?);
 
-        let h = modulate(&layer_norm(x, self.eps)?, &shift_sa, &scale_sa)?.to_dtype(dtype)?;
+        let h = modulated_layer_norm(x, &shift_sa, &scale_sa, self.eps)?.to_dtype(dtype)?;
         let y = self.self_attn.forward(&h, ctx.cos, ctx.sin, ctx.mask)?;
         trace("attn1_out", &y)?;
         let x = gated_residual(x, &y, &gate_sa)?;
@@ -786,7 +766,7 @@ impl WanBlock {
         trace("attn2_out", &y)?;
         let x = (x + y)?;
 
-        let h = modulate(&layer_norm(&x, self.eps)?, &shift_ff, &scale_ff)?.to_dtype(dtype)?;
+        let h = modulated_layer_norm(&x, &shift_ff, &scale_ff, self.eps)?.to_dtype(dtype)?;
         let y = self.ffn.1.forward(&gelu_tanh(&self.ffn.0.forward(&h)?)?)?;
         trace("ffn_out", &y)?;
         gated_residual(&x, &y, &gate_ff)
@@ -930,7 +910,7 @@ impl Head {
     fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
         let e = temb.to_dtype(DType::F32)?.unsqueeze(2)?.broadcast_add(&self.modulation.unsqueeze(0)?)?;
         let (shift, scale) = (e.narrow(2, 0, 1)?, e.narrow(2, 1, 1)?);
-        let h = modulate(&layer_norm(x, self.eps)?, &shift, &scale)?.to_dtype(x.dtype())?;
+        let h = modulated_layer_norm(x, &shift, &scale, self.eps)?.to_dtype(x.dtype())?;
         self.proj.forward(&h)
     }
 }

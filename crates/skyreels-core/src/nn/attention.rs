@@ -122,10 +122,14 @@ fn scaled_softmax_last_dim(x: &Tensor, scale: f64) -> Result<Tensor> {
     }
 }
 
-/// [`ScaledSoftmax`] where it applies (a CPU f32 tensor without gradients), else `None`.
+/// [`ScaledSoftmax`] where it applies (a CPU f32 tensor), else `None`.
 fn fused_cpu_softmax(x: &Tensor, scale: f64) -> Option<Result<Tensor>> {
-    let applies = x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op();
-    applies.then(|| Ok(x.contiguous()?.apply_op1_no_bwd(&ScaledSoftmax { scale: scale as f32 })?))
+    let applies = x.device().is_cpu() && x.dtype() == DType::F32;
+    let op = ScaledSoftmax { scale: scale as f32 };
+    applies.then(|| {
+        let x = x.contiguous()?;
+        Ok(if x.track_op() { x.apply_op1(op)? } else { x.apply_op1_no_bwd(&op)? })
+    })
 }
 
 /// Softmax over the last axis: [`ScaledSoftmax`] on the CPU in f32, candle's fused kernel on
@@ -181,6 +185,59 @@ impl candle_core::CustomOp1 for ScaledSoftmax {
             }
         });
         Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    /// `dx = scale·p·(g − Σ g·p)` per row, from the probabilities `p` it produced.
+    fn bwd(&self, _x: &Tensor, probs: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(probs.apply_op2_no_bwd(&grad.contiguous()?, &ScaledSoftmaxBackward { scale: self.scale })?))
+    }
+}
+
+/// The gradient of [`ScaledSoftmax`] from its output and the output's gradient.
+struct ScaledSoftmaxBackward {
+    scale: f32,
+}
+
+impl candle_core::CustomOp2 for ScaledSoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "scaled-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        probs: &candle_core::CpuStorage,
+        pl: &candle_core::Layout,
+        grad: &candle_core::CpuStorage,
+        gl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let contiguous = |s: &'_ candle_core::CpuStorage, l: &candle_core::Layout| -> candle_core::Result<Vec<f32>> {
+            let candle_core::CpuStorage::F32(data) = s else { candle_core::bail!("scaled-softmax is f32 only") };
+            let Some((start, end)) = l.contiguous_offsets() else {
+                candle_core::bail!("scaled-softmax needs contiguous input")
+            };
+            Ok(data[start..end].to_vec())
+        };
+        let (p, mut out) = (contiguous(probs, pl)?, contiguous(grad, gl)?);
+        let len = pl.shape().dims().last().copied().unwrap_or(1).max(1);
+        let scale = self.scale;
+        out.par_chunks_mut(SOFTMAX_ROWS * len).zip(p.par_chunks(SOFTMAX_ROWS * len)).for_each(|(g, p)| {
+            for (g, p) in g.chunks_exact_mut(len).zip(p.chunks_exact(len)) {
+                super::activation::run_vectorised(|| {
+                    let mut acc = [0f32; LANES];
+                    for (g, p) in g.chunks(LANES).zip(p.chunks(LANES)) {
+                        for ((a, &g), &p) in acc.iter_mut().zip(g).zip(p) {
+                            *a += g * p;
+                        }
+                    }
+                    let dot: f32 = acc.iter().sum();
+                    for (g, &p) in g.iter_mut().zip(p) {
+                        *g = scale * p * (*g - dot);
+                    }
+                });
+            }
+        });
+        Ok((candle_core::CpuStorage::F32(out), pl.shape().clone()))
     }
 }
 
@@ -251,6 +308,24 @@ mod tests {
         let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
         let diff = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
         (diff / b.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()).sqrt()
+    }
+
+    /// The fused softmax's backward pass (taken when the scores need gradients) gives candle's
+    /// gradients of `softmax(x·scale)`, also for rows longer than its lanes with a remainder.
+    #[test]
+    fn fused_softmax_gradient_matches_candles() {
+        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 2.0, (3, 4, 37), &Device::Cpu).unwrap()).unwrap();
+        let weights = Tensor::randn(0f32, 1.0, (3, 4, 37), &Device::Cpu).unwrap();
+        let gradient = |probs: Tensor| {
+            let grads = (probs * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            grads.get(x.as_tensor()).unwrap().clone()
+        };
+        let ours = gradient(scaled_softmax_last_dim(x.as_tensor(), 0.3).unwrap());
+        let candle =
+            gradient(candle_nn::ops::softmax(&(x.as_tensor() * 0.3).unwrap(), candle_core::D::Minus1).unwrap());
+        let diff = (&ours - &candle).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let size = candle.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-5 * size, "softmax gradients differ by {diff} (largest {size})");
     }
 
     #[test]

@@ -219,7 +219,12 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim[0]))?;
         let mut y = x2.matmul(&weight.t()?)?;
         if let Some(bias) = &self.bias {
-            y = y.broadcast_add(&bias.to_dtype(x.dtype())?)?;
+            let bias = bias.to_dtype(x.dtype())?;
+            y = if super::fused::applies(&y) {
+                y.apply_op2(&bias, super::fused::BiasAdd)?
+            } else {
+                y.broadcast_add(&bias)?
+            };
         }
         for adapter in &self.adapters {
             y = adapter.apply(&x2, y)?;

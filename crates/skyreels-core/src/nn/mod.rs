@@ -7,7 +7,9 @@ mod activation;
 mod attention;
 mod channel_norm;
 mod conv3d;
+mod fused;
 mod linear;
+mod modulation;
 mod norm;
 mod rope;
 mod sinusoid;
@@ -18,6 +20,7 @@ pub use attention::{attention, softmax_last_dim, AttentionMask, GPU_SCORE_BUDGET
 pub use channel_norm::channel_norm_silu;
 pub use conv3d::{Conv3d, SpatialPadding};
 pub use linear::{quantize_fp8, Adapter, Linear, WeightFormat};
+pub use modulation::{gated_residual, modulated_layer_norm};
 pub use norm::{layer_norm, LayerNorm, RmsNorm};
 pub use rope::Rope3d;
 pub use sinusoid::timestep_sinusoid;

@@ -71,6 +71,19 @@ impl LayerNorm {
 
     /// Normalises `x` over the last dimension; the result is f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let (true, Some(w), Some(b)) = (super::fused::applies(x), &self.weight, &self.bias) {
+            // One fused pass (and one backward) on the CPU: x as one sample of rows, the
+            // weight and bias as one group's vectors.
+            let dim = x.dim(D::Minus1)?;
+            let rows = x.elem_count() / dim.max(1);
+            let (mul, add) = (w.reshape((1, 1, dim))?, b.reshape((1, 1, dim))?);
+            let y = x.contiguous()?.reshape((1, rows, dim))?.apply_op3(
+                &mul,
+                &add,
+                super::fused::NormAffine { eps: self.eps as f32 },
+            )?;
+            return Ok(y.reshape(x.shape())?);
+        }
         let mut y = layer_norm(x, self.eps)?;
         if let Some(w) = &self.weight {
             y = y.broadcast_mul(w)?;
@@ -105,6 +118,9 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if uses_fused_kernels(x) && !self.weight.track_op() {
             return self.forward_fused(x);
+        }
+        if super::fused::applies(x) && self.weight.dtype() == DType::F32 {
+            return Ok(x.contiguous()?.apply_op2(&self.weight, super::fused::RmsNormOp { eps: self.eps as f32 })?);
         }
         let x = x.to_dtype(DType::F32)?;
         let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;

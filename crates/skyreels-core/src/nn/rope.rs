@@ -88,6 +88,10 @@ impl Rope3d {
         let dtype = x.dtype();
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         if x.track_op() {
+            if super::fused::applies(x) {
+                let op = super::fused::RotaryInterleaved { inverse: false };
+                return Ok(x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, op)?);
+            }
             return Self::apply_differentiable(x, &cos, &sin);
         }
         Ok(candle_nn::rotary_emb::rope_i(&x.contiguous()?, &cos, &sin)?)

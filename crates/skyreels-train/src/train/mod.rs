@@ -6,6 +6,7 @@ pub mod dit;
 pub mod export;
 pub mod log;
 pub mod optim;
+pub mod parallel;
 pub mod params;
 pub mod run;
 pub mod tokenizer;

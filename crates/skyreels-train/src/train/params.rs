@@ -120,6 +120,13 @@ impl ParamStore {
         self.vars.borrow().iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
     }
 
+    /// The parameters as a [`Weights`] store any thread can read. Its tensors are the variables'
+    /// own (not copies), so gradients of a model built on it flow back to them, and it sees the
+    /// optimiser's updates. Only parameters that exist already are in it.
+    pub fn for_workers(&self) -> FrozenWeights {
+        FrozenWeights(self.vars.borrow().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())
+    }
+
     /// Overwrites every parameter named in `values` (shapes must match).
     pub fn assign(&self, values: &BTreeMap<String, Tensor>) -> anyhow::Result<()> {
         let vars = self.vars.borrow();
@@ -138,8 +145,9 @@ impl ParamStore {
     }
 }
 
-/// Fixed tensors by canonical name (e.g. the EMA weights of a run), usable wherever a model
-/// loads weights; nothing is trainable.
+/// Tensors by canonical name (e.g. the EMA weights of a run), usable wherever a model loads
+/// weights. A model built on them trains only if they are variables' own tensors
+/// ([`ParamStore::for_workers`]).
 pub struct FrozenWeights(pub BTreeMap<String, Tensor>);
 
 impl Weights for FrozenWeights {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use skyreels_core::checkpoint::{Component, WeightStore};
@@ -74,6 +75,9 @@ pub struct RunOptions {
     pub init_from: Option<PathBuf>,
     /// No progress bar.
     pub quiet: bool,
+    /// Worker threads of a data-parallel step (each runs a shard of the batch with
+    /// single-threaded kernels; see [`super::parallel`]); 0 or 1 runs the batch in one pass.
+    pub workers: usize,
 }
 
 /// Reads the latest checkpoint of the `stage` run in `dir`.
@@ -263,11 +267,16 @@ impl Run {
     /// when due. `extra` are further named scalars for the log (e.g. loss parts).
     pub fn apply(&mut self, loss: &Tensor, extra: &[(&str, f64)]) -> anyhow::Result<f64> {
         let value = loss.to_scalar::<f32>()? as f64;
-        if !value.is_finite() {
-            bail!("the loss became {value} at step {}; lower the learning rate (--lr) and resume", self.step + 1);
-        }
+        self.check_finite(value)?;
+        let grads = loss.backward()?;
+        self.apply_gradients(value, grads, extra)
+    }
+
+    /// [`apply`](Self::apply) for a loss whose gradients are already computed (e.g. summed over
+    /// data-parallel shards).
+    pub fn apply_gradients(&mut self, value: f64, mut grads: GradStore, extra: &[(&str, f64)]) -> anyhow::Result<f64> {
+        self.check_finite(value)?;
         let vars = self.params.vars();
-        let mut grads = loss.backward()?;
         let grad_norm = clip_grad_norm(&mut grads, &vars, self.settings.clip_norm)?;
         let lr = self.settings.learning_rate(self.step);
         self.optimizer.step(&grads, lr)?;
@@ -280,6 +289,13 @@ impl Run {
             self.checkpoint()?;
         }
         Ok(value)
+    }
+
+    fn check_finite(&self, value: f64) -> anyhow::Result<()> {
+        if !value.is_finite() {
+            bail!("the loss became {value} at step {}; lower the learning rate (--lr) and resume", self.step + 1);
+        }
+        Ok(())
     }
 
     /// Writes the checkpoint (atomically: tensors first under a new name, then the JSON that
