@@ -15,8 +15,8 @@ use crate::checkpoint::{Component, WeightStore, Weights};
 use crate::error::{invalid_input, Result};
 use crate::models::transformer_config::TransformerConfig;
 use crate::nn::{
-    attention, gated_residual, gelu_tanh, modulated_layer_norm, timestep_sinusoid, AttentionMask, LayerNorm, Linear,
-    RmsNorm, Rope3d, WeightFormat,
+    attention_heads_last, gated_residual, gelu_tanh, modulated_layer_norm, rotary_attention, timestep_sinusoid,
+    AttentionMask, LayerNorm, Linear, RmsNorm, Rope3d, WeightFormat,
 };
 
 /// Inputs of one transformer forward pass.
@@ -676,18 +676,6 @@ fn unpatchify(x: &Tensor, shape: &InputShape, [pt, ph, pw]: [usize; 3], channels
     ))?)
 }
 
-/// Splits `[B, H·Dh]` features of `[B, L, H·Dh]` into `[B, H, L, Dh]`.
-fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, l, d) = x.dims3()?;
-    Ok(x.reshape((b, l, heads, d / heads))?.transpose(1, 2)?.contiguous()?)
-}
-
-/// `[B, H, L, Dh]` → `[B, L, H·Dh]`.
-fn merge_heads(x: &Tensor) -> Result<Tensor> {
-    let (b, h, l, d) = x.dims4()?;
-    Ok(x.transpose(1, 2)?.reshape((b, l, h * d))?)
-}
-
 /// How a block's weights are held: the load dtype, and the format of its matrices.
 type Held = (DType, WeightFormat);
 
@@ -829,16 +817,11 @@ impl SelfAttention {
     }
 
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: AttentionMask) -> Result<Tensor> {
-        let dtype = x.dtype();
         let p = &self.proj;
-        let q = split_heads(&p.norm_q.forward(&p.q.forward(x)?)?, self.heads)?;
-        let k = split_heads(&p.norm_k.forward(&p.k.forward(x)?)?, self.heads)?;
-        let v = split_heads(&p.v.forward(x)?, self.heads)?;
-        let q = Rope3d::apply(&q, cos, sin)?.to_dtype(dtype)?;
-        let k = Rope3d::apply(&k, cos, sin)?.to_dtype(dtype)?;
-        let scale = 1.0 / (q.dims()[3] as f64).sqrt();
-        let out = attention(&q, &k, &v, scale, mask)?;
-        p.o.forward(&merge_heads(&out)?)
+        let q = p.norm_q.forward(&p.q.forward(x)?)?;
+        let k = p.norm_k.forward(&p.k.forward(x)?)?;
+        let v = p.v.forward(x)?;
+        p.o.forward(&rotary_attention(&q, &k, &v, self.heads, (cos, sin), mask, x.dtype())?)
     }
 }
 
@@ -878,18 +861,18 @@ impl CrossAttention {
     fn forward(&self, x: &Tensor, text: &Tensor, image: Option<&Tensor>) -> Result<Tensor> {
         let dtype = x.dtype();
         let p = &self.proj;
-        let q = split_heads(&p.norm_q.forward(&p.q.forward(x)?)?.to_dtype(dtype)?, self.heads)?;
-        let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+        let q = p.norm_q.forward(&p.q.forward(x)?)?.to_dtype(dtype)?;
+        let scale = 1.0 / ((q.dim(2)? / self.heads) as f64).sqrt();
         let attend = |keys: &Tensor, k_norm: &RmsNorm, k_proj: &Linear, v_proj: &Linear| -> Result<Tensor> {
-            let k = split_heads(&k_norm.forward(&k_proj.forward(keys)?)?.to_dtype(dtype)?, self.heads)?;
-            let v = split_heads(&v_proj.forward(keys)?, self.heads)?;
-            attention(&q, &k, &v, scale, AttentionMask::Full)
+            let k = k_norm.forward(&k_proj.forward(keys)?)?.to_dtype(dtype)?;
+            let v = v_proj.forward(keys)?;
+            attention_heads_last(&q, &k, &v, self.heads, scale, AttentionMask::Full)
         };
         let mut out = attend(text, &p.norm_k, &p.k, &p.v)?;
         if let (Some((k_img, v_img, norm_k_img)), Some(image)) = (&self.image, image) {
             out = (out + attend(image, norm_k_img, k_img, v_img)?)?;
         }
-        p.o.forward(&merge_heads(&out)?)
+        p.o.forward(&out)
     }
 }
 

@@ -35,6 +35,70 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Attention
     attention_within(q, k, v, scale, mask, budget)
 }
 
+/// Attention over heads-last tensors (`q [B, Lq, H·Dh]`, `k, v [B, Lk, H·Dh]`, as the
+/// projections produce them) → `[B, Lq, H·Dh]`. On the CPU in f32 one fused operation with its
+/// own backward pass ([`super::fused_attention`]); elsewhere split into heads for [`attention`].
+pub fn attention_heads_last(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    mask: AttentionMask,
+) -> Result<Tensor> {
+    if [q, k, v].iter().all(|t| super::fused::applies(t)) {
+        let causal_block = match mask {
+            AttentionMask::Full => None,
+            AttentionMask::BlockCausal { tokens_per_block } => Some(tokens_per_block),
+        };
+        let op = super::fused_attention::HeadsLastAttention { heads, scale: scale as f32, causal_block };
+        return Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?);
+    }
+    merge_heads(&attention(&split_heads(q, heads)?, &split_heads(k, heads)?, &split_heads(v, heads)?, scale, mask)?)
+}
+
+/// The DiT's self-attention core on heads-last tensors: the 3-D rotary embedding of `q` and `k`
+/// (tables `[L, Dh/2]` from [`super::Rope3d`]), cast to `dtype`, then attention scaled by
+/// `1/√Dh` → `[B, L, H·Dh]`. On the CPU in f32 both run fused, without splitting the heads.
+pub fn rotary_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    (cos, sin): (&Tensor, &Tensor),
+    mask: AttentionMask,
+    dtype: DType,
+) -> Result<Tensor> {
+    let head_dim = q.dim(candle_core::D::Minus1)? / heads.max(1);
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    if dtype == DType::F32 && [q, k, v].iter().all(|t| super::fused::applies(t)) {
+        let rotate = |x: &Tensor| -> Result<Tensor> {
+            let op = super::fused::RotaryInterleaved { inverse: false };
+            Ok(x.contiguous()?.apply_op3(
+                &cos.to_dtype(DType::F32)?.contiguous()?,
+                &sin.to_dtype(DType::F32)?.contiguous()?,
+                op,
+            )?)
+        };
+        return attention_heads_last(&rotate(q)?, &rotate(k)?, v, heads, scale, mask);
+    }
+    let q = super::Rope3d::apply(&split_heads(q, heads)?, cos, sin)?.to_dtype(dtype)?;
+    let k = super::Rope3d::apply(&split_heads(k, heads)?, cos, sin)?.to_dtype(dtype)?;
+    merge_heads(&attention(&q, &k, &split_heads(v, heads)?, scale, mask)?)
+}
+
+/// Splits `[B, L, H·Dh]` into `[B, H, L, Dh]`.
+fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, l, d) = x.dims3()?;
+    Ok(x.reshape((b, l, heads, d / heads))?.transpose(1, 2)?.contiguous()?)
+}
+
+/// `[B, H, L, Dh]` → `[B, L, H·Dh]`.
+fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, l, d) = x.dims4()?;
+    Ok(x.transpose(1, 2)?.reshape((b, l, h * d))?)
+}
+
 /// [`attention`] holding at most `budget` scores at once.
 fn attention_within(
     q: &Tensor,
@@ -242,7 +306,7 @@ impl candle_core::CustomOp2 for ScaledSoftmaxBackward {
 }
 
 #[inline(always)]
-fn softmax_row(x: &[f32], out: &mut [f32], scale: f32) {
+pub(super) fn softmax_row(x: &[f32], out: &mut [f32], scale: f32) {
     let mut max = [f32::NEG_INFINITY; LANES];
     for (o, x) in out.chunks_mut(LANES).zip(x.chunks(LANES)) {
         for ((m, o), &x) in max.iter_mut().zip(o).zip(x) {

@@ -498,8 +498,8 @@ impl CustomOp3 for GatedResidualBackward {
     }
 }
 
-/// Interleaved rotary embedding of `x [B, H, T, D]` by the angles whose `cos`, `sin` are
-/// `[T, D/2]`: `(a, b) → (a·cos − b·sin, a·sin + b·cos)` per pair. Its gradient is the rotation
+/// Interleaved rotary embedding of `x [B, H, T, Dh]` (or heads-last `[B, T, H·Dh]`) by the
+/// angles whose `cos`, `sin` are `[T, Dh/2]`: `(a, b) → (a·cos − b·sin, a·sin + b·cos)` per pair. Its gradient is the rotation
 /// back (`inverse`), and the tables get none.
 pub(super) struct RotaryInterleaved {
     pub inverse: bool,
@@ -520,20 +520,31 @@ impl CustomOp3 for RotaryInterleaved {
         sl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, cos, sin) = (values(x, xl, self.name())?, values(cos, cl, self.name())?, values(sin, sl, self.name())?);
-        let &[_, _, t, d] = xl.shape().dims() else {
-            bail!("rotary-interleaved takes [B, H, T, D], got {:?}", xl.shape())
+        // [B, H, T, Dh] rotates rows of one head; [B, T, H·Dh] rows of H heads side by side.
+        let (t, row) = match *xl.shape().dims() {
+            [_, _, t, d] => (t, d),
+            [_, t, width] => (t, width),
+            _ => bail!("rotary-interleaved takes [B, H, T, Dh] or [B, T, H·Dh], got {:?}", xl.shape()),
         };
-        if !d.is_multiple_of(2) || cos.len() != t * d / 2 || sin.len() != cos.len() {
+        let half = cl.shape().dims().last().copied().unwrap_or(0);
+        if half == 0 || !row.is_multiple_of(2 * half) || cos.len() != t * half || sin.len() != cos.len() {
             bail!("rotary-interleaved: tables {:?} for {:?}", cl.shape(), xl.shape());
         }
         let sign = if self.inverse { -1f32 } else { 1.0 };
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(t * d).zip(x.par_chunks(t * d)).for_each(|(out, x)| {
+        out.par_chunks_mut(t * row).zip(x.par_chunks(t * row)).for_each(|(out, x)| {
             run_vectorised(|| {
-                for (i, (o, x)) in out.chunks_exact_mut(2).zip(x.chunks_exact(2)).enumerate() {
-                    let (c, s) = (cos[i], sign * sin[i]);
-                    o[0] = x[0] * c - x[1] * s;
-                    o[1] = x[0] * s + x[1] * c;
+                for (position, (out, x)) in out.chunks_exact_mut(row).zip(x.chunks_exact(row)).enumerate() {
+                    let (cos, sin) = (&cos[position * half..][..half], &sin[position * half..][..half]);
+                    for (out, x) in out.chunks_exact_mut(2 * half).zip(x.chunks_exact(2 * half)) {
+                        for ((o, x), (&c, &s)) in
+                            out.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(cos.iter().zip(sin))
+                        {
+                            let s = sign * s;
+                            o[0] = x[0] * c - x[1] * s;
+                            o[1] = x[0] * s + x[1] * c;
+                        }
+                    }
                 }
             })
         });

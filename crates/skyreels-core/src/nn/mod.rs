@@ -8,6 +8,7 @@ mod attention;
 mod channel_norm;
 mod conv3d;
 mod fused;
+mod fused_attention;
 mod linear;
 mod modulation;
 mod norm;
@@ -16,7 +17,9 @@ mod sinusoid;
 mod unfold;
 
 pub use activation::gelu_tanh;
-pub use attention::{attention, softmax_last_dim, AttentionMask, GPU_SCORE_BUDGET};
+pub use attention::{
+    attention, attention_heads_last, rotary_attention, softmax_last_dim, AttentionMask, GPU_SCORE_BUDGET,
+};
 pub use channel_norm::channel_norm_silu;
 pub use conv3d::{Conv3d, SpatialPadding};
 pub use linear::{quantize_fp8, Adapter, Linear, WeightFormat};

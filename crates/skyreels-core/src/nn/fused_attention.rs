@@ -1,0 +1,376 @@
+//! Attention as one CPU operation, forward and backward, on the `[B, L, H·Dh]` layout the
+//! projections produce: no head split or merge copies, no score tensor in the autograd graph.
+//!
+//! Per sample, head and chunk of query rows: `S = q·kᵀ` (one GEMM into a scratch buffer), the
+//! vectorised softmax of [`super::attention`] with the scale folded in, `o = P·v` (one GEMM
+//! straight into the output's columns of that head). The backward pass recomputes `P` the same
+//! way and accumulates `dv += Pᵀ·do`, `dS = scale·P⊙(do·vᵀ − rowsum(P⊙do·vᵀ))`, `dq = dS·k`,
+//! `dk += dSᵀ·q`. Scores live one chunk of rows at a time, so memory stays bounded for long
+//! sequences; block-causal masks are kept by giving each chunk only the keys its block sees.
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::attention::softmax_row;
+
+/// Scores held per chunk of query rows (per thread): 256 KiB of f32.
+const CHUNK_SCORES: usize = 1 << 16;
+
+/// Attention over `q [B, Lq, H·Dh]`, `k, v [B, Lk, H·Dh]` → `[B, Lq, H·Dh]`.
+#[derive(Clone, Copy)]
+pub(super) struct HeadsLastAttention {
+    pub heads: usize,
+    pub scale: f32,
+    /// Block-causal mask: a query row in block `i` (of this many tokens) sees the keys of
+    /// blocks `0..=i`. `None` is full attention.
+    pub causal_block: Option<usize>,
+}
+
+/// The geometry of one call.
+#[derive(Clone, Copy)]
+struct Shapes {
+    batch: usize,
+    lq: usize,
+    lk: usize,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Shapes {
+    fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// A pointer that tasks writing disjoint elements may share.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: every use writes elements no other task touches (disjoint heads or samples).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The pointer moved by `offset` elements (a method, so closures capture the `Send`
+    /// wrapper and not the raw field).
+    ///
+    /// # Safety
+    /// `offset` must stay inside the buffer the pointer came from.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
+/// Row-major strided view for [`gemm`]: element `(i, j)` at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct View {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+impl View {
+    /// The transposed view of the same elements.
+    fn t(self) -> Self {
+        Self { ptr: self.ptr, rs: self.cs, cs: self.rs }
+    }
+}
+
+/// `dst[m, n] (= or +=) alpha·lhs[m, k]·rhs[k, n]`, single-threaded (the callers run one task
+/// per head on each core).
+///
+/// # Safety
+/// The views must address valid `m×k`, `k×n` and `m×n` element ranges; `dst` must not alias
+/// the inputs.
+unsafe fn gemm((m, n, k): (usize, usize, usize), dst: View, accumulate: bool, lhs: View, rhs: View, alpha: f32) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.ptr as *mut f32,
+        dst.cs,
+        dst.rs,
+        accumulate,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        1.0,
+        alpha,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+impl HeadsLastAttention {
+    fn shapes(&self, ql: &Layout, kl: &Layout, vl: &Layout) -> candle_core::Result<Shapes> {
+        let (&[batch, lq, width], &[kb, lk, kw]) = (ql.shape().dims(), kl.shape().dims()) else {
+            bail!("heads-last attention takes [B, L, H·Dh] tensors, got {:?} and {:?}", ql.shape(), kl.shape())
+        };
+        if kb != batch
+            || kw != width
+            || vl.shape() != kl.shape()
+            || self.heads == 0
+            || !width.is_multiple_of(self.heads)
+        {
+            bail!(
+                "heads-last attention: q {:?}, k {:?}, v {:?} with {} heads",
+                ql.shape(),
+                kl.shape(),
+                vl.shape(),
+                self.heads
+            );
+        }
+        if let Some(block) = self.causal_block {
+            if block == 0 || lq != lk || !lq.is_multiple_of(block) {
+                bail!("block-causal attention needs {lq} tokens to split into blocks of {block}");
+            }
+        }
+        Ok(Shapes { batch, lq, lk, heads: self.heads, head_dim: width / self.heads })
+    }
+
+    /// Chunks of query rows `(start, rows, visible keys)`: within one causal block each, and
+    /// at most [`CHUNK_SCORES`] scores (at least one row).
+    fn chunks(&self, s: &Shapes) -> Vec<(usize, usize, usize)> {
+        let block = self.causal_block.unwrap_or(s.lq).max(1);
+        let rows = (CHUNK_SCORES / s.lk.max(1)).clamp(1, block);
+        let mut chunks = Vec::new();
+        for block_start in (0..s.lq).step_by(block) {
+            let block_end = (block_start + block).min(s.lq);
+            let visible = if self.causal_block.is_some() { block_end } else { s.lk };
+            for start in (block_start..block_end).step_by(rows) {
+                chunks.push((start, rows.min(block_end - start), visible));
+            }
+        }
+        chunks
+    }
+
+    /// `P` of rows `start..start + rows` of head `(b, h)` over `visible` keys, into `probs`.
+    ///
+    /// # Safety
+    /// `q` and `k` hold `s`-shaped tensors.
+    unsafe fn probabilities(
+        &self,
+        s: &Shapes,
+        q: &[f32],
+        k: &[f32],
+        (b, h): (usize, usize),
+        (start, rows, visible): (usize, usize, usize),
+        probs: &mut [f32],
+    ) {
+        let w = s.width() as isize;
+        let q_view = View { ptr: q.as_ptr().add((b * s.lq + start) * s.width() + h * s.head_dim), rs: w, cs: 1 };
+        let k_view = View { ptr: k.as_ptr().add(b * s.lk * s.width() + h * s.head_dim), rs: w, cs: 1 };
+        let scores = View { ptr: probs.as_mut_ptr(), rs: visible as isize, cs: 1 };
+        gemm((rows, visible, s.head_dim), scores, false, q_view, k_view.t(), 1.0);
+        let mut unscaled = vec![0f32; visible];
+        for row in probs[..rows * visible].chunks_exact_mut(visible) {
+            unscaled.copy_from_slice(row);
+            super::activation::run_vectorised(|| softmax_row(&unscaled, row, self.scale));
+        }
+    }
+}
+
+/// The contiguous f32 values behind `storage`/`layout`.
+fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else { bail!("heads-last attention computes in f32 only") };
+    let Some((start, end)) = layout.contiguous_offsets() else { bail!("heads-last attention needs contiguous inputs") };
+    Ok(&data[start..end])
+}
+
+impl CustomOp3 for HeadsLastAttention {
+    fn name(&self) -> &'static str {
+        "heads-last-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        ql: &Layout,
+        k: &CpuStorage,
+        kl: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let s = self.shapes(ql, kl, vl)?;
+        let (q, k, v) = (values(q, ql)?, values(k, kl)?, values(v, vl)?);
+        let mut out = vec![0f32; s.batch * s.lq * s.width()];
+        let out_ptr = Shared(out.as_mut_ptr());
+        let chunks = self.chunks(&s);
+        let tasks: Vec<(usize, usize, usize)> = (0..s.batch * s.heads)
+            .flat_map(|bh| (0..chunks.len()).map(move |c| (bh / s.heads, bh % s.heads, c)))
+            .collect();
+        tasks.par_iter().for_each(|&(b, h, c)| {
+            let (start, rows, visible) = chunks[c];
+            let mut probs = vec![0f32; rows * visible];
+            let w = s.width() as isize;
+            // SAFETY: the views stay inside q, k, v and out (shapes checked above); each task
+            // writes only its own rows of its own head's columns of `out`.
+            unsafe {
+                self.probabilities(&s, q, k, (b, h), chunks[c], &mut probs);
+                let v_view = View { ptr: v.as_ptr().add(b * s.lk * s.width() + h * s.head_dim), rs: w, cs: 1 };
+                let p_view = View { ptr: probs.as_ptr(), rs: visible as isize, cs: 1 };
+                let dst = View { ptr: out_ptr.at((b * s.lq + start) * s.width() + h * s.head_dim), rs: w, cs: 1 };
+                gemm((rows, s.head_dim, visible), dst, false, p_view, v_view, 1.0);
+            }
+        });
+        Ok((CpuStorage::F32(out), ql.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let backward = HeadsLastAttentionBackward { forward: *self };
+        let grad = grad.contiguous()?;
+        // q, k, v and the output's gradient in one flat input: CustomOp3 takes three tensors.
+        let flat = backward.run(q, k, v, &grad)?;
+        let (nq, nk) = (q.elem_count(), k.elem_count());
+        Ok((
+            Some(flat.narrow(0, 0, nq)?.reshape(q.shape())?),
+            Some(flat.narrow(0, nq, nk)?.reshape(k.shape())?),
+            Some(flat.narrow(0, nq + nk, nk)?.reshape(v.shape())?),
+        ))
+    }
+}
+
+/// The gradients of [`HeadsLastAttention`], flat: `[dq | dk | dv]`.
+struct HeadsLastAttentionBackward {
+    forward: HeadsLastAttention,
+}
+
+impl HeadsLastAttentionBackward {
+    fn run(&self, q: &Tensor, k: &Tensor, v: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let (
+            candle_core::Storage::Cpu(qs),
+            candle_core::Storage::Cpu(ks),
+            candle_core::Storage::Cpu(vs),
+            candle_core::Storage::Cpu(gs),
+        ) = (&*qs, &*ks, &*vs, &*gs)
+        else {
+            bail!("heads-last attention runs on the CPU only")
+        };
+        let f = &self.forward;
+        let s = f.shapes(ql, kl, vl)?;
+        if gl.shape() != ql.shape() {
+            bail!("heads-last attention: gradient {:?} for an output {:?}", gl.shape(), ql.shape());
+        }
+        let (q, k, v, dout) = (values(qs, ql)?, values(ks, kl)?, values(vs, vl)?, values(gs, gl)?);
+        let (nq, nk) = (q.len(), k.len());
+        let mut flat = vec![0f32; nq + 2 * nk];
+        let ptr = Shared(flat.as_mut_ptr());
+        let chunks = f.chunks(&s);
+        let w = s.width() as isize;
+        (0..s.batch * s.heads).into_par_iter().for_each(|bh| {
+            let (b, h) = (bh / s.heads, bh % s.heads);
+            let head = h * s.head_dim;
+            for &(start, rows, visible) in &chunks {
+                let mut probs = vec![0f32; rows * visible];
+                let mut dp = vec![0f32; rows * visible];
+                // SAFETY: views inside q, k, v, dout and flat (shapes checked above); the task
+                // of head (b, h) writes only that head's columns of dq, dk and dv.
+                unsafe {
+                    f.probabilities(&s, q, k, (b, h), (start, rows, visible), &mut probs);
+                    let at =
+                        |base: *const f32, row: usize| View { ptr: base.add(row * s.width() + head), rs: w, cs: 1 };
+                    let p = View { ptr: probs.as_ptr(), rs: visible as isize, cs: 1 };
+                    let do_rows = at(dout.as_ptr(), b * s.lq + start);
+                    let q_rows = at(q.as_ptr(), b * s.lq + start);
+                    let (k_all, v_all) = (at(k.as_ptr(), b * s.lk), at(v.as_ptr(), b * s.lk));
+                    let dq_rows = at(ptr.at(0), b * s.lq + start);
+                    let dk_all = at(ptr.at(nq), b * s.lk);
+                    let dv_all = at(ptr.at(nq + nk), b * s.lk);
+                    // dv[visible] += Pᵀ·do
+                    gemm((visible, s.head_dim, rows), dv_all, true, p.t(), do_rows, 1.0);
+                    // dP = do·vᵀ
+                    let dp_view = View { ptr: dp.as_mut_ptr(), rs: visible as isize, cs: 1 };
+                    gemm((rows, visible, s.head_dim), dp_view, false, do_rows, v_all.t(), 1.0);
+                    // dS = scale·P⊙(dP − Σ P⊙dP), in place of dP
+                    super::activation::run_vectorised(|| {
+                        for (d, p) in dp.chunks_exact_mut(visible).zip(probs.chunks_exact(visible)) {
+                            let dot: f32 = d.iter().zip(p).map(|(d, p)| d * p).sum();
+                            for (d, &p) in d.iter_mut().zip(p) {
+                                *d = f.scale * p * (*d - dot);
+                            }
+                        }
+                    });
+                    let ds = View { ptr: dp.as_ptr(), rs: visible as isize, cs: 1 };
+                    // dq = dS·k; dk[visible] += dSᵀ·q
+                    gemm((rows, s.head_dim, visible), dq_rows, false, ds, k_all, 1.0);
+                    gemm((visible, s.head_dim, rows), dk_all, true, ds.t(), q_rows, 1.0);
+                }
+            }
+        });
+        let len = flat.len();
+        Tensor::from_vec(flat, len, &candle_core::Device::Cpu)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+    use crate::nn::{attention, AttentionMask};
+
+    fn split(x: &Tensor, heads: usize) -> Tensor {
+        let (b, l, d) = x.dims3().unwrap();
+        x.reshape((b, l, heads, d / heads)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap()
+    }
+
+    fn merge(x: &Tensor) -> Tensor {
+        let (b, h, l, d) = x.dims4().unwrap();
+        x.transpose(1, 2).unwrap().reshape((b, l, h * d)).unwrap()
+    }
+
+    /// Values and gradients equal the split-heads path (candle's matmuls and the differentiable
+    /// softmax), for full and block-causal attention, cross-attention lengths, and chunked rows.
+    #[test]
+    fn matches_the_split_heads_attention_with_gradients() {
+        let dev = Device::Cpu;
+        for (lq, lk, heads, block) in [(12, 12, 2, None), (10, 7, 3, None), (12, 12, 2, Some(4)), (600, 600, 1, None)] {
+            let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, lq, heads * 8), &dev).unwrap()).unwrap();
+            let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, lk, heads * 8), &dev).unwrap()).unwrap();
+            let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, lk, heads * 8), &dev).unwrap()).unwrap();
+            let weights = Tensor::randn(0f32, 1.0, (2, lq, heads * 8), &dev).unwrap();
+            let scale = 0.35;
+            let op = HeadsLastAttention { heads, scale: scale as f32, causal_block: block };
+            let fused = q.as_tensor().apply_op3(k.as_tensor(), v.as_tensor(), op).unwrap();
+            let mask = block.map_or(AttentionMask::Full, |n| AttentionMask::BlockCausal { tokens_per_block: n });
+            let (qs, ks, vs) = (split(q.as_tensor(), heads), split(k.as_tensor(), heads), split(v.as_tensor(), heads));
+            let reference = merge(&attention(&qs, &ks, &vs, scale, mask).unwrap());
+            let gap = |a: &Tensor, b: &Tensor| {
+                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                d / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+            };
+            assert!(gap(&fused, &reference) < 1e-5, "values, {lq}×{lk}, {heads} heads, {block:?}");
+            let g_fused = (&fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = (&reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, var) in [("q", &q), ("k", &k), ("v", &v)] {
+                let (a, b) = (g_fused.get(var.as_tensor()).unwrap(), g_ref.get(var.as_tensor()).unwrap());
+                assert!(gap(a, b) < 1e-5, "d{name}, {lq}×{lk}, {heads} heads, {block:?}: {}", gap(a, b));
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_refused() {
+        let x = Tensor::zeros((1, 6, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let three_heads = HeadsLastAttention { heads: 3, scale: 1.0, causal_block: None };
+        assert!(x.apply_op3(&x, &x, three_heads).is_err(), "8 features in 3 heads");
+        let blocks_of_4 = HeadsLastAttention { heads: 2, scale: 1.0, causal_block: Some(4) };
+        assert!(x.apply_op3(&x, &x, blocks_of_4).is_err(), "6 tokens in blocks of 4");
+    }
+}
