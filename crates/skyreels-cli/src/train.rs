@@ -131,17 +131,31 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// End this stage at this step (a checkpoint and an export), short of --steps: a long run
+    /// in stages, each continued with --resume and a later --until. The learning-rate schedule
+    /// stays that of all --steps, so the stages together equal one uninterrupted run.
+    #[arg(long, value_name = "STEP")]
+    pub until: Option<u64>,
 }
 
 impl RunArgs {
     fn options(&self) -> RunOptions {
-        RunOptions { resume: self.resume, init_from: self.init_from.clone(), quiet: self.quiet, workers: 1 }
+        RunOptions {
+            resume: self.resume,
+            init_from: self.init_from.clone(),
+            quiet: self.quiet,
+            until: self.until,
+            workers: 1,
+        }
     }
 
     fn settings(&self, steps: u64, lr: f64) -> Result<RunSettings, String> {
         let steps = self.steps.unwrap_or(steps);
         if steps == 0 || self.checkpoint_every == 0 {
             return Err("--steps and --checkpoint-every must be at least 1".into());
+        }
+        if self.until == Some(0) {
+            return Err("--until must be at least 1".into());
         }
         let lr = self.lr.unwrap_or(lr);
         if !(lr > 0.0 && lr.is_finite()) {
@@ -264,8 +278,12 @@ pub fn run(command: &TrainCommand) -> Result<(), String> {
                 print_step_bench(&bench, &stage, args.json);
                 return Ok(());
             }
+            let total = settings.steps;
             train_dit(&args.run.out, &inputs, &stage, settings, &options).map_err(|e| format!("{e:#}"))?;
             println!("model exported to {}", args.run.out.join("export").display());
+            if let Some(until) = args.run.until.filter(|&until| until < total) {
+                println!("this stage ended at step {until} of {total}; continue with --resume and a later --until");
+            }
             Ok(())
         }
     }

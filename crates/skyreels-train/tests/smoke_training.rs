@@ -308,6 +308,13 @@ fn dit_loss_falls_and_the_export_is_a_loadable_pipeline() -> anyhow::Result<()> 
         assert!(gap <= 1e-4 * size.max(1e-3), "{name}: the two-worker run differs by {gap} (largest {size})");
     }
 
+    // A run in stages (--until, then --resume) ends where the uninterrupted run does, bit for bit.
+    let staged = dir.join("dit-staged");
+    train_dit(&staged, &inputs, &odd, settings(3, 3e-3), &RunOptions { until: Some(2), workers: 1, ..fresh() })?;
+    assert_eq!(std::fs::read_to_string(staged.join("loss.csv"))?.lines().count(), 1 + 2, "the first stage stops at step 2");
+    train_dit(&staged, &inputs, &odd, settings(3, 3e-3), &RunOptions { resume: true, workers: 1, ..fresh() })?;
+    assert_eq!(checkpoint_tensors(&staged)?, one_weights, "two stages differ from one run");
+
     // The step benchmark reports consistent figures and leaves no run behind.
     let bench_dir = dir.join("dit-bench");
     let bench = bench_dit(&bench_dir, &inputs, &stage, settings(1, 1e-3), &RunOptions { workers: 2, ..fresh() }, 2)?;

@@ -95,29 +95,38 @@ pub(super) fn run_vectorised(kernel: impl FnOnce()) {
 
 /// Applies `f` to every element of `input` into `out`, vectorised.
 fn map<F: Fn(f32) -> f32 + Copy>(input: &[f32], out: &mut [f32], f: F) {
-    run_vectorised(|| {
-        for (o, &x) in out.iter_mut().zip(input) {
-            *o = f(x);
-        }
-    })
+    run_vectorised(
+        #[inline(always)]
+        || {
+            for (o, &x) in out.iter_mut().zip(input) {
+                *o = f(x);
+            }
+        },
+    )
 }
 
 /// `out[i] = f(a[i], b[i])`, vectorised.
 pub(super) fn map_vectorised<F: Fn(f32, f32) -> f32 + Copy>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
-    run_vectorised(|| {
-        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-            *o = f(x, y);
-        }
-    })
+    run_vectorised(
+        #[inline(always)]
+        || {
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        },
+    )
 }
 
 /// `acc[i] = f(acc[i], x[i])`, vectorised.
 pub(super) fn update_vectorised<F: Fn(f32, f32) -> f32 + Copy>(acc: &mut [f32], x: &[f32], f: F) {
-    run_vectorised(|| {
-        for (a, &v) in acc.iter_mut().zip(x) {
-            *a = f(*a, v);
-        }
-    })
+    run_vectorised(
+        #[inline(always)]
+        || {
+            for (a, &v) in acc.iter_mut().zip(x) {
+                *a = f(*a, v);
+            }
+        },
+    )
 }
 
 /// `f` over a contiguous f32 input, in parallel chunks.

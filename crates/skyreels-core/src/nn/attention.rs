@@ -245,7 +245,10 @@ impl candle_core::CustomOp1 for ScaledSoftmax {
         let scale = self.scale;
         out.par_chunks_mut(SOFTMAX_ROWS * len).zip(input.par_chunks(SOFTMAX_ROWS * len)).for_each(|(o, x)| {
             for (o, x) in o.chunks_exact_mut(len).zip(x.chunks_exact(len)) {
-                super::activation::run_vectorised(|| softmax_row(x, o, scale));
+                super::activation::run_vectorised(
+                    #[inline(always)]
+                    || softmax_row(x, o, scale),
+                );
             }
         });
         Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
@@ -287,18 +290,21 @@ impl candle_core::CustomOp2 for ScaledSoftmaxBackward {
         let scale = self.scale;
         out.par_chunks_mut(SOFTMAX_ROWS * len).zip(p.par_chunks(SOFTMAX_ROWS * len)).for_each(|(g, p)| {
             for (g, p) in g.chunks_exact_mut(len).zip(p.chunks_exact(len)) {
-                super::activation::run_vectorised(|| {
-                    let mut acc = [0f32; LANES];
-                    for (g, p) in g.chunks(LANES).zip(p.chunks(LANES)) {
-                        for ((a, &g), &p) in acc.iter_mut().zip(g).zip(p) {
-                            *a += g * p;
+                super::activation::run_vectorised(
+                    #[inline(always)]
+                    || {
+                        let mut acc = [0f32; LANES];
+                        for (g, p) in g.chunks(LANES).zip(p.chunks(LANES)) {
+                            for ((a, &g), &p) in acc.iter_mut().zip(g).zip(p) {
+                                *a += g * p;
+                            }
                         }
-                    }
-                    let dot: f32 = acc.iter().sum();
-                    for (g, &p) in g.iter_mut().zip(p) {
-                        *g = scale * p * (*g - dot);
-                    }
-                });
+                        let dot: f32 = acc.iter().sum();
+                        for (g, &p) in g.iter_mut().zip(p) {
+                            *g = scale * p * (*g - dot);
+                        }
+                    },
+                );
             }
         });
         Ok((candle_core::CpuStorage::F32(out), pl.shape().clone()))

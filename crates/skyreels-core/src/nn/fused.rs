@@ -173,16 +173,19 @@ impl CustomOp3 for NormAffine {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(ROWS_PER_TASK * d).zip(x.par_chunks(ROWS_PER_TASK * d)).enumerate().for_each(
             |(task, (out, x))| {
-                run_vectorised(|| {
-                    for (i, (o, x)) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
-                        let v = g.vector_of_row(task * ROWS_PER_TASK + i);
-                        let (m, a) = (&mul[v..v + d], &add[v..v + d]);
-                        let (mean, rstd) = row_moments(x, eps);
-                        for (((o, &x), &m), &a) in o.iter_mut().zip(x).zip(m).zip(a) {
-                            *o = (x - mean) * rstd * m + a;
+                run_vectorised(
+                    #[inline(always)]
+                    || {
+                        for (i, (o, x)) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
+                            let v = g.vector_of_row(task * ROWS_PER_TASK + i);
+                            let (m, a) = (&mul[v..v + d], &add[v..v + d]);
+                            let (mean, rstd) = row_moments(x, eps);
+                            for (((o, &x), &m), &a) in o.iter_mut().zip(x).zip(m).zip(a) {
+                                *o = (x - mean) * rstd * m + a;
+                            }
                         }
-                    }
-                })
+                    },
+                )
             },
         );
         Ok((CpuStorage::F32(out), xl.shape().clone()))
@@ -237,27 +240,30 @@ impl CustomOp3 for NormAffineBackward {
                 let v = g.vector_of_row(group * g.rows_per_group);
                 let m = &mul[v..v + d];
                 let mut partial = vec![0f32; 2 * d];
-                run_vectorised(|| {
-                    let mut h = vec![0f32; d];
-                    let (dmul, dadd) = partial.split_at_mut(d);
-                    for ((dx, x), grad) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(grad.chunks_exact(d)) {
-                        let (mean, rstd) = row_moments(x, eps);
-                        for ((h, &gr), &m) in h.iter_mut().zip(grad).zip(m) {
-                            *h = gr * m;
+                run_vectorised(
+                    #[inline(always)]
+                    || {
+                        let mut h = vec![0f32; d];
+                        let (dmul, dadd) = partial.split_at_mut(d);
+                        for ((dx, x), grad) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(grad.chunks_exact(d)) {
+                            let (mean, rstd) = row_moments(x, eps);
+                            for ((h, &gr), &m) in h.iter_mut().zip(grad).zip(m) {
+                                *h = gr * m;
+                            }
+                            // n = (x − mean)·rstd; dx = rstd·(h − mean(h) − n·mean(h·n)).
+                            let mean_h = sum(&h) / d as f32;
+                            let mean_hn = centred_dot(&h, x, mean) * rstd / d as f32;
+                            for ((((dx, &h), &x), &gr), (dm, da)) in
+                                dx.iter_mut().zip(&h).zip(x).zip(grad).zip(dmul.iter_mut().zip(dadd.iter_mut()))
+                            {
+                                let n = (x - mean) * rstd;
+                                *dx = rstd * (h - mean_h - n * mean_hn);
+                                *dm += gr * n;
+                                *da += gr;
+                            }
                         }
-                        // n = (x − mean)·rstd; dx = rstd·(h − mean(h) − n·mean(h·n)).
-                        let mean_h = sum(&h) / d as f32;
-                        let mean_hn = centred_dot(&h, x, mean) * rstd / d as f32;
-                        for ((((dx, &h), &x), &gr), (dm, da)) in
-                            dx.iter_mut().zip(&h).zip(x).zip(grad).zip(dmul.iter_mut().zip(dadd.iter_mut()))
-                        {
-                            let n = (x - mean) * rstd;
-                            *dx = rstd * (h - mean_h - n * mean_hn);
-                            *dm += gr * n;
-                            *da += gr;
-                        }
-                    }
-                });
+                    },
+                );
                 partial
             })
             .collect();
@@ -302,14 +308,17 @@ impl CustomOp2 for RmsNormOp {
         }
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(ROWS_PER_TASK * d).zip(x.par_chunks(ROWS_PER_TASK * d)).for_each(|(out, x)| {
-            run_vectorised(|| {
-                for (o, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                    let r = 1.0 / (dot(x, x) / d as f32 + eps).sqrt();
-                    for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
-                        *o = x * r * w;
+            run_vectorised(
+                #[inline(always)]
+                || {
+                    for (o, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                        let r = 1.0 / (dot(x, x) / d as f32 + eps).sqrt();
+                        for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                            *o = x * r * w;
+                        }
                     }
-                }
-            })
+                },
+            )
         });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
@@ -356,21 +365,25 @@ impl CustomOp3 for RmsNormBackward {
             .zip(grad.par_chunks(chunk))
             .map(|((dx, x), grad)| {
                 let mut dw = vec![0f32; d];
-                run_vectorised(|| {
-                    let mut h = vec![0f32; d];
-                    for ((dx, x), grad) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(grad.chunks_exact(d)) {
-                        let r = 1.0 / (dot(x, x) / d as f32 + eps).sqrt();
-                        // h = g·w; dx = r·h − x·r³·mean(h·x).
-                        for ((h, &g), &w) in h.iter_mut().zip(grad).zip(w) {
-                            *h = g * w;
+                run_vectorised(
+                    #[inline(always)]
+                    || {
+                        let mut h = vec![0f32; d];
+                        for ((dx, x), grad) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(grad.chunks_exact(d)) {
+                            let r = 1.0 / (dot(x, x) / d as f32 + eps).sqrt();
+                            // h = g·w; dx = r·h − x·r³·mean(h·x).
+                            for ((h, &g), &w) in h.iter_mut().zip(grad).zip(w) {
+                                *h = g * w;
+                            }
+                            let c = dot(&h, x) / d as f32 * r * r * r;
+                            for ((((dx, &g), &h), &x), dw) in dx.iter_mut().zip(grad).zip(&h).zip(x).zip(dw.iter_mut())
+                            {
+                                *dx = r * h - x * c;
+                                *dw += g * x * r;
+                            }
                         }
-                        let c = dot(&h, x) / d as f32 * r * r * r;
-                        for ((((dx, &g), &h), &x), dw) in dx.iter_mut().zip(grad).zip(&h).zip(x).zip(dw.iter_mut()) {
-                            *dx = r * h - x * c;
-                            *dw += g * x * r;
-                        }
-                    }
-                });
+                    },
+                );
                 dw
             })
             .collect();
@@ -415,16 +428,19 @@ impl CustomOp3 for GatedResidual {
             .zip(y.par_chunks(ROWS_PER_TASK * d))
             .enumerate()
             .for_each(|(task, ((out, x), y))| {
-                run_vectorised(|| {
-                    for (i, ((o, x), y)) in
-                        out.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(y.chunks_exact(d)).enumerate()
-                    {
-                        let v = g.vector_of_row(task * ROWS_PER_TASK + i);
-                        for (((o, &x), &y), &m) in o.iter_mut().zip(x).zip(y).zip(&gate[v..v + d]) {
-                            *o = x + y * m;
+                run_vectorised(
+                    #[inline(always)]
+                    || {
+                        for (i, ((o, x), y)) in
+                            out.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(y.chunks_exact(d)).enumerate()
+                        {
+                            let v = g.vector_of_row(task * ROWS_PER_TASK + i);
+                            for (((o, &x), &y), &m) in o.iter_mut().zip(x).zip(y).zip(&gate[v..v + d]) {
+                                *o = x + y * m;
+                            }
                         }
-                    }
-                })
+                    },
+                )
             });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
@@ -474,14 +490,19 @@ impl CustomOp3 for GatedResidualBackward {
                 let v = g.vector_of_row(group * g.rows_per_group);
                 let m = &gate[v..v + d];
                 let mut dgate = vec![0f32; d];
-                run_vectorised(|| {
-                    for ((dy, y), grad) in dy.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(grad.chunks_exact(d)) {
-                        for ((((dy, &y), &gr), &m), dg) in dy.iter_mut().zip(y).zip(grad).zip(m).zip(dgate.iter_mut()) {
-                            *dy = gr * m;
-                            *dg += gr * y;
+                run_vectorised(
+                    #[inline(always)]
+                    || {
+                        for ((dy, y), grad) in dy.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(grad.chunks_exact(d)) {
+                            for ((((dy, &y), &gr), &m), dg) in
+                                dy.iter_mut().zip(y).zip(grad).zip(m).zip(dgate.iter_mut())
+                            {
+                                *dy = gr * m;
+                                *dg += gr * y;
+                            }
                         }
-                    }
-                });
+                    },
+                );
                 dgate
             })
             .collect();
@@ -533,20 +554,23 @@ impl CustomOp3 for RotaryInterleaved {
         let sign = if self.inverse { -1f32 } else { 1.0 };
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(t * row).zip(x.par_chunks(t * row)).for_each(|(out, x)| {
-            run_vectorised(|| {
-                for (position, (out, x)) in out.chunks_exact_mut(row).zip(x.chunks_exact(row)).enumerate() {
-                    let (cos, sin) = (&cos[position * half..][..half], &sin[position * half..][..half]);
-                    for (out, x) in out.chunks_exact_mut(2 * half).zip(x.chunks_exact(2 * half)) {
-                        for ((o, x), (&c, &s)) in
-                            out.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(cos.iter().zip(sin))
-                        {
-                            let s = sign * s;
-                            o[0] = x[0] * c - x[1] * s;
-                            o[1] = x[0] * s + x[1] * c;
+            run_vectorised(
+                #[inline(always)]
+                || {
+                    for (position, (out, x)) in out.chunks_exact_mut(row).zip(x.chunks_exact(row)).enumerate() {
+                        let (cos, sin) = (&cos[position * half..][..half], &sin[position * half..][..half]);
+                        for (out, x) in out.chunks_exact_mut(2 * half).zip(x.chunks_exact(2 * half)) {
+                            for ((o, x), (&c, &s)) in
+                                out.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(cos.iter().zip(sin))
+                            {
+                                let s = sign * s;
+                                o[0] = x[0] * c - x[1] * s;
+                                o[1] = x[0] * s + x[1] * c;
+                            }
                         }
                     }
-                }
-            })
+                },
+            )
         });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
@@ -587,13 +611,16 @@ impl CustomOp2 for BiasAdd {
         }
         let mut out = vec![0f32; m.len()];
         out.par_chunks_mut(ROWS_PER_TASK * d).zip(m.par_chunks(ROWS_PER_TASK * d)).for_each(|(out, m)| {
-            run_vectorised(|| {
-                for (o, m) in out.chunks_exact_mut(d).zip(m.chunks_exact(d)) {
-                    for ((o, &m), &b) in o.iter_mut().zip(m).zip(b) {
-                        *o = m + b;
+            run_vectorised(
+                #[inline(always)]
+                || {
+                    for (o, m) in out.chunks_exact_mut(d).zip(m.chunks_exact(d)) {
+                        for ((o, &m), &b) in o.iter_mut().zip(m).zip(b) {
+                            *o = m + b;
+                        }
                     }
-                }
-            })
+                },
+            )
         });
         Ok((CpuStorage::F32(out), ml.shape().clone()))
     }
@@ -627,13 +654,16 @@ impl CustomOp1 for ColumnSums {
             .par_chunks(ROWS_PER_TASK * 8 * d)
             .map(|rows| {
                 let mut acc = vec![0f32; d];
-                run_vectorised(|| {
-                    for row in rows.chunks_exact(d) {
-                        for (a, &v) in acc.iter_mut().zip(row) {
-                            *a += v;
+                run_vectorised(
+                    #[inline(always)]
+                    || {
+                        for row in rows.chunks_exact(d) {
+                            for (a, &v) in acc.iter_mut().zip(row) {
+                                *a += v;
+                            }
                         }
-                    }
-                });
+                    },
+                );
                 acc
             })
             .collect();

@@ -169,7 +169,10 @@ impl HeadsLastAttention {
         let mut unscaled = vec![0f32; visible];
         for row in probs[..rows * visible].chunks_exact_mut(visible) {
             unscaled.copy_from_slice(row);
-            super::activation::run_vectorised(|| softmax_row(&unscaled, row, self.scale));
+            super::activation::run_vectorised(
+                #[inline(always)]
+                || softmax_row(&unscaled, row, self.scale),
+            );
         }
     }
 }
@@ -298,14 +301,23 @@ impl HeadsLastAttentionBackward {
                     let dp_view = View { ptr: dp.as_mut_ptr(), rs: visible as isize, cs: 1 };
                     gemm((rows, visible, s.head_dim), dp_view, false, do_rows, v_all.t(), 1.0);
                     // dS = scale·P⊙(dP − Σ P⊙dP), in place of dP
-                    super::activation::run_vectorised(|| {
-                        for (d, p) in dp.chunks_exact_mut(visible).zip(probs.chunks_exact(visible)) {
-                            let dot: f32 = d.iter().zip(p).map(|(d, p)| d * p).sum();
-                            for (d, &p) in d.iter_mut().zip(p) {
-                                *d = f.scale * p * (*d - dot);
+                    super::activation::run_vectorised(
+                        #[inline(always)]
+                        || {
+                            for (d, p) in dp.chunks_exact_mut(visible).zip(probs.chunks_exact(visible)) {
+                                let mut lanes = [0f32; 16];
+                                for (d, p) in d.chunks(16).zip(p.chunks(16)) {
+                                    for ((l, d), p) in lanes.iter_mut().zip(d).zip(p) {
+                                        *l += d * p;
+                                    }
+                                }
+                                let dot: f32 = lanes.iter().sum();
+                                for (d, &p) in d.iter_mut().zip(p) {
+                                    *d = f.scale * p * (*d - dot);
+                                }
                             }
-                        }
-                    });
+                        },
+                    );
                     let ds = View { ptr: dp.as_ptr(), rs: visible as isize, cs: 1 };
                     // dq = dS·k; dk[visible] += dSᵀ·q
                     gemm((rows, s.head_dim, visible), dq_rows, false, ds, k_all, 1.0);

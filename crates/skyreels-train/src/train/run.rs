@@ -75,6 +75,9 @@ pub struct RunOptions {
     pub init_from: Option<PathBuf>,
     /// No progress bar.
     pub quiet: bool,
+    /// Stop at this step (with a checkpoint), short of `steps`: one stage of a long run that is
+    /// continued with `resume`. The schedule stays that of the whole run.
+    pub until: Option<u64>,
     /// Worker threads of a data-parallel step (each runs a shard of the batch with
     /// single-threaded kernels; see [`super::parallel`]); 0 or 1 runs the batch in one pass.
     pub workers: usize,
@@ -175,6 +178,8 @@ pub struct Run {
     optimizer: AdamW,
     ema: Ema,
     step: u64,
+    /// Where this stage stops ([`RunOptions::until`]).
+    until: Option<u64>,
     log: LossLog,
     bar: indicatif::ProgressBar,
     started: Instant,
@@ -252,15 +257,21 @@ impl Run {
             optimizer,
             ema,
             step,
+            until: options.until,
             log,
             bar,
             started: Instant::now(),
         })
     }
 
-    /// Whether every planned step is done.
+    /// Whether every planned step is done, or this stage's (`RunOptions::until`).
     pub fn done(&self) -> bool {
-        self.step >= self.settings.steps
+        self.step >= self.settings.steps || self.until.is_some_and(|until| self.step >= until)
+    }
+
+    /// The step the run has reached.
+    pub fn step(&self) -> u64 {
+        self.step
     }
 
     /// Back-propagates `loss`, clips, updates the weights and the EMA, logs, and checkpoints
