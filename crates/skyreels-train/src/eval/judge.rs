@@ -236,8 +236,10 @@ pub fn classify_shape(blob: &Blob) -> Shape {
 }
 
 /// The size class of a blob of `shape`, given the framing it was filmed in.
-pub fn classify_size(blob: &Blob, shape: Shape, shot: ShotType, frame_side: usize) -> Size {
-    let radius = (blob.area() as f32 / unit_area(shape)).sqrt() / (frame_side as f32 * shot.zoom());
+/// `camera_zoom` is the camera's magnification at the blob's frame relative to the first frame
+/// (1 unless the camera zooms).
+pub fn classify_size(blob: &Blob, shape: Shape, shot: ShotType, camera_zoom: f32, frame_side: usize) -> Size {
+    let radius = (blob.area() as f32 / unit_area(shape)).sqrt() / (frame_side as f32 * shot.zoom() * camera_zoom);
     let mut best = (Size::Medium, f32::INFINITY);
     for &size in Size::ALL {
         let d = (radius / size.radius()).ln().abs();
@@ -433,7 +435,8 @@ fn largest(found: &[Blob], colour: Colour) -> Option<&Blob> {
 /// Mean brightness (Rec. 601 luma) of a frame.
 pub fn brightness(frame: &RgbFrame) -> f32 {
     let n = (frame.width * frame.height) as f64;
-    let sum: f64 = frame.data.chunks_exact(3).map(|p| 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64).sum();
+    let sum: f64 =
+        frame.data.chunks_exact(3).map(|p| 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64).sum();
     (sum / n) as f32
 }
 
@@ -453,7 +456,10 @@ fn camera_path(frames: &[RgbFrame], per_frame: &[Vec<Blob>]) -> (Vec<Transform>,
             // Linear in between, so every frame has an estimate.
             let u = (k - start) as f32 / (end - start) as f32;
             *slot = Transform {
-                shift: [from.shift[0] + u * (to.shift[0] - from.shift[0]), from.shift[1] + u * (to.shift[1] - from.shift[1])],
+                shift: [
+                    from.shift[0] + u * (to.shift[0] - from.shift[0]),
+                    from.shift[1] + u * (to.shift[1] - from.shift[1]),
+                ],
                 zoom: from.zoom * (to.zoom / from.zoom).powf(u),
             };
         }
@@ -599,8 +605,11 @@ pub fn read_clip(frames: &[RgbFrame], shot: ShotType, colour: Option<Colour>) ->
     };
     let side = frames.first().map_or(1, |f| f.width.min(f.height) as usize);
     let (path, textured) = camera_path(frames, &per_frame);
-    let shape = track.first().map(|(_, b)| classify_shape(b));
-    let size = track.first().zip(shape).map(|((_, b), s)| classify_size(b, s, shot, side));
+    // Outline and size are read where the subject is first wholly in view: movers and pans start
+    // it off-centre, and a blob cut by the frame's edge has neither its shape nor its area.
+    let in_view = track.iter().find(|(_, b)| edges_touched(b, size_of(frames)) == 0).or(track.first());
+    let shape = in_view.map(|(_, b)| classify_shape(b));
+    let size = in_view.zip(shape).map(|((i, b), s)| classify_size(b, s, shot, path[*i].zoom, side));
     let camera = textured.then(|| classify_camera(*path.last().unwrap_or(&Transform::IDENTITY), side));
     let identity = match track.first() {
         Some((_, first)) if !frames.is_empty() => {

@@ -115,7 +115,11 @@ fn noise(clip: &ClipSpec) -> Vec<RgbFrame> {
 fn noise_and_blank_frames_score_near_chance() {
     let clips = held_out_prompts(&WorldConfig::default(), 20);
     let grey = |clip: &ClipSpec| {
-        let frame = RgbFrame { width: clip.width, height: clip.height, data: vec![128; (clip.width * clip.height * 3) as usize] };
+        let frame = RgbFrame {
+            width: clip.width,
+            height: clip.height,
+            data: vec![128; (clip.width * clip.height * 3) as usize],
+        };
         vec![frame; clip.frames()]
     };
     for s in [score(&clips, noise), score(&clips, grey)] {
@@ -129,8 +133,14 @@ fn single(action: crate::world::Action, camera: CameraMotion, pattern: Pattern) 
         width: 64,
         height: 64,
         fps: 16,
-        subjects: vec![Subject { shape: Shape::Square, colour: Colour::Red, size: Size::Medium, action, start: [0.5, 0.5] }],
-        background: Background { pattern, primary: Colour::Blue, secondary: Colour::White },
+        subjects: vec![Subject {
+            shape: Shape::Square,
+            colour: Colour::Red,
+            size: Size::Medium,
+            action,
+            start: [0.5, 0.5],
+        }],
+        background: Background { pattern, primary: Colour::Blue, secondary: Colour::White, phase: [0.0, 0.0] },
         shots: vec![Shot { shot_type: ShotType::Wide, camera, frames: 33 }],
         template: 0,
     }
@@ -159,6 +169,8 @@ fn moves_keep_their_direction_under_any_camera_on_diagonal_backdrops() {
             for action in moves {
                 let mut clip = single(action, camera, pattern);
                 clip.subjects[0].size = Size::Small;
+                // Where the world puts a mover: its path centred on the frame's.
+                clip.subjects[0].start = crate::world::layout_start(action, 0, 1);
                 let reading = read_clip(&render(&clip), ShotType::Wide, Some(Colour::Red));
                 assert_eq!(reading.action, Some(action), "{}", clip.prompt());
             }

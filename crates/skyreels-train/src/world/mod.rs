@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 pub use attributes::{Action, CameraMotion, Colour, Pattern, Shape, ShotType, Size};
 pub use caption::{Caption, SubjectCaption};
-pub use raster::{render_frame, subject_coverage};
 pub(crate) use raster::inside;
+pub use raster::{render_frame, subject_coverage};
 
 /// One thing on screen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +43,10 @@ pub struct Background {
     pub primary: Colour,
     /// Second colour (unused when flat).
     pub secondary: Colour,
+    /// Offset of the checkerboard's or stripes' pattern, in world units (within one period), so
+    /// no frame's texture is the same in every clip and can be memorised per frame.
+    #[serde(default)]
+    pub phase: [f32; 2],
 }
 
 /// One continuous camera take.
@@ -285,7 +289,9 @@ fn draw_background(rng: &mut Rng) -> Background {
     while secondary == primary {
         secondary = rng.pick(&palette);
     }
-    Background { pattern: rng.pick(Pattern::ALL), primary, secondary }
+    let pattern = rng.pick(Pattern::ALL);
+    let period = raster::TEXTURE_REPEAT;
+    Background { pattern, primary, secondary, phase: [rng.unit() * period, rng.unit() * period] }
 }
 
 fn draw_subject(rng: &mut Rng, colours: &[Colour], index: usize, count: usize) -> Subject {
@@ -299,7 +305,7 @@ fn draw_subject(rng: &mut Rng, colours: &[Colour], index: usize, count: usize) -
 /// prompt names one video up to the initial noise. A tiny model can learn that mapping; with
 /// positions drawn at random it has to pick one itself, and the demo-sized DiTs never learned to
 /// commit and drew only the backdrop (README, "The sixth round").
-fn layout_start(action: Action, index: usize, count: usize) -> [f32; 2] {
+pub(crate) fn layout_start(action: Action, index: usize, count: usize) -> [f32; 2] {
     let anchor = [0.5, (index as f32 + 0.5) / count as f32];
     let [dx, dy] = raster::travel(action);
     [anchor[0] - dx / 2.0, anchor[1] - dy / 2.0]

@@ -12,7 +12,7 @@ fn clip(action: Action, camera: CameraMotion, pattern: Pattern) -> ClipSpec {
             action,
             start: [0.5, 0.5],
         }],
-        background: Background { pattern, primary: Colour::Blue, secondary: Colour::White },
+        background: Background { pattern, primary: Colour::Blue, secondary: Colour::White, phase: [0.0, 0.0] },
         shots: vec![Shot { shot_type: ShotType::Wide, camera, frames: 17 }],
         template: 1,
     }
@@ -129,4 +129,27 @@ fn the_caption_fixes_the_layout() {
     let (first, last) = (blob(&render_frame(&c, 0), [220, 40, 40]), blob(&render_frame(&c, 16), [220, 40, 40]));
     assert!(first.1 > 50 && last.1 > 50, "{first:?} {last:?}");
     assert!((first.0[0] + last.0[0] - 63.0).abs() < 2.0 && last.0[0] - first.0[0] > 15.0, "{first:?} {last:?}");
+}
+
+#[test]
+fn textures_have_a_random_phase() {
+    // The phase is drawn per clip, within one repeat of the pattern…
+    let config = WorldConfig::default();
+    let phases: Vec<[f32; 2]> = (0..50).map(|seed| sample_clip(seed, &config, Split::Train).background.phase).collect();
+    assert!(phases.iter().flatten().all(|p| (0.0..raster::TEXTURE_REPEAT).contains(p)), "{phases:?}");
+    let distinct: std::collections::BTreeSet<u32> = phases.iter().map(|p| p[0].to_bits()).collect();
+    assert!(distinct.len() > 40, "{phases:?}");
+    // …and it moves the texture: half a cell along x shifts the checkerboard by 8 px at 64×64.
+    let c = clip(Action::Stay, CameraMotion::Static, Pattern::Checkerboard);
+    let mut shifted = c.clone();
+    shifted.background.phase = [0.125, 0.0];
+    let (a, b) = (render_frame(&c, 0), render_frame(&shifted, 0));
+    assert_ne!(a.data, b.data);
+    let row = |f: &skyreels_core::media::RgbFrame, x: usize| f.data[3 * x..3 * x + 3].to_vec();
+    assert_eq!(row(&a, 20), row(&b, 12), "the pattern at x = 20 is shifted to x = 12");
+    // A flat backdrop does not change with the phase.
+    let (mut flat, mut flat_shifted) = (c.clone(), shifted.clone());
+    flat.background.pattern = Pattern::Flat;
+    flat_shifted.background.pattern = Pattern::Flat;
+    assert_eq!(render_frame(&flat, 0).data, render_frame(&flat_shifted, 0).data);
 }
