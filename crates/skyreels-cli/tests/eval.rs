@@ -18,6 +18,25 @@ fn ground_truth_renders_score_full_marks() {
 }
 
 #[test]
+fn one_prompt_is_judged_over_seeds() {
+    // The README's prompt, rendered: the judge reads its subject, colour and direction every time.
+    let readme = "a red circle moves right on a blue background, the camera pans left";
+    let out = skyreels(&["eval", "adherence", "--ground-truth", "--prompt", readme, "--seeds", "2", "--frames", "81"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("\"{readme}\", 2 seeds from 0")), "{stdout}");
+    for row in ["| colour | 100.0% | 2/2 |", "| shape | 100.0% | 2/2 |", "| motion direction | 100.0% | 2/2 |"] {
+        assert!(stdout.contains(row), "missing `{row}` in:\n{stdout}");
+    }
+    // A prompt outside the grammar is refused before any work, saying which part.
+    let out = skyreels(&["eval", "adherence", "--prompt", "A cat bakes a cake"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("not a film-world prompt"), "{stderr}");
+    let out = skyreels(&["eval", "adherence", "--prompt", readme, "--prompts", "3"]);
+    assert!(!out.status.success(), "--prompt and --prompts exclude each other");
+}
+
+#[test]
 fn renders_through_a_vae_are_judged_as_that_vae_decodes_them() {
     // The fixture pipeline's VAE has random weights: what it decodes keeps none of the colours.
     let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../skyreels-core/tests/fixtures/models/df_pipeline");
@@ -63,7 +82,7 @@ fn stability_of_an_existing_video_window_by_window() {
 fn bad_flags_are_refused_clearly() {
     let out = skyreels(&["eval", "adherence", "--ground-truth", "--prompts", "0"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--prompts must be positive"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--prompts and --seeds must be positive"));
     let out = skyreels(&["eval", "stability", "--video", "/nonexistent/video.mp4"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));

@@ -19,6 +19,11 @@ macro_rules! attribute {
             pub fn word(self) -> &'static str {
                 match self { $($name::$variant => $word),+ }
             }
+
+            /// The value whose prompt words are `word`, if any.
+            pub fn from_word(word: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.word() == word)
+            }
         }
     };
 }

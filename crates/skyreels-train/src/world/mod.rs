@@ -10,12 +10,14 @@
 
 mod attributes;
 mod caption;
+mod parse;
 mod raster;
 
 use serde::{Deserialize, Serialize};
 
 pub use attributes::{Action, CameraMotion, Colour, Pattern, Shape, ShotType, Size};
 pub use caption::{Caption, SubjectCaption};
+pub use parse::PromptError;
 pub(crate) use raster::inside;
 pub use raster::{render_frame, subject_coverage};
 

@@ -153,3 +153,50 @@ fn textures_have_a_random_phase() {
     flat_shifted.background.pattern = Pattern::Flat;
     assert_eq!(render_frame(&flat, 0).data, render_frame(&flat_shifted, 0).data);
 }
+
+#[test]
+fn prompts_parse_back_into_their_clips() {
+    // Every sampled clip's prompt names it: parsing gives the same subjects, backdrop and shots
+    // (up to the texture phase, and the framing where the prompt leaves it unnamed).
+    let config = WorldConfig::default();
+    for seed in 0..400 {
+        for split in [Split::Train, Split::HeldOut] {
+            let clip = sample_clip(seed, &config, split);
+            let parsed =
+                ClipSpec::from_prompt(&clip.prompt(), &config).unwrap_or_else(|e| panic!("{e}: {}", clip.prompt()));
+            assert_eq!(parsed.prompt(), clip.prompt());
+            assert_eq!(parsed.subjects, clip.subjects, "{}", clip.prompt());
+            let (a, b) = (&parsed.background, &clip.background);
+            assert_eq!((a.pattern, a.primary), (b.pattern, b.primary));
+            if b.pattern != Pattern::Flat {
+                assert_eq!(a.secondary, b.secondary);
+            }
+            assert_eq!(parsed.shots.len(), clip.shots.len());
+            for (i, (p, c)) in parsed.shots.iter().zip(&clip.shots).enumerate() {
+                assert_eq!((p.camera, p.frames), (c.camera, c.frames), "{}", clip.prompt());
+                let framing_named = i > 0 || clip.template != 1;
+                if framing_named {
+                    assert_eq!(p.shot_type, c.shot_type, "{}", clip.prompt());
+                }
+            }
+        }
+    }
+    // The README's prompt: one medium red circle moving right through the centre, a wide shot.
+    let readme = "a red circle moves right on a blue background, the camera pans left";
+    let c = ClipSpec::from_prompt(readme, &WorldConfig { frames: 81, ..config.clone() }).unwrap();
+    assert_eq!(c.prompt(), readme);
+    assert_eq!((c.frames(), c.shots[0].shot_type, c.subjects[0].size), (81, ShotType::Wide, Size::Medium));
+    // What is not of the grammar is refused, naming the part.
+    for (bad, says) in [
+        ("A cat bakes a cake", "<subjects> on <background>"),
+        ("a red circle moves right on a blue background", "the camera"),
+        ("a red cube moves right on a blue background, the camera pans left", "\"cube\" is not a shape"),
+        ("a red circle flies on a blue background, the camera pans left", "\"flies\" is not an action"),
+        ("a red circle stays still on a blue background, the camera wobbles", "not a camera motion"),
+        ("a gray circle stays still on a blue background, the camera is static", "not a subject colour"),
+        ("a red circle stays still on a blue to blue haze background, the camera is static", "not a colour"),
+    ] {
+        let e = ClipSpec::from_prompt(bad, &config).unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}
