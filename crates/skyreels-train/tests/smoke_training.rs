@@ -302,16 +302,24 @@ fn dit_loss_falls_and_the_export_is_a_loadable_pipeline() -> anyhow::Result<()> 
         assert!((a - b).abs() <= 1e-5 * a.abs(), "losses {one_losses:?} vs {two_losses:?}");
     }
     assert_eq!(one_weights.len(), two_weights.len());
+    // AdamW divides each gradient by its own running RMS, so where a gradient is nearly zero the
+    // rounding of the shards' sums moves the update by a fraction of the learning rate. A wrong
+    // shard (a gradient lost or scaled) moves it by the learning rate itself: 3 steps × 3e-3.
+    let lr_travel = 3.0 * 3e-3;
     for ((name, a), (_, b)) in one_weights.iter().zip(&two_weights) {
         let gap = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         let size = a.iter().map(|x| x.abs()).fold(0f32, f32::max);
-        assert!(gap <= 1e-4 * size.max(1e-3), "{name}: the two-worker run differs by {gap} (largest {size})");
+        assert!(gap <= 1e-4 * size + 1e-3 * lr_travel, "{name}: the two-worker run differs by {gap} (largest {size})");
     }
 
     // A run in stages (--until, then --resume) ends where the uninterrupted run does, bit for bit.
     let staged = dir.join("dit-staged");
     train_dit(&staged, &inputs, &odd, settings(3, 3e-3), &RunOptions { until: Some(2), workers: 1, ..fresh() })?;
-    assert_eq!(std::fs::read_to_string(staged.join("loss.csv"))?.lines().count(), 1 + 2, "the first stage stops at step 2");
+    assert_eq!(
+        std::fs::read_to_string(staged.join("loss.csv"))?.lines().count(),
+        1 + 2,
+        "the first stage stops at step 2"
+    );
     train_dit(&staged, &inputs, &odd, settings(3, 3e-3), &RunOptions { resume: true, workers: 1, ..fresh() })?;
     assert_eq!(checkpoint_tensors(&staged)?, one_weights, "two stages differ from one run");
 
