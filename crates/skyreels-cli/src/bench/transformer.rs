@@ -29,8 +29,8 @@ pub struct TransformerArgs {
     /// Timed repetitions after one warm-up pass.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Precision: auto (bf16 on a GPU, f32 on the CPU), f32 or bf16 (on the CPU: bf16-held
-    /// weights computed in f32).
+    /// Precision: auto (bf16 on a GPU, f32 on the CPU), f32 or bf16 (on the CPU: bf16 weights,
+    /// matrix products of bf16 operands summed in f32, the rest in f32).
     #[arg(long, default_value = "auto", value_parser = crate::device::parse::<Precision>)]
     dtype: Precision,
     /// Where to compute: auto, cpu, cuda, cuda:N, metal.

@@ -140,7 +140,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub causal_attention: bool,
     /// Transformer precision: auto (bf16 on a GPU; on the CPU f32 up to 2B parameters, else
-    /// bf16-held weights computed in f32), f32, bf16.
+    /// bf16), f32, bf16 (on the CPU: bf16 weights, matrix products of bf16 operands summed in
+    /// f32, the rest in f32).
     #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// The VAE's precision: f32 (default) or bf16 (half the decoder's memory; 3e-2 relative

@@ -57,8 +57,9 @@ enum Matrix {
     Quantized(Arc<QTensor>),
 }
 
-/// A dense layer. Weights may be held in bf16 or FP8 to save memory and are cast to the
-/// input's dtype when it differs (the CPU computes in f32).
+/// A dense layer. Weights may be held in bf16 or FP8 to save memory. bf16 weights multiply in
+/// bf16 arithmetic whatever the input's dtype (operands rounded to bf16, sums in f32, as on a
+/// GPU); FP8 and quantised weights are widened to the input's dtype.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Matrix,
@@ -215,9 +216,11 @@ impl Linear {
         let dims = x.dims().to_vec();
         let (lead, in_dim) = dims.split_at(dims.len() - 1);
         let rows: usize = lead.iter().product();
-        let weight = self.weight_as(x.dtype())?;
         let x2 = x.reshape((rows, in_dim[0]))?;
-        let mut y = x2.matmul(&weight.t()?)?;
+        let mut y = match &self.weight {
+            Matrix::Dense(w) if bf16_arithmetic(&x2, w) => bf16_product(&x2, w)?,
+            _ => x2.matmul(&self.weight_as(x.dtype())?.t()?)?,
+        };
         if let Some(bias) = &self.bias {
             let bias = bias.to_dtype(x.dtype())?;
             y = if super::fused::applies(&y) {
@@ -233,6 +236,26 @@ impl Linear {
         out_shape.push(self.out_dim());
         Ok(y.reshape(out_shape)?)
     }
+}
+
+/// Whether `x·wᵀ` is a bf16 product on the CPU: bf16 weights under f32 or bf16 activations.
+fn bf16_arithmetic(x: &Tensor, w: &Tensor) -> bool {
+    x.device().is_cpu() && w.dtype() == DType::BF16 && matches!(x.dtype(), DType::F32 | DType::BF16)
+}
+
+/// `x·wᵀ` with both operands in bf16 and f32 sums, in `x`'s dtype: the arithmetic of a GPU's
+/// bf16 GEMM, with `VDPBF16PS` where the CPU has AVX-512 BF16. Elsewhere an f32 `x` is
+/// rounded to bf16 and both are widened, which gives the same products (exact in f32) summed in
+/// another order; a bf16 `x` keeps candle's bf16 product.
+fn bf16_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if super::gemm_bf16::engine().is_some() {
+        let y = x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &super::gemm_bf16::MatmulWt)?;
+        return Ok(y.to_dtype(x.dtype())?);
+    }
+    Ok(match x.dtype() {
+        DType::F32 => x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.matmul(&w.to_dtype(DType::F32)?.t()?)?,
+        _ => x.matmul(&w.t()?)?,
+    })
 }
 
 /// `[out, in]` → FP8 e4m3 values and f32 scales `[out, 1]`, each row scaled so its largest
@@ -283,5 +306,37 @@ mod tests {
         assert!(err < 0.04, "fp8 layer output: relative error {err}");
         assert_eq!("FP8".parse::<WeightFormat>().unwrap(), WeightFormat::Fp8);
         assert!("int4".parse::<WeightFormat>().is_err());
+    }
+
+    /// bf16 weights under f32 activations: the input is rounded to bf16 and the products summed
+    /// in f32, whichever kernel this CPU runs; the bias is added in f32.
+    #[test]
+    fn bf16_weights_multiply_in_bf16_arithmetic() {
+        let dev = Device::Cpu;
+        for &(rows, inner, out) in &[(5, 9, 3), (130, 96, 70)] {
+            let w = Tensor::randn(0f32, 0.2, (out, inner), &dev).unwrap().to_dtype(DType::BF16).unwrap();
+            let b = Tensor::randn(0f32, 1.0, out, &dev).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, rows, inner), &dev).unwrap();
+            let layer = Linear::new(w.clone(), Some(b.clone()));
+            let ours = layer.forward(&x).unwrap();
+            assert_eq!(ours.dims(), [2, rows, out]);
+            assert_eq!(ours.dtype(), DType::F32);
+            let x_rounded = x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F64).unwrap();
+            let exact = x_rounded
+                .broadcast_matmul(&w.to_dtype(DType::F64).unwrap().t().unwrap())
+                .unwrap()
+                .broadcast_add(&b.to_dtype(DType::F64).unwrap())
+                .unwrap();
+            let diff = (ours.to_dtype(DType::F64).unwrap() - &exact).unwrap();
+            let err = (diff.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+                / exact.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap())
+            .sqrt();
+            assert!(err < 1e-6, "{rows}×{inner}×{out}: relative error {err}");
+            // The f32 weights' product differs by the input's rounding, about 2⁻⁹ relative.
+            let f32_layer = Linear::new(w.to_dtype(DType::F32).unwrap(), Some(b));
+            let unrounded = f32_layer.forward(&x).unwrap();
+            let gap = (&unrounded - &ours).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(gap > 0.0, "an f32 input must be rounded to bf16");
+        }
     }
 }

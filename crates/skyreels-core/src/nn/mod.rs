@@ -9,6 +9,7 @@ mod channel_norm;
 mod conv3d;
 mod fused;
 mod fused_attention;
+mod gemm_bf16;
 mod linear;
 mod modulation;
 mod norm;

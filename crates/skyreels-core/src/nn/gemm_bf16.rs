@@ -1,0 +1,595 @@
+//! `y = x·Wᵀ` with bf16 operands and f32 accumulation: the CPU's bf16 matrix product.
+//!
+//! Both operands are bf16 (an f32 `x` is rounded to nearest-even first), every product of two
+//! bf16 values is exact in f32 and the sums are f32 — the arithmetic of a GPU's bf16 tensor
+//! cores and of PyTorch's bf16 GEMM on a CPU. Two instruction sets do this faster than widening
+//! to f32 and using the f32 GEMM:
+//!
+//! - **AMX** (Intel Xeon since Sapphire Rapids): `TDPBF16PS` multiplies a 16 × 32 tile of bf16
+//!   values by a 32 × 16 one into 16 × 16 f32 sums in one instruction.
+//! - **AVX-512 BF16** (`VDPBF16PS`): 16 pairs of bf16 products added into 16 f32 lanes, twice
+//!   the products of an f32 FMA on AMD Zen 4 and later. On Intel cores, which have two 512-bit
+//!   FMA units, it measured slower than the f32 GEMM (106 against 150 GFLOP/s a core on a
+//!   Sapphire Rapids Xeon), so it is used on AMD only.
+//!
+//! Elsewhere [`engine`] is `None` and the caller widens the bf16 operands to f32 (the same
+//! products, summed in another order).
+//!
+//! Operands are held as *pairs*: two consecutive `k` values of one row in a `u32`, the even one
+//! in the low half, which is both instruction sets' operand format. A row of `x` rounded to
+//! bf16 is a row of pairs; `W` is repacked per call into panels of [`NR`] output columns,
+//! `[pair][column]`, which is AMX's layout for its second operand and two vector loads for
+//! `VDPBF16PS`. The product is tiled as in GotoBLAS: each task owns a block of rows and a block
+//! of panels and walks the pairs [`KC`] at a time, so that its rows' and panels' segments stay
+//! in the caches.
+
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Shape};
+use half::bf16;
+use rayon::prelude::*;
+
+/// Output columns of one micro-tile and of one packed panel of `W`.
+const NR: usize = 32;
+/// Pairs of `k` per pass over a micro-tile.
+const KC: usize = 256;
+/// Output columns per task (in panels).
+const PANELS_PER_TASK: usize = 8;
+/// Rows per task, about.
+const ROWS_PER_TASK: usize = 192;
+
+/// The instruction set that multiplies bf16 operands on this CPU, if any is faster than
+/// widening them (decided once per process; `SKYREELS_BF16_KERNEL=amx|dot-pair|widen` overrides
+/// it for measurements, refusing a kernel the CPU lacks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// AMX tiles (`TDPBF16PS`).
+    Amx,
+    /// AVX-512 BF16 (`VDPBF16PS`).
+    DotPair,
+}
+
+/// See [`Engine`].
+pub(crate) fn engine() -> Option<Engine> {
+    static ENGINE: std::sync::OnceLock<Option<Engine>> = std::sync::OnceLock::new();
+    *ENGINE.get_or_init(|| {
+        let (amx, dot_pair) = (amx_available(), dot_pair_available());
+        match std::env::var("SKYREELS_BF16_KERNEL").as_deref() {
+            Ok("amx") if amx => Some(Engine::Amx),
+            Ok("dot-pair") if dot_pair => Some(Engine::DotPair),
+            Ok("widen") => None,
+            _ if amx => Some(Engine::Amx),
+            _ if dot_pair && cpu_is_amd() => Some(Engine::DotPair),
+            _ => None,
+        }
+    })
+}
+
+/// Whether the CPU has AVX-512F and AVX-512 BF16.
+fn dot_pair_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the CPU has AMX tiles with bf16 and the kernel lets this process use them (Linux
+/// grants the tile state on request, `arch_prctl(ARCH_REQ_XCOMP_PERM)`).
+fn amx_available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        // CPUID.(EAX=7, ECX=0):EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
+        // SAFETY: CPUID leaf 7 exists on every x86-64 CPU this code runs on (the intrinsic is
+        // safe from Rust 1.94 on, unsafe before).
+        #[allow(unused_unsafe)]
+        let leaf = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+        if leaf.edx & (1 << 22) == 0 || leaf.edx & (1 << 24) == 0 {
+            return false;
+        }
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a request for a permission; it changes no memory of this process.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    false
+}
+
+/// Whether the CPU's vendor is AMD.
+fn cpu_is_amd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
+        #[allow(unused_unsafe)]
+        let leaf = unsafe { std::arch::x86_64::__cpuid(0) };
+        // "AuthenticAMD" in EBX, EDX, ECX.
+        (leaf.ebx, leaf.edx, leaf.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The left operand: `m × k` values, row-major, as f32 (rounded here) or already bf16.
+#[derive(Clone, Copy)]
+pub(crate) enum Lhs<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+/// `x·Wᵀ` for `x` `[m, k]` and `w` `[n, k]` (both row-major) into a new `[m, n]` f32 buffer, or
+/// `None` when [`engine`] is (the caller then widens to f32).
+pub(crate) fn matmul_wt(x: Lhs, w: &[bf16], shape: [usize; 3]) -> Option<Vec<f32>> {
+    match engine()? {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        Engine::Amx => Some(product::<amx::Tiles>(x, w, shape)),
+        #[cfg(target_arch = "x86_64")]
+        Engine::DotPair => Some(product::<dot_pair::Lanes>(x, w, shape)),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// `x·Wᵀ` as a candle op: `x` `[m, k]` (f32 or bf16) and `W` `[n, k]` (bf16), both contiguous
+/// on the CPU, give `[m, n]` in f32. Only where [`engine`] is some; no backward.
+pub(crate) struct MatmulWt;
+
+impl CustomOp2 for MatmulWt {
+    fn name(&self) -> &'static str {
+        "bf16-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
+            bail!("bf16-matmul needs contiguous operands")
+        };
+        let (&[m, k], &[n, wk]) = (xl.dims(), wl.dims()) else {
+            bail!("bf16-matmul multiplies matrices, not {:?} by {:?}", xl.dims(), wl.dims())
+        };
+        if k != wk {
+            bail!("bf16-matmul: rows of {k} against weights of {wk}")
+        }
+        let CpuStorage::BF16(w) = w else { bail!("bf16-matmul takes bf16 weights") };
+        let x = match x {
+            CpuStorage::F32(x) => Lhs::F32(&x[x0..x1]),
+            CpuStorage::BF16(x) => Lhs::Bf16(&x[x0..x1]),
+            _ => bail!("bf16-matmul takes f32 or bf16 inputs"),
+        };
+        match matmul_wt(x, &w[w0..w1], [m, k, n]) {
+            Some(out) => Ok((CpuStorage::F32(out), Shape::from((m, n)))),
+            None => bail!("bf16-matmul needs a CPU with AMX or AVX-512 BF16"),
+        }
+    }
+}
+
+/// The inner loop of the product: one `ROWS × NR` tile of results over `kc` pairs.
+trait MicroKernel {
+    /// Rows of a tile.
+    const ROWS: usize;
+    /// `kc` and the operands' pairs per row are multiples of this.
+    const PAIR_STEP: usize;
+
+    /// `c[r][j] (+)= Σ_p a[r·lda + p]·b[p·NR + j]` for `r < ROWS`, `j < NR`, `p < kc`, where
+    /// `first` starts from zero instead of reading `c` (row stride `ldc`).
+    ///
+    /// # Safety
+    /// `a` must be readable for `ROWS` rows of `kc` pairs at stride `lda`, `b` for `kc × NR`
+    /// pairs, `c` writable for `ROWS` rows of `NR` values at stride `ldc`, and the kernel's
+    /// instructions present (checked by [`engine`]).
+    unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, first: bool);
+}
+
+/// A raw pointer shared by tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: tasks write disjoint tiles (see `product`).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer moved by `offset` values (a method, so that closures capture the `Send`
+    /// wrapper rather than its raw field).
+    ///
+    /// # Safety
+    /// `offset` must stay inside the buffer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
+/// The tiled product with `K` as the inner loop.
+fn product<K: MicroKernel>(x: Lhs, w: &[bf16], [m, k, n]: [usize; 3]) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return out;
+    }
+    let pairs = k.div_ceil(2).next_multiple_of(K::PAIR_STEP);
+    let lhs = lhs_pairs(x, [m, k], [m.next_multiple_of(K::ROWS), pairs]);
+    let panels = pack_panels(w, [n, k], pairs);
+    let row_tiles = m.div_ceil(K::ROWS);
+    let tiles_per_task = (ROWS_PER_TASK / K::ROWS).max(1);
+    let panel_count = n.div_ceil(NR);
+    let tasks: Vec<(usize, usize)> = (0..row_tiles)
+        .step_by(tiles_per_task)
+        .flat_map(|rt| (0..panel_count).step_by(PANELS_PER_TASK).map(move |pt| (rt, pt)))
+        .collect();
+    let c = SharedMut(out.as_mut_ptr());
+    let (lhs, panels) = (&lhs[..], &panels[..]);
+    tasks.into_par_iter().for_each(|(rt0, pt0)| {
+        let rt_end = (rt0 + tiles_per_task).min(row_tiles);
+        let pt_end = (pt0 + PANELS_PER_TASK).min(panel_count);
+        let mut edge_tile = vec![0f32; K::ROWS * NR];
+        for pc in (0..pairs).step_by(KC) {
+            let kc = KC.min(pairs - pc);
+            for rt in rt0..rt_end {
+                let row0 = rt * K::ROWS;
+                let rows = K::ROWS.min(m - row0);
+                let a = lhs[row0 * pairs + pc..].as_ptr();
+                for pt in pt0..pt_end {
+                    let col0 = pt * NR;
+                    let cols = NR.min(n - col0);
+                    let b = panels[(pt * pairs + pc) * NR..].as_ptr();
+                    // SAFETY: the tile at (row0, col0) belongs to this task alone; `lhs` holds
+                    // `ROWS` padded rows of `pairs` from `row0`, `panels` `kc × NR` from `b`, and
+                    // `kc` is a multiple of `PAIR_STEP` because `pairs` and `KC` are.
+                    unsafe {
+                        let tile = c.at(row0 * n + col0);
+                        if rows == K::ROWS && cols == NR {
+                            K::tile(kc, a, pairs, b, tile, n, pc == 0);
+                        } else {
+                            for r in 0..rows {
+                                std::ptr::copy_nonoverlapping(tile.add(r * n), edge_tile[r * NR..].as_mut_ptr(), cols);
+                            }
+                            K::tile(kc, a, pairs, b, edge_tile.as_mut_ptr(), NR, pc == 0);
+                            for r in 0..rows {
+                                std::ptr::copy_nonoverlapping(edge_tile[r * NR..].as_ptr(), tile.add(r * n), cols);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `x` `[m, k]` as `rows × pairs` pairs, zero past `m` rows and past `k`.
+fn lhs_pairs(x: Lhs<'_>, [m, k]: [usize; 2], [rows, pairs]: [usize; 2]) -> Vec<u32> {
+    let mut out = vec![0u32; rows * pairs];
+    out.par_chunks_mut(pairs).take(m).enumerate().for_each(|(i, row)| match x {
+        Lhs::F32(values) => {
+            let src = &values[i * k..(i + 1) * k];
+            super::activation::run_vectorised(
+                #[inline(always)]
+                || {
+                    let mut chunks = src.chunks_exact(2);
+                    for (o, p) in row.iter_mut().zip(&mut chunks) {
+                        *o = round_to_bf16_bits(p[0]) as u32 | (round_to_bf16_bits(p[1]) as u32) << 16;
+                    }
+                    if let [last] = chunks.remainder() {
+                        row[k / 2] = round_to_bf16_bits(*last) as u32;
+                    }
+                },
+            )
+        }
+        Lhs::Bf16(values) => pair_up(&values[i * k..(i + 1) * k], row),
+    });
+    out
+}
+
+/// Writes `src` as pairs into the start of `dst` (an odd length pads with a zero).
+#[inline(always)]
+fn pair_up(src: &[bf16], dst: &mut [u32]) {
+    let mut chunks = src.chunks_exact(2);
+    for (o, p) in dst.iter_mut().zip(&mut chunks) {
+        *o = p[0].to_bits() as u32 | (p[1].to_bits() as u32) << 16;
+    }
+    if let [last] = chunks.remainder() {
+        dst[src.len() / 2] = last.to_bits() as u32;
+    }
+}
+
+/// The bits of `v` rounded to the nearest bf16, ties to even (as `half::bf16::from_f32`), in a
+/// form the compiler vectorises; NaN stays a (quiet) NaN.
+#[inline(always)]
+fn round_to_bf16_bits(v: f32) -> u16 {
+    let bits = v.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let nan = (bits >> 16) | 0x40;
+    (if v.is_nan() { nan } else { rounded }) as u16
+}
+
+/// `W` `[n, k]` as panels of `NR` output columns, `[panel][pair][column]` with `pairs` pairs,
+/// zero past `n` and `k`.
+fn pack_panels(w: &[bf16], [n, k]: [usize; 2], pairs: usize) -> Vec<u32> {
+    /// Pairs transposed at a time: a block of the panel (2 KiB) stays in L1 while all its
+    /// columns are written.
+    const BLOCK: usize = 16;
+    let real_pairs = k.div_ceil(2);
+    let mut out = vec![0u32; n.div_ceil(NR) * pairs * NR];
+    out.par_chunks_mut(pairs * NR).enumerate().for_each(|(panel, dst)| {
+        let col0 = panel * NR;
+        let cols = NR.min(n - col0);
+        let rows: Vec<std::borrow::Cow<'_, [u32]>> =
+            (col0..col0 + cols).map(|j| as_pairs(&w[j * k..(j + 1) * k])).collect();
+        for p0 in (0..real_pairs).step_by(BLOCK) {
+            let p1 = (p0 + BLOCK).min(real_pairs);
+            for (c, row) in rows.iter().enumerate() {
+                for (p, &v) in (p0..p1).zip(&row[p0..p1]) {
+                    dst[p * NR + c] = v;
+                }
+            }
+        }
+    });
+    out
+}
+
+/// A row of bf16 values as pairs: the same bytes when the length is even and the start is
+/// aligned for `u32`, else a copy (an odd length pads with a zero).
+fn as_pairs(row: &[bf16]) -> std::borrow::Cow<'_, [u32]> {
+    if cfg!(target_endian = "little")
+        && row.len().is_multiple_of(2)
+        && (row.as_ptr() as usize).is_multiple_of(std::mem::align_of::<u32>())
+    {
+        // SAFETY: an even number of bf16 values is half as many u32 in the same bytes (the even
+        // value in the low half on a little-endian CPU), and the start is aligned.
+        return std::borrow::Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(row.as_ptr().cast::<u32>(), row.len() / 2)
+        });
+    }
+    let mut pairs = vec![0u32; row.len().div_ceil(2)];
+    pair_up(row, &mut pairs);
+    std::borrow::Cow::Owned(pairs)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod dot_pair {
+    use std::arch::x86_64::*;
+
+    use super::{MicroKernel, NR};
+
+    /// `VDPBF16PS` with `12 × 2` accumulators of 16 lanes (24 of the 32 vector registers).
+    pub(super) struct Lanes;
+
+    impl MicroKernel for Lanes {
+        const ROWS: usize = 12;
+        const PAIR_STEP: usize = 1;
+
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, first: bool) {
+            let mut acc = [[_mm512_setzero_ps(); NR / 16]; Self::ROWS];
+            if !first {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    for (v, lane) in acc.iter_mut().enumerate() {
+                        *lane = _mm512_loadu_ps(c.add(r * ldc + 16 * v));
+                    }
+                }
+            }
+            for p in 0..kc {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR).cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16).cast()));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * lda + p) as i32));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], a, b0);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], a, b1);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (v, lane) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(c.add(r * ldc + 16 * v), *lane);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx {
+    use std::arch::asm;
+
+    use super::{MicroKernel, NR};
+
+    /// `TDPBF16PS` on a 32 × 32 tile of results held in four tile registers (tmm0–3), with two
+    /// tiles of `x` (tmm4–5, 16 rows × 16 pairs) and two of a panel (tmm6–7, 16 pairs × 16
+    /// columns) per 16 pairs.
+    pub(super) struct Tiles;
+
+    /// The tile configuration (palette 1): all eight tiles 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    const CONFIG: Config = {
+        let mut bytes = [0u8; 64];
+        bytes[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            bytes[16 + 2 * t] = 64;
+            bytes[48 + t] = 16;
+            t += 1;
+        }
+        Config(bytes)
+    };
+
+    impl MicroKernel for Tiles {
+        const ROWS: usize = 32;
+        const PAIR_STEP: usize = 16;
+
+        unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, first: bool) {
+            let (lda_bytes, ldb_bytes, ldc_bytes) = (lda * 4, NR * 4, ldc * 4);
+            let c_low = c.add(16 * ldc);
+            asm!("ldtilecfg [{cfg}]", cfg = in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
+            if first {
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            } else {
+                asm!(
+                    "tileloadd tmm0, [{c0} + {s}*1]",
+                    "tileloadd tmm1, [{c0} + {s}*1 + 64]",
+                    "tileloadd tmm2, [{c1} + {s}*1]",
+                    "tileloadd tmm3, [{c1} + {s}*1 + 64]",
+                    c0 = in(reg) c, c1 = in(reg) c_low, s = in(reg) ldc_bytes,
+                    options(nostack, readonly),
+                );
+            }
+            for step in (0..kc).step_by(Self::PAIR_STEP) {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tileloadd tmm7, [{b0} + {sb}*1 + 64]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a.add(step), a1 = in(reg) a.add(16 * lda + step), sa = in(reg) lda_bytes,
+                    b0 = in(reg) b.add(step * NR), sb = in(reg) ldb_bytes,
+                    options(nostack, readonly),
+                );
+            }
+            asm!(
+                "tilestored [{c0} + {s}*1], tmm0",
+                "tilestored [{c0} + {s}*1 + 64], tmm1",
+                "tilestored [{c1} + {s}*1], tmm2",
+                "tilestored [{c1} + {s}*1 + 64], tmm3",
+                "tilerelease",
+                c0 = in(reg) c, c1 = in(reg) c_low, s = in(reg) ldc_bytes,
+                options(nostack),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sums both instruction sets form, one output at a time in plain f32 (products of bf16
+    /// values are exact), with any tile height and pair step.
+    struct Portable<const ROWS: usize, const STEP: usize>;
+
+    impl<const ROWS: usize, const STEP: usize> MicroKernel for Portable<ROWS, STEP> {
+        const ROWS: usize = ROWS;
+        const PAIR_STEP: usize = STEP;
+
+        unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, first: bool) {
+            assert_eq!(kc % STEP, 0, "kc is a multiple of the pair step");
+            let half = |bits: u32| f32::from_bits(bits << 16);
+            for r in 0..ROWS {
+                for j in 0..NR {
+                    let mut acc = if first { 0.0 } else { *c.add(r * ldc + j) };
+                    for p in 0..kc {
+                        let (x, w) = (*a.add(r * lda + p), *b.add(p * NR + j));
+                        acc += half(x >> 16) * half(w >> 16);
+                        acc += half(x & 0xffff) * half(w & 0xffff);
+                    }
+                    *c.add(r * ldc + j) = acc;
+                }
+            }
+        }
+    }
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// `x·Wᵀ` in f64 from the bf16-rounded operands.
+    fn reference(x: &[f32], w: &[bf16], [m, k, n]: [usize; 3]) -> Vec<f64> {
+        let x: Vec<f64> = x.iter().map(|&v| bf16::from_f32(v).to_f64()).collect();
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|p| x[i * k + p] * w[j * k + p].to_f64()).sum();
+            }
+        }
+        out
+    }
+
+    fn rel_l2(ours: &[f32], exact: &[f64]) -> f64 {
+        let num: f64 = ours.iter().zip(exact).map(|(&a, &b)| (a as f64 - b).powi(2)).sum();
+        let den: f64 = exact.iter().map(|b| b * b).sum();
+        (num / den.max(f64::MIN_POSITIVE)).sqrt()
+    }
+
+    /// Shapes that exercise every edge: rows short of a tile and of a task, an odd `k`, pairs
+    /// short of a step and more than a `KC` pass, columns short of a panel and of a task.
+    const SHAPES: [[usize; 3]; 8] =
+        [[1, 2, 1], [13, 7, 33], [12, 64, 32], [32, 64, 32], [25, 513, 70], [200, 600, 300], [3, 1, 5], [197, 96, 257]];
+
+    fn weights(n: usize, k: usize, seed: u64) -> Vec<bf16> {
+        random(n * k, seed).into_iter().map(bf16::from_f32).collect()
+    }
+
+    fn check_tiling<K: MicroKernel>() {
+        for (s, &[m, k, n]) in SHAPES.iter().enumerate() {
+            let x = random(m * k, s as u64);
+            let w = weights(n, k, 100 + s as u64);
+            let ours = product::<K>(Lhs::F32(&x), &w, [m, k, n]);
+            let err = rel_l2(&ours, &reference(&x, &w, [m, k, n]));
+            // Only the f32 accumulation rounds: about √k·2⁻²⁴ relative.
+            assert!(err < 1e-6, "{m}×{k}×{n}: relative error {err}");
+            let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+            assert_eq!(ours, product::<K>(Lhs::Bf16(&xb), &w, [m, k, n]), "bf16 input, {m}×{k}×{n}");
+        }
+    }
+
+    #[test]
+    fn tiling_packing_and_edges_give_the_exact_sums() {
+        check_tiling::<Portable<5, 1>>();
+        check_tiling::<Portable<12, 1>>();
+        check_tiling::<Portable<32, 16>>();
+    }
+
+    #[test]
+    fn rounding_matches_half_ties_to_even() {
+        let specials = [0.0f32, -0.0, 1.0, -1.5, f32::MAX, f32::MIN_POSITIVE, 1e-40, f32::INFINITY, -f32::INFINITY];
+        let ties = [f32::from_bits(0x3f80_8000), f32::from_bits(0x3f81_8000), f32::from_bits(0xbf80_8001)];
+        for v in specials.into_iter().chain(ties).chain(random(10_000, 7).into_iter().map(|v| v * 1e3)) {
+            assert_eq!(round_to_bf16_bits(v), bf16::from_f32(v).to_bits(), "{v:e}");
+        }
+        assert!(bf16::from_bits(round_to_bf16_bits(f32::NAN)).is_nan());
+    }
+
+    /// Each instruction set this CPU has against the portable kernel of the same tiling: the
+    /// same products, summed in the instruction's order.
+    fn check_against_portable<K: MicroKernel, P: MicroKernel>() {
+        for (s, &[m, k, n]) in SHAPES.iter().enumerate() {
+            let x = random(m * k, 20 + s as u64);
+            let w = weights(n, k, 200 + s as u64);
+            let portable = product::<P>(Lhs::F32(&x), &w, [m, k, n]);
+            let ours = product::<K>(Lhs::F32(&x), &w, [m, k, n]);
+            let exact: Vec<f64> = portable.iter().map(|&v| v as f64).collect();
+            let err = rel_l2(&ours, &exact);
+            assert!(err < 1e-6, "{m}×{k}×{n}: relative difference {err}");
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn dot_pair_instruction_matches_the_portable_kernel() {
+        if !dot_pair_available() {
+            eprintln!("this CPU has no AVX-512 BF16: VDPBF16PS not tested");
+            return;
+        }
+        check_against_portable::<dot_pair::Lanes, Portable<12, 1>>();
+    }
+
+    #[test]
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    fn amx_tiles_match_the_portable_kernel() {
+        if !amx_available() {
+            eprintln!("this CPU has no AMX (or the kernel refused it): TDPBF16PS not tested");
+            return;
+        }
+        check_against_portable::<amx::Tiles, Portable<32, 16>>();
+    }
+}
