@@ -821,7 +821,8 @@ impl SelfAttention {
         let q = p.norm_q.forward(&p.q.forward(x)?)?;
         let k = p.norm_k.forward(&p.k.forward(x)?)?;
         let v = p.v.forward(x)?;
-        p.o.forward(&rotary_attention(&q, &k, &v, self.heads, (cos, sin), mask, x.dtype())?)
+        let products = p.q.products_dtype(x.dtype());
+        p.o.forward(&rotary_attention(&q, &k, &v, self.heads, (cos, sin), mask, products)?)
     }
 }
 
@@ -866,7 +867,7 @@ impl CrossAttention {
         let attend = |keys: &Tensor, k_norm: &RmsNorm, k_proj: &Linear, v_proj: &Linear| -> Result<Tensor> {
             let k = k_norm.forward(&k_proj.forward(keys)?)?.to_dtype(dtype)?;
             let v = v_proj.forward(keys)?;
-            attention_heads_last(&q, &k, &v, self.heads, scale, AttentionMask::Full)
+            attention_heads_last(&q, &k, &v, self.heads, scale, AttentionMask::Full, p.q.products_dtype(dtype))
         };
         let mut out = attend(text, &p.norm_k, &p.k, &p.v)?;
         if let (Some((k_img, v_img, norm_k_img)), Some(image)) = (&self.image, image) {

@@ -38,6 +38,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Attention
 /// Attention over heads-last tensors (`q [B, Lq, H·Dh]`, `k, v [B, Lk, H·Dh]`, as the
 /// projections produce them) → `[B, Lq, H·Dh]`. On the CPU in f32 one fused operation with its
 /// own backward pass ([`super::fused_attention`]); elsewhere split into heads for [`attention`].
+/// `products` is the dtype of the two matrix products' operands: bf16 with f32 inputs on the
+/// CPU multiplies them as bf16 with f32 sums (where the CPU has a bf16 kernel), as bf16
+/// activations would; otherwise the inputs' dtype.
 pub fn attention_heads_last(
     q: &Tensor,
     k: &Tensor,
@@ -45,13 +48,15 @@ pub fn attention_heads_last(
     heads: usize,
     scale: f64,
     mask: AttentionMask,
+    products: DType,
 ) -> Result<Tensor> {
     if [q, k, v].iter().all(|t| super::fused::applies(t)) {
         let causal_block = match mask {
             AttentionMask::Full => None,
             AttentionMask::BlockCausal { tokens_per_block } => Some(tokens_per_block),
         };
-        let op = super::fused_attention::HeadsLastAttention { heads, scale: scale as f32, causal_block };
+        let bf16_products = products == DType::BF16;
+        let op = super::fused_attention::HeadsLastAttention { heads, scale: scale as f32, causal_block, bf16_products };
         return Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?);
     }
     merge_heads(&attention(&split_heads(q, heads)?, &split_heads(k, heads)?, &split_heads(v, heads)?, scale, mask)?)
@@ -59,7 +64,8 @@ pub fn attention_heads_last(
 
 /// The DiT's self-attention core on heads-last tensors: the 3-D rotary embedding of `q` and `k`
 /// (tables `[L, Dh/2]` from [`super::Rope3d`]), cast to `dtype`, then attention scaled by
-/// `1/√Dh` → `[B, L, H·Dh]`. On the CPU in f32 both run fused, without splitting the heads.
+/// `1/√Dh` → `[B, L, H·Dh]`. On the CPU in f32 both run fused, without splitting the heads, and
+/// `dtype` bf16 only sets the products' operands ([`attention_heads_last`]'s `products`).
 pub fn rotary_attention(
     q: &Tensor,
     k: &Tensor,
@@ -71,7 +77,7 @@ pub fn rotary_attention(
 ) -> Result<Tensor> {
     let head_dim = q.dim(candle_core::D::Minus1)? / heads.max(1);
     let scale = 1.0 / (head_dim as f64).sqrt();
-    if dtype == DType::F32 && [q, k, v].iter().all(|t| super::fused::applies(t)) {
+    if matches!(dtype, DType::F32 | DType::BF16) && [q, k, v].iter().all(|t| super::fused::applies(t)) {
         let rotate = |x: &Tensor| -> Result<Tensor> {
             let op = super::fused::RotaryInterleaved { inverse: false };
             Ok(x.contiguous()?.apply_op3(
@@ -80,7 +86,7 @@ pub fn rotary_attention(
                 op,
             )?)
         };
-        return attention_heads_last(&rotate(q)?, &rotate(k)?, v, heads, scale, mask);
+        return attention_heads_last(&rotate(q)?, &rotate(k)?, v, heads, scale, mask, dtype);
     }
     let q = super::Rope3d::apply(&split_heads(q, heads)?, cos, sin)?.to_dtype(dtype)?;
     let k = super::Rope3d::apply(&split_heads(k, heads)?, cos, sin)?.to_dtype(dtype)?;

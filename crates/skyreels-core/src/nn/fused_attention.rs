@@ -12,6 +12,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::softmax_row;
+use super::gemm_bf16::{self, MicroKernel, Packed, WithKernel, NR};
 
 /// Scores held per chunk of query rows (per thread): 256 KiB of f32.
 const CHUNK_SCORES: usize = 1 << 16;
@@ -24,6 +25,9 @@ pub(super) struct HeadsLastAttention {
     /// Block-causal mask: a query row in block `i` (of this many tokens) sees the keys of
     /// blocks `0..=i`. `None` is full attention.
     pub causal_block: Option<usize>,
+    /// Multiply with bf16 operands and f32 sums (`q·kᵀ` and `P·v`; the softmax stays f32), on
+    /// CPUs with a bf16 kernel (`gemm_bf16::engine`); elsewhere the products stay f32.
+    pub bf16_products: bool,
 }
 
 /// The geometry of one call.
@@ -133,10 +137,12 @@ impl HeadsLastAttention {
     }
 
     /// Chunks of query rows `(start, rows, visible keys)`: within one causal block each, and
-    /// at most [`CHUNK_SCORES`] scores (at least one row).
-    fn chunks(&self, s: &Shapes) -> Vec<(usize, usize, usize)> {
+    /// at most [`CHUNK_SCORES`] scores, or one multiple of `rows_multiple` rows when that is
+    /// more (a whole tile of the bf16 kernel).
+    fn chunks(&self, s: &Shapes, rows_multiple: usize) -> Vec<(usize, usize, usize)> {
         let block = self.causal_block.unwrap_or(s.lq).max(1);
-        let rows = (CHUNK_SCORES / s.lk.max(1)).clamp(1, block);
+        let rows = (CHUNK_SCORES / s.lk.max(1) / rows_multiple).max(1) * rows_multiple;
+        let rows = rows.clamp(1, block);
         let mut chunks = Vec::new();
         for block_start in (0..s.lq).step_by(block) {
             let block_end = (block_start + block).min(s.lq);
@@ -177,6 +183,98 @@ impl HeadsLastAttention {
     }
 }
 
+/// The forward pass with bf16 products: per head, the keys and values are packed once as the
+/// kernel's panels (rounded to bf16); per chunk of query rows, `S = q·kᵀ` on the kernel, the
+/// f32 softmax, then `P` rounded to bf16 and `o = P·v` on the kernel, straight into the
+/// output's columns of that head.
+struct Bf16Forward<'a> {
+    op: &'a HeadsLastAttention,
+    s: Shapes,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+}
+
+impl WithKernel for Bf16Forward<'_> {
+    type Output = Vec<f32>;
+
+    fn run<K: MicroKernel>(self) -> Vec<f32> {
+        let Self { op, s, q, k, v } = self;
+        let (d, w) = (s.head_dim, s.width());
+        let d_pairs = d.div_ceil(2).next_multiple_of(K::PAIR_STEP);
+        let key_pairs = s.lk.div_ceil(2).next_multiple_of(K::PAIR_STEP);
+        let panels: Vec<(Vec<u32>, Vec<u32>)> = (0..s.batch * s.heads)
+            .into_par_iter()
+            .map(|bh| {
+                let base = (bh / s.heads) * s.lk * w + (bh % s.heads) * d;
+                (
+                    gemm_bf16::panels_of_rows(&k[base..], [s.lk, d, w], d_pairs),
+                    gemm_bf16::panels_of_columns(&v[base..], [s.lk, d, w], key_pairs),
+                )
+            })
+            .collect();
+        let mut out = vec![0f32; s.batch * s.lq * w];
+        let out_ptr = Shared(out.as_mut_ptr());
+        let chunks = op.chunks(&s, K::ROWS);
+        let tasks: Vec<(usize, usize, usize)> = (0..s.batch * s.heads)
+            .flat_map(|bh| (0..chunks.len()).map(move |c| (bh / s.heads, bh % s.heads, c)))
+            .collect();
+        tasks.par_iter().for_each(|&(b, h, c)| {
+            let (start, rows, visible) = chunks[c];
+            let (key_panels, value_panels) = &panels[b * s.heads + h];
+            let padded_rows = rows.next_multiple_of(K::ROWS);
+            let q_pairs =
+                gemm_bf16::pairs_of_rows(&q[(b * s.lq + start) * w + h * d..], [rows, d, w], [padded_rows, d_pairs]);
+            let mut probs = vec![0f32; rows * visible];
+            let scores = Packed {
+                a: &q_pairs,
+                a_pairs: d_pairs,
+                b: key_panels,
+                b_pairs: d_pairs,
+                pairs: d_pairs,
+                m: rows,
+                n: visible,
+            };
+            // SAFETY: `probs` is `rows × visible`; the operands were packed for `K` above.
+            unsafe {
+                gemm_bf16::multiply_tiles::<K>(
+                    &scores,
+                    0..rows.div_ceil(K::ROWS),
+                    0..visible.div_ceil(NR),
+                    probs.as_mut_ptr(),
+                    visible,
+                )
+            };
+            let mut unscaled = vec![0f32; visible];
+            for row in probs.chunks_exact_mut(visible) {
+                unscaled.copy_from_slice(row);
+                super::activation::run_vectorised(
+                    #[inline(always)]
+                    || softmax_row(&unscaled, row, op.scale),
+                );
+            }
+            let p_pairs = visible.div_ceil(2).next_multiple_of(K::PAIR_STEP);
+            let probs = gemm_bf16::pairs_of_rows(&probs, [rows, visible, visible], [padded_rows, p_pairs]);
+            let weighted = Packed {
+                a: &probs,
+                a_pairs: p_pairs,
+                b: value_panels,
+                b_pairs: key_pairs,
+                pairs: p_pairs,
+                m: rows,
+                n: d,
+            };
+            // SAFETY: this task alone writes rows `start..start + rows` of head `h`'s columns of
+            // `out` (stride `w`); `p_pairs ≤ key_pairs` because `visible ≤ lk`.
+            unsafe {
+                let dst = out_ptr.at((b * s.lq + start) * w + h * d);
+                gemm_bf16::multiply_tiles::<K>(&weighted, 0..rows.div_ceil(K::ROWS), 0..d.div_ceil(NR), dst, w)
+            };
+        });
+        out
+    }
+}
+
 /// The contiguous f32 values behind `storage`/`layout`.
 fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else { bail!("heads-last attention computes in f32 only") };
@@ -200,9 +298,14 @@ impl CustomOp3 for HeadsLastAttention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let s = self.shapes(ql, kl, vl)?;
         let (q, k, v) = (values(q, ql)?, values(k, kl)?, values(v, vl)?);
+        if self.bf16_products {
+            if let Some(out) = gemm_bf16::with_kernel(Bf16Forward { op: self, s, q, k, v }) {
+                return Ok((CpuStorage::F32(out), ql.shape().clone()));
+            }
+        }
         let mut out = vec![0f32; s.batch * s.lq * s.width()];
         let out_ptr = Shared(out.as_mut_ptr());
-        let chunks = self.chunks(&s);
+        let chunks = self.chunks(&s, 1);
         let tasks: Vec<(usize, usize, usize)> = (0..s.batch * s.heads)
             .flat_map(|bh| (0..chunks.len()).map(move |c| (bh / s.heads, bh % s.heads, c)))
             .collect();
@@ -274,7 +377,7 @@ impl HeadsLastAttentionBackward {
         let (nq, nk) = (q.len(), k.len());
         let mut flat = vec![0f32; nq + 2 * nk];
         let ptr = Shared(flat.as_mut_ptr());
-        let chunks = f.chunks(&s);
+        let chunks = f.chunks(&s, 1);
         let w = s.width() as isize;
         (0..s.batch * s.heads).into_par_iter().for_each(|bh| {
             let (b, h) = (bh / s.heads, bh % s.heads);
@@ -358,7 +461,7 @@ mod tests {
             let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, lk, heads * 8), &dev).unwrap()).unwrap();
             let weights = Tensor::randn(0f32, 1.0, (2, lq, heads * 8), &dev).unwrap();
             let scale = 0.35;
-            let op = HeadsLastAttention { heads, scale: scale as f32, causal_block: block };
+            let op = HeadsLastAttention { heads, scale: scale as f32, causal_block: block, bf16_products: false };
             let fused = q.as_tensor().apply_op3(k.as_tensor(), v.as_tensor(), op).unwrap();
             let mask = block.map_or(AttentionMask::Full, |n| AttentionMask::BlockCausal { tokens_per_block: n });
             let (qs, ks, vs) = (split(q.as_tensor(), heads), split(k.as_tensor(), heads), split(v.as_tensor(), heads));
@@ -377,12 +480,82 @@ mod tests {
         }
     }
 
+    /// `x` rounded to bf16 (ties to even), in f64.
+    fn bf16(x: f32) -> f64 {
+        half::bf16::from_f32(x).to_f64()
+    }
+
+    /// Attention of head `h` in f64 from bf16-rounded q, k, v, with the probabilities rounded
+    /// to bf16 before `P·v`: the arithmetic of the bf16 products, without their f32 sums.
+    fn bf16_reference(q: &[f32], k: &[f32], v: &[f32], s: Shapes, scale: f64, block: Option<usize>) -> Vec<f64> {
+        let (w, d) = (s.width(), s.head_dim);
+        let mut out = vec![0f64; s.batch * s.lq * w];
+        for b in 0..s.batch {
+            for h in 0..s.heads {
+                for i in 0..s.lq {
+                    let visible = block.map_or(s.lk, |n| (i / n + 1) * n);
+                    let at = |t: &[f32], l: usize, row: usize, c: usize| bf16(t[(b * l + row) * w + h * d + c]);
+                    let scores: Vec<f64> = (0..visible)
+                        .map(|j| (0..d).map(|c| at(q, s.lq, i, c) * at(k, s.lk, j, c)).sum::<f64>() * scale)
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let total: f64 = scores.iter().map(|x| (x - max).exp()).sum();
+                    for c in 0..d {
+                        out[(b * s.lq + i) * w + h * d + c] = (0..visible)
+                            .map(|j| bf16((((scores[j] - max).exp()) / total) as f32) * at(v, s.lk, j, c))
+                            .sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// bf16 products (where this CPU has a bf16 kernel): equal to the bf16 arithmetic's result
+    /// up to f32 sums, and visibly different from the f32 attention, for full and block-causal
+    /// attention, cross-attention lengths, head sizes off the kernel's step, and several chunks.
+    #[test]
+    fn bf16_products_round_the_operands() {
+        if crate::nn::gemm_bf16::engine().is_none() {
+            eprintln!("this CPU has no bf16 kernel: the attention keeps f32 products, not tested");
+            return;
+        }
+        let dev = Device::Cpu;
+        for (lq, lk, heads, head_dim, block) in
+            [(12, 12, 2, 8, None), (70, 45, 3, 24, None), (48, 48, 2, 20, Some(16)), (600, 300, 1, 40, None)]
+        {
+            let width = heads * head_dim;
+            let q = Tensor::randn(0f32, 1.0, (2, lq, width), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (2, lk, width), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (2, lk, width), &dev).unwrap();
+            let scale = 0.3;
+            let op =
+                |bf16_products| HeadsLastAttention { heads, scale: scale as f32, causal_block: block, bf16_products };
+            let ours = q.apply_op3(&k, &v, op(true)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let f32_products = q.apply_op3(&k, &v, op(false)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let s = Shapes { batch: 2, lq, lk, heads, head_dim };
+            let exact = bf16_reference(&flat(&q), &flat(&k), &flat(&v), s, scale, block);
+            let rel = |a: &[f32]| {
+                let num: f64 = a.iter().zip(&exact).map(|(&x, &y)| (x as f64 - y).powi(2)).sum();
+                (num / exact.iter().map(|y| y * y).sum::<f64>()).sqrt()
+            };
+            // A probability within an f32 rounding of a bf16 tie may round the other way.
+            assert!(rel(&ours) < 2e-5, "{lq}×{lk}, {heads}×{head_dim}, {block:?}: {:.2e}", rel(&ours));
+            assert!(
+                rel(&f32_products) > 1e-3,
+                "the f32 products differ by bf16's rounding: {:.2e}",
+                rel(&f32_products)
+            );
+        }
+    }
+
     #[test]
     fn mismatched_shapes_are_refused() {
         let x = Tensor::zeros((1, 6, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let three_heads = HeadsLastAttention { heads: 3, scale: 1.0, causal_block: None };
+        let three_heads = HeadsLastAttention { heads: 3, scale: 1.0, causal_block: None, bf16_products: false };
         assert!(x.apply_op3(&x, &x, three_heads).is_err(), "8 features in 3 heads");
-        let blocks_of_4 = HeadsLastAttention { heads: 2, scale: 1.0, causal_block: Some(4) };
+        let blocks_of_4 = HeadsLastAttention { heads: 2, scale: 1.0, causal_block: Some(4), bf16_products: false };
         assert!(x.apply_op3(&x, &x, blocks_of_4).is_err(), "6 tokens in blocks of 4");
     }
 }

@@ -28,7 +28,8 @@ use half::bf16;
 use rayon::prelude::*;
 
 /// Output columns of one micro-tile and of one packed panel of `W`.
-const NR: usize = 32;
+pub(crate) const NR: usize = 32;
+
 /// Pairs of `k` per pass over a micro-tile.
 const KC: usize = 256;
 /// Output columns per task (in panels).
@@ -168,7 +169,7 @@ impl CustomOp2 for MatmulWt {
 }
 
 /// The inner loop of the product: one `ROWS × NR` tile of results over `kc` pairs.
-trait MicroKernel {
+pub(crate) trait MicroKernel {
     /// Rows of a tile.
     const ROWS: usize;
     /// `kc` and the operands' pairs per row are multiples of this.
@@ -202,7 +203,63 @@ impl SharedMut {
     }
 }
 
-/// The tiled product with `K` as the inner loop.
+/// Packed operands of one product `c = a·b` (`m × n`, over `pairs` pairs, a multiple of the
+/// kernel's step): `a` as rows of `a_pairs` pairs (zero-padded to whole tiles of rows), `b` as
+/// panels of `b_pairs` pairs each (at least `pairs`).
+#[derive(Clone, Copy)]
+pub(crate) struct Packed<'a> {
+    pub a: &'a [u32],
+    pub a_pairs: usize,
+    pub b: &'a [u32],
+    pub b_pairs: usize,
+    pub pairs: usize,
+    pub m: usize,
+    pub n: usize,
+}
+
+/// Writes the tiles `row_tiles × panels` of `c = a·b` into `c` (row stride `ldc`), overwriting
+/// what was there: GotoBLAS order, [`KC`] pairs at a time.
+///
+/// # Safety
+/// `c` must be writable for `m` rows of `n` values at stride `ldc` (the tiles' part of it not
+/// written by anyone else meanwhile), `o` consistent (`a` holds whole tiles of `K::ROWS` rows
+/// of `a_pairs`, `b` the panels of `n` columns), and `K`'s instructions present.
+pub(crate) unsafe fn multiply_tiles<K: MicroKernel>(
+    o: &Packed,
+    row_tiles: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let mut edge_tile = vec![0f32; K::ROWS * NR];
+    for pc in (0..o.pairs).step_by(KC) {
+        let kc = KC.min(o.pairs - pc);
+        for rt in row_tiles.clone() {
+            let row0 = rt * K::ROWS;
+            let rows = K::ROWS.min(o.m - row0);
+            let a = o.a[row0 * o.a_pairs + pc..].as_ptr();
+            for pt in panels.clone() {
+                let col0 = pt * NR;
+                let cols = NR.min(o.n - col0);
+                let b = o.b[(pt * o.b_pairs + pc) * NR..].as_ptr();
+                let tile = c.add(row0 * ldc + col0);
+                if rows == K::ROWS && cols == NR {
+                    K::tile(kc, a, o.a_pairs, b, tile, ldc, pc == 0);
+                } else {
+                    for r in 0..rows {
+                        std::ptr::copy_nonoverlapping(tile.add(r * ldc), edge_tile[r * NR..].as_mut_ptr(), cols);
+                    }
+                    K::tile(kc, a, o.a_pairs, b, edge_tile.as_mut_ptr(), NR, pc == 0);
+                    for r in 0..rows {
+                        std::ptr::copy_nonoverlapping(edge_tile[r * NR..].as_ptr(), tile.add(r * ldc), cols);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The tiled product with `K` as the inner loop, on all threads.
 fn product<K: MicroKernel>(x: Lhs, w: &[bf16], [m, k, n]: [usize; 3]) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
@@ -211,6 +268,7 @@ fn product<K: MicroKernel>(x: Lhs, w: &[bf16], [m, k, n]: [usize; 3]) -> Vec<f32
     let pairs = k.div_ceil(2).next_multiple_of(K::PAIR_STEP);
     let lhs = lhs_pairs(x, [m, k], [m.next_multiple_of(K::ROWS), pairs]);
     let panels = pack_panels(w, [n, k], pairs);
+    let packed = Packed { a: &lhs, a_pairs: pairs, b: &panels, b_pairs: pairs, pairs, m, n };
     let row_tiles = m.div_ceil(K::ROWS);
     let tiles_per_task = (ROWS_PER_TASK / K::ROWS).max(1);
     let panel_count = n.div_ceil(NR);
@@ -219,64 +277,102 @@ fn product<K: MicroKernel>(x: Lhs, w: &[bf16], [m, k, n]: [usize; 3]) -> Vec<f32
         .flat_map(|rt| (0..panel_count).step_by(PANELS_PER_TASK).map(move |pt| (rt, pt)))
         .collect();
     let c = SharedMut(out.as_mut_ptr());
-    let (lhs, panels) = (&lhs[..], &panels[..]);
     tasks.into_par_iter().for_each(|(rt0, pt0)| {
-        let rt_end = (rt0 + tiles_per_task).min(row_tiles);
-        let pt_end = (pt0 + PANELS_PER_TASK).min(panel_count);
-        let mut edge_tile = vec![0f32; K::ROWS * NR];
-        for pc in (0..pairs).step_by(KC) {
-            let kc = KC.min(pairs - pc);
-            for rt in rt0..rt_end {
-                let row0 = rt * K::ROWS;
-                let rows = K::ROWS.min(m - row0);
-                let a = lhs[row0 * pairs + pc..].as_ptr();
-                for pt in pt0..pt_end {
-                    let col0 = pt * NR;
-                    let cols = NR.min(n - col0);
-                    let b = panels[(pt * pairs + pc) * NR..].as_ptr();
-                    // SAFETY: the tile at (row0, col0) belongs to this task alone; `lhs` holds
-                    // `ROWS` padded rows of `pairs` from `row0`, `panels` `kc × NR` from `b`, and
-                    // `kc` is a multiple of `PAIR_STEP` because `pairs` and `KC` are.
-                    unsafe {
-                        let tile = c.at(row0 * n + col0);
-                        if rows == K::ROWS && cols == NR {
-                            K::tile(kc, a, pairs, b, tile, n, pc == 0);
-                        } else {
-                            for r in 0..rows {
-                                std::ptr::copy_nonoverlapping(tile.add(r * n), edge_tile[r * NR..].as_mut_ptr(), cols);
-                            }
-                            K::tile(kc, a, pairs, b, edge_tile.as_mut_ptr(), NR, pc == 0);
-                            for r in 0..rows {
-                                std::ptr::copy_nonoverlapping(edge_tile[r * NR..].as_ptr(), tile.add(r * n), cols);
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let (rt_end, pt_end) = ((rt0 + tiles_per_task).min(row_tiles), (pt0 + PANELS_PER_TASK).min(panel_count));
+        // SAFETY: each task writes its own tiles of `out` (`m × n`); the operands were packed
+        // for `K` just above, and `engine` checked its instructions.
+        unsafe { multiply_tiles::<K>(&packed, rt0..rt_end, pt0..pt_end, c.at(0), n) };
     });
     out
+}
+
+/// Runs a computation with the micro-kernel of [`engine`], if there is one.
+pub(crate) trait WithKernel {
+    type Output;
+    /// The computation with kernel `K`, whose instructions are present.
+    fn run<K: MicroKernel>(self) -> Self::Output;
+}
+
+/// [`WithKernel::run`] with [`engine`]'s kernel, or `None` when there is none.
+pub(crate) fn with_kernel<W: WithKernel>(work: W) -> Option<W::Output> {
+    match engine()? {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        Engine::Amx => Some(work.run::<amx::Tiles>()),
+        #[cfg(target_arch = "x86_64")]
+        Engine::DotPair => Some(work.run::<dot_pair::Lanes>()),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// `m` rows of `k` f32 values at stride `ld` from `src`, rounded to bf16, as `rows × pairs`
+/// pairs (zero past `m` and `k`), on this thread.
+pub(crate) fn pairs_of_rows(src: &[f32], [m, k, ld]: [usize; 3], [rows, pairs]: [usize; 2]) -> Vec<u32> {
+    let mut out = vec![0u32; rows * pairs];
+    for (i, row) in out.chunks_mut(pairs).take(m).enumerate() {
+        round_row_into_pairs(&src[i * ld..i * ld + k], row);
+    }
+    out
+}
+
+/// Panels whose columns are the `n` rows (of `k` values at stride `ld`) of `src`, rounded to
+/// bf16: `W` of `x·Wᵀ` held as f32, e.g. the keys of attention scores `q·kᵀ`.
+pub(crate) fn panels_of_rows(src: &[f32], [n, k, ld]: [usize; 3], pairs: usize) -> Vec<u32> {
+    let mut out = vec![0u32; n.div_ceil(NR) * pairs * NR];
+    let mut row_pairs = vec![0u32; k.div_ceil(2)];
+    for (panel, dst) in out.chunks_mut(pairs * NR).enumerate() {
+        for c in 0..NR.min(n - panel * NR) {
+            let j = panel * NR + c;
+            round_row_into_pairs(&src[j * ld..j * ld + k], &mut row_pairs);
+            for (p, &v) in row_pairs.iter().enumerate() {
+                dst[p * NR + c] = v;
+            }
+        }
+    }
+    out
+}
+
+/// Panels whose columns are the `n` columns of `src` (`k` rows at stride `ld`), pairs taken
+/// down the rows, rounded to bf16: `B` of `a·B` held row-major, e.g. the values of attention.
+pub(crate) fn panels_of_columns(src: &[f32], [k, n, ld]: [usize; 3], pairs: usize) -> Vec<u32> {
+    let mut out = vec![0u32; n.div_ceil(NR) * pairs * NR];
+    for (panel, dst) in out.chunks_mut(pairs * NR).enumerate() {
+        let (col0, cols) = (panel * NR, NR.min(n - panel * NR));
+        for p in 0..k.div_ceil(2) {
+            let even = &src[2 * p * ld + col0..2 * p * ld + col0 + cols];
+            let odd = (2 * p + 1 < k).then(|| &src[(2 * p + 1) * ld + col0..(2 * p + 1) * ld + col0 + cols]);
+            let dst = &mut dst[p * NR..p * NR + cols];
+            for (c, o) in dst.iter_mut().enumerate() {
+                let hi = odd.map_or(0, |odd| round_to_bf16_bits(odd[c]));
+                *o = round_to_bf16_bits(even[c]) as u32 | (hi as u32) << 16;
+            }
+        }
+    }
+    out
+}
+
+/// `src` rounded to bf16 as pairs into the start of `dst` (an odd length pads with a zero),
+/// vectorised.
+fn round_row_into_pairs(src: &[f32], dst: &mut [u32]) {
+    super::activation::run_vectorised(
+        #[inline(always)]
+        || {
+            let mut chunks = src.chunks_exact(2);
+            for (o, p) in dst.iter_mut().zip(&mut chunks) {
+                *o = round_to_bf16_bits(p[0]) as u32 | (round_to_bf16_bits(p[1]) as u32) << 16;
+            }
+            if let [last] = chunks.remainder() {
+                dst[src.len() / 2] = round_to_bf16_bits(*last) as u32;
+            }
+        },
+    )
 }
 
 /// `x` `[m, k]` as `rows × pairs` pairs, zero past `m` rows and past `k`.
 fn lhs_pairs(x: Lhs<'_>, [m, k]: [usize; 2], [rows, pairs]: [usize; 2]) -> Vec<u32> {
     let mut out = vec![0u32; rows * pairs];
     out.par_chunks_mut(pairs).take(m).enumerate().for_each(|(i, row)| match x {
-        Lhs::F32(values) => {
-            let src = &values[i * k..(i + 1) * k];
-            super::activation::run_vectorised(
-                #[inline(always)]
-                || {
-                    let mut chunks = src.chunks_exact(2);
-                    for (o, p) in row.iter_mut().zip(&mut chunks) {
-                        *o = round_to_bf16_bits(p[0]) as u32 | (round_to_bf16_bits(p[1]) as u32) << 16;
-                    }
-                    if let [last] = chunks.remainder() {
-                        row[k / 2] = round_to_bf16_bits(*last) as u32;
-                    }
-                },
-            )
-        }
+        Lhs::F32(values) => round_row_into_pairs(&values[i * k..(i + 1) * k], row),
         Lhs::Bf16(values) => pair_up(&values[i * k..(i + 1) * k], row),
     });
     out

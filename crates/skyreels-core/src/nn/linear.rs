@@ -200,6 +200,16 @@ impl Linear {
         }
     }
 
+    /// The dtype of this layer's product operands under inputs of `input`: bf16 when it holds
+    /// bf16 weights (then even f32 inputs are rounded to bf16), else the input's. The attention
+    /// that follows a projection multiplies in the same arithmetic.
+    pub fn products_dtype(&self, input: DType) -> DType {
+        match &self.weight {
+            Matrix::Dense(w) if w.dtype() == DType::BF16 => DType::BF16,
+            _ => input,
+        }
+    }
+
     /// The weight `[out, in]` in `dtype` (FP8 weights widened and scaled).
     pub fn weight_as(&self, dtype: DType) -> Result<Tensor> {
         Ok(match &self.weight {
