@@ -213,7 +213,8 @@ impl WithKernel for Bf16Forward<'_> {
                 )
             })
             .collect();
-        let mut out = vec![0f32; s.batch * s.lq * w];
+        // Written in full by the tasks (every row of every head) before it is read.
+        let mut out: Vec<f32> = Vec::with_capacity(s.batch * s.lq * w);
         let out_ptr = Shared(out.as_mut_ptr());
         let chunks = op.chunks(&s, K::ROWS);
         let tasks: Vec<(usize, usize, usize)> = (0..s.batch * s.heads)
@@ -225,7 +226,7 @@ impl WithKernel for Bf16Forward<'_> {
             let padded_rows = rows.next_multiple_of(K::ROWS);
             let q_pairs =
                 gemm_bf16::pairs_of_rows(&q[(b * s.lq + start) * w + h * d..], [rows, d, w], [padded_rows, d_pairs]);
-            let mut probs = vec![0f32; rows * visible];
+            let mut probs: Vec<f32> = Vec::with_capacity(rows * visible);
             let scores = Packed {
                 a: &q_pairs,
                 a_pairs: d_pairs,
@@ -234,8 +235,9 @@ impl WithKernel for Bf16Forward<'_> {
                 pairs: d_pairs,
                 m: rows,
                 n: visible,
+                bias: None,
             };
-            // SAFETY: `probs` is `rows × visible`; the operands were packed for `K` above.
+            // SAFETY: `probs` has room for `rows × visible`; the operands were packed for `K`.
             unsafe {
                 gemm_bf16::multiply_tiles::<K>(
                     &scores,
@@ -243,7 +245,9 @@ impl WithKernel for Bf16Forward<'_> {
                     0..visible.div_ceil(NR),
                     probs.as_mut_ptr(),
                     visible,
-                )
+                );
+                // Every score was written just above (the tiles cover all rows and keys).
+                probs.set_len(rows * visible);
             };
             let mut unscaled = vec![0f32; visible];
             for row in probs.chunks_exact_mut(visible) {
@@ -263,6 +267,7 @@ impl WithKernel for Bf16Forward<'_> {
                 pairs: p_pairs,
                 m: rows,
                 n: d,
+                bias: None,
             };
             // SAFETY: this task alone writes rows `start..start + rows` of head `h`'s columns of
             // `out` (stride `w`); `p_pairs ≤ key_pairs` because `visible ≤ lk`.
@@ -271,6 +276,8 @@ impl WithKernel for Bf16Forward<'_> {
                 gemm_bf16::multiply_tiles::<K>(&weighted, 0..rows.div_ceil(K::ROWS), 0..d.div_ceil(NR), dst, w)
             };
         });
+        // SAFETY: the tasks wrote all `lq` rows of every head's columns of every sample.
+        unsafe { out.set_len(s.batch * s.lq * w) };
         out
     }
 }

@@ -20,18 +20,16 @@
 //! bf16 is a row of pairs; `W` is repacked per call into panels of [`NR`] output columns,
 //! `[pair][column]`, which is AMX's layout for its second operand and two vector loads for
 //! `VDPBF16PS`. The product is tiled as in GotoBLAS: each task owns a block of rows and a block
-//! of panels and walks the pairs [`KC`] at a time, so that its rows' and panels' segments stay
+//! of panels and walks the pairs `KC` at a time, so that its rows' and panels' segments stay
 //! in the caches.
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Shape};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
 use half::bf16;
 use rayon::prelude::*;
 
 /// Output columns of one micro-tile and of one packed panel of `W`.
 pub(crate) const NR: usize = 32;
 
-/// Pairs of `k` per pass over a micro-tile.
-const KC: usize = 256;
 /// Output columns per task (in panels).
 const PANELS_PER_TASK: usize = 8;
 /// Rows per task, about.
@@ -117,34 +115,30 @@ pub(crate) enum Lhs<'a> {
     Bf16(&'a [bf16]),
 }
 
-/// `x·Wᵀ` for `x` `[m, k]` and `w` `[n, k]` (both row-major) into a new `[m, n]` f32 buffer, or
-/// `None` when [`engine`] is (the caller then widens to f32).
-pub(crate) fn matmul_wt(x: Lhs, w: &[bf16], shape: [usize; 3]) -> Option<Vec<f32>> {
+/// `x·Wᵀ (+ bias)` for `x` `[m, k]`, `w` `[n, k]` (both row-major) and `bias` `[n]` into a new
+/// `[m, n]` f32 buffer, or `None` when [`engine`] is (the caller then widens to f32).
+pub(crate) fn matmul_wt(x: Lhs, w: &[bf16], bias: Option<&[f32]>, shape: [usize; 3]) -> Option<Vec<f32>> {
     match engine()? {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        Engine::Amx => Some(product::<amx::Tiles>(x, w, shape)),
+        Engine::Amx => Some(product::<amx::Tiles>(x, w, bias, shape)),
         #[cfg(target_arch = "x86_64")]
-        Engine::DotPair => Some(product::<dot_pair::Lanes>(x, w, shape)),
+        Engine::DotPair => Some(product::<dot_pair::Lanes>(x, w, bias, shape)),
         #[allow(unreachable_patterns)]
         _ => None,
     }
 }
 
-/// `x·Wᵀ` as a candle op: `x` `[m, k]` (f32 or bf16) and `W` `[n, k]` (bf16), both contiguous
-/// on the CPU, give `[m, n]` in f32. Only where [`engine`] is some; no backward.
+/// `x·Wᵀ (+ bias)` as a candle op: `x` `[m, k]` (f32 or bf16), `W` `[n, k]` (bf16) and, as
+/// a third operand, the bias `[n]` (f32 or bf16), all contiguous on the CPU, give `[m, n]` in
+/// f32. The bias is the sums' starting value. Only where [`engine`] is some; no backward.
 pub(crate) struct MatmulWt;
 
-impl CustomOp2 for MatmulWt {
-    fn name(&self) -> &'static str {
-        "bf16-matmul"
-    }
-
-    fn cpu_fwd(
+impl MatmulWt {
+    fn run(
         &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        w: &CpuStorage,
-        wl: &Layout,
+        (x, xl): (&CpuStorage, &Layout),
+        (w, wl): (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
             bail!("bf16-matmul needs contiguous operands")
@@ -161,10 +155,59 @@ impl CustomOp2 for MatmulWt {
             CpuStorage::BF16(x) => Lhs::Bf16(&x[x0..x1]),
             _ => bail!("bf16-matmul takes f32 or bf16 inputs"),
         };
-        match matmul_wt(x, &w[w0..w1], [m, k, n]) {
+        let bias: Option<Vec<f32>> = match bias {
+            None => None,
+            Some((b, bl)) => {
+                let Some((b0, b1)) = bl.contiguous_offsets() else { bail!("bf16-matmul needs a contiguous bias") };
+                let values = match b {
+                    CpuStorage::F32(b) => b[b0..b1].to_vec(),
+                    CpuStorage::BF16(b) => b[b0..b1].iter().map(|v| v.to_f32()).collect(),
+                    _ => bail!("bf16-matmul takes an f32 or bf16 bias"),
+                };
+                if values.len() != n {
+                    bail!("bf16-matmul: a bias of {} for {n} outputs", values.len())
+                }
+                Some(values)
+            }
+        };
+        match matmul_wt(x, &w[w0..w1], bias.as_deref(), [m, k, n]) {
             Some(out) => Ok((CpuStorage::F32(out), Shape::from((m, n)))),
             None => bail!("bf16-matmul needs a CPU with AMX or AVX-512 BF16"),
         }
+    }
+}
+
+impl CustomOp2 for MatmulWt {
+    fn name(&self) -> &'static str {
+        "bf16-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((x, xl), (w, wl), None)
+    }
+}
+
+impl CustomOp3 for MatmulWt {
+    fn name(&self) -> &'static str {
+        "bf16-matmul-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((x, xl), (w, wl), Some((b, bl)))
     }
 }
 
@@ -174,15 +217,41 @@ pub(crate) trait MicroKernel {
     const ROWS: usize;
     /// `kc` and the operands' pairs per row are multiples of this.
     const PAIR_STEP: usize;
+    /// Pairs per pass over a tile (a multiple of `PAIR_STEP`): the results stay in registers
+    /// for this long, and a task's rows and panels of this many pairs stay in the caches.
+    const KC: usize;
 
-    /// `c[r][j] (+)= Σ_p a[r·lda + p]·b[p·NR + j]` for `r < ROWS`, `j < NR`, `p < kc`, where
-    /// `first` starts from zero instead of reading `c` (row stride `ldc`).
+    /// Prepares this thread for [`tile`](Self::tile) calls (AMX: loads the tile configuration).
+    ///
+    /// # Safety
+    /// The kernel's instructions must be present; [`end`](Self::end) must follow.
+    unsafe fn begin() {}
+
+    /// Releases what [`begin`](Self::begin) took.
+    ///
+    /// # Safety
+    /// After [`begin`](Self::begin) on this thread.
+    unsafe fn end() {}
+
+    /// `c[r][j] = s[r][j] + Σ_p a[r·lda + p]·b[p·NR + j]` for `r < ROWS`, `j < NR`, `p < kc`,
+    /// where `s` is what `start` says (row stride of `c`: `ldc`).
     ///
     /// # Safety
     /// `a` must be readable for `ROWS` rows of `kc` pairs at stride `lda`, `b` for `kc × NR`
-    /// pairs, `c` writable for `ROWS` rows of `NR` values at stride `ldc`, and the kernel's
-    /// instructions present (checked by [`engine`]).
-    unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, first: bool);
+    /// pairs, `c` writable for `ROWS` rows of `NR` values at stride `ldc`, the kernel's
+    /// instructions present (checked by [`engine`]) and [`begin`](Self::begin) called.
+    unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, start: Start);
+}
+
+/// What a tile's sums start from.
+#[derive(Clone, Copy)]
+pub(crate) enum Start {
+    /// Zero.
+    Zero,
+    /// The results already in `c` (a later pass over `k`).
+    Results,
+    /// The same `NR` values in every row (a bias, at the tile's first column).
+    Bias(*const f32),
 }
 
 /// A raw pointer shared by tasks that write disjoint parts of one buffer.
@@ -215,10 +284,12 @@ pub(crate) struct Packed<'a> {
     pub pairs: usize,
     pub m: usize,
     pub n: usize,
+    /// Added to every row (`n` rounded up to whole panels of values), or none.
+    pub bias: Option<&'a [f32]>,
 }
 
 /// Writes the tiles `row_tiles × panels` of `c = a·b` into `c` (row stride `ldc`), overwriting
-/// what was there: GotoBLAS order, [`KC`] pairs at a time.
+/// what was there: GotoBLAS order, `K::KC` pairs at a time.
 ///
 /// # Safety
 /// `c` must be writable for `m` rows of `n` values at stride `ldc` (the tiles' part of it not
@@ -232,8 +303,9 @@ pub(crate) unsafe fn multiply_tiles<K: MicroKernel>(
     ldc: usize,
 ) {
     let mut edge_tile = vec![0f32; K::ROWS * NR];
-    for pc in (0..o.pairs).step_by(KC) {
-        let kc = KC.min(o.pairs - pc);
+    K::begin();
+    for pc in (0..o.pairs).step_by(K::KC) {
+        let kc = K::KC.min(o.pairs - pc);
         for rt in row_tiles.clone() {
             let row0 = rt * K::ROWS;
             let rows = K::ROWS.min(o.m - row0);
@@ -243,13 +315,18 @@ pub(crate) unsafe fn multiply_tiles<K: MicroKernel>(
                 let cols = NR.min(o.n - col0);
                 let b = o.b[(pt * o.b_pairs + pc) * NR..].as_ptr();
                 let tile = c.add(row0 * ldc + col0);
+                let start = match (pc, o.bias) {
+                    (0, Some(bias)) => Start::Bias(bias[col0..col0 + NR].as_ptr()),
+                    (0, None) => Start::Zero,
+                    _ => Start::Results,
+                };
                 if rows == K::ROWS && cols == NR {
-                    K::tile(kc, a, o.a_pairs, b, tile, ldc, pc == 0);
+                    K::tile(kc, a, o.a_pairs, b, tile, ldc, start);
                 } else {
-                    for r in 0..rows {
+                    for r in (0..rows).filter(|_| pc > 0) {
                         std::ptr::copy_nonoverlapping(tile.add(r * ldc), edge_tile[r * NR..].as_mut_ptr(), cols);
                     }
-                    K::tile(kc, a, o.a_pairs, b, edge_tile.as_mut_ptr(), NR, pc == 0);
+                    K::tile(kc, a, o.a_pairs, b, edge_tile.as_mut_ptr(), NR, start);
                     for r in 0..rows {
                         std::ptr::copy_nonoverlapping(edge_tile[r * NR..].as_ptr(), tile.add(r * ldc), cols);
                     }
@@ -257,18 +334,24 @@ pub(crate) unsafe fn multiply_tiles<K: MicroKernel>(
             }
         }
     }
+    K::end();
 }
 
 /// The tiled product with `K` as the inner loop, on all threads.
-fn product<K: MicroKernel>(x: Lhs, w: &[bf16], [m, k, n]: [usize; 3]) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
+fn product<K: MicroKernel>(x: Lhs, w: &[bf16], bias: Option<&[f32]>, [m, k, n]: [usize; 3]) -> Vec<f32> {
     if m == 0 || n == 0 || k == 0 {
-        return out;
+        let row = bias.map_or_else(|| vec![0f32; n], <[f32]>::to_vec);
+        return row.repeat(m);
     }
     let pairs = k.div_ceil(2).next_multiple_of(K::PAIR_STEP);
     let lhs = lhs_pairs(x, [m, k], [m.next_multiple_of(K::ROWS), pairs]);
     let panels = pack_panels(w, [n, k], pairs);
-    let packed = Packed { a: &lhs, a_pairs: pairs, b: &panels, b_pairs: pairs, pairs, m, n };
+    let bias = bias.map(|b| {
+        let mut padded = b.to_vec();
+        padded.resize(n.next_multiple_of(NR), 0.0);
+        padded
+    });
+    let packed = Packed { a: &lhs, a_pairs: pairs, b: &panels, b_pairs: pairs, pairs, m, n, bias: bias.as_deref() };
     let row_tiles = m.div_ceil(K::ROWS);
     let tiles_per_task = (ROWS_PER_TASK / K::ROWS).max(1);
     let panel_count = n.div_ceil(NR);
@@ -276,13 +359,18 @@ fn product<K: MicroKernel>(x: Lhs, w: &[bf16], [m, k, n]: [usize; 3]) -> Vec<f32
         .step_by(tiles_per_task)
         .flat_map(|rt| (0..panel_count).step_by(PANELS_PER_TASK).map(move |pt| (rt, pt)))
         .collect();
+    // Written in full by the tiles below before it is read, so it is not zeroed first.
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let c = SharedMut(out.as_mut_ptr());
     tasks.into_par_iter().for_each(|(rt0, pt0)| {
         let (rt_end, pt_end) = ((rt0 + tiles_per_task).min(row_tiles), (pt0 + PANELS_PER_TASK).min(panel_count));
-        // SAFETY: each task writes its own tiles of `out` (`m × n`); the operands were packed
-        // for `K` just above, and `engine` checked its instructions.
+        // SAFETY: each task writes its own tiles of `out` (capacity `m × n`); the operands were
+        // packed for `K` just above, and `engine` checked its instructions.
         unsafe { multiply_tiles::<K>(&packed, rt0..rt_end, pt0..pt_end, c.at(0), n) };
     });
+    // SAFETY: the tasks' tiles cover all `m` rows and `n` columns, each written on the first
+    // pass over `k` (which reads nothing of `out`).
+    unsafe { out.set_len(m * n) };
     out
 }
 
@@ -447,7 +535,7 @@ fn as_pairs(row: &[bf16]) -> std::borrow::Cow<'_, [u32]> {
 mod dot_pair {
     use std::arch::x86_64::*;
 
-    use super::{MicroKernel, NR};
+    use super::{MicroKernel, Start, NR};
 
     /// `VDPBF16PS` with `12 × 2` accumulators of 16 lanes (24 of the 32 vector registers).
     pub(super) struct Lanes;
@@ -455,14 +543,17 @@ mod dot_pair {
     impl MicroKernel for Lanes {
         const ROWS: usize = 12;
         const PAIR_STEP: usize = 1;
+        const KC: usize = 256;
 
         #[target_feature(enable = "avx512f,avx512bf16")]
-        unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, first: bool) {
+        unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, start: Start) {
             let mut acc = [[_mm512_setzero_ps(); NR / 16]; Self::ROWS];
-            if !first {
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    for (v, lane) in acc.iter_mut().enumerate() {
-                        *lane = _mm512_loadu_ps(c.add(r * ldc + 16 * v));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                for (v, lane) in acc.iter_mut().enumerate() {
+                    match start {
+                        Start::Zero => {}
+                        Start::Results => *lane = _mm512_loadu_ps(c.add(r * ldc + 16 * v)),
+                        Start::Bias(bias) => *lane = _mm512_loadu_ps(bias.add(16 * v)),
                     }
                 }
             }
@@ -488,7 +579,7 @@ mod dot_pair {
 mod amx {
     use std::arch::asm;
 
-    use super::{MicroKernel, NR};
+    use super::{MicroKernel, Start, NR};
 
     /// `TDPBF16PS` on a 32 × 32 tile of results held in four tile registers (tmm0–3), with two
     /// tiles of `x` (tmm4–5, 16 rows × 16 pairs) and two of a panel (tmm6–7, 16 pairs × 16
@@ -514,22 +605,40 @@ mod amx {
     impl MicroKernel for Tiles {
         const ROWS: usize = 32;
         const PAIR_STEP: usize = 16;
+        const KC: usize = 512;
 
-        unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, first: bool) {
+        unsafe fn begin() {
+            asm!("ldtilecfg [{cfg}]", cfg = in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
+        }
+
+        unsafe fn end() {
+            asm!("tilerelease", options(nostack, nomem));
+        }
+
+        unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, start: Start) {
             let (lda_bytes, ldb_bytes, ldc_bytes) = (lda * 4, NR * 4, ldc * 4);
             let c_low = c.add(16 * ldc);
-            asm!("ldtilecfg [{cfg}]", cfg = in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
-            if first {
-                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-            } else {
-                asm!(
+            match start {
+                Start::Zero => {
+                    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem))
+                }
+                Start::Results => asm!(
                     "tileloadd tmm0, [{c0} + {s}*1]",
                     "tileloadd tmm1, [{c0} + {s}*1 + 64]",
                     "tileloadd tmm2, [{c1} + {s}*1]",
                     "tileloadd tmm3, [{c1} + {s}*1 + 64]",
                     c0 = in(reg) c, c1 = in(reg) c_low, s = in(reg) ldc_bytes,
                     options(nostack, readonly),
-                );
+                ),
+                // A row stride of zero loads the same 16 values into every row of a tile.
+                Start::Bias(bias) => asm!(
+                    "tileloadd tmm0, [{b} + {zero}*1]",
+                    "tileloadd tmm1, [{b} + {zero}*1 + 64]",
+                    "tileloadd tmm2, [{b} + {zero}*1]",
+                    "tileloadd tmm3, [{b} + {zero}*1 + 64]",
+                    b = in(reg) bias, zero = in(reg) 0usize,
+                    options(nostack, readonly),
+                ),
             }
             for step in (0..kc).step_by(Self::PAIR_STEP) {
                 asm!(
@@ -551,7 +660,6 @@ mod amx {
                 "tilestored [{c0} + {s}*1 + 64], tmm1",
                 "tilestored [{c1} + {s}*1], tmm2",
                 "tilestored [{c1} + {s}*1 + 64], tmm3",
-                "tilerelease",
                 c0 = in(reg) c, c1 = in(reg) c_low, s = in(reg) ldc_bytes,
                 options(nostack),
             );
@@ -570,13 +678,18 @@ mod tests {
     impl<const ROWS: usize, const STEP: usize> MicroKernel for Portable<ROWS, STEP> {
         const ROWS: usize = ROWS;
         const PAIR_STEP: usize = STEP;
+        const KC: usize = 16 * STEP;
 
-        unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, first: bool) {
+        unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, start: Start) {
             assert_eq!(kc % STEP, 0, "kc is a multiple of the pair step");
             let half = |bits: u32| f32::from_bits(bits << 16);
             for r in 0..ROWS {
                 for j in 0..NR {
-                    let mut acc = if first { 0.0 } else { *c.add(r * ldc + j) };
+                    let mut acc = match start {
+                        Start::Zero => 0.0,
+                        Start::Results => *c.add(r * ldc + j),
+                        Start::Bias(bias) => *bias.add(j),
+                    };
                     for p in 0..kc {
                         let (x, w) = (*a.add(r * lda + p), *b.add(p * NR + j));
                         acc += half(x >> 16) * half(w >> 16);
@@ -629,12 +742,19 @@ mod tests {
         for (s, &[m, k, n]) in SHAPES.iter().enumerate() {
             let x = random(m * k, s as u64);
             let w = weights(n, k, 100 + s as u64);
-            let ours = product::<K>(Lhs::F32(&x), &w, [m, k, n]);
-            let err = rel_l2(&ours, &reference(&x, &w, [m, k, n]));
+            let bias = (s % 2 == 1).then(|| random(n, 300 + s as u64));
+            let ours = product::<K>(Lhs::F32(&x), &w, bias.as_deref(), [m, k, n]);
+            let mut exact = reference(&x, &w, [m, k, n]);
+            if let Some(bias) = &bias {
+                for (i, e) in exact.iter_mut().enumerate() {
+                    *e += bias[i % n] as f64;
+                }
+            }
+            let err = rel_l2(&ours, &exact);
             // Only the f32 accumulation rounds: about √k·2⁻²⁴ relative.
             assert!(err < 1e-6, "{m}×{k}×{n}: relative error {err}");
             let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
-            assert_eq!(ours, product::<K>(Lhs::Bf16(&xb), &w, [m, k, n]), "bf16 input, {m}×{k}×{n}");
+            assert_eq!(ours, product::<K>(Lhs::Bf16(&xb), &w, bias.as_deref(), [m, k, n]), "bf16 input, {m}×{k}×{n}");
         }
     }
 
@@ -661,8 +781,9 @@ mod tests {
         for (s, &[m, k, n]) in SHAPES.iter().enumerate() {
             let x = random(m * k, 20 + s as u64);
             let w = weights(n, k, 200 + s as u64);
-            let portable = product::<P>(Lhs::F32(&x), &w, [m, k, n]);
-            let ours = product::<K>(Lhs::F32(&x), &w, [m, k, n]);
+            let bias = (s % 2 == 0).then(|| random(n, 400 + s as u64));
+            let portable = product::<P>(Lhs::F32(&x), &w, bias.as_deref(), [m, k, n]);
+            let ours = product::<K>(Lhs::F32(&x), &w, bias.as_deref(), [m, k, n]);
             let exact: Vec<f64> = portable.iter().map(|&v| v as f64).collect();
             let err = rel_l2(&ours, &exact);
             assert!(err < 1e-6, "{m}×{k}×{n}: relative difference {err}");

@@ -227,11 +227,11 @@ impl Linear {
         let (lead, in_dim) = dims.split_at(dims.len() - 1);
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, in_dim[0]))?;
-        let mut y = match &self.weight {
-            Matrix::Dense(w) if bf16_arithmetic(&x2, w) => bf16_product(&x2, w)?,
-            _ => x2.matmul(&self.weight_as(x.dtype())?.t()?)?,
+        let (mut y, bias_added) = match &self.weight {
+            Matrix::Dense(w) if bf16_arithmetic(&x2, w) => bf16_product(&x2, w, self.bias.as_ref())?,
+            _ => (x2.matmul(&self.weight_as(x.dtype())?.t()?)?, false),
         };
-        if let Some(bias) = &self.bias {
+        if let Some(bias) = self.bias.as_ref().filter(|_| !bias_added) {
             let bias = bias.to_dtype(x.dtype())?;
             y = if super::fused::applies(&y) {
                 y.apply_op2(&bias, super::fused::BiasAdd)?
@@ -254,18 +254,24 @@ fn bf16_arithmetic(x: &Tensor, w: &Tensor) -> bool {
 }
 
 /// `x·wᵀ` with both operands in bf16 and f32 sums, in `x`'s dtype: the arithmetic of a GPU's
-/// bf16 GEMM, with `VDPBF16PS` where the CPU has AVX-512 BF16. Elsewhere an f32 `x` is
-/// rounded to bf16 and both are widened, which gives the same products (exact in f32) summed in
-/// another order; a bf16 `x` keeps candle's bf16 product.
-fn bf16_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// bf16 GEMM, on the CPU's bf16 kernel where it has one (`nn::gemm_bf16`), which also adds
+/// `bias` (the `bool` says so). Elsewhere an f32 `x` is rounded to bf16 and both are widened,
+/// which gives the same products (exact in f32) summed in another order; a bf16 `x` keeps
+/// candle's bf16 product.
+fn bf16_product(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, bool)> {
     if super::gemm_bf16::engine().is_some() {
-        let y = x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &super::gemm_bf16::MatmulWt)?;
-        return Ok(y.to_dtype(x.dtype())?);
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        let y = match bias {
+            Some(bias) => x.apply_op3_no_bwd(&w, &bias.contiguous()?, &super::gemm_bf16::MatmulWt)?,
+            None => x.apply_op2_no_bwd(&w, &super::gemm_bf16::MatmulWt)?,
+        };
+        return Ok((y.to_dtype(x.dtype())?, true));
     }
-    Ok(match x.dtype() {
+    let y = match x.dtype() {
         DType::F32 => x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.matmul(&w.to_dtype(DType::F32)?.t()?)?,
         _ => x.matmul(&w.t()?)?,
-    })
+    };
+    Ok((y, false))
 }
 
 /// `[out, in]` → FP8 e4m3 values and f32 scales `[out, 1]`, each row scaled so its largest
