@@ -481,7 +481,7 @@ fn pair_up(src: &[bf16], dst: &mut [u32]) {
 /// The bits of `v` rounded to the nearest bf16, ties to even (as `half::bf16::from_f32`), in a
 /// form the compiler vectorises; NaN stays a (quiet) NaN.
 #[inline(always)]
-fn round_to_bf16_bits(v: f32) -> u16 {
+pub(crate) fn round_to_bf16_bits(v: f32) -> u16 {
     let bits = v.to_bits();
     let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
     let nan = (bits >> 16) | 0x40;
