@@ -578,8 +578,10 @@ mod tests {
                 let num: f64 = a.iter().zip(&exact).map(|(&x, &y)| (x as f64 - y).powi(2)).sum();
                 (num / exact.iter().map(|y| y * y).sum::<f64>()).sqrt()
             };
-            // A probability within an f32 rounding of a bf16 tie may round the other way.
-            assert!(rel(&ours) < 2e-5, "{lq}×{lk}, {heads}×{head_dim}, {block:?}: {:.2e}", rel(&ours));
+            // A probability within an f32 rounding of a bf16 rounding boundary may round the
+            // other way (about one in 10⁴): each such flip moves the output by about 2e-5
+            // relative here, so this allows ten; bf16's own rounding is a hundred times more.
+            assert!(rel(&ours) < 3e-4, "{lq}×{lk}, {heads}×{head_dim}, {block:?}: {:.2e}", rel(&ours));
             assert!(
                 rel(&f32_products) > 1e-3,
                 "the f32 products differ by bf16's rounding: {:.2e}",
