@@ -212,7 +212,7 @@ impl WanTransformer3d {
             proj: ld("head.head", dim, c.out_channels * pt * ph * pw)?,
             eps: c.eps,
         };
-        Ok(Self {
+        let mut model = Self {
             patch_embedding: Linear::new(patch_weight, Some(patch_bias)),
             time_embedding: (ld("time_embedding.0", c.freq_dim, dim)?, ld("time_embedding.2", dim, dim)?),
             time_projection: ld("time_projection.1", dim, 6 * dim)?,
@@ -226,7 +226,13 @@ impl WanTransformer3d {
             compute_dtype: if device.is_cpu() { DType::F32 } else { weight_dtype },
             device: device.clone(),
             config,
-        })
+        };
+        // On the CPU activations stay f32, but bf16 weights mean bf16 products, as on a GPU.
+        let bf16_products = device.is_cpu() && weight_dtype == DType::BF16;
+        for (_, linear) in model.linears_mut() {
+            linear.set_bf16_products(bf16_products);
+        }
+        Ok(model)
     }
 
     /// Applies LoRA `adapters` beside the weights instead of merging them, replacing any set

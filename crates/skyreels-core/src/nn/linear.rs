@@ -57,9 +57,9 @@ enum Matrix {
     Quantized(Arc<QTensor>),
 }
 
-/// A dense layer. Weights may be held in bf16 or FP8 to save memory. bf16 weights multiply in
-/// bf16 arithmetic whatever the input's dtype (operands rounded to bf16, sums in f32, as on a
-/// GPU); FP8 and quantised weights are widened to the input's dtype.
+/// A dense layer. Weights may be held in bf16 or FP8 to save memory and are widened to the
+/// input's dtype when it differs (f32 arithmetic with bf16-held weights), unless the layer is
+/// set to multiply in bf16 ([`set_bf16_products`](Self::set_bf16_products)).
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Matrix,
@@ -67,6 +67,8 @@ pub struct Linear {
     /// Updates applied beside the weight rather than merged into it (LoRA adapters a server
     /// switches per job).
     adapters: Vec<Adapter>,
+    /// Multiply bf16 weights by f32 inputs in bf16 arithmetic (see `set_bf16_products`).
+    bf16_products: bool,
 }
 
 /// An update of a layer kept beside its weight: `y += s·(x·Aᵀ)·Bᵀ + x·Dᵀ + d`.
@@ -111,7 +113,14 @@ impl Adapter {
 impl Linear {
     /// Builds a layer from a `[out, in]` weight and optional `[out]` bias.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight: Matrix::Dense(weight), bias, adapters: Vec::new() }
+        Self { weight: Matrix::Dense(weight), bias, adapters: Vec::new(), bf16_products: false }
+    }
+
+    /// With bf16 weights on the CPU, multiplies f32 inputs in bf16 arithmetic too: the input
+    /// rounded to bf16, f32 sums (a GPU's bf16 GEMM; the CPU's bf16 kernel where it has one).
+    /// A bf16 input always multiplies so; other weights ignore it.
+    pub fn set_bf16_products(&mut self, on: bool) {
+        self.bf16_products = on;
     }
 
     /// Replaces the updates applied beside the weight (none restores the layer as loaded).
@@ -164,7 +173,7 @@ impl Linear {
             }
         };
         let bias = store.tensor(&format!("{prefix}.bias"), &[out_dim], dtype, device)?;
-        Ok(Self { weight, bias: Some(bias), adapters: Vec::new() })
+        Ok(Self { weight, bias: Some(bias), adapters: Vec::new(), bf16_products: false })
     }
 
     /// The same layer with its tensors on `device` (a copy; quantised blocks are copied as
@@ -188,7 +197,7 @@ impl Linear {
         };
         let bias = self.bias.as_ref().map(|b| b.to_device(device)).transpose()?;
         let adapters = self.adapters.iter().map(|a| a.to_device(device)).collect::<Result<_>>()?;
-        Ok(Self { weight, bias, adapters })
+        Ok(Self { weight, bias, adapters, bf16_products: self.bf16_products })
     }
 
     /// Output features.
@@ -201,11 +210,12 @@ impl Linear {
     }
 
     /// The dtype of this layer's product operands under inputs of `input`: bf16 when it holds
-    /// bf16 weights (then even f32 inputs are rounded to bf16), else the input's. The attention
-    /// that follows a projection multiplies in the same arithmetic.
+    /// bf16 weights and multiplies in bf16 ([`set_bf16_products`](Self::set_bf16_products)),
+    /// else the input's. The attention that follows a projection multiplies in the same
+    /// arithmetic.
     pub fn products_dtype(&self, input: DType) -> DType {
         match &self.weight {
-            Matrix::Dense(w) if w.dtype() == DType::BF16 => DType::BF16,
+            Matrix::Dense(w) if w.dtype() == DType::BF16 && self.bf16_products => DType::BF16,
             _ => input,
         }
     }
@@ -221,6 +231,13 @@ impl Linear {
         })
     }
 
+    /// Whether `x·wᵀ` is a bf16 product on the CPU: bf16 weights under bf16 inputs, or under f32
+    /// inputs when the layer is set to.
+    fn bf16_arithmetic(&self, x: &Tensor, w: &Tensor) -> bool {
+        let bf16_input = x.dtype() == DType::BF16 || (x.dtype() == DType::F32 && self.bf16_products);
+        x.device().is_cpu() && w.dtype() == DType::BF16 && bf16_input
+    }
+
     /// Applies the layer to `[..., in]`, returning `[..., out]` in the input's dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
@@ -228,7 +245,7 @@ impl Linear {
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, in_dim[0]))?;
         let (mut y, bias_added) = match &self.weight {
-            Matrix::Dense(w) if bf16_arithmetic(&x2, w) => bf16_product(&x2, w, self.bias.as_ref())?,
+            Matrix::Dense(w) if self.bf16_arithmetic(&x2, w) => bf16_product(&x2, w, self.bias.as_ref())?,
             _ => (x2.matmul(&self.weight_as(x.dtype())?.t()?)?, false),
         };
         if let Some(bias) = self.bias.as_ref().filter(|_| !bias_added) {
@@ -246,11 +263,6 @@ impl Linear {
         out_shape.push(self.out_dim());
         Ok(y.reshape(out_shape)?)
     }
-}
-
-/// Whether `x·wᵀ` is a bf16 product on the CPU: bf16 weights under f32 or bf16 activations.
-fn bf16_arithmetic(x: &Tensor, w: &Tensor) -> bool {
-    x.device().is_cpu() && w.dtype() == DType::BF16 && matches!(x.dtype(), DType::F32 | DType::BF16)
 }
 
 /// `x·wᵀ` with both operands in bf16 and f32 sums, in `x`'s dtype: the arithmetic of a GPU's
@@ -303,7 +315,12 @@ mod tests {
         let (values, scales) = quantize_fp8(&w).unwrap();
         assert_eq!(values.dtype(), DType::F8E4M3);
         assert_eq!(scales.dims(), [25, 1]);
-        let layer = Linear { weight: Matrix::Fp8 { values, row_scales: scales }, bias: None, adapters: Vec::new() };
+        let layer = Linear {
+            weight: Matrix::Fp8 { values, row_scales: scales },
+            bias: None,
+            adapters: Vec::new(),
+            bf16_products: false,
+        };
         let back = layer.weight_as(DType::F32).unwrap();
         let (w_v, back_v) = (w.to_vec2::<f32>().unwrap(), back.to_vec2::<f32>().unwrap());
         for (row, back_row) in w_v.iter().zip(&back_v) {
@@ -324,8 +341,9 @@ mod tests {
         assert!("int4".parse::<WeightFormat>().is_err());
     }
 
-    /// bf16 weights under f32 activations: the input is rounded to bf16 and the products summed
-    /// in f32, whichever kernel this CPU runs; the bias is added in f32.
+    /// bf16 weights under f32 activations: widened by default; set to bf16 products, the input
+    /// is rounded to bf16 and the products summed in f32, whichever kernel this CPU runs; the
+    /// bias is added in f32.
     #[test]
     fn bf16_weights_multiply_in_bf16_arithmetic() {
         let dev = Device::Cpu;
@@ -333,7 +351,13 @@ mod tests {
             let w = Tensor::randn(0f32, 0.2, (out, inner), &dev).unwrap().to_dtype(DType::BF16).unwrap();
             let b = Tensor::randn(0f32, 1.0, out, &dev).unwrap();
             let x = Tensor::randn(0f32, 1.0, (2, rows, inner), &dev).unwrap();
-            let layer = Linear::new(w.clone(), Some(b.clone()));
+            let mut layer = Linear::new(w.clone(), Some(b.clone()));
+            // By default an f32 input keeps f32 arithmetic: the weight is widened.
+            let widened = layer.forward(&x).unwrap();
+            let f32_layer = Linear::new(w.to_dtype(DType::F32).unwrap(), Some(b.clone()));
+            let unrounded = f32_layer.forward(&x).unwrap();
+            assert_eq!(widened.to_vec3::<f32>().unwrap(), unrounded.to_vec3::<f32>().unwrap());
+            layer.set_bf16_products(true);
             let ours = layer.forward(&x).unwrap();
             assert_eq!(ours.dims(), [2, rows, out]);
             assert_eq!(ours.dtype(), DType::F32);
@@ -349,8 +373,6 @@ mod tests {
             .sqrt();
             assert!(err < 1e-6, "{rows}×{inner}×{out}: relative error {err}");
             // The f32 weights' product differs by the input's rounding, about 2⁻⁹ relative.
-            let f32_layer = Linear::new(w.to_dtype(DType::F32).unwrap(), Some(b));
-            let unrounded = f32_layer.forward(&x).unwrap();
             let gap = (&unrounded - &ours).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(gap > 0.0, "an f32 input must be rounded to bf16");
         }
