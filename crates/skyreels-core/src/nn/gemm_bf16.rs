@@ -37,7 +37,7 @@ const ROWS_PER_TASK: usize = 192;
 
 /// The instruction set that multiplies bf16 operands on this CPU, if any is faster than
 /// widening them (decided once per process; `SKYREELS_BF16_KERNEL=amx|dot-pair|widen` overrides
-/// it for measurements, refusing a kernel the CPU lacks).
+/// it for measurements, except with a kernel the CPU lacks, which leaves the default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Engine {
     /// AMX tiles (`TDPBF16PS`).
