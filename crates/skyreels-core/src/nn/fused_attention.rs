@@ -12,7 +12,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::softmax_row;
-use super::gemm_bf16::{self, MicroKernel, Packed, WithKernel, NR};
+use super::gemm_bf16::{self, MicroKernel, Packed, SharedMut, WithKernel, NR};
 
 /// Scores held per chunk of query rows (per thread): 256 KiB of f32.
 const CHUNK_SCORES: usize = 1 << 16;
@@ -43,24 +43,6 @@ struct Shapes {
 impl Shapes {
     fn width(&self) -> usize {
         self.heads * self.head_dim
-    }
-}
-
-/// A pointer that tasks writing disjoint elements may share.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: every use writes elements no other task touches (disjoint heads or samples).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The pointer moved by `offset` elements (a method, so closures capture the `Send`
-    /// wrapper and not the raw field).
-    ///
-    /// # Safety
-    /// `offset` must stay inside the buffer the pointer came from.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        self.0.add(offset)
     }
 }
 
@@ -215,7 +197,7 @@ impl WithKernel for Bf16Forward<'_> {
             .collect();
         // Written in full by the tasks (every row of every head) before it is read.
         let mut out: Vec<f32> = Vec::with_capacity(s.batch * s.lq * w);
-        let out_ptr = Shared(out.as_mut_ptr());
+        let out_ptr = SharedMut(out.as_mut_ptr());
         let chunks = op.chunks(&s, K::ROWS);
         let tasks: Vec<(usize, usize, usize)> = (0..s.batch * s.heads)
             .flat_map(|bh| (0..chunks.len()).map(move |c| (bh / s.heads, bh % s.heads, c)))
@@ -342,7 +324,7 @@ impl CustomOp3 for HeadsLastAttention {
             }
         }
         let mut out = vec![0f32; s.batch * s.lq * s.width()];
-        let out_ptr = Shared(out.as_mut_ptr());
+        let out_ptr = SharedMut(out.as_mut_ptr());
         let chunks = self.chunks(&s, 1);
         let tasks: Vec<(usize, usize, usize)> = (0..s.batch * s.heads)
             .flat_map(|bh| (0..chunks.len()).map(move |c| (bh / s.heads, bh % s.heads, c)))
@@ -414,7 +396,7 @@ impl HeadsLastAttentionBackward {
         let (q, k, v, dout) = (values(qs, ql)?, values(ks, kl)?, values(vs, vl)?, values(gs, gl)?);
         let (nq, nk) = (q.len(), k.len());
         let mut flat = vec![0f32; nq + 2 * nk];
-        let ptr = Shared(flat.as_mut_ptr());
+        let ptr = SharedMut(flat.as_mut_ptr());
         let chunks = f.chunks(&s, 1);
         let w = s.width() as isize;
         (0..s.batch * s.heads).into_par_iter().for_each(|bh| {

@@ -254,10 +254,11 @@ pub(crate) enum Start {
     Bias(*const f32),
 }
 
-/// A raw pointer shared by tasks that write disjoint parts of one buffer.
+/// A raw pointer shared by tasks that write disjoint parts of one buffer (tiles of a product,
+/// heads of an attention).
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: tasks write disjoint tiles (see `product`).
+pub(crate) struct SharedMut(pub *mut f32);
+// SAFETY: every use writes elements no other task touches (see the callers' SAFETY notes).
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
@@ -267,7 +268,7 @@ impl SharedMut {
     ///
     /// # Safety
     /// `offset` must stay inside the buffer.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
+    pub(crate) unsafe fn at(self, offset: usize) -> *mut f32 {
         self.0.add(offset)
     }
 }
