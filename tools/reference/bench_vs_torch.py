@@ -32,6 +32,9 @@ ROWS = {
     "dit-bf16": ("the same, bf16",
                  ["bench", "transformer", "--layers", "2", "--dtype", "bf16", "--repeat", "2"],
                  ["transformer", "--layers", "2", "--dtype", "bf16", "--repeat", "2"], 2),
+    "dit-bf16-1t": ("the same, bf16, 1 thread",
+                    ["bench", "transformer", "--layers", "2", "--dtype", "bf16", "--repeat", "2"],
+                    ["transformer", "--layers", "2", "--dtype", "bf16", "--repeat", "2"], 1),
     "vae-decode-5": ("Wan VAE decode, 5 latent frames -> 17 x 240x416, f32",
                      ["bench", "vae-decode", "--latent-frames", "5", "--height", "30", "--width", "52"],
                      ["vae-decode", "--latent-frames", "5", "--height", "30", "--width", "52"], 2),
@@ -53,7 +56,7 @@ ROWS = {
 
 
 # The table's order: each "the same" row right under the row it varies.
-ORDER = ["dit-f32", "dit-f32-1t", "dit-bf16", "vae-decode-5", "vae-decode-5-1t", "vae-decode-13", "vae-encode-17",
+ORDER = ["dit-f32", "dit-f32-1t", "dit-bf16", "dit-bf16-1t", "vae-decode-5", "vae-decode-5-1t", "vae-decode-13", "vae-encode-17",
          "umt5", "demo"]
 
 
