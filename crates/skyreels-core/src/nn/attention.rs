@@ -317,27 +317,43 @@ impl candle_core::CustomOp2 for ScaledSoftmaxBackward {
     }
 }
 
+/// `softmax(x·scale)` of one row into `out`.
 #[inline(always)]
 pub(super) fn softmax_row(x: &[f32], out: &mut [f32], scale: f32) {
+    out.copy_from_slice(x);
+    softmax_row_in_place(out, scale);
+}
+
+/// `softmax(row·scale)` in place.
+#[inline(always)]
+pub(super) fn softmax_row_in_place(row: &mut [f32], scale: f32) {
+    let inverse = exponentiate_row(row, scale);
+    for o in row.iter_mut() {
+        *o *= inverse;
+    }
+}
+
+/// Replaces `row` by `exp(row·scale − max)` (the maximum of `row·scale`) and returns the
+/// inverse of their sum: a softmax short of its normalisation, which callers fold into their
+/// next pass. Maximum and sum in lanes, so both vectorise.
+#[inline(always)]
+pub(super) fn exponentiate_row(row: &mut [f32], scale: f32) -> f32 {
     let mut max = [f32::NEG_INFINITY; LANES];
-    for (o, x) in out.chunks_mut(LANES).zip(x.chunks(LANES)) {
-        for ((m, o), &x) in max.iter_mut().zip(o).zip(x) {
-            *o = x * scale;
-            *m = if *o > *m { *o } else { *m };
+    for x in row.chunks(LANES) {
+        for (m, &x) in max.iter_mut().zip(x) {
+            let scaled = x * scale;
+            *m = if scaled > *m { scaled } else { *m };
         }
     }
     let max = max.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
     let mut sum = [0f32; LANES];
-    for o in out.chunks_mut(LANES) {
+    for o in row.chunks_mut(LANES) {
         for (s, o) in sum.iter_mut().zip(o) {
-            *o = super::activation::exp(*o - max);
+            *o = super::activation::exp(*o * scale - max);
             *s += *o;
         }
     }
-    let inverse = 1.0 / sum.iter().sum::<f32>();
-    for o in out.iter_mut() {
-        *o *= inverse;
-    }
+    1.0 / sum.iter().sum::<f32>()
 }
 
 /// FlashAttention-2 on CUDA (bf16/f16, no mask); expects and returns `[B, H, L, D]`.

@@ -11,7 +11,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::attention::softmax_row;
+use super::attention::{exponentiate_row, softmax_row_in_place};
 use super::gemm_bf16::{self, MicroKernel, Packed, SharedMut, WithKernel, NR};
 
 /// Scores held per chunk of query rows (per thread): 256 KiB of f32.
@@ -154,12 +154,10 @@ impl HeadsLastAttention {
         let k_view = View { ptr: k.as_ptr().add(b * s.lk * s.width() + h * s.head_dim), rs: w, cs: 1 };
         let scores = View { ptr: probs.as_mut_ptr(), rs: visible as isize, cs: 1 };
         gemm((rows, visible, s.head_dim), scores, false, q_view, k_view.t(), 1.0);
-        let mut unscaled = vec![0f32; visible];
         for row in probs[..rows * visible].chunks_exact_mut(visible) {
-            unscaled.copy_from_slice(row);
             super::activation::run_vectorised(
                 #[inline(always)]
-                || softmax_row(&unscaled, row, self.scale),
+                || softmax_row_in_place(row, self.scale),
             );
         }
     }
@@ -263,28 +261,12 @@ impl WithKernel for Bf16Forward<'_> {
     }
 }
 
-/// [`softmax_row`] of the scores `row` (scaled by `scale`), rounded to bf16 into `pairs`
-/// (the operand of `P·v`); `row` is left holding the unnormalised exponentials. The same
-/// arithmetic as [`softmax_row`] followed by rounding, in one pass fewer and without a copy.
+/// The softmax of the scores `row` (scaled by `scale`), rounded to bf16 into `pairs` (the
+/// operand of `P·v`); `row` is left holding the unnormalised exponentials. The normalisation
+/// happens in the rounding pass.
 #[inline(always)]
 fn softmax_row_into_pairs(row: &mut [f32], scale: f32, pairs: &mut [u32]) {
-    const LANES: usize = 16;
-    let mut max = [f32::NEG_INFINITY; LANES];
-    for x in row.chunks(LANES) {
-        for (m, &x) in max.iter_mut().zip(x) {
-            let scaled = x * scale;
-            *m = if scaled > *m { scaled } else { *m };
-        }
-    }
-    let max = max.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-    let mut sum = [0f32; LANES];
-    for o in row.chunks_mut(LANES) {
-        for (s, o) in sum.iter_mut().zip(o) {
-            *o = super::activation::exp(*o * scale - max);
-            *s += *o;
-        }
-    }
-    let inverse = 1.0 / sum.iter().sum::<f32>();
+    let inverse = exponentiate_row(row, scale);
     let round = |v: f32| gemm_bf16::round_to_bf16_bits(v * inverse) as u32;
     let mut chunks = row.chunks_exact(2);
     for (o, p) in pairs.iter_mut().zip(&mut chunks) {
