@@ -12,7 +12,10 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{exponentiate_row, softmax_row_in_place};
-use super::gemm_bf16::{self, MicroKernel, Packed, SharedMut, WithKernel, NR};
+use std::borrow::Cow;
+
+use super::gemm_bf16::{self, rows_operand, MicroKernel, Operands, Packed, SharedMut, WithKernel, NR};
+use super::gemm_f32;
 
 /// Scores held per chunk of query rows (per thread): 256 KiB of f32.
 const CHUNK_SCORES: usize = 1 << 16;
@@ -163,11 +166,12 @@ impl HeadsLastAttention {
     }
 }
 
-/// The forward pass with bf16 products: per head, the keys and values are packed once as the
-/// kernel's panels (rounded to bf16); per chunk of query rows, `S = q·kᵀ` on the kernel, the
-/// f32 softmax, then `P` rounded to bf16 and `o = P·v` on the kernel, straight into the
-/// output's columns of that head.
-struct Bf16Forward<'a> {
+/// The forward pass on a micro-kernel of `gemm_bf16` or `gemm_f32`: per head, the keys and
+/// values are packed once as the kernel's panels; per chunk of query rows, `S = q·kᵀ` on the
+/// kernel, the f32 softmax, then `o = P·v` on the kernel, straight into the output's columns of
+/// that head. With bf16 operands `q` and `P` are rounded into copies; f32 ones are read where
+/// they lie.
+struct KernelForward<'a> {
     op: &'a HeadsLastAttention,
     s: Shapes,
     q: &'a [f32],
@@ -175,21 +179,21 @@ struct Bf16Forward<'a> {
     v: &'a [f32],
 }
 
-impl WithKernel for Bf16Forward<'_> {
+impl WithKernel for KernelForward<'_> {
     type Output = Vec<f32>;
 
     fn run<K: MicroKernel>(self) -> Vec<f32> {
         let Self { op, s, q, k, v } = self;
         let (d, w) = (s.head_dim, s.width());
-        let d_pairs = d.div_ceil(2).next_multiple_of(K::PAIR_STEP);
-        let key_pairs = s.lk.div_ceil(2).next_multiple_of(K::PAIR_STEP);
+        let d_units = K::Operands::units(d).next_multiple_of(K::PAIR_STEP);
+        let key_units = K::Operands::units(s.lk).next_multiple_of(K::PAIR_STEP);
         let panels: Vec<(Vec<u32>, Vec<u32>)> = (0..s.batch * s.heads)
             .into_par_iter()
             .map(|bh| {
                 let base = (bh / s.heads) * s.lk * w + (bh % s.heads) * d;
                 (
-                    gemm_bf16::panels_of_rows(&k[base..], [s.lk, d, w], d_pairs),
-                    gemm_bf16::panels_of_columns(&v[base..], [s.lk, d, w], key_pairs),
+                    K::Operands::panels_of_rows(&k[base..], [s.lk, d, w], d_units),
+                    K::Operands::panels_of_columns(&v[base..], [s.lk, d, w], key_units),
                 )
             })
             .collect();
@@ -204,15 +208,15 @@ impl WithKernel for Bf16Forward<'_> {
             let (start, rows, visible) = chunks[c];
             let (key_panels, value_panels) = &panels[b * s.heads + h];
             let padded_rows = rows.next_multiple_of(K::ROWS);
-            let q_pairs =
-                gemm_bf16::pairs_of_rows(&q[(b * s.lq + start) * w + h * d..], [rows, d, w], [padded_rows, d_pairs]);
+            let q_rows = &q[(b * s.lq + start) * w + h * d..];
+            let (q_rows, q_stride) = rows_operand::<K::Operands>(q_rows, [rows, d, w], [padded_rows, d_units]);
             let mut probs: Vec<f32> = Vec::with_capacity(rows * visible);
             let scores = Packed {
-                a: &q_pairs,
-                a_pairs: d_pairs,
+                a: &q_rows,
+                a_pairs: q_stride,
                 b: key_panels,
-                b_pairs: d_pairs,
-                pairs: d_pairs,
+                b_pairs: d_units,
+                pairs: d_units,
                 m: rows,
                 n: visible,
                 bias: None,
@@ -229,27 +233,21 @@ impl WithKernel for Bf16Forward<'_> {
                 // Every score was written just above (the tiles cover all rows and keys).
                 probs.set_len(rows * visible);
             };
-            let p_pairs = visible.div_ceil(2).next_multiple_of(K::PAIR_STEP);
-            let mut probs_pairs = vec![0u32; padded_rows * p_pairs];
-            for (row, pairs) in probs.chunks_exact_mut(visible).zip(probs_pairs.chunks_exact_mut(p_pairs)) {
-                super::activation::run_vectorised(
-                    #[inline(always)]
-                    || softmax_row_into_pairs(row, op.scale, pairs),
-                );
-            }
-            let probs = probs_pairs;
+            let p_units = K::Operands::units(visible).next_multiple_of(K::PAIR_STEP);
+            let (probs, p_stride) =
+                probabilities_operand::<K::Operands>(&mut probs, visible, op.scale, [padded_rows, p_units]);
             let weighted = Packed {
                 a: &probs,
-                a_pairs: p_pairs,
+                a_pairs: p_stride,
                 b: value_panels,
-                b_pairs: key_pairs,
-                pairs: p_pairs,
+                b_pairs: key_units,
+                pairs: p_units,
                 m: rows,
                 n: d,
                 bias: None,
             };
             // SAFETY: this task alone writes rows `start..start + rows` of head `h`'s columns of
-            // `out` (stride `w`); `p_pairs ≤ key_pairs` because `visible ≤ lk`.
+            // `out` (stride `w`); `p_units ≤ key_units` because `visible ≤ lk`.
             unsafe {
                 let dst = out_ptr.at((b * s.lq + start) * w + h * d);
                 gemm_bf16::multiply_tiles::<K>(&weighted, 0..rows.div_ceil(K::ROWS), 0..d.div_ceil(NR), dst, w)
@@ -261,20 +259,36 @@ impl WithKernel for Bf16Forward<'_> {
     }
 }
 
-/// The softmax of the scores `row` (scaled by `scale`), rounded to bf16 into `pairs` (the
-/// operand of `P·v`); `row` is left holding the unnormalised exponentials. The normalisation
-/// happens in the rounding pass.
-#[inline(always)]
-fn softmax_row_into_pairs(row: &mut [f32], scale: f32, pairs: &mut [u32]) {
-    let inverse = exponentiate_row(row, scale);
-    let round = |v: f32| gemm_bf16::round_to_bf16_bits(v * inverse) as u32;
-    let mut chunks = row.chunks_exact(2);
-    for (o, p) in pairs.iter_mut().zip(&mut chunks) {
-        *o = round(p[0]) | round(p[1]) << 16;
+/// The softmax of each row of `visible` scores in `scores` (scaled by `scale`) as the `a` of
+/// `P·v` (`rows × units` units) and its row stride: normalised in place when the operands are
+/// f32 values, else rounded into a copy in the pass that normalises them (`scores` is then left
+/// holding the unnormalised exponentials).
+fn probabilities_operand<O: Operands>(
+    scores: &mut [f32],
+    visible: usize,
+    scale: f32,
+    [rows, units]: [usize; 2],
+) -> (Cow<'_, [u32]>, usize) {
+    if O::IN_PLACE {
+        for row in scores.chunks_exact_mut(visible) {
+            super::activation::run_vectorised(
+                #[inline(always)]
+                || softmax_row_in_place(row, scale),
+            );
+        }
+        return (Cow::Borrowed(gemm_f32::as_units(scores)), visible);
     }
-    if let [last] = chunks.remainder() {
-        pairs[row.len() / 2] = round(*last);
+    let mut operand = vec![0u32; rows * units];
+    for (row, dst) in scores.chunks_exact_mut(visible).zip(operand.chunks_exact_mut(units)) {
+        super::activation::run_vectorised(
+            #[inline(always)]
+            || {
+                let inverse = exponentiate_row(row, scale);
+                O::row_into(row, inverse, dst);
+            },
+        );
     }
+    (Cow::Owned(operand), units)
 }
 
 /// The contiguous f32 values behind `storage`/`layout`.
@@ -300,10 +314,10 @@ impl CustomOp3 for HeadsLastAttention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let s = self.shapes(ql, kl, vl)?;
         let (q, k, v) = (values(q, ql)?, values(k, kl)?, values(v, vl)?);
-        if self.bf16_products {
-            if let Some(out) = gemm_bf16::with_kernel(Bf16Forward { op: self, s, q, k, v }) {
-                return Ok((CpuStorage::F32(out), ql.shape().clone()));
-            }
+        let on_a_kernel = || KernelForward { op: self, s, q, k, v };
+        let bf16_out = self.bf16_products.then(|| gemm_bf16::with_kernel(on_a_kernel())).flatten();
+        if let Some(out) = bf16_out.or_else(|| gemm_f32::with_kernel(on_a_kernel())) {
+            return Ok((CpuStorage::F32(out), ql.shape().clone()));
         }
         let mut out = vec![0f32; s.batch * s.lq * s.width()];
         let out_ptr = SharedMut(out.as_mut_ptr());

@@ -21,7 +21,8 @@
 //! `[pair][column]`, which is AMX's layout for its second operand and two vector loads for
 //! `VDPBF16PS`. The product is tiled as in GotoBLAS: each task owns a block of rows and a block
 //! of panels and walks the pairs `KC` at a time, so that its rows' and panels' segments stay
-//! in the caches.
+//! in the caches. The same tiling runs the f32 kernel of [`super::gemm_f32`], whose operand
+//! units are f32 values ([`Operands`]).
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
 use half::bf16;
@@ -220,6 +221,8 @@ pub(crate) trait MicroKernel {
     /// Pairs per pass over a tile (a multiple of `PAIR_STEP`): the results stay in registers
     /// for this long, and a task's rows and panels of this many pairs stay in the caches.
     const KC: usize;
+    /// How f32 values become this kernel's operands.
+    type Operands: Operands;
 
     /// Prepares this thread for [`tile`](Self::tile) calls (AMX: loads the tile configuration).
     ///
@@ -241,6 +244,82 @@ pub(crate) trait MicroKernel {
     /// pairs, `c` writable for `ROWS` rows of `NR` values at stride `ldc`, the kernel's
     /// instructions present (checked by [`engine`]) and [`begin`](Self::begin) called.
     unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, start: Start);
+}
+
+/// How f32 values become a micro-kernel's operand units (`u32`s): pairs of bf16 values rounded
+/// from them ([`Bf16Pairs`]), or the f32 values' own bits (`gemm_f32::F32Values`).
+pub(crate) trait Operands {
+    /// Values per unit: 2 (a pair) or 1.
+    const VALUES_PER_UNIT: usize;
+    /// Whether a unit is an f32 value's bits, so that rows of f32 values are a product's `a`
+    /// where they lie (at their own stride).
+    const IN_PLACE: bool;
+
+    /// `src` times `factor` as units into the start of `dst`.
+    fn row_into(src: &[f32], factor: f32, dst: &mut [u32]);
+    /// Panels whose columns are the `n` rows (of `k` values at stride `ld`) of `src`, `units`
+    /// units deep: `W` of `x·Wᵀ` held as f32, e.g. the keys of attention scores `q·kᵀ`.
+    fn panels_of_rows(src: &[f32], shape: [usize; 3], units: usize) -> Vec<u32>;
+    /// Panels whose columns are the `n` columns of `src` (`k` rows at stride `ld`), `units`
+    /// units deep: `B` of `a·B` held row-major, e.g. the values of attention `P·v`.
+    fn panels_of_columns(src: &[f32], shape: [usize; 3], units: usize) -> Vec<u32>;
+
+    /// Units for `len` values.
+    fn units(len: usize) -> usize {
+        len.div_ceil(Self::VALUES_PER_UNIT)
+    }
+}
+
+/// `m` rows of `k` values of `src` (stride `ld`) as a product's `a` of `rows × units` units and
+/// that operand's row stride: the rows where they lie when [`Operands::IN_PLACE`], else a
+/// zero-padded copy.
+pub(crate) fn rows_operand<O: Operands>(
+    src: &[f32],
+    [m, k, ld]: [usize; 3],
+    [rows, units]: [usize; 2],
+) -> (std::borrow::Cow<'_, [u32]>, usize) {
+    if O::IN_PLACE {
+        let len = m.checked_sub(1).map_or(0, |last| last * ld + k);
+        return (std::borrow::Cow::Borrowed(super::gemm_f32::as_units(&src[..len])), ld);
+    }
+    let mut out = vec![0u32; rows * units];
+    super::activation::run_vectorised(
+        #[inline(always)]
+        || {
+            for (i, row) in out.chunks_mut(units).take(m).enumerate() {
+                O::row_into(&src[i * ld..i * ld + k], 1.0, row);
+            }
+        },
+    );
+    (std::borrow::Cow::Owned(out), units)
+}
+
+/// Pairs of bf16 values, rounded to nearest-even from f32.
+pub(crate) struct Bf16Pairs;
+
+impl Operands for Bf16Pairs {
+    const VALUES_PER_UNIT: usize = 2;
+    const IN_PLACE: bool = false;
+
+    #[inline(always)]
+    fn row_into(src: &[f32], factor: f32, dst: &mut [u32]) {
+        let round = |v: f32| round_to_bf16_bits(v * factor) as u32;
+        let mut chunks = src.chunks_exact(2);
+        for (o, p) in dst.iter_mut().zip(&mut chunks) {
+            *o = round(p[0]) | round(p[1]) << 16;
+        }
+        if let [last] = chunks.remainder() {
+            dst[src.len() / 2] = round(*last);
+        }
+    }
+
+    fn panels_of_rows(src: &[f32], shape: [usize; 3], units: usize) -> Vec<u32> {
+        panels_of_rows(src, shape, units)
+    }
+
+    fn panels_of_columns(src: &[f32], shape: [usize; 3], units: usize) -> Vec<u32> {
+        panels_of_columns(src, shape, units)
+    }
 }
 
 /// What a tile's sums start from.
@@ -274,8 +353,9 @@ impl SharedMut {
 }
 
 /// Packed operands of one product `c = a·b` (`m × n`, over `pairs` pairs, a multiple of the
-/// kernel's step): `a` as rows of `a_pairs` pairs (zero-padded to whole tiles of rows), `b` as
-/// panels of `b_pairs` pairs each (at least `pairs`).
+/// kernel's step): `a` as rows of `a_pairs` pairs (at least `m` rows; when a last tile of rows
+/// runs past its end, that tile is read from a zero-padded copy), `b` as panels of `b_pairs`
+/// pairs each (at least `pairs`). For an f32 kernel a "pair" is one f32 value.
 #[derive(Clone, Copy)]
 pub(crate) struct Packed<'a> {
     pub a: &'a [u32],
@@ -294,8 +374,8 @@ pub(crate) struct Packed<'a> {
 ///
 /// # Safety
 /// `c` must be writable for `m` rows of `n` values at stride `ldc` (the tiles' part of it not
-/// written by anyone else meanwhile), `o` consistent (`a` holds whole tiles of `K::ROWS` rows
-/// of `a_pairs`, `b` the panels of `n` columns), and `K`'s instructions present.
+/// written by anyone else meanwhile), `o` consistent (`a` holds `m` rows of `a_pairs`, `b` the
+/// panels of `n` columns), and `K`'s instructions present.
 pub(crate) unsafe fn multiply_tiles<K: MicroKernel>(
     o: &Packed,
     row_tiles: std::ops::Range<usize>,
@@ -304,13 +384,17 @@ pub(crate) unsafe fn multiply_tiles<K: MicroKernel>(
     ldc: usize,
 ) {
     let mut edge_tile = vec![0f32; K::ROWS * NR];
+    let short_tile = short_row_tile::<K>(o, &row_tiles);
     K::begin();
     for pc in (0..o.pairs).step_by(K::KC) {
         let kc = K::KC.min(o.pairs - pc);
         for rt in row_tiles.clone() {
             let row0 = rt * K::ROWS;
             let rows = K::ROWS.min(o.m - row0);
-            let a = o.a[row0 * o.a_pairs + pc..].as_ptr();
+            let a = match &short_tile {
+                Some((tile_index, rows)) if *tile_index == rt => rows[pc..].as_ptr(),
+                _ => o.a[row0 * o.a_pairs + pc..].as_ptr(),
+            };
             for pt in panels.clone() {
                 let col0 = pt * NR;
                 let cols = NR.min(o.n - col0);
@@ -338,6 +422,18 @@ pub(crate) unsafe fn multiply_tiles<K: MicroKernel>(
     K::end();
 }
 
+/// The last of `row_tiles` with its rows zero-padded to `K::ROWS`, when `o.a` ends before
+/// that tile does (an unpadded `a`, e.g. f32 rows used in place).
+fn short_row_tile<K: MicroKernel>(o: &Packed, row_tiles: &std::ops::Range<usize>) -> Option<(usize, Vec<u32>)> {
+    let last = row_tiles.clone().last()?;
+    let (start, end) = (last * K::ROWS * o.a_pairs, (last + 1) * K::ROWS * o.a_pairs);
+    (o.a.len() < end).then(|| {
+        let mut rows = o.a[start.min(o.a.len())..].to_vec();
+        rows.resize(K::ROWS * o.a_pairs, 0);
+        (last, rows)
+    })
+}
+
 /// The tiled product with `K` as the inner loop, on all threads.
 fn product<K: MicroKernel>(x: Lhs, w: &[bf16], bias: Option<&[f32]>, [m, k, n]: [usize; 3]) -> Vec<f32> {
     if m == 0 || n == 0 || k == 0 {
@@ -347,12 +443,22 @@ fn product<K: MicroKernel>(x: Lhs, w: &[bf16], bias: Option<&[f32]>, [m, k, n]: 
     let pairs = k.div_ceil(2).next_multiple_of(K::PAIR_STEP);
     let lhs = lhs_pairs(x, [m, k], [m.next_multiple_of(K::ROWS), pairs]);
     let panels = pack_panels(w, [n, k], pairs);
-    let bias = bias.map(|b| {
-        let mut padded = b.to_vec();
-        padded.resize(n.next_multiple_of(NR), 0.0);
-        padded
-    });
+    let bias = bias.map(|b| padded_bias(b, n));
     let packed = Packed { a: &lhs, a_pairs: pairs, b: &panels, b_pairs: pairs, pairs, m, n, bias: bias.as_deref() };
+    multiply_packed::<K>(&packed)
+}
+
+/// `bias` zero-padded to whole panels of `n` columns (what [`Packed::bias`] holds).
+fn padded_bias(bias: &[f32], n: usize) -> Vec<f32> {
+    let mut padded = bias.to_vec();
+    padded.resize(n.next_multiple_of(NR), 0.0);
+    padded
+}
+
+/// `c = a·b (+ bias)` of packed operands into a new `m × n` buffer, the tiles shared out among
+/// all threads in blocks of rows and panels.
+fn multiply_packed<K: MicroKernel>(packed: &Packed) -> Vec<f32> {
+    let (m, n) = (packed.m, packed.n);
     let row_tiles = m.div_ceil(K::ROWS);
     let tiles_per_task = (ROWS_PER_TASK / K::ROWS).max(1);
     let panel_count = n.div_ceil(NR);
@@ -366,8 +472,8 @@ fn product<K: MicroKernel>(x: Lhs, w: &[bf16], bias: Option<&[f32]>, [m, k, n]: 
     tasks.into_par_iter().for_each(|(rt0, pt0)| {
         let (rt_end, pt_end) = ((rt0 + tiles_per_task).min(row_tiles), (pt0 + PANELS_PER_TASK).min(panel_count));
         // SAFETY: each task writes its own tiles of `out` (capacity `m × n`); the operands were
-        // packed for `K` just above, and `engine` checked its instructions.
-        unsafe { multiply_tiles::<K>(&packed, rt0..rt_end, pt0..pt_end, c.at(0), n) };
+        // packed for `K`, whose instructions the caller checked.
+        unsafe { multiply_tiles::<K>(packed, rt0..rt_end, pt0..pt_end, c.at(0), n) };
     });
     // SAFETY: the tasks' tiles cover all `m` rows and `n` columns, each written on the first
     // pass over `k` (which reads nothing of `out`).
@@ -394,19 +500,9 @@ pub(crate) fn with_kernel<W: WithKernel>(work: W) -> Option<W::Output> {
     }
 }
 
-/// `m` rows of `k` f32 values at stride `ld` from `src`, rounded to bf16, as `rows × pairs`
-/// pairs (zero past `m` and `k`), on this thread.
-pub(crate) fn pairs_of_rows(src: &[f32], [m, k, ld]: [usize; 3], [rows, pairs]: [usize; 2]) -> Vec<u32> {
-    let mut out = vec![0u32; rows * pairs];
-    for (i, row) in out.chunks_mut(pairs).take(m).enumerate() {
-        round_row_into_pairs(&src[i * ld..i * ld + k], row);
-    }
-    out
-}
-
 /// Panels whose columns are the `n` rows (of `k` values at stride `ld`) of `src`, rounded to
 /// bf16: `W` of `x·Wᵀ` held as f32, e.g. the keys of attention scores `q·kᵀ`.
-pub(crate) fn panels_of_rows(src: &[f32], [n, k, ld]: [usize; 3], pairs: usize) -> Vec<u32> {
+fn panels_of_rows(src: &[f32], [n, k, ld]: [usize; 3], pairs: usize) -> Vec<u32> {
     let mut out = vec![0u32; n.div_ceil(NR) * pairs * NR];
     let mut row_pairs = vec![0u32; k.div_ceil(2)];
     for (panel, dst) in out.chunks_mut(pairs * NR).enumerate() {
@@ -423,7 +519,7 @@ pub(crate) fn panels_of_rows(src: &[f32], [n, k, ld]: [usize; 3], pairs: usize) 
 
 /// Panels whose columns are the `n` columns of `src` (`k` rows at stride `ld`), pairs taken
 /// down the rows, rounded to bf16: `B` of `a·B` held row-major, e.g. the values of attention.
-pub(crate) fn panels_of_columns(src: &[f32], [k, n, ld]: [usize; 3], pairs: usize) -> Vec<u32> {
+fn panels_of_columns(src: &[f32], [k, n, ld]: [usize; 3], pairs: usize) -> Vec<u32> {
     let mut out = vec![0u32; n.div_ceil(NR) * pairs * NR];
     for (panel, dst) in out.chunks_mut(pairs * NR).enumerate() {
         let (col0, cols) = (panel * NR, NR.min(n - panel * NR));
@@ -445,15 +541,7 @@ pub(crate) fn panels_of_columns(src: &[f32], [k, n, ld]: [usize; 3], pairs: usiz
 fn round_row_into_pairs(src: &[f32], dst: &mut [u32]) {
     super::activation::run_vectorised(
         #[inline(always)]
-        || {
-            let mut chunks = src.chunks_exact(2);
-            for (o, p) in dst.iter_mut().zip(&mut chunks) {
-                *o = round_to_bf16_bits(p[0]) as u32 | (round_to_bf16_bits(p[1]) as u32) << 16;
-            }
-            if let [last] = chunks.remainder() {
-                dst[src.len() / 2] = round_to_bf16_bits(*last) as u32;
-            }
-        },
+        || Bf16Pairs::row_into(src, 1.0, dst),
     )
 }
 
@@ -542,6 +630,7 @@ mod dot_pair {
     pub(super) struct Lanes;
 
     impl MicroKernel for Lanes {
+        type Operands = super::Bf16Pairs;
         const ROWS: usize = 12;
         const PAIR_STEP: usize = 1;
         const KC: usize = 256;
@@ -604,6 +693,7 @@ mod amx {
     };
 
     impl MicroKernel for Tiles {
+        type Operands = super::Bf16Pairs;
         const ROWS: usize = 32;
         const PAIR_STEP: usize = 16;
         const KC: usize = 512;
@@ -677,6 +767,7 @@ mod tests {
     struct Portable<const ROWS: usize, const STEP: usize>;
 
     impl<const ROWS: usize, const STEP: usize> MicroKernel for Portable<ROWS, STEP> {
+        type Operands = Bf16Pairs;
         const ROWS: usize = ROWS;
         const PAIR_STEP: usize = STEP;
         const KC: usize = 16 * STEP;

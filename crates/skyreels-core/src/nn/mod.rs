@@ -10,6 +10,7 @@ mod conv3d;
 mod fused;
 mod fused_attention;
 mod gemm_bf16;
+mod gemm_f32;
 mod linear;
 mod modulation;
 mod norm;
