@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::checkpoint::{open_model, Component, ModelFiles, WeightStore, Weights};
 use crate::error::{invalid_input, Error, Result};
-use crate::nn::{gelu_tanh, softmax_last_dim, Linear, RmsNorm};
+use crate::nn::{biased_attention_heads_last, gelu_tanh, Linear, OffsetBias, RmsNorm};
 
 /// Structure of a umT5 encoder (HF `UMT5Config` names).
 #[derive(Debug, Clone, PartialEq)]
@@ -163,19 +163,16 @@ impl EncoderLayer {
         })
     }
 
-    /// `x` `[B, L, D]` f32; `buckets` `[L·L]` u32; `mask_bias` `[B, 1, 1, L]`.
-    fn forward(&self, x: &Tensor, buckets: &Tensor, mask_bias: &Tensor, heads: usize) -> Result<Tensor> {
-        let (b, l, _) = x.dims3()?;
+    /// `x` `[B, L, D]` f32; `offset_buckets` `[2L − 1]` u32, the bucket of each key–query
+    /// offset `j − i` at `j − i + L − 1`; `mask_bias` `[B, L]`.
+    fn forward(&self, x: &Tensor, offset_buckets: &Tensor, mask_bias: &Tensor, heads: usize) -> Result<Tensor> {
         let h = self.norm1.forward(x)?;
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, l, heads, ()))?.transpose(1, 2)?.contiguous()?.to_dtype(DType::F32)?)
-        };
-        let (q, k, v) = (split(self.q.forward(&h)?)?, split(self.k.forward(&h)?)?, split(self.v.forward(&h)?)?);
-        // [L·L, heads] → [1, heads, L, L]
-        let position_bias = self.relative_bias.index_select(buckets, 0)?.reshape((l, l, heads))?.permute((2, 0, 1))?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(&position_bias.unsqueeze(0)?)?.broadcast_add(mask_bias)?;
-        let weights = softmax_last_dim(&scores)?;
-        let attended = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, l, ()))?;
+        let project = |layer: &Linear| -> Result<Tensor> { Ok(layer.forward(&h)?.to_dtype(DType::F32)?) };
+        let (q, k, v) = (project(&self.q)?, project(&self.k)?, project(&self.v)?);
+        // [2L − 1, heads] → [heads, 2L − 1]
+        let relative = self.relative_bias.index_select(offset_buckets, 0)?.t()?.contiguous()?;
+        let bias = OffsetBias { relative, keys: mask_bias.clone() };
+        let attended = biased_attention_heads_last(&q, &k, &v, heads, 1.0, &bias)?;
         let x = (x + self.o.forward(&attended)?.to_dtype(DType::F32)?)?;
         let h = self.norm2.forward(&x)?;
         let gated = (gelu_tanh(&self.gate.forward(&h)?)? * self.fc1.forward(&h)?)?;
@@ -240,10 +237,10 @@ impl UmT5Encoder {
         }
         let device = self.embedding.device();
         let mut x = self.embedding.index_select(&ids.flatten_all()?, 0)?.reshape((b, l, ()))?.to_dtype(DType::F32)?;
-        let buckets = self.bucket_indices(l, device)?;
+        let buckets = self.offset_buckets(l, device)?;
         let keep = mask.to_dtype(DType::F32)?.to_device(device)?;
         // 0 where attended, the most negative f32 on padding keys (as transformers does).
-        let mask_bias = ((keep - 1.0)? * -(f32::MIN as f64))?.reshape((b, 1, 1, l))?;
+        let mask_bias = ((keep - 1.0)? * -(f32::MIN as f64))?;
         for layer in &self.layers {
             x = layer.forward(&x, &buckets, &mask_bias, self.config.num_heads)?;
             if let Some(trace) = trace.as_deref_mut() {
@@ -261,11 +258,13 @@ impl UmT5Encoder {
         Ok(hidden.broadcast_mul(&keep)?)
     }
 
-    fn bucket_indices(&self, l: usize, device: &Device) -> Result<Tensor> {
+    /// The relative-position bucket of each key–query offset `j − i` of `l` tokens, at
+    /// `j − i + l − 1` (`[2l − 1]`).
+    fn offset_buckets(&self, l: usize, device: &Device) -> Result<Tensor> {
         let (n, max) = (self.config.num_buckets, self.config.max_distance);
         let buckets: Vec<u32> =
-            (0..l * l).map(|i| relative_position_bucket((i % l) as i64 - (i / l) as i64, n, max) as u32).collect();
-        Ok(Tensor::from_vec(buckets, l * l, device)?)
+            (0..2 * l - 1).map(|o| relative_position_bucket(o as i64 - (l as i64 - 1), n, max) as u32).collect();
+        Ok(Tensor::from_vec(buckets, 2 * l - 1, device)?)
     }
 }
 

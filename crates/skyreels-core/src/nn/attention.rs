@@ -56,10 +56,86 @@ pub fn attention_heads_last(
             AttentionMask::BlockCausal { tokens_per_block } => Some(tokens_per_block),
         };
         let bf16_products = products == DType::BF16;
-        let op = super::fused_attention::HeadsLastAttention { heads, scale: scale as f32, causal_block, bf16_products };
+        let op = super::fused_attention::HeadsLastAttention {
+            heads,
+            scale: scale as f32,
+            causal_block,
+            bf16_products,
+            bias: None,
+        };
         return Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?);
     }
     merge_heads(&attention(&split_heads(q, heads)?, &split_heads(k, heads)?, &split_heads(v, heads)?, scale, mask)?)
+}
+
+/// An additive bias on attention scores: a per-head function of the key–query offset plus a
+/// per-key term — T5's relative position bias and its padding mask — which never needs an
+/// `Lq × Lk` tensor.
+#[derive(Debug, Clone)]
+pub struct OffsetBias {
+    /// `[H, Lq + Lk − 1]`: the bias of key `j` for query `i` at `j − i + Lq − 1`.
+    pub relative: Tensor,
+    /// `[B, Lk]`: added to every query's score of key `j` (a large negative value on padding).
+    pub keys: Tensor,
+}
+
+/// `softmax(q·kᵀ·scale + bias)·v` over heads-last tensors (`q [B, Lq, H·Dh]`, `k, v
+/// [B, Lk, H·Dh]`) → `[B, Lq, H·Dh]`, without gradients: on the CPU in f32 the fused operation
+/// with the bias added to each chunk of scores; elsewhere split into heads with the bias
+/// expanded to `[H, Lq, Lk]`.
+pub fn biased_attention_heads_last(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    bias: &OffsetBias,
+) -> Result<Tensor> {
+    let (b, lq, _) = q.dims3()?;
+    let lk = k.dim(1)?;
+    let expected = (bias.relative.dims() == [heads, lq + lk - 1], bias.keys.dims() == [b, lk]);
+    if expected != (true, true) {
+        return Err(invalid_input!(
+            "a score bias of {:?} offsets and {:?} keys for {heads} heads, {lq} queries and {b}×{lk} keys",
+            bias.relative.dims(),
+            bias.keys.dims()
+        ));
+    }
+    if ![q, k, v].iter().all(|t| super::fused::applies(t)) {
+        return biased_attention_split(q, k, v, heads, scale, bias);
+    }
+    let values = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
+    let bias =
+        super::fused_attention::OffsetBiasValues { relative: values(&bias.relative)?, keys: values(&bias.keys)? };
+    let op = super::fused_attention::HeadsLastAttention {
+        heads,
+        scale: scale as f32,
+        causal_block: None,
+        bf16_products: false,
+        bias: Some(std::sync::Arc::new(bias)),
+    };
+    Ok(q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)?)
+}
+
+/// [`biased_attention_heads_last`] with the heads split and the bias expanded (any device).
+fn biased_attention_split(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    bias: &OffsetBias,
+) -> Result<Tensor> {
+    let (b, lq, _) = q.dims3()?;
+    let lk = k.dim(1)?;
+    let offsets: Vec<u32> = (0..lq * lk).map(|n| (n % lk + lq - 1 - n / lk) as u32).collect();
+    let offsets = Tensor::from_vec(offsets, lq * lk, bias.relative.device())?;
+    let expanded = bias.relative.index_select(&offsets, 1)?.reshape((1, heads, lq, lk))?;
+    let (q, k, v) = (split_heads(q, heads)?, split_heads(k, heads)?, split_heads(v, heads)?);
+    let scores = (q.matmul(&k.t()?)? * scale)?
+        .broadcast_add(&expanded.to_dtype(q.dtype())?)?
+        .broadcast_add(&bias.keys.reshape((b, 1, 1, lk))?.to_dtype(q.dtype())?)?;
+    merge_heads(&softmax_last_dim(&scores)?.matmul(&v)?)
 }
 
 /// The DiT's self-attention core on heads-last tensors: the 3-D rotary embedding of `q` and `k`
@@ -404,6 +480,68 @@ mod tests {
 
     /// The fused softmax's backward pass (taken when the scores need gradients) gives candle's
     /// gradients of `softmax(x·scale)`, also for rows longer than its lanes with a remainder.
+    /// The offset bias by its definition in f64, heads-last: `softmax(q·kᵀ·scale + r[h][j − i + Lq
+    /// − 1] + m[b][j])·v`.
+    fn naive_biased(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64, bias: &OffsetBias) -> Tensor {
+        let as_f64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap().to_vec3::<f64>().unwrap();
+        let (q, k, v) = (as_f64(q), as_f64(k), as_f64(v));
+        let relative = bias.relative.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+        let keys = bias.keys.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+        let (b, lq, lk, width) = (q.len(), q[0].len(), k[0].len(), q[0][0].len());
+        let d = width / heads;
+        let mut out = vec![0f64; b * lq * width];
+        for bi in 0..b {
+            for h in 0..heads {
+                for i in 0..lq {
+                    let scores: Vec<f64> = (0..lk)
+                        .map(|j| {
+                            let dot: f64 = (0..d).map(|c| q[bi][i][h * d + c] * k[bi][j][h * d + c]).sum();
+                            dot * scale + relative[h][j + lq - 1 - i] + keys[bi][j]
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let total: f64 = weights.iter().sum();
+                    for (j, w) in weights.iter().enumerate() {
+                        for c in 0..d {
+                            out[(bi * lq + i) * width + h * d + c] += w / total * v[bi][j][h * d + c];
+                        }
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(out, (b, lq, width), &Device::Cpu).unwrap()
+    }
+
+    /// The fused CPU path (chunks of rows, the kernel's tiles) and the split one a GPU takes,
+    /// against the definition: self- and cross-attention lengths, masked keys, a scale.
+    #[test]
+    fn offset_bias_attention_matches_the_definition() {
+        let dev = Device::Cpu;
+        for (b, lq, lk, heads, scale) in [(2, 13, 13, 3, 1.0), (1, 7, 20, 2, 0.3), (2, 300, 300, 2, 1.0)] {
+            let q = Tensor::randn(0f32, 1.0, (b, lq, heads * 8), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (b, lk, heads * 8), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (b, lk, heads * 8), &dev).unwrap();
+            let relative = Tensor::randn(0f32, 2.0, (heads, lq + lk - 1), &dev).unwrap();
+            // The last sample's last three keys are padding.
+            let keys: Vec<f32> = (0..b * lk).map(|n| if n >= b * lk - 3 { f32::MIN } else { 0.0 }).collect();
+            let bias = OffsetBias { relative, keys: Tensor::from_vec(keys, (b, lk), &dev).unwrap() };
+            let exact = naive_biased(&q, &k, &v, heads, scale, &bias);
+            let fused = biased_attention_heads_last(&q, &k, &v, heads, scale, &bias).unwrap();
+            let split = biased_attention_split(&q, &k, &v, heads, scale, &bias).unwrap();
+            for (path, ours) in [("fused", &fused), ("split", &split)] {
+                let err = rel_l2(ours, &exact);
+                assert!(err < 1e-5, "{path}, {b}×{lq}×{lk}, {heads} heads: relative error {err:e}");
+            }
+        }
+        let q = Tensor::zeros((1, 4, 8), DType::F32, &dev).unwrap();
+        let wrong = OffsetBias {
+            relative: Tensor::zeros((2, 6), DType::F32, &dev).unwrap(),
+            keys: Tensor::zeros((1, 4), DType::F32, &dev).unwrap(),
+        };
+        assert!(biased_attention_heads_last(&q, &q, &q, 2, 1.0, &wrong).is_err(), "7 offsets are needed, not 6");
+    }
+
     #[test]
     fn fused_softmax_gradient_matches_candles() {
         let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 2.0, (3, 4, 37), &Device::Cpu).unwrap()).unwrap();

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::attention::{exponentiate_row, softmax_row_in_place};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use super::gemm_bf16::{self, rows_operand, MicroKernel, Operands, Packed, SharedMut, WithKernel, NR};
 use super::gemm_f32;
@@ -21,7 +22,7 @@ use super::gemm_f32;
 const CHUNK_SCORES: usize = 1 << 16;
 
 /// Attention over `q [B, Lq, H·Dh]`, `k, v [B, Lk, H·Dh]` → `[B, Lq, H·Dh]`.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(super) struct HeadsLastAttention {
     pub heads: usize,
     pub scale: f32,
@@ -31,7 +32,22 @@ pub(super) struct HeadsLastAttention {
     /// Multiply with bf16 operands and f32 sums (`q·kᵀ` and `P·v`; the softmax stays f32), on
     /// CPUs with a bf16 kernel (`gemm_bf16::engine`); elsewhere the products stay f32.
     pub bf16_products: bool,
+    /// Added to the scaled scores before the softmax (forward only: with a bias the operation
+    /// has no backward pass).
+    pub bias: Option<Arc<OffsetBiasValues>>,
 }
+
+/// An additive bias on scaled scores: `relative[h·(Lq + Lk − 1) + j − i + Lq − 1] + keys[b·Lk + j]`
+/// for query row `i` and key `j` of head `h` in sample `b` (T5's relative position bias and its
+/// padding mask).
+#[derive(Debug)]
+pub(super) struct OffsetBiasValues {
+    pub relative: Vec<f32>,
+    pub keys: Vec<f32>,
+}
+
+/// Query rows `(start, rows, visible keys)` handled together.
+type Chunk = (usize, usize, usize);
 
 /// The geometry of one call.
 #[derive(Clone, Copy)]
@@ -118,13 +134,43 @@ impl HeadsLastAttention {
                 bail!("block-causal attention needs {lq} tokens to split into blocks of {block}");
             }
         }
+        if let Some(bias) = &self.bias {
+            if bias.relative.len() != self.heads * (lq + lk - 1) || bias.keys.len() != batch * lk {
+                bail!(
+                    "heads-last attention: a bias of {} offsets and {} keys for {} heads, {lq} queries, {batch}×{lk} keys",
+                    bias.relative.len(),
+                    bias.keys.len(),
+                    self.heads
+                );
+            }
+        }
         Ok(Shapes { batch, lq, lk, heads: self.heads, head_dim: width / self.heads })
+    }
+
+    /// Adds the bias (if any) to the scores of rows `start..start + rows` of head `(b, h)` over
+    /// `visible` keys, scaling them first, and returns the scale the softmax has left to apply.
+    fn add_bias(&self, s: &Shapes, scores: &mut [f32], (b, h): (usize, usize), (start, _, visible): Chunk) -> f32 {
+        let Some(bias) = &self.bias else { return self.scale };
+        let span = s.lq + s.lk - 1;
+        let keys = &bias.keys[b * s.lk..b * s.lk + visible];
+        for (i, row) in (start..).zip(scores.chunks_exact_mut(visible)) {
+            let relative = &bias.relative[h * span + s.lq - 1 - i..][..visible];
+            super::activation::run_vectorised(
+                #[inline(always)]
+                || {
+                    for ((x, r), m) in row.iter_mut().zip(relative).zip(keys) {
+                        *x = *x * self.scale + r + m;
+                    }
+                },
+            );
+        }
+        1.0
     }
 
     /// Chunks of query rows `(start, rows, visible keys)`: within one causal block each, and
     /// at most [`CHUNK_SCORES`] scores, or one multiple of `rows_multiple` rows when that is
     /// more (a whole tile of the bf16 kernel).
-    fn chunks(&self, s: &Shapes, rows_multiple: usize) -> Vec<(usize, usize, usize)> {
+    fn chunks(&self, s: &Shapes, rows_multiple: usize) -> Vec<Chunk> {
         let block = self.causal_block.unwrap_or(s.lq).max(1);
         let rows = (CHUNK_SCORES / s.lk.max(1) / rows_multiple).max(1) * rows_multiple;
         let rows = rows.clamp(1, block);
@@ -157,10 +203,11 @@ impl HeadsLastAttention {
         let k_view = View { ptr: k.as_ptr().add(b * s.lk * s.width() + h * s.head_dim), rs: w, cs: 1 };
         let scores = View { ptr: probs.as_mut_ptr(), rs: visible as isize, cs: 1 };
         gemm((rows, visible, s.head_dim), scores, false, q_view, k_view.t(), 1.0);
+        let scale = self.add_bias(s, &mut probs[..rows * visible], (b, h), (start, rows, visible));
         for row in probs[..rows * visible].chunks_exact_mut(visible) {
             super::activation::run_vectorised(
                 #[inline(always)]
-                || softmax_row_in_place(row, self.scale),
+                || softmax_row_in_place(row, scale),
             );
         }
     }
@@ -233,9 +280,10 @@ impl WithKernel for KernelForward<'_> {
                 // Every score was written just above (the tiles cover all rows and keys).
                 probs.set_len(rows * visible);
             };
+            let scale = op.add_bias(&s, &mut probs, (b, h), chunks[c]);
             let p_units = K::Operands::units(visible).next_multiple_of(K::PAIR_STEP);
             let (probs, p_stride) =
-                probabilities_operand::<K::Operands>(&mut probs, visible, op.scale, [padded_rows, p_units]);
+                probabilities_operand::<K::Operands>(&mut probs, visible, scale, [padded_rows, p_units]);
             let weighted = Packed {
                 a: &probs,
                 a_pairs: p_stride,
@@ -350,7 +398,10 @@ impl CustomOp3 for HeadsLastAttention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let backward = HeadsLastAttentionBackward { forward: *self };
+        if self.bias.is_some() {
+            bail!("heads-last attention with a score bias has no backward pass");
+        }
+        let backward = HeadsLastAttentionBackward { forward: self.clone() };
         let grad = grad.contiguous()?;
         // q, k, v and the output's gradient in one flat input: CustomOp3 takes three tensors.
         let flat = backward.run(q, k, v, &grad)?;
@@ -477,7 +528,13 @@ mod tests {
             let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, lk, heads * 8), &dev).unwrap()).unwrap();
             let weights = Tensor::randn(0f32, 1.0, (2, lq, heads * 8), &dev).unwrap();
             let scale = 0.35;
-            let op = HeadsLastAttention { heads, scale: scale as f32, causal_block: block, bf16_products: false };
+            let op = HeadsLastAttention {
+                heads,
+                scale: scale as f32,
+                causal_block: block,
+                bf16_products: false,
+                bias: None,
+            };
             let fused = q.as_tensor().apply_op3(k.as_tensor(), v.as_tensor(), op).unwrap();
             let mask = block.map_or(AttentionMask::Full, |n| AttentionMask::BlockCausal { tokens_per_block: n });
             let (qs, ks, vs) = (split(q.as_tensor(), heads), split(k.as_tensor(), heads), split(v.as_tensor(), heads));
@@ -545,8 +602,13 @@ mod tests {
             let k = Tensor::randn(0f32, 1.0, (2, lk, width), &dev).unwrap();
             let v = Tensor::randn(0f32, 1.0, (2, lk, width), &dev).unwrap();
             let scale = 0.3;
-            let op =
-                |bf16_products| HeadsLastAttention { heads, scale: scale as f32, causal_block: block, bf16_products };
+            let op = |bf16_products| HeadsLastAttention {
+                heads,
+                scale: scale as f32,
+                causal_block: block,
+                bf16_products,
+                bias: None,
+            };
             let ours = q.apply_op3(&k, &v, op(true)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let f32_products = q.apply_op3(&k, &v, op(false)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -571,9 +633,11 @@ mod tests {
     #[test]
     fn mismatched_shapes_are_refused() {
         let x = Tensor::zeros((1, 6, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let three_heads = HeadsLastAttention { heads: 3, scale: 1.0, causal_block: None, bf16_products: false };
+        let three_heads =
+            HeadsLastAttention { heads: 3, scale: 1.0, causal_block: None, bf16_products: false, bias: None };
         assert!(x.apply_op3(&x, &x, three_heads).is_err(), "8 features in 3 heads");
-        let blocks_of_4 = HeadsLastAttention { heads: 2, scale: 1.0, causal_block: Some(4), bf16_products: false };
+        let blocks_of_4 =
+            HeadsLastAttention { heads: 2, scale: 1.0, causal_block: Some(4), bf16_products: false, bias: None };
         assert!(x.apply_op3(&x, &x, blocks_of_4).is_err(), "6 tokens in blocks of 4");
     }
 }

@@ -20,7 +20,8 @@ mod unfold;
 
 pub use activation::gelu_tanh;
 pub use attention::{
-    attention, attention_heads_last, rotary_attention, softmax_last_dim, AttentionMask, GPU_SCORE_BUDGET,
+    attention, attention_heads_last, biased_attention_heads_last, rotary_attention, softmax_last_dim, AttentionMask,
+    OffsetBias, GPU_SCORE_BUDGET,
 };
 pub use channel_norm::channel_norm_silu;
 pub use conv3d::{Conv3d, SpatialPadding};
