@@ -80,9 +80,10 @@ pub struct OffsetBias {
 }
 
 /// `softmax(q·kᵀ·scale + bias)·v` over heads-last tensors (`q [B, Lq, H·Dh]`, `k, v
-/// [B, Lk, H·Dh]`) → `[B, Lq, H·Dh]`, without gradients: on the CPU in f32 the fused operation
-/// with the bias added to each chunk of scores; elsewhere split into heads with the bias
-/// expanded to `[H, Lq, Lk]`.
+/// [B, Lk, H·Dh]`) → `[B, Lq, H·Dh]`: on the CPU in f32 the fused operation with the bias added
+/// to each chunk of scores; elsewhere, or when gradients flow through any input or the bias
+/// (training umT5), split into heads with the bias expanded to `[H, Lq, Lk]`, which candle
+/// differentiates.
 pub fn biased_attention_heads_last(
     q: &Tensor,
     k: &Tensor,
@@ -101,7 +102,8 @@ pub fn biased_attention_heads_last(
             bias.keys.dims()
         ));
     }
-    if ![q, k, v].iter().all(|t| super::fused::applies(t)) {
+    let tracked = [q, k, v, &bias.relative, &bias.keys].iter().any(|t| t.track_op());
+    if tracked || ![q, k, v].iter().all(|t| super::fused::applies(t)) {
         return biased_attention_split(q, k, v, heads, scale, bias);
     }
     let values = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
@@ -533,6 +535,23 @@ mod tests {
                 let err = rel_l2(ours, &exact);
                 assert!(err < 1e-5, "{path}, {b}×{lq}×{lk}, {heads} heads: relative error {err:e}");
             }
+        }
+        // With gradients flowing (umT5 in training) every input and the bias table get theirs.
+        let (b, lq, heads) = (1, 5, 2);
+        let var = |dims: (usize, usize, usize)| candle_core::Var::randn(0f32, 1.0, dims, &dev).unwrap();
+        let (q, k, v) = (var((b, lq, heads * 4)), var((b, lq, heads * 4)), var((b, lq, heads * 4)));
+        let relative = candle_core::Var::randn(0f32, 1.0, (heads, 2 * lq - 1), &dev).unwrap();
+        let bias = OffsetBias {
+            relative: relative.as_tensor().clone(),
+            keys: Tensor::zeros((b, lq), DType::F32, &dev).unwrap(),
+        };
+        let out = biased_attention_heads_last(&q, &k, &v, heads, 1.0, &bias).unwrap();
+        let grads = (out.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
+        for (name, t) in
+            [("q", q.as_tensor()), ("k", k.as_tensor()), ("v", v.as_tensor()), ("bias", relative.as_tensor())]
+        {
+            let g = grads.get(t).unwrap_or_else(|| panic!("no gradient for {name}"));
+            assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{name}'s gradient is zero");
         }
         let q = Tensor::zeros((1, 4, 8), DType::F32, &dev).unwrap();
         let wrong = OffsetBias {
