@@ -620,6 +620,53 @@ fn as_pairs(row: &[bf16]) -> std::borrow::Cow<'_, [u32]> {
     std::borrow::Cow::Owned(pairs)
 }
 
+/// What the AVX-512 kernels share: a tile's sums as `ROWS × 2` vectors of 16 lanes.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod lanes {
+    use std::arch::x86_64::*;
+
+    use super::{Start, NR};
+
+    /// The sums a tile of `ROWS` rows starts from (`c` at row stride `ldc` for
+    /// [`Start::Results`]).
+    ///
+    /// # Safety
+    /// AVX-512F present; `c` (or the bias) readable as [`super::MicroKernel::tile`] says.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn start_sums<const ROWS: usize>(
+        c: *const f32,
+        ldc: usize,
+        start: Start,
+    ) -> [[__m512; NR / 16]; ROWS] {
+        let mut acc = [[_mm512_setzero_ps(); NR / 16]; ROWS];
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (v, lane) in acc.iter_mut().enumerate() {
+                match start {
+                    Start::Zero => {}
+                    Start::Results => *lane = _mm512_loadu_ps(c.add(r * ldc + 16 * v)),
+                    Start::Bias(bias) => *lane = _mm512_loadu_ps(bias.add(16 * v)),
+                }
+            }
+        }
+        acc
+    }
+
+    /// Writes a tile's sums to `c` (row stride `ldc`).
+    ///
+    /// # Safety
+    /// AVX-512F present; `c` writable for the tile.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn store_sums<const ROWS: usize>(acc: &[[__m512; NR / 16]; ROWS], c: *mut f32, ldc: usize) {
+        for (r, acc) in acc.iter().enumerate() {
+            for (v, lane) in acc.iter().enumerate() {
+                _mm512_storeu_ps(c.add(r * ldc + 16 * v), *lane);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod dot_pair {
     use std::arch::x86_64::*;
@@ -637,16 +684,7 @@ mod dot_pair {
 
         #[target_feature(enable = "avx512f,avx512bf16")]
         unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, start: Start) {
-            let mut acc = [[_mm512_setzero_ps(); NR / 16]; Self::ROWS];
-            for (r, acc) in acc.iter_mut().enumerate() {
-                for (v, lane) in acc.iter_mut().enumerate() {
-                    match start {
-                        Start::Zero => {}
-                        Start::Results => *lane = _mm512_loadu_ps(c.add(r * ldc + 16 * v)),
-                        Start::Bias(bias) => *lane = _mm512_loadu_ps(bias.add(16 * v)),
-                    }
-                }
-            }
+            let mut acc = super::lanes::start_sums::<{ Self::ROWS }>(c, ldc, start);
             for p in 0..kc {
                 let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR).cast()));
                 let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16).cast()));
@@ -656,11 +694,7 @@ mod dot_pair {
                     acc[1] = _mm512_dpbf16_ps(acc[1], a, b1);
                 }
             }
-            for (r, acc) in acc.iter().enumerate() {
-                for (v, lane) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(c.add(r * ldc + 16 * v), *lane);
-                }
-            }
+            super::lanes::store_sums(&acc, c, ldc);
         }
     }
 }

@@ -97,7 +97,7 @@ impl Operands for F32Values {
 mod fma {
     use std::arch::x86_64::*;
 
-    use super::super::gemm_bf16::{MicroKernel, Start, NR};
+    use super::super::gemm_bf16::{lanes, MicroKernel, Start, NR};
     use super::F32Values;
 
     /// `VFMADD231PS` with `12 × 2` accumulators of 16 lanes (24 of the 32 vector registers):
@@ -113,16 +113,7 @@ mod fma {
         #[target_feature(enable = "avx512f")]
         unsafe fn tile(kc: usize, a: *const u32, lda: usize, b: *const u32, c: *mut f32, ldc: usize, start: Start) {
             let (a, b) = (a.cast::<f32>(), b.cast::<f32>());
-            let mut acc = [[_mm512_setzero_ps(); NR / 16]; Self::ROWS];
-            for (r, acc) in acc.iter_mut().enumerate() {
-                for (v, lane) in acc.iter_mut().enumerate() {
-                    match start {
-                        Start::Zero => {}
-                        Start::Results => *lane = _mm512_loadu_ps(c.add(r * ldc + 16 * v)),
-                        Start::Bias(bias) => *lane = _mm512_loadu_ps(bias.add(16 * v)),
-                    }
-                }
-            }
+            let mut acc = lanes::start_sums::<{ Self::ROWS }>(c, ldc, start);
             for p in 0..kc {
                 let b0 = _mm512_loadu_ps(b.add(p * NR));
                 let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
@@ -132,11 +123,7 @@ mod fma {
                     acc[1] = _mm512_fmadd_ps(a, b1, acc[1]);
                 }
             }
-            for (r, acc) in acc.iter().enumerate() {
-                for (v, lane) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(c.add(r * ldc + 16 * v), *lane);
-                }
-            }
+            lanes::store_sums(&acc, c, ldc);
         }
     }
 }
