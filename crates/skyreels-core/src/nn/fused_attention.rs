@@ -8,13 +8,13 @@
 //! `dk += dSᵀ·q`. Scores live one chunk of rows at a time, so memory stays bounded for long
 //! sequences; block-causal masks are kept by giving each chunk only the keys its block sees.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{exponentiate_row, softmax_row_in_place};
-use std::borrow::Cow;
-use std::sync::Arc;
-
 use super::gemm_bf16::{self, rows_operand, MicroKernel, Operands, Packed, SharedMut, WithKernel, NR};
 use super::gemm_f32;
 

@@ -422,11 +422,13 @@ pub(crate) unsafe fn multiply_tiles<K: MicroKernel>(
     K::end();
 }
 
-/// The last of `row_tiles` with its rows zero-padded to `K::ROWS`, when `o.a` ends before
-/// that tile does (an unpadded `a`, e.g. f32 rows used in place).
+/// The last of `row_tiles` with its rows zero-padded to `K::ROWS`, when `o.a` ends before the
+/// kernel's reads of that tile do (an unpadded `a`, e.g. f32 rows used in place): its last row
+/// is read up to `pairs`, not to the row stride `a_pairs`.
 fn short_row_tile<K: MicroKernel>(o: &Packed, row_tiles: &std::ops::Range<usize>) -> Option<(usize, Vec<u32>)> {
     let last = row_tiles.clone().last()?;
-    let (start, end) = (last * K::ROWS * o.a_pairs, (last + 1) * K::ROWS * o.a_pairs);
+    let start = last * K::ROWS * o.a_pairs;
+    let end = (last * K::ROWS + K::ROWS - 1) * o.a_pairs + o.pairs;
     (o.a.len() < end).then(|| {
         let mut rows = o.a[start.min(o.a.len())..].to_vec();
         rows.resize(K::ROWS * o.a_pairs, 0);
@@ -793,7 +795,7 @@ mod amx {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The sums both instruction sets form, one output at a time in plain f32 (products of bf16
@@ -827,7 +829,8 @@ mod tests {
         }
     }
 
-    fn random(len: usize, seed: u64) -> Vec<f32> {
+    /// `len` values in [-1, 1) from a seeded LCG (the f32 kernel's tests share it).
+    pub(crate) fn random(len: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..len)
             .map(|_| {

@@ -130,18 +130,9 @@ mod fma {
 
 #[cfg(test)]
 mod tests {
+    use super::super::gemm_bf16::tests::random;
     use super::super::gemm_bf16::{multiply_tiles, rows_operand, MicroKernel, Packed};
     use super::*;
-
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// `a·B` for `a` `[m, k]` (rows at stride `lda`, used in place) and `B` `[k, n]` (packed
     /// from rows or from columns), against f64 sums, over shapes with every edge: rows short of
