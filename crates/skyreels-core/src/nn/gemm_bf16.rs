@@ -712,6 +712,28 @@ mod amx {
     /// columns) per 16 pairs.
     pub(super) struct Tiles;
 
+    /// How far ahead of a step its operands are fetched into L1, in pairs (two steps): a tile
+    /// load that misses L1 stalls the tile unit (tiles are not renamed), and the 32 rows of `a`
+    /// lie on 32 lines a row stride apart, which the hardware prefetcher does not follow.
+    const PREFETCH_PAIRS: usize = 32;
+
+    /// Fetches into L1 the lines of `a` (32 rows at stride `lda`) and of `b` (a step's panel
+    /// rows, 2 KiB) that the step [`PREFETCH_PAIRS`] ahead of these will load. Prefetches do not
+    /// fault, so addresses past the operands (after the last step) are harmless.
+    #[inline(always)]
+    fn prefetch_ahead(a: *const u32, lda: usize, b: *const u32) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let (a, b) = (a.wrapping_add(PREFETCH_PAIRS), b.wrapping_add(PREFETCH_PAIRS * NR));
+        for line in 0..(Tiles::PAIR_STEP * NR * 4 / 64) {
+            // SAFETY: a prefetch is a hint; it reads nothing and never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(line * 16).cast()) };
+        }
+        for row in 0..Tiles::ROWS {
+            // SAFETY: as above.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(row * lda).cast()) };
+        }
+    }
+
     /// The tile configuration (palette 1): all eight tiles 16 rows of 64 bytes.
     #[repr(C, align(64))]
     struct Config([u8; 64]);
@@ -732,7 +754,9 @@ mod amx {
         type Operands = super::Bf16Pairs;
         const ROWS: usize = 32;
         const PAIR_STEP: usize = 16;
-        const KC: usize = 512;
+        // One pass over the DiT's 1536-wide inputs, so that each tile's sums are stored once:
+        // 512 → 1024 measured +20–30% on its products (with the prefetch below).
+        const KC: usize = 1024;
 
         unsafe fn begin() {
             asm!("ldtilecfg [{cfg}]", cfg = in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
@@ -768,6 +792,7 @@ mod amx {
                 ),
             }
             for step in (0..kc).step_by(Self::PAIR_STEP) {
+                prefetch_ahead(a.wrapping_add(step), lda, b.wrapping_add(step * NR));
                 asm!(
                     "tileloadd tmm4, [{a0} + {sa}*1]",
                     "tileloadd tmm5, [{a1} + {sa}*1]",
@@ -860,8 +885,17 @@ pub(crate) mod tests {
 
     /// Shapes that exercise every edge: rows short of a tile and of a task, an odd `k`, pairs
     /// short of a step and more than a `KC` pass, columns short of a panel and of a task.
-    const SHAPES: [[usize; 3]; 8] =
-        [[1, 2, 1], [13, 7, 33], [12, 64, 32], [32, 64, 32], [25, 513, 70], [200, 600, 300], [3, 1, 5], [197, 96, 257]];
+    const SHAPES: [[usize; 3]; 9] = [
+        [1, 2, 1],
+        [13, 7, 33],
+        [12, 64, 32],
+        [32, 64, 32],
+        [25, 513, 70],
+        [200, 600, 300],
+        [3, 1, 5],
+        [197, 96, 257],
+        [40, 2101, 45],
+    ];
 
     fn weights(n: usize, k: usize, seed: u64) -> Vec<bf16> {
         random(n * k, seed).into_iter().map(bf16::from_f32).collect()
