@@ -15,8 +15,8 @@ use crate::checkpoint::{Component, WeightStore, Weights};
 use crate::error::{invalid_input, Result};
 use crate::models::transformer_config::TransformerConfig;
 use crate::nn::{
-    attention_heads_last, gated_residual, gelu_tanh, modulated_layer_norm, rotary_attention, timestep_sinusoid,
-    AttentionMask, LayerNorm, Linear, RmsNorm, Rope3d, WeightFormat,
+    attention_heads_last, gated_residual, gelu_feed_forward, gelu_tanh, modulated_layer_norm, rotary_attention,
+    timestep_sinusoid, AttentionMask, LayerNorm, Linear, RmsNorm, Rope3d, WeightFormat,
 };
 
 /// Inputs of one transformer forward pass.
@@ -761,7 +761,7 @@ impl WanBlock {
         let x = (x + y)?;
 
         let h = modulated_layer_norm(&x, &shift_ff, &scale_ff, self.eps)?.to_dtype(dtype)?;
-        let y = self.ffn.1.forward(&gelu_tanh(&self.ffn.0.forward(&h)?)?)?;
+        let y = gelu_feed_forward(&h, &self.ffn.0, &self.ffn.1)?;
         trace("ffn_out", &y)?;
         gated_residual(&x, &y, &gate_ff)
     }

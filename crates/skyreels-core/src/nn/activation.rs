@@ -100,6 +100,20 @@ pub(super) fn run_vectorised(kernel: impl FnOnce()) {
     kernel()
 }
 
+/// `gelu_tanh` of `src` rounded to bf16 (nearest, ties to even) into `dst`, vectorised: the
+/// hidden activations of a feed-forward whose next product rounds its input to bf16 anyway, so
+/// the same values as [`gelu_tanh`] followed by that rounding.
+pub(super) fn gelu_rounded_into(src: &[f32], dst: &mut [std::mem::MaybeUninit<half::bf16>]) {
+    run_vectorised(
+        #[inline(always)]
+        || {
+            for (o, &x) in dst.iter_mut().zip(src) {
+                o.write(half::bf16::from_bits(super::gemm_bf16::round_to_bf16_bits(gelu(x))));
+            }
+        },
+    )
+}
+
 /// Applies `f` to every element of `input` into `out`, vectorised.
 fn map<F: Fn(f32) -> f32 + Copy>(input: &[f32], out: &mut [f32], f: F) {
     run_vectorised(

@@ -24,6 +24,8 @@
 //! in the caches. The same tiling runs the f32 kernel of [`super::gemm_f32`], whose operand
 //! units are f32 values ([`Operands`]).
 
+use std::mem::MaybeUninit;
+
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
 use half::bf16;
 use rayon::prelude::*;
@@ -130,9 +132,14 @@ pub(crate) fn matmul_wt(x: Lhs, w: &[bf16], bias: Option<&[f32]>, shape: [usize;
 }
 
 /// `x·Wᵀ (+ bias)` as a candle op: `x` `[m, k]` (f32 or bf16), `W` `[n, k]` (bf16) and, as
-/// a third operand, the bias `[n]` (f32 or bf16), all contiguous on the CPU, give `[m, n]` in
-/// f32. The bias is the sums' starting value. Only where [`engine`] is some; no backward.
-pub(crate) struct MatmulWt;
+/// a third operand, the bias `[n]` (f32 or bf16), all contiguous on the CPU, give `[m, n]`.
+/// The bias is the sums' starting value. Only where [`engine`] is some; no backward.
+pub(crate) enum MatmulWt {
+    /// The sums, in f32.
+    Sums,
+    /// `gelu_tanh` of the sums rounded to bf16 ([`matmul_wt_gelu_bf16`]), in bf16.
+    GeluBf16,
+}
 
 impl MatmulWt {
     fn run(
@@ -171,8 +178,13 @@ impl MatmulWt {
                 Some(values)
             }
         };
-        match matmul_wt(x, &w[w0..w1], bias.as_deref(), [m, k, n]) {
-            Some(out) => Ok((CpuStorage::F32(out), Shape::from((m, n)))),
+        let (w, bias, shape) = (&w[w0..w1], bias.as_deref(), [m, k, n]);
+        let out = match self {
+            Self::Sums => matmul_wt(x, w, bias, shape).map(CpuStorage::F32),
+            Self::GeluBf16 => matmul_wt_gelu_bf16(x, w, bias, shape).map(CpuStorage::BF16),
+        };
+        match out {
+            Some(out) => Ok((out, Shape::from((m, n)))),
             None => bail!("bf16-matmul needs a CPU with AMX or AVX-512 BF16"),
         }
     }
@@ -383,6 +395,22 @@ pub(crate) unsafe fn multiply_tiles<K: MicroKernel>(
     c: *mut f32,
     ldc: usize,
 ) {
+    multiply_tiles_at::<K>(o, row_tiles, panels, c, ldc, [0, 0])
+}
+
+/// [`multiply_tiles`] into a block of the results that starts at row and column `origin` of
+/// the product (`c` points at that element): a task's scratch block.
+///
+/// # Safety
+/// As [`multiply_tiles`], for the tiles' rows and columns less `origin`.
+unsafe fn multiply_tiles_at<K: MicroKernel>(
+    o: &Packed,
+    row_tiles: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+    [origin_row, origin_col]: [usize; 2],
+) {
     let mut edge_tile = vec![0f32; K::ROWS * NR];
     let short_tile = short_row_tile::<K>(o, &row_tiles);
     K::begin();
@@ -399,7 +427,7 @@ pub(crate) unsafe fn multiply_tiles<K: MicroKernel>(
                 let col0 = pt * NR;
                 let cols = NR.min(o.n - col0);
                 let b = o.b[(pt * o.b_pairs + pc) * NR..].as_ptr();
-                let tile = c.add(row0 * ldc + col0);
+                let tile = c.add((row0 - origin_row) * ldc + col0 - origin_col);
                 let start = match (pc, o.bias) {
                     (0, Some(bias)) => Start::Bias(bias[col0..col0 + NR].as_ptr()),
                     (0, None) => Start::Zero,
@@ -443,11 +471,52 @@ fn product<K: MicroKernel>(x: Lhs, w: &[bf16], bias: Option<&[f32]>, [m, k, n]: 
         return row.repeat(m);
     }
     let pairs = k.div_ceil(2).next_multiple_of(K::PAIR_STEP);
-    let lhs = lhs_pairs(x, [m, k], [m.next_multiple_of(K::ROWS), pairs]);
+    let (lhs, a_pairs) = lhs_operand(x, [m, k], [m.next_multiple_of(K::ROWS), pairs]);
     let panels = pack_panels(w, [n, k], pairs);
     let bias = bias.map(|b| padded_bias(b, n));
-    let packed = Packed { a: &lhs, a_pairs: pairs, b: &panels, b_pairs: pairs, pairs, m, n, bias: bias.as_deref() };
+    let packed = Packed { a: &lhs, a_pairs, b: &panels, b_pairs: pairs, pairs, m, n, bias: bias.as_deref() };
     multiply_packed::<K>(&packed)
+}
+
+/// `round_bf16(gelu_tanh(x·Wᵀ + bias))` `[m, n]`, or `None` where [`engine`] is: a
+/// feed-forward's hidden activations for a next product that rounds them to bf16 anyway. Each
+/// task's block of sums gets GELU and rounding while it is in cache, so the f32 activations are
+/// never written out (half the bytes of an f32 output, and no pass of GELU over them).
+pub(crate) fn matmul_wt_gelu_bf16(x: Lhs, w: &[bf16], bias: Option<&[f32]>, shape: [usize; 3]) -> Option<Vec<bf16>> {
+    let finish = |sums: &[f32], out: &mut [MaybeUninit<bf16>]| super::activation::gelu_rounded_into(sums, out);
+    match engine()? {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        Engine::Amx => Some(product_finished::<amx::Tiles, _>(x, w, bias, shape, &finish)),
+        #[cfg(target_arch = "x86_64")]
+        Engine::DotPair => Some(product_finished::<dot_pair::Lanes, _>(x, w, bias, shape, &finish)),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// [`product`] whose results pass through `finish` (a row of a task's sums into the same
+/// columns of that row of the output) instead of being stored as f32.
+fn product_finished<K: MicroKernel, T: Copy + Send + Sync>(
+    x: Lhs,
+    w: &[bf16],
+    bias: Option<&[f32]>,
+    [m, k, n]: [usize; 3],
+    finish: &(dyn Fn(&[f32], &mut [MaybeUninit<T>]) + Sync),
+) -> Vec<T> {
+    if m == 0 || n == 0 || k == 0 {
+        let sums = bias.map_or_else(|| vec![0f32; n], <[f32]>::to_vec);
+        let mut row = vec![MaybeUninit::uninit(); n];
+        finish(&sums, &mut row);
+        // SAFETY: `finish` wrote all `n` values of the row.
+        let row: Vec<T> = row.into_iter().map(|v| unsafe { v.assume_init() }).collect();
+        return row.repeat(m);
+    }
+    let pairs = k.div_ceil(2).next_multiple_of(K::PAIR_STEP);
+    let (lhs, a_pairs) = lhs_operand(x, [m, k], [m.next_multiple_of(K::ROWS), pairs]);
+    let panels = pack_panels(w, [n, k], pairs);
+    let bias = bias.map(|b| padded_bias(b, n));
+    let packed = Packed { a: &lhs, a_pairs, b: &panels, b_pairs: pairs, pairs, m, n, bias: bias.as_deref() };
+    multiply_packed_finished::<K, T>(&packed, finish)
 }
 
 /// `bias` zero-padded to whole panels of `n` columns (what [`Packed::bias`] holds).
@@ -461,13 +530,8 @@ fn padded_bias(bias: &[f32], n: usize) -> Vec<f32> {
 /// all threads in blocks of rows and panels.
 fn multiply_packed<K: MicroKernel>(packed: &Packed) -> Vec<f32> {
     let (m, n) = (packed.m, packed.n);
-    let row_tiles = m.div_ceil(K::ROWS);
-    let tiles_per_task = (ROWS_PER_TASK / K::ROWS).max(1);
-    let panel_count = n.div_ceil(NR);
-    let tasks: Vec<(usize, usize)> = (0..row_tiles)
-        .step_by(tiles_per_task)
-        .flat_map(|rt| (0..panel_count).step_by(PANELS_PER_TASK).map(move |pt| (rt, pt)))
-        .collect();
+    let (tasks, tiles_per_task) = tasks::<K>(m, n);
+    let (row_tiles, panel_count) = (m.div_ceil(K::ROWS), n.div_ceil(NR));
     // Written in full by the tiles below before it is read, so it is not zeroed first.
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let c = SharedMut(out.as_mut_ptr());
@@ -479,6 +543,74 @@ fn multiply_packed<K: MicroKernel>(packed: &Packed) -> Vec<f32> {
     });
     // SAFETY: the tasks' tiles cover all `m` rows and `n` columns, each written on the first
     // pass over `k` (which reads nothing of `out`).
+    unsafe { out.set_len(m * n) };
+    out
+}
+
+/// The tasks of a product: blocks of row tiles and panels, `(first row tile, first panel)`.
+fn tasks<K: MicroKernel>(m: usize, n: usize) -> (Vec<(usize, usize)>, usize) {
+    let tiles_per_task = (ROWS_PER_TASK / K::ROWS).max(1);
+    let panel_count = n.div_ceil(NR);
+    let tasks = (0..m.div_ceil(K::ROWS))
+        .step_by(tiles_per_task)
+        .flat_map(|rt| (0..panel_count).step_by(PANELS_PER_TASK).map(move |pt| (rt, pt)))
+        .collect();
+    (tasks, tiles_per_task)
+}
+
+thread_local! {
+    /// A task's block of sums in [`multiply_packed_finished`], kept per thread: it is written
+    /// in full by each task before it is read.
+    static TASK_SUMS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A raw pointer to an output that tasks write disjoint parts of.
+#[derive(Clone, Copy)]
+struct SharedOut<T>(*mut T);
+// SAFETY: as `SharedMut`: every task writes its own rows and columns.
+unsafe impl<T> Send for SharedOut<T> {}
+unsafe impl<T> Sync for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    /// The `len` elements at `offset` as a slice.
+    ///
+    /// # Safety
+    /// In bounds, and written by no one else meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [MaybeUninit<T>] {
+        std::slice::from_raw_parts_mut(self.0.add(offset).cast(), len)
+    }
+}
+
+/// [`multiply_packed`] whose tasks form their sums in a per-thread block (in cache) and hand
+/// each row of it to `finish`, which writes that row's columns of the output.
+fn multiply_packed_finished<K: MicroKernel, T: Copy + Send + Sync>(
+    packed: &Packed,
+    finish: &(dyn Fn(&[f32], &mut [MaybeUninit<T>]) + Sync),
+) -> Vec<T> {
+    let (m, n) = (packed.m, packed.n);
+    let (tasks, tiles_per_task) = tasks::<K>(m, n);
+    let (row_tiles, panel_count) = (m.div_ceil(K::ROWS), n.div_ceil(NR));
+    let mut out: Vec<T> = Vec::with_capacity(m * n);
+    let shared = SharedOut(out.as_mut_ptr());
+    tasks.into_par_iter().for_each(|(rt0, pt0)| {
+        let (rt_end, pt_end) = ((rt0 + tiles_per_task).min(row_tiles), (pt0 + PANELS_PER_TASK).min(panel_count));
+        let ldc = (pt_end - pt0) * NR;
+        let (row0, col0) = (rt0 * K::ROWS, pt0 * NR);
+        let (rows, cols) = ((rt_end * K::ROWS).min(m) - row0, (pt_end * NR).min(n) - col0);
+        TASK_SUMS.with_borrow_mut(|sums| {
+            sums.resize(sums.len().max((rt_end - rt0) * K::ROWS * ldc), 0.0);
+            // SAFETY: `sums` holds the task's tiles (whole tiles, stride `ldc`) from its first
+            // row and column; the operands were packed for `K`.
+            unsafe { multiply_tiles_at::<K>(packed, rt0..rt_end, pt0..pt_end, sums.as_mut_ptr(), ldc, [row0, col0]) };
+            for (r, row_sums) in sums.chunks(ldc).take(rows).enumerate() {
+                // SAFETY: row `row0 + r`, columns `col0..col0 + cols` are this task's alone, and
+                // inside the `m × n` capacity.
+                finish(&row_sums[..cols], unsafe { shared.slice((row0 + r) * n + col0, cols) });
+            }
+        });
+    });
+    // SAFETY: the tasks covered all `m` rows and `n` columns, each written by `finish`.
     unsafe { out.set_len(m * n) };
     out
 }
@@ -547,14 +679,24 @@ fn round_row_into_pairs(src: &[f32], dst: &mut [u32]) {
     )
 }
 
-/// `x` `[m, k]` as `rows × pairs` pairs, zero past `m` rows and past `k`.
-fn lhs_pairs(x: Lhs<'_>, [m, k]: [usize; 2], [rows, pairs]: [usize; 2]) -> Vec<u32> {
+/// `x` `[m, k]` as a product's rows of `pairs` pairs and their stride: a bf16 `x` where it lies
+/// when its rows are already whole steps of pairs (its last tile of rows is then read from a
+/// padded copy, see [`Packed`]), else a copy of `rows × pairs` pairs, zero past `m` rows and
+/// past `k`.
+fn lhs_operand<'a>(x: Lhs<'a>, [m, k]: [usize; 2], [rows, pairs]: [usize; 2]) -> (std::borrow::Cow<'a, [u32]>, usize) {
+    if let Lhs::Bf16(values) = x {
+        if k == 2 * pairs {
+            if let borrowed @ std::borrow::Cow::Borrowed(_) = as_pairs(&values[..m * k]) {
+                return (borrowed, pairs);
+            }
+        }
+    }
     let mut out = vec![0u32; rows * pairs];
     out.par_chunks_mut(pairs).take(m).enumerate().for_each(|(i, row)| match x {
         Lhs::F32(values) => round_row_into_pairs(&values[i * k..(i + 1) * k], row),
         Lhs::Bf16(values) => pair_up(&values[i * k..(i + 1) * k], row),
     });
-    out
+    (std::borrow::Cow::Owned(out), pairs)
 }
 
 /// Writes `src` as pairs into the start of `dst` (an odd length pads with a zero).
@@ -950,6 +1092,37 @@ pub(crate) mod tests {
             let exact: Vec<f64> = portable.iter().map(|&v| v as f64).collect();
             let err = rel_l2(&ours, &exact);
             assert!(err < 1e-6, "{m}×{k}×{n}: relative difference {err}");
+        }
+    }
+
+    /// A product finished per task (GELU and rounding to bf16) against the plain product
+    /// followed by candle's GELU and rounding, bit for bit, over the edge shapes.
+    fn check_finished<K: MicroKernel>() {
+        let finish =
+            |sums: &[f32], out: &mut [MaybeUninit<bf16>]| super::super::activation::gelu_rounded_into(sums, out);
+        for (s, &[m, k, n]) in SHAPES.iter().enumerate() {
+            let x = random(m * k, 40 + s as u64);
+            let w = weights(n, k, 500 + s as u64);
+            let bias = (s % 2 == 0).then(|| random(n, 600 + s as u64));
+            let sums = product::<K>(Lhs::F32(&x), &w, bias.as_deref(), [m, k, n]);
+            let sums = candle_core::Tensor::from_vec(sums, m * n, &candle_core::Device::Cpu).unwrap();
+            let expected = crate::nn::gelu_tanh(&sums).unwrap().to_dtype(candle_core::DType::BF16).unwrap();
+            let ours = product_finished::<K, bf16>(Lhs::F32(&x), &w, bias.as_deref(), [m, k, n], &finish);
+            assert_eq!(ours, expected.to_vec1::<bf16>().unwrap(), "{m}×{k}×{n}");
+        }
+    }
+
+    #[test]
+    fn finished_products_are_the_product_then_gelu_and_rounding() {
+        check_finished::<Portable<5, 1>>();
+        check_finished::<Portable<32, 16>>();
+        #[cfg(target_arch = "x86_64")]
+        if dot_pair_available() {
+            check_finished::<dot_pair::Lanes>();
+        }
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        if amx_available() {
+            check_finished::<amx::Tiles>();
         }
     }
 

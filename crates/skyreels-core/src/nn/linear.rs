@@ -265,6 +265,49 @@ impl Linear {
     }
 }
 
+/// `down(gelu_tanh(up(x)))`: a transformer's feed-forward. Where both layers multiply an f32
+/// `x` in bf16 on the CPU's bf16 kernel (dense bf16 weights, no adapters, no gradients), the
+/// hidden activations get GELU and their rounding to bf16 inside the first product, block by
+/// block while in cache, and the second product reads them where they lie: the values of the
+/// composition (the second product rounds its input to bf16 anyway) without writing, rereading
+/// and rounding the f32 activations, the widest tensor of a block. Elsewhere the composition.
+pub fn gelu_feed_forward(x: &Tensor, up: &Linear, down: &Linear) -> Result<Tensor> {
+    let fused = match (&up.weight, &down.weight) {
+        (Matrix::Dense(w_up), Matrix::Dense(w_down))
+            if x.dtype() == DType::F32
+                && !x.track_op()
+                && up.adapters.is_empty()
+                && down.adapters.is_empty()
+                && up.bf16_arithmetic(x, w_up)
+                && down.bf16_arithmetic(x, w_down)
+                && super::gemm_bf16::engine().is_some() =>
+        {
+            Some((w_up, w_down))
+        }
+        _ => None,
+    };
+    let Some((w_up, w_down)) = fused else {
+        return down.forward(&super::gelu_tanh(&up.forward(x)?)?);
+    };
+    let dims = x.dims().to_vec();
+    let (lead, in_dim) = dims.split_at(dims.len() - 1);
+    let x2 = x.reshape((lead.iter().product::<usize>(), in_dim[0]))?.contiguous()?;
+    let hidden = kernel_product(&x2, w_up, up.bias.as_ref(), super::gemm_bf16::MatmulWt::GeluBf16)?;
+    let y = kernel_product(&hidden, w_down, down.bias.as_ref(), super::gemm_bf16::MatmulWt::Sums)?;
+    let mut out_shape = lead.to_vec();
+    out_shape.push(down.out_dim());
+    Ok(y.reshape(out_shape)?)
+}
+
+/// `op` on contiguous `x` `[m, k]`, bf16 `w` `[n, k]` and the bias as its starting sums.
+fn kernel_product(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, op: super::gemm_bf16::MatmulWt) -> Result<Tensor> {
+    let w = w.contiguous()?;
+    Ok(match bias {
+        Some(bias) => x.apply_op3_no_bwd(&w, &bias.contiguous()?, &op)?,
+        None => x.apply_op2_no_bwd(&w, &op)?,
+    })
+}
+
 /// `x·wᵀ` with both operands in bf16 and f32 sums, in `x`'s dtype: the arithmetic of a GPU's
 /// bf16 GEMM, on the CPU's bf16 kernel where it has one (`nn::gemm_bf16`), which also adds
 /// `bias` (the `bool` says so). Elsewhere an f32 `x` is rounded to bf16 and both are widened,
@@ -272,11 +315,7 @@ impl Linear {
 /// candle's bf16 product.
 fn bf16_product(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, bool)> {
     if super::gemm_bf16::engine().is_some() {
-        let (x, w) = (x.contiguous()?, w.contiguous()?);
-        let y = match bias {
-            Some(bias) => x.apply_op3_no_bwd(&w, &bias.contiguous()?, &super::gemm_bf16::MatmulWt)?,
-            None => x.apply_op2_no_bwd(&w, &super::gemm_bf16::MatmulWt)?,
-        };
+        let y = kernel_product(&x.contiguous()?, w, bias, super::gemm_bf16::MatmulWt::Sums)?;
         return Ok((y.to_dtype(x.dtype())?, true));
     }
     let y = match x.dtype() {
@@ -375,6 +414,54 @@ mod tests {
             // The f32 weights' product differs by the input's rounding, about 2⁻⁹ relative.
             let gap = (&unrounded - &ours).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(gap > 0.0, "an f32 input must be rounded to bf16");
+        }
+    }
+
+    /// The fused feed-forward gives the composition's values bit for bit: hidden widths whose
+    /// bf16 rows the second product reads in place (a multiple of 32) and ones it copies, rows
+    /// short of a tile, with and without biases; and it falls back to the composition where
+    /// it does not apply (f32 products, adapters).
+    #[test]
+    fn gelu_feed_forward_equals_the_composition() {
+        let dev = Device::Cpu;
+        if crate::nn::gemm_bf16::engine().is_none() {
+            eprintln!("this CPU has no bf16 kernel: the fused feed-forward is the composition here");
+        }
+        for (case, &(rows, dim, hidden)) in [(5, 24, 64), (70, 40, 96), (33, 48, 90), (200, 64, 256)].iter().enumerate()
+        {
+            let x = Tensor::randn(0f32, 1.0, (2, rows, dim), &dev).unwrap();
+            let weight = |out: usize, inner: usize| {
+                Tensor::randn(0f32, 0.3, (out, inner), &dev).unwrap().to_dtype(DType::BF16).unwrap()
+            };
+            let bias = |n: usize| (case % 2 == 0).then(|| Tensor::randn(0f32, 0.5, n, &dev).unwrap());
+            let mut up = Linear::new(weight(hidden, dim), bias(hidden));
+            let mut down = Linear::new(weight(dim, hidden), bias(dim));
+            for bf16_products in [false, true] {
+                up.set_bf16_products(bf16_products);
+                down.set_bf16_products(bf16_products);
+                let composed = down.forward(&crate::nn::gelu_tanh(&up.forward(&x).unwrap()).unwrap()).unwrap();
+                let fused = gelu_feed_forward(&x, &up, &down).unwrap();
+                assert_eq!(fused.dims(), [2, rows, dim]);
+                assert_eq!(fused.dtype(), DType::F32);
+                assert_eq!(
+                    fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    composed.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    "{rows}×{dim}×{hidden}, bf16 products {bf16_products}"
+                );
+            }
+            let adapter = Adapter {
+                low_rank: None,
+                weight: Some(Tensor::randn(0f32, 0.1, (hidden, dim), &dev).unwrap()),
+                bias: None,
+            };
+            up.set_adapters(vec![adapter]);
+            let composed = down.forward(&crate::nn::gelu_tanh(&up.forward(&x).unwrap()).unwrap()).unwrap();
+            let fused = gelu_feed_forward(&x, &up, &down).unwrap();
+            assert_eq!(
+                fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                composed.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "with an adapter"
+            );
         }
     }
 }

@@ -25,7 +25,7 @@ pub use attention::{
 };
 pub use channel_norm::channel_norm_silu;
 pub use conv3d::{Conv3d, SpatialPadding};
-pub use linear::{quantize_fp8, Adapter, Linear, WeightFormat};
+pub use linear::{gelu_feed_forward, quantize_fp8, Adapter, Linear, WeightFormat};
 pub use modulation::{gated_residual, modulated_layer_norm};
 pub use norm::{layer_norm, LayerNorm, RmsNorm};
 pub use rope::Rope3d;
