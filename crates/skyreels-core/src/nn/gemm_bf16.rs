@@ -494,6 +494,10 @@ pub(crate) fn matmul_wt_gelu_bf16(x: Lhs, w: &[bf16], bias: Option<&[f32]>, shap
     }
 }
 
+/// What a finished product does with a row of a task's sums: writes that row's columns of the
+/// output from them.
+type RowFinish<T> = dyn Fn(&[f32], &mut [MaybeUninit<T>]) + Sync;
+
 /// [`product`] whose results pass through `finish` (a row of a task's sums into the same
 /// columns of that row of the output) instead of being stored as f32.
 fn product_finished<K: MicroKernel, T: Copy + Send + Sync>(
@@ -501,7 +505,7 @@ fn product_finished<K: MicroKernel, T: Copy + Send + Sync>(
     w: &[bf16],
     bias: Option<&[f32]>,
     [m, k, n]: [usize; 3],
-    finish: &(dyn Fn(&[f32], &mut [MaybeUninit<T>]) + Sync),
+    finish: &RowFinish<T>,
 ) -> Vec<T> {
     if m == 0 || n == 0 || k == 0 {
         let sums = bias.map_or_else(|| vec![0f32; n], <[f32]>::to_vec);
@@ -584,10 +588,7 @@ impl<T> SharedOut<T> {
 
 /// [`multiply_packed`] whose tasks form their sums in a per-thread block (in cache) and hand
 /// each row of it to `finish`, which writes that row's columns of the output.
-fn multiply_packed_finished<K: MicroKernel, T: Copy + Send + Sync>(
-    packed: &Packed,
-    finish: &(dyn Fn(&[f32], &mut [MaybeUninit<T>]) + Sync),
-) -> Vec<T> {
+fn multiply_packed_finished<K: MicroKernel, T: Copy + Send + Sync>(packed: &Packed, finish: &RowFinish<T>) -> Vec<T> {
     let (m, n) = (packed.m, packed.n);
     let (tasks, tiles_per_task) = tasks::<K>(m, n);
     let (row_tiles, panel_count) = (m.div_ceil(K::ROWS), n.div_ceil(NR));
