@@ -470,12 +470,22 @@ fn product<K: MicroKernel>(x: Lhs, w: &[bf16], bias: Option<&[f32]>, [m, k, n]: 
         let row = bias.map_or_else(|| vec![0f32; n], <[f32]>::to_vec);
         return row.repeat(m);
     }
+    with_packed::<K, _>(x, w, bias, [m, k, n], multiply_packed::<K>)
+}
+
+/// `run` on the operands of `x·Wᵀ (+ bias)` packed for `K` (`m`, `n` and `k` not zero).
+fn with_packed<K: MicroKernel, R>(
+    x: Lhs,
+    w: &[bf16],
+    bias: Option<&[f32]>,
+    [m, k, n]: [usize; 3],
+    run: impl FnOnce(&Packed) -> R,
+) -> R {
     let pairs = k.div_ceil(2).next_multiple_of(K::PAIR_STEP);
     let (lhs, a_pairs) = lhs_operand(x, [m, k], [m.next_multiple_of(K::ROWS), pairs]);
     let panels = pack_panels(w, [n, k], pairs);
     let bias = bias.map(|b| padded_bias(b, n));
-    let packed = Packed { a: &lhs, a_pairs, b: &panels, b_pairs: pairs, pairs, m, n, bias: bias.as_deref() };
-    multiply_packed::<K>(&packed)
+    run(&Packed { a: &lhs, a_pairs, b: &panels, b_pairs: pairs, pairs, m, n, bias: bias.as_deref() })
 }
 
 /// `round_bf16(gelu_tanh(x·Wᵀ + bias))` `[m, n]`, or `None` where [`engine`] is: a
@@ -515,12 +525,7 @@ fn product_finished<K: MicroKernel, T: Copy + Send + Sync>(
         let row: Vec<T> = row.into_iter().map(|v| unsafe { v.assume_init() }).collect();
         return row.repeat(m);
     }
-    let pairs = k.div_ceil(2).next_multiple_of(K::PAIR_STEP);
-    let (lhs, a_pairs) = lhs_operand(x, [m, k], [m.next_multiple_of(K::ROWS), pairs]);
-    let panels = pack_panels(w, [n, k], pairs);
-    let bias = bias.map(|b| padded_bias(b, n));
-    let packed = Packed { a: &lhs, a_pairs, b: &panels, b_pairs: pairs, pairs, m, n, bias: bias.as_deref() };
-    multiply_packed_finished::<K, T>(&packed, finish)
+    with_packed::<K, _>(x, w, bias, [m, k, n], |packed| multiply_packed_finished::<K, T>(packed, finish))
 }
 
 /// `bias` zero-padded to whole panels of `n` columns (what [`Packed::bias`] holds).
