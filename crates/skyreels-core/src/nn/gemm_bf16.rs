@@ -539,16 +539,13 @@ fn padded_bias(bias: &[f32], n: usize) -> Vec<f32> {
 /// all threads in blocks of rows and panels.
 fn multiply_packed<K: MicroKernel>(packed: &Packed) -> Vec<f32> {
     let (m, n) = (packed.m, packed.n);
-    let (tasks, tiles_per_task) = tasks::<K>(m, n);
-    let (row_tiles, panel_count) = (m.div_ceil(K::ROWS), n.div_ceil(NR));
     // Written in full by the tiles below before it is read, so it is not zeroed first.
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let c = SharedMut(out.as_mut_ptr());
-    tasks.into_par_iter().for_each(|(rt0, pt0)| {
-        let (rt_end, pt_end) = ((rt0 + tiles_per_task).min(row_tiles), (pt0 + PANELS_PER_TASK).min(panel_count));
+    tasks::<K>(m, n).into_par_iter().for_each(|(row_tiles, panels)| {
         // SAFETY: each task writes its own tiles of `out` (capacity `m × n`); the operands were
         // packed for `K`, whose instructions the caller checked.
-        unsafe { multiply_tiles::<K>(packed, rt0..rt_end, pt0..pt_end, c.at(0), n) };
+        unsafe { multiply_tiles::<K>(packed, row_tiles, panels, c.at(0), n) };
     });
     // SAFETY: the tasks' tiles cover all `m` rows and `n` columns, each written on the first
     // pass over `k` (which reads nothing of `out`).
@@ -556,15 +553,21 @@ fn multiply_packed<K: MicroKernel>(packed: &Packed) -> Vec<f32> {
     out
 }
 
-/// The tasks of a product: blocks of row tiles and panels, `(first row tile, first panel)`.
-fn tasks<K: MicroKernel>(m: usize, n: usize) -> (Vec<(usize, usize)>, usize) {
+/// A task of a product: its row tiles and its panels.
+type Task = (std::ops::Range<usize>, std::ops::Range<usize>);
+
+/// The tasks of an `m × n` product: blocks of row tiles and of panels.
+fn tasks<K: MicroKernel>(m: usize, n: usize) -> Vec<Task> {
     let tiles_per_task = (ROWS_PER_TASK / K::ROWS).max(1);
-    let panel_count = n.div_ceil(NR);
-    let tasks = (0..m.div_ceil(K::ROWS))
+    let (row_tiles, panel_count) = (m.div_ceil(K::ROWS), n.div_ceil(NR));
+    (0..row_tiles)
         .step_by(tiles_per_task)
-        .flat_map(|rt| (0..panel_count).step_by(PANELS_PER_TASK).map(move |pt| (rt, pt)))
-        .collect();
-    (tasks, tiles_per_task)
+        .flat_map(|rt| {
+            (0..panel_count)
+                .step_by(PANELS_PER_TASK)
+                .map(move |pt| (rt..(rt + tiles_per_task).min(row_tiles), pt..(pt + PANELS_PER_TASK).min(panel_count)))
+        })
+        .collect()
 }
 
 thread_local! {
@@ -595,20 +598,17 @@ impl<T> SharedOut<T> {
 /// each row of it to `finish`, which writes that row's columns of the output.
 fn multiply_packed_finished<K: MicroKernel, T: Copy + Send + Sync>(packed: &Packed, finish: &RowFinish<T>) -> Vec<T> {
     let (m, n) = (packed.m, packed.n);
-    let (tasks, tiles_per_task) = tasks::<K>(m, n);
-    let (row_tiles, panel_count) = (m.div_ceil(K::ROWS), n.div_ceil(NR));
     let mut out: Vec<T> = Vec::with_capacity(m * n);
     let shared = SharedOut(out.as_mut_ptr());
-    tasks.into_par_iter().for_each(|(rt0, pt0)| {
-        let (rt_end, pt_end) = ((rt0 + tiles_per_task).min(row_tiles), (pt0 + PANELS_PER_TASK).min(panel_count));
-        let ldc = (pt_end - pt0) * NR;
-        let (row0, col0) = (rt0 * K::ROWS, pt0 * NR);
-        let (rows, cols) = ((rt_end * K::ROWS).min(m) - row0, (pt_end * NR).min(n) - col0);
+    tasks::<K>(m, n).into_par_iter().for_each(|(row_tiles, panels)| {
+        let ldc = panels.len() * NR;
+        let (row0, col0) = (row_tiles.start * K::ROWS, panels.start * NR);
+        let (rows, cols) = ((row_tiles.end * K::ROWS).min(m) - row0, (panels.end * NR).min(n) - col0);
         TASK_SUMS.with_borrow_mut(|sums| {
-            sums.resize(sums.len().max((rt_end - rt0) * K::ROWS * ldc), 0.0);
+            sums.resize(sums.len().max(row_tiles.len() * K::ROWS * ldc), 0.0);
             // SAFETY: `sums` holds the task's tiles (whole tiles, stride `ldc`) from its first
             // row and column; the operands were packed for `K`.
-            unsafe { multiply_tiles_at::<K>(packed, rt0..rt_end, pt0..pt_end, sums.as_mut_ptr(), ldc, [row0, col0]) };
+            unsafe { multiply_tiles_at::<K>(packed, row_tiles, panels, sums.as_mut_ptr(), ldc, [row0, col0]) };
             for (r, row_sums) in sums.chunks(ldc).take(rows).enumerate() {
                 // SAFETY: row `row0 + r`, columns `col0..col0 + cols` are this task's alone, and
                 // inside the `m × n` capacity.
