@@ -346,21 +346,36 @@ pub(crate) enum Start {
 }
 
 /// A raw pointer shared by tasks that write disjoint parts of one buffer (tiles of a product,
-/// heads of an attention).
-#[derive(Clone, Copy)]
-pub(crate) struct SharedMut(pub *mut f32);
+/// heads of an attention, rows of a finished product).
+pub(crate) struct SharedMut<T = f32>(pub *mut T);
+// Not derived: a derive would ask `T: Copy`, and a pointer is copied whatever it points to.
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
 // SAFETY: every use writes elements no other task touches (see the callers' SAFETY notes).
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
 
-impl SharedMut {
-    /// The pointer moved by `offset` values (a method, so that closures capture the `Send`
+impl<T> SharedMut<T> {
+    /// The pointer moved by `offset` elements (a method, so that closures capture the `Send`
     /// wrapper rather than its raw field).
     ///
     /// # Safety
     /// `offset` must stay inside the buffer.
-    pub(crate) unsafe fn at(self, offset: usize) -> *mut f32 {
+    pub(crate) unsafe fn at(self, offset: usize) -> *mut T {
         self.0.add(offset)
+    }
+
+    /// The `len` elements at `offset`, maybe not yet written, as a slice to write.
+    ///
+    /// # Safety
+    /// In bounds, and touched by no one else meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [MaybeUninit<T>] {
+        std::slice::from_raw_parts_mut(self.0.add(offset).cast(), len)
     }
 }
 
@@ -576,30 +591,12 @@ thread_local! {
     static TASK_SUMS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A raw pointer to an output that tasks write disjoint parts of.
-#[derive(Clone, Copy)]
-struct SharedOut<T>(*mut T);
-// SAFETY: as `SharedMut`: every task writes its own rows and columns.
-unsafe impl<T> Send for SharedOut<T> {}
-unsafe impl<T> Sync for SharedOut<T> {}
-
-impl<T> SharedOut<T> {
-    /// The `len` elements at `offset` as a slice.
-    ///
-    /// # Safety
-    /// In bounds, and written by no one else meanwhile.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [MaybeUninit<T>] {
-        std::slice::from_raw_parts_mut(self.0.add(offset).cast(), len)
-    }
-}
-
 /// [`multiply_packed`] whose tasks form their sums in a per-thread block (in cache) and hand
 /// each row of it to `finish`, which writes that row's columns of the output.
 fn multiply_packed_finished<K: MicroKernel, T: Copy + Send + Sync>(packed: &Packed, finish: &RowFinish<T>) -> Vec<T> {
     let (m, n) = (packed.m, packed.n);
     let mut out: Vec<T> = Vec::with_capacity(m * n);
-    let shared = SharedOut(out.as_mut_ptr());
+    let shared = SharedMut(out.as_mut_ptr());
     tasks::<K>(m, n).into_par_iter().for_each(|(row_tiles, panels)| {
         let ldc = panels.len() * NR;
         let (row0, col0) = (row_tiles.start * K::ROWS, panels.start * NR);
