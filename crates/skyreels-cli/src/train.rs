@@ -117,6 +117,11 @@ pub struct RunArgs {
     /// Seed of initialisation and data.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Decay of the exponential moving average that is exported (per step; 0.995 averages
+    /// about the last 200 steps, 0.9999 the last 10000). A longer average smooths out the noise
+    /// of small batches at a high learning rate.
+    #[arg(long, default_value_t = 0.995)]
+    pub ema_decay: f64,
     /// Steps between checkpoints.
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: u64,
@@ -161,12 +166,15 @@ impl RunArgs {
         if !(lr > 0.0 && lr.is_finite()) {
             return Err(format!("--lr must be a positive number, got {lr}"));
         }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return Err(format!("--ema-decay must be at least 0 and below 1, got {}", self.ema_decay));
+        }
         Ok(RunSettings {
             steps,
             adamw: AdamWConfig { lr, ..AdamWConfig::default() },
             warmup: (steps / 20).clamp(1, 200),
             clip_norm: 1.0,
-            ema_decay: 0.995,
+            ema_decay: self.ema_decay,
             checkpoint_every: self.checkpoint_every,
             seed: self.seed,
         })

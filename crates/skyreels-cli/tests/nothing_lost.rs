@@ -366,6 +366,7 @@ fn damaged_settings_files_and_hostile_paths_get_one_sentence_before_any_work() {
     let runs = d.join("runs");
     one_sentence(&skyreels(&["train", "vae", "--batch", "0", "-o", runs.to_str().unwrap()]), "--batch");
     one_sentence(&skyreels(&["train", "vae", "--resume", "-o", runs.to_str().unwrap()]), "no training run to resume");
+    one_sentence(&skyreels(&["train", "vae", "--ema-decay", "1", "-o", runs.to_str().unwrap()]), "--ema-decay");
 
     // A frame folder a killed run left a temporary frame in can still be overwritten.
     let frames = d.join("frames");
