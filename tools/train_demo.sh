@@ -7,6 +7,8 @@
 #   DIT_STEPS=300000 DIT_STAGE=75000 tools/train_demo.sh runs/long   # a longer recipe in 2-hour stages
 #   VAE_FROM=models/skyreels-demo tools/train_demo.sh runs/demo          # the shipped VAE and tokenizer
 #                                                                        # (how the shipped DiT was made)
+#   DIT_ARGS="--dim 192 --heads 6" tools/train_demo.sh runs/wide       # further `train dit` flags (give
+#                                                                        # the same ones to every stage)
 #
 # Stages: (1) tokenizer and both VAE phases (about 30 min); (2…) the DiT + umT5, DIT_STAGE steps
 # at a time (0.087 s a step on 2 cores: 60000 steps ≈ 87 min), on the same schedule of DIT_STEPS
@@ -55,7 +57,7 @@ until=$((done_steps + dit_stage))
 [ "$until" -le "$dit_steps" ] || until=$dit_steps
 echo "DiT stage: steps $done_steps → $until of $dit_steps"
 "$S" train dit -o "$run/dit" --vae "$vae" --tokenizer "$tokenizer" \
-  --clips "$clips" --steps "$dit_steps" --until "$until" --quiet $(resume_flag "$run/dit")
+  --clips "$clips" --steps "$dit_steps" --until "$until" --quiet ${DIT_ARGS:-} $(resume_flag "$run/dit")
 if [ "$until" -lt "$dit_steps" ]; then
   echo "stage ended at step $until; run again to continue"
 else

@@ -15,8 +15,19 @@ use judge::{background_colours, blobs, brightness, palette_colour, Reading};
 
 /// The evaluation prompts: `count` held-out clips with one subject and one shot.
 pub fn held_out_prompts(world: &WorldConfig, count: usize) -> Vec<ClipSpec> {
+    prompt_set(world, Split::HeldOut, count)
+}
+
+/// `count` clips with one subject and one shot from `split`. On [`Split::Train`] they are
+/// combinations the model was trained on, drawn with other seeds than any training clip, so
+/// the gap between the two splits' scores is what the model fails to compose, not to draw.
+pub fn prompt_set(world: &WorldConfig, split: Split, count: usize) -> Vec<ClipSpec> {
     let world = WorldConfig { max_subjects: 1, cut_probability: 0.0, ..world.clone() };
-    (0..count as u64).map(|i| sample_clip(0xE7A1_0000 + i, &world, Split::HeldOut)).collect()
+    let first_seed: u64 = match split {
+        Split::HeldOut => 0xE7A1_0000,
+        Split::Train => 0x5EE7_0000,
+    };
+    (0..count as u64).map(|i| sample_clip(first_seed + i, &world, split)).collect()
 }
 
 /// Hits out of judged cases for one attribute.

@@ -33,6 +33,18 @@ fn ground_truth_renders_score_near_perfect() {
     assert!(s.identity > 0.8 && s.flicker < 1.0, "{s:?}");
 }
 
+#[test]
+fn the_trained_split_holds_single_subject_trained_combinations_and_ground_truth_scores_on_it() {
+    let world = WorldConfig::default();
+    let trained = prompt_set(&world, Split::Train, 40);
+    let held_out = held_out_prompts(&world, 40);
+    assert!(trained.iter().all(|c| c.subjects.len() == 1 && c.shots.len() == 1));
+    assert!(trained.iter().all(|c| !world.hold_out.touches(c)), "a trained-split prompt has a held-out combination");
+    assert!(held_out.iter().all(|c| world.hold_out.touches(c)));
+    let s = score(&trained, render);
+    assert!(s.colour.percent() >= 95.0 && s.shape.percent() >= 90.0, "{s:?}");
+}
+
 /// Two passes of a 3×3 box blur, about what a small VAE does to edges and corners.
 fn blurred(clip: &ClipSpec) -> Vec<RgbFrame> {
     render(clip).into_iter().map(|f| box_blur(box_blur(f))).collect()
