@@ -40,7 +40,7 @@ pub struct AdherenceArgs {
     /// The prompt set: `held-out` (attribute combinations no training clip has: what the
     /// targets are judged on) or `train` (combinations the model was trained on, in other clips:
     /// the gap to `held-out` is what it fails to compose rather than to draw).
-    #[arg(long, default_value = "held-out", value_parser = ["held-out", "train"])]
+    #[arg(long, default_value = "held-out")]
     pub split: String,
     /// Judge this one prompt of the film world's grammar instead of the held-out set (e.g. the
     /// README's), generated with `--seeds` seeds from `--seed` on.
@@ -218,23 +218,15 @@ fn write_report(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<(),
     Ok(())
 }
 
-/// The world split a `--split` value names (clap has checked it is one of the two).
-fn split(name: &str) -> Split {
-    if name == "train" {
-        Split::Train
-    } else {
-        Split::HeldOut
-    }
-}
-
 fn adherence(args: &AdherenceArgs) -> Result<(), String> {
     if args.prompts == 0 || args.seeds == 0 || args.frames < 9 {
         return Err("--prompts and --seeds must be positive and --frames at least 9".into());
     }
+    let split = crate::world::parse_split(&args.split)?;
     let world = WorldConfig { frames: args.frames, ..WorldConfig::default() };
     let clips = match &args.prompt {
         Some(prompt) => vec![ClipSpec::from_prompt(prompt, &world).map_err(|e| e.to_string())?; args.seeds],
-        None => prompt_set(&world, split(&args.split), args.prompts),
+        None => prompt_set(&world, split, args.prompts),
     };
     let work = if args.ground_truth { None } else { Some(work_dir(&args.work, "adherence")?) };
     let vae = if args.through_vae { Some(load_vae(&args.model, args.device)?) } else { None };
@@ -273,7 +265,7 @@ fn adherence(args: &AdherenceArgs) -> Result<(), String> {
     };
     let set = match &args.prompt {
         Some(prompt) => format!("\"{prompt}\", {} seeds from {}", args.seeds, args.seed),
-        None if args.split == "train" => format!("{} prompts of trained combinations", scores.clips),
+        None if split == Split::Train => format!("{} prompts of trained combinations", scores.clips),
         None => format!("{} held-out prompts", scores.clips),
     };
     print_scores(&scores, &format!("{set} ({what})"));

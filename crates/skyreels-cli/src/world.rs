@@ -30,13 +30,18 @@ pub struct WorldArgs {
     pub overwrite: bool,
 }
 
+/// The world split a `--split` flag names.
+pub fn parse_split(name: &str) -> Result<Split, String> {
+    match name {
+        "train" => Ok(Split::Train),
+        "held-out" | "heldout" | "held_out" => Ok(Split::HeldOut),
+        other => Err(format!("--split `{other}` is not `train` or `held-out`")),
+    }
+}
+
 /// Renders one clip and prints its prompt.
 pub fn run(args: &WorldArgs) -> Result<(), String> {
-    let split = match args.split.as_str() {
-        "train" => Split::Train,
-        "held-out" | "heldout" | "held_out" => Split::HeldOut,
-        other => return Err(format!("--split `{other}` is not `train` or `held-out`")),
-    };
+    let split = parse_split(&args.split)?;
     if args.frames == 0 || args.size < 16 || !args.size.is_multiple_of(2) {
         return Err("--frames must be positive and --size an even number of at least 16 pixels".into());
     }

@@ -355,6 +355,7 @@ fn damaged_settings_files_and_hostile_paths_get_one_sentence_before_any_work() {
     // Other commands check their numbers and paths before working.
     let missing = d.join("missing/report.json");
     one_sentence(&skyreels(&["eval", "stability", "--frames", "0"]), "--frames must be positive");
+    one_sentence(&skyreels(&["eval", "adherence", "--split", "test"]), "--split `test`");
     one_sentence(
         &skyreels(&["eval", "adherence", "--ground-truth", "--prompts", "2", "--report", missing.to_str().unwrap()]),
         "does not exist",
