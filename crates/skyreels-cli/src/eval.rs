@@ -42,7 +42,7 @@ pub struct AdherenceArgs {
     /// the gap to `held-out` is what it fails to compose rather than to draw).
     #[arg(long, default_value = "held-out")]
     pub split: String,
-    /// Judge this one prompt of the film world's grammar instead of the held-out set (e.g. the
+    /// Judge this one prompt of the film world's grammar instead of a prompt set (e.g. the
     /// README's), generated with `--seeds` seeds from `--seed` on.
     #[arg(long, conflicts_with_all = ["prompts", "split"])]
     pub prompt: Option<String>,
